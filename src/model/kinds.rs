@@ -1,0 +1,623 @@
+//! The spec of every resource kind, with Calico v3 field names.
+//!
+//! Optional fields with a documented default are `Option` here and filled in by
+//! [`crate::model::Resource::normalize`] on every write, so that stored objects show
+//! the defaults the way Calico shows them. Accessors return the effective value.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{AsNumber, Cidr, Family, GoDuration, IfAddr, Ip, PeerAddr, PortRange};
+use crate::selector::Selector;
+
+pub const DEFAULT_AS_NUMBER: AsNumber = AsNumber(64512);
+pub const DEFAULT_LISTEN_PORT: u16 = 179;
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+// ---------------------------------------------------------------------------------
+// IPPool
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum EncapMode {
+    #[default]
+    Never,
+    Always,
+    CrossSubnet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AllowedUse {
+    Workload,
+    Tunnel,
+    LoadBalancer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AssignmentMode {
+    #[default]
+    Automatic,
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IPPoolSpec {
+    /// The pool's network. Required, strictly masked, immutable.
+    pub cidr: Cidr,
+    /// Prefix length of the blocks handed to nodes (default 26 / 122). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
+    #[serde(default)]
+    pub nat_outgoing: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default, rename = "disableBGPExport")]
+    pub disable_bgp_export: bool,
+    /// Nodes that may take blocks from this pool (default `all()`).
+    #[serde(default)]
+    pub node_selector: Selector,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ipipMode")]
+    pub ipip_mode: Option<EncapMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "vxlanMode")]
+    pub vxlan_mode: Option<EncapMode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uses: Vec<AllowedUse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_mode: Option<AssignmentMode>,
+}
+
+impl IPPoolSpec {
+    pub fn family(&self) -> Family {
+        self.cidr.family()
+    }
+    pub fn block_size(&self) -> u8 {
+        self.block_size.unwrap_or(match self.family() {
+            Family::V4 => DEFAULT_BLOCK_SIZE_V4,
+            Family::V6 => DEFAULT_BLOCK_SIZE_V6,
+        })
+    }
+    pub fn ipip_mode(&self) -> EncapMode {
+        self.ipip_mode.unwrap_or_default()
+    }
+    pub fn vxlan_mode(&self) -> EncapMode {
+        self.vxlan_mode.unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// BGPPeer
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key inside the Secret.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPPassword {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SourceAddress {
+    #[default]
+    UseNodeIP,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum NextHopMode {
+    #[default]
+    Auto,
+    #[serde(rename = "Self")]
+    SelfHop,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ReversePeering {
+    #[default]
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPPeerSpec {
+    /// Name of the one node this peering applies to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// Nodes this peering applies to. Neither node nor nodeSelector: every node (global peer).
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub node_selector: Selector,
+    /// The remote peer: `IP`, `IP:port` or `[IPv6]:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "peerIP")]
+    pub peer_ip: Option<PeerAddr>,
+    /// Peer with the nodes this selector picks (their AS is used).
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub peer_selector: Selector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<AsNumber>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "localASNumber"
+    )]
+    pub local_as_number: Option<AsNumber>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<BGPPassword>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<SourceAddress>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_original_next_hop: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mode: Option<NextHopMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restart_time: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<GoDuration>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "numAllowedLocalASNumbers"
+    )]
+    pub num_allowed_local_as_numbers: Option<u32>,
+    /// TTL security hop count (1-255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+    /// A next hop address through which the peer is reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_by: Option<Ip>,
+    /// BGPFilter names, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// For peerSelector peerings: Auto also makes the reverse sessions (Calico default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_peering: Option<ReversePeering>,
+}
+
+impl BGPPeerSpec {
+    /// True for a peering that applies to every node.
+    pub fn is_global(&self) -> bool {
+        self.node.is_empty() && self.node_selector.is_empty()
+    }
+
+    /// True when this peering applies to the node (by name, selector, or globally).
+    pub fn applies_to(&self, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if !self.node.is_empty() {
+            return self.node == node_name;
+        }
+        self.node_selector.matches(labels)
+    }
+
+    /// True when this peering's peerSelector picks the node as a remote peer.
+    pub fn selects_peer(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.peer_selector.is_empty() && self.peer_selector.matches(labels)
+    }
+
+    pub fn source_address(&self) -> SourceAddress {
+        self.source_address.unwrap_or_default()
+    }
+
+    pub fn reverse_peering(&self) -> ReversePeering {
+        self.reverse_peering.unwrap_or_default()
+    }
+
+    /// The effective next hop mode, honouring the older keepOriginalNextHop flag.
+    pub fn next_hop_mode(&self) -> NextHopMode {
+        match self.next_hop_mode {
+            Some(m) => m,
+            None if self.keep_original_next_hop => NextHopMode::Keep,
+            None => NextHopMode::Auto,
+        }
+    }
+
+    /// Secret names this peering reads.
+    pub fn secret_name(&self) -> Option<&str> {
+        self.password
+            .as_ref()
+            .and_then(|p| p.secret_key_ref.as_ref())
+            .map(|r| r.name.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// BGPConfiguration
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum BindMode {
+    #[default]
+    None,
+    NodeIP,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LogSeverity {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warning,
+    Error,
+    Fatal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ProgramClusterRoutes {
+    #[default]
+    Disabled,
+    Enabled,
+    #[serde(rename = "EnabledIPIPOnly")]
+    EnabledIpipOnly,
+    EnabledNoEncapOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceIPBlock {
+    pub cidr: Cidr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Community {
+    pub name: String,
+    /// `aa:nn` (standard) or `aa:nn:mm` (large).
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixAdvertisement {
+    pub cidr: Cidr,
+    /// Community names (from `communities`) or literal values.
+    #[serde(default)]
+    pub communities: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPConfigurationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<LogSeverity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<AsNumber>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_mode: Option<BindMode>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "serviceClusterIPs"
+    )]
+    pub service_cluster_ips: Vec<ServiceIPBlock>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "serviceExternalIPs"
+    )]
+    pub service_external_ips: Vec<ServiceIPBlock>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "serviceLoadBalancerIPs"
+    )]
+    pub service_load_balancer_ips: Vec<ServiceIPBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_password: Option<BGPPassword>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_max_restart_time: Option<GoDuration>,
+    /// Interface name patterns BIRD's direct and device protocols leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_interfaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_cluster_routes: Option<ProgramClusterRoutes>,
+}
+
+impl BGPConfigurationSpec {
+    pub fn mesh_secret_name(&self) -> Option<&str> {
+        self.node_mesh_password
+            .as_ref()
+            .and_then(|p| p.secret_key_ref.as_ref())
+            .map(|r| r.name.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// BGPFilter
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterAction {
+    Accept,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatchOperator {
+    Equal,
+    NotEqual,
+    In,
+    NotIn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteSource {
+    RemotePeers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerType {
+    #[serde(rename = "eBGP")]
+    EBgp,
+    #[serde(rename = "iBGP")]
+    IBgp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixLength {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommunityMatch {
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommunityValue {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AsPathPrepend {
+    pub prefix: Vec<AsNumber>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PriorityValue {
+    pub value: u32,
+}
+
+/// One operation on a matched route; exactly one field is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterOperation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_community: Option<CommunityValue>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "prependASPath"
+    )]
+    pub prepend_as_path: Option<AsPathPrepend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_priority: Option<PriorityValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPFilterRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<PrefixLength>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_operator: Option<MatchOperator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RouteSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<PeerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communities: Option<CommunityMatch>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "asPathPrefix"
+    )]
+    pub as_path_prefix: Vec<AsNumber>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<FilterOperation>,
+    pub action: FilterAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPFilterSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "exportV4")]
+    pub export_v4: Vec<BGPFilterRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "importV4")]
+    pub import_v4: Vec<BGPFilterRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "exportV6")]
+    pub export_v6: Vec<BGPFilterRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "importV6")]
+    pub import_v6: Vec<BGPFilterRule>,
+}
+
+// ---------------------------------------------------------------------------------
+// Node
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeBGPSpec {
+    /// The node's IPv4 address in CIDR form (the subnet tells CrossSubnet apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<IfAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<IfAddr>,
+    /// This node's AS; the BGPConfiguration's otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<AsNumber>,
+    /// Set on route reflector nodes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "routeReflectorClusterID"
+    )]
+    pub route_reflector_cluster_id: Option<Ip>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv4IPIPTunnelAddr"
+    )]
+    pub ipv4_ipip_tunnel_addr: Option<Ip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBGPSpec>,
+}
+
+impl NodeSpec {
+    pub fn ipv4(&self) -> Option<IfAddr> {
+        self.bgp.as_ref().and_then(|b| b.ipv4_address)
+    }
+    pub fn ipv6(&self) -> Option<IfAddr> {
+        self.bgp.as_ref().and_then(|b| b.ipv6_address)
+    }
+    pub fn address(&self, family: Family) -> Option<IfAddr> {
+        match family {
+            Family::V4 => self.ipv4(),
+            Family::V6 => self.ipv6(),
+        }
+    }
+    pub fn as_number(&self) -> Option<AsNumber> {
+        self.bgp.as_ref().and_then(|b| b.as_number)
+    }
+    pub fn route_reflector_cluster_id(&self) -> Option<Ip> {
+        self.bgp.as_ref().and_then(|b| b.route_reflector_cluster_id)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// BlockAffinity
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AffinityState {
+    /// Written as "" by Calico's older tools: implicitly confirmed.
+    #[default]
+    #[serde(rename = "")]
+    Unset,
+    Confirmed,
+    Pending,
+    PendingDeletion,
+}
+
+impl AffinityState {
+    /// Only confirmed blocks (explicitly, or the empty state) are advertised.
+    pub fn is_confirmed(self) -> bool {
+        matches!(self, AffinityState::Confirmed | AffinityState::Unset)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlockAffinitySpec {
+    pub node: String,
+    pub cidr: Cidr,
+    #[serde(default)]
+    pub state: AffinityState,
+    /// Calico writes "false"/"true" here; kept for manifest compatibility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<serde_json::Value>,
+    /// The IPPool the block was carved from (set by tern's IPAM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
+}
+
+// ---------------------------------------------------------------------------------
+// AgentConfiguration
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum NatOutgoingExclusions {
+    #[default]
+    IPPoolsOnly,
+    IPPoolsAndHostIPs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    #[default]
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfigurationSpec {
+    /// SNAT to this address instead of MASQUERADE (for pools of its family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_outgoing_address: Option<Ip>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_port_range: Option<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_outgoing_exclusions: Option<NatOutgoingExclusions>,
+    /// Only NAT traffic leaving through interfaces matching this name
+    /// (iptables style, `+` as a trailing wildcard, e.g. `eth+`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_outgoing_interface_filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<DataplaneKind>,
+}
+
+// ---------------------------------------------------------------------------------
+// Secret
+
+/// A secret value: never shown by Debug, so it cannot leak into logs by accident.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(v: impl Into<String>) -> Self {
+        SecretValue(v.into())
+    }
+    /// The value itself. Call sites are few and reviewed: BIRD config, the API with
+    /// show_secrets for administrators.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Secret data: key -> value.
+pub type SecretData = BTreeMap<String, SecretValue>;

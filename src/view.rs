@@ -1,0 +1,199 @@
+//! A node's view of the intent: the resources the controller streams to its agent
+//! (or that `tern-agent render` reads from a file). Pure data; the agent's
+//! calculation functions take a `&View` and a node name.
+
+use std::collections::BTreeMap;
+
+use crate::model::{
+    AgentConfiguration, AgentConfigurationSpec, BGPConfiguration, BGPConfigurationSpec, BGPFilter,
+    BGPPeer, BlockAffinity, IPPool, Kind, Node, Resource, Secret,
+};
+
+/// Resources by kind and name. `revision` is the etcd revision the view is
+/// consistent at (0 for a view read from a file).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    pub revision: i64,
+    pub pools: BTreeMap<String, IPPool>,
+    pub bgp_configs: BTreeMap<String, BGPConfiguration>,
+    pub agent_configs: BTreeMap<String, AgentConfiguration>,
+    pub filters: BTreeMap<String, BGPFilter>,
+    pub nodes: BTreeMap<String, Node>,
+    pub peers: BTreeMap<String, BGPPeer>,
+    pub blocks: BTreeMap<String, BlockAffinity>,
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+impl View {
+    /// Build a view from resources (later ones replace earlier ones of the same name).
+    pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> View {
+        let mut v = View::default();
+        for r in resources {
+            v.upsert(r);
+        }
+        v
+    }
+
+    /// Parse a multi-document YAML (or JSON) file of resources, Calico v3 manifests
+    /// included. Lists (`kind: List` / `IPPoolList` with `items`) are flattened.
+    pub fn from_yaml(text: &str) -> Result<View, crate::manifest::ManifestError> {
+        Ok(View::from_resources(crate::manifest::parse_documents(
+            text,
+        )?))
+    }
+
+    pub fn upsert(&mut self, r: Resource) {
+        match r {
+            Resource::IPPool(o) => {
+                self.pools.insert(o.metadata.name.clone(), o);
+            }
+            Resource::BGPPeer(o) => {
+                self.peers.insert(o.metadata.name.clone(), o);
+            }
+            Resource::BGPConfiguration(o) => {
+                self.bgp_configs.insert(o.metadata.name.clone(), o);
+            }
+            Resource::BGPFilter(o) => {
+                self.filters.insert(o.metadata.name.clone(), o);
+            }
+            Resource::Node(o) => {
+                self.nodes.insert(o.metadata.name.clone(), o);
+            }
+            Resource::BlockAffinity(o) => {
+                self.blocks.insert(o.metadata.name.clone(), o);
+            }
+            Resource::AgentConfiguration(o) => {
+                self.agent_configs.insert(o.metadata.name.clone(), o);
+            }
+            Resource::Secret(o) => {
+                self.secrets.insert(o.metadata.name.clone(), o);
+            }
+        }
+    }
+
+    /// Remove a resource; returns whether it was there.
+    pub fn remove(&mut self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::IPPool => self.pools.remove(name).is_some(),
+            Kind::BGPPeer => self.peers.remove(name).is_some(),
+            Kind::BGPConfiguration => self.bgp_configs.remove(name).is_some(),
+            Kind::BGPFilter => self.filters.remove(name).is_some(),
+            Kind::Node => self.nodes.remove(name).is_some(),
+            Kind::BlockAffinity => self.blocks.remove(name).is_some(),
+            Kind::AgentConfiguration => self.agent_configs.remove(name).is_some(),
+            Kind::Secret => self.secrets.remove(name).is_some(),
+        }
+    }
+
+    /// Number of resources in the view.
+    pub fn len(&self) -> usize {
+        self.pools.len()
+            + self.bgp_configs.len()
+            + self.agent_configs.len()
+            + self.filters.len()
+            + self.nodes.len()
+            + self.peers.len()
+            + self.blocks.len()
+            + self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The BGPConfiguration that applies to a node: the `default` one with the node's
+    /// `node.<name>` override laid over it (fields set in the override win).
+    pub fn bgp_config_for(&self, node: &str) -> BGPConfigurationSpec {
+        let mut spec = self
+            .bgp_configs
+            .get("default")
+            .map(|c| c.spec.clone())
+            .unwrap_or_default();
+        if let Some(o) = self.bgp_configs.get(&format!("node.{node}")) {
+            merge_bgp_config(&mut spec, &o.spec);
+        }
+        spec
+    }
+
+    /// The AgentConfiguration that applies to a node: `default` with `node.<name>` over it.
+    pub fn agent_config_for(&self, node: &str) -> AgentConfigurationSpec {
+        let mut spec = self
+            .agent_configs
+            .get("default")
+            .map(|c| c.spec.clone())
+            .unwrap_or_default();
+        if let Some(o) = self.agent_configs.get(&format!("node.{node}")) {
+            let o = &o.spec;
+            if o.nat_outgoing_address.is_some() {
+                spec.nat_outgoing_address = o.nat_outgoing_address;
+            }
+            if o.nat_port_range.is_some() {
+                spec.nat_port_range = o.nat_port_range;
+            }
+            if o.nat_outgoing_exclusions.is_some() {
+                spec.nat_outgoing_exclusions = o.nat_outgoing_exclusions;
+            }
+            if o.nat_outgoing_interface_filter.is_some() {
+                spec.nat_outgoing_interface_filter = o.nat_outgoing_interface_filter.clone();
+            }
+            if o.dataplane.is_some() {
+                spec.dataplane = o.dataplane;
+            }
+        }
+        spec
+    }
+
+    /// The value of a key in a Secret, if both exist.
+    pub fn secret_value(&self, name: &str, key: &str) -> Option<&str> {
+        self.secrets
+            .get(name)
+            .and_then(|s| s.spec.get(key))
+            .map(|v| v.expose())
+    }
+}
+
+/// Lay a per-node BGPConfiguration over the default one: set fields win, lists that
+/// are non-empty replace.
+fn merge_bgp_config(base: &mut BGPConfigurationSpec, o: &BGPConfigurationSpec) {
+    macro_rules! opt {
+        ($($f:ident),*) => { $( if o.$f.is_some() { base.$f = o.$f.clone(); } )* };
+    }
+    macro_rules! list {
+        ($($f:ident),*) => { $( if !o.$f.is_empty() { base.$f = o.$f.clone(); } )* };
+    }
+    opt!(
+        log_severity_screen,
+        node_to_node_mesh_enabled,
+        as_number,
+        listen_port,
+        bind_mode,
+        node_mesh_password,
+        node_mesh_max_restart_time,
+        program_cluster_routes
+    );
+    list!(
+        service_cluster_ips,
+        service_external_ips,
+        service_load_balancer_ips,
+        communities,
+        prefix_advertisements,
+        ignored_interfaces
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_node_overrides_lay_over_default() {
+        let v = View::from_yaml(
+            "apiVersion: tern.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 64512, listenPort: 179}\n---\napiVersion: tern.dev/v1\nkind: BGPConfiguration\nmetadata: {name: node.a}\nspec: {listenPort: 1790}\n",
+        )
+        .expect("valid");
+        let a = v.bgp_config_for("a");
+        assert_eq!(a.listen_port, Some(1790));
+        assert_eq!(a.as_number.map(|x| x.0), Some(64512));
+        assert_eq!(v.bgp_config_for("b").listen_port, Some(179));
+    }
+}
