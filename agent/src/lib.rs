@@ -1,1 +1,11 @@
-//! tern agent library.
+//! The tern agent: keeps a sync stream to the controller, computes the host's desired
+//! state from its view with pure functions, and applies it with the drivers.
+//!
+//! ```text
+//! sync (stream) ──► View ──► calc::{nat, bird} (pure) ──► dataplane (nft | iptables | recording)
+//!                                                   └──► bird (stage, check, reload)
+//! ```
+
+pub mod calc;
+pub mod dataplane;
+pub mod exec;

@@ -1,0 +1,1 @@
+//! BIRD configuration rendering (pure). See render().

@@ -1,0 +1,1 @@
+//! Desired NAT outgoing state (pure).
