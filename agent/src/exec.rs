@@ -70,7 +70,12 @@ impl Exec {
 
     /// Run to completion, feeding `stdin` if given. Non-zero exit is an error that
     /// carries stderr.
-    pub fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, ExecError> {
+    pub fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<Output, ExecError> {
         let mut cmd = self.command(program, args);
         cmd.stdin(if stdin.is_some() {
             Stdio::piped()

@@ -9,3 +9,4 @@
 pub mod calc;
 pub mod dataplane;
 pub mod exec;
+pub mod render;
