@@ -5,8 +5,11 @@
 //! validation ([`validate`]), manifests ([`manifest`]), a node's view of the intent
 //! ([`view`]) and the generated gRPC types ([`proto`]).
 
+pub mod client;
+pub mod logging;
 pub mod manifest;
 pub mod model;
+pub mod pki;
 pub mod selector;
 pub mod view;
 

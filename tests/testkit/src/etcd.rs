@@ -1,0 +1,175 @@
+//! A real etcd server for tests: random free ports, a temporary data directory (on
+//! tmpfs when there is one, so fsync is cheap), killed and removed on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// Client TLS material for an etcd started in TLS mode.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// A running etcd.
+#[derive(Debug)]
+pub struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<EtcdTls>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 always works on a test machine")
+}
+
+fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let mut b = tempfile::Builder::new();
+    b.prefix("tern-etcd-");
+    Ok(if shm.is_dir() {
+        b.tempdir_in(shm)?
+    } else {
+        b.tempdir()?
+    })
+}
+
+impl Etcd {
+    /// Start a plaintext etcd on loopback and wait until it serves.
+    pub fn start() -> anyhow::Result<Etcd> {
+        Self::start_inner(None)
+    }
+
+    /// Start an etcd that serves clients over TLS and requires client certificates.
+    pub fn start_tls(tls: EtcdTls) -> anyhow::Result<Etcd> {
+        Self::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<EtcdTls>) -> anyhow::Result<Etcd> {
+        let mut e = Etcd {
+            child: None,
+            dir: temp_dir().context("creating the etcd data directory")?,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls,
+        };
+        e.spawn()?;
+        Ok(e)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// The endpoint without the scheme, as some clients want it.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=tern-test")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=tern-test={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.path().join("etcd.log"))
+                    .context("creating etcd.log")?,
+            ));
+        if let Some(t) = &self.tls {
+            cmd.arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg(format!("--cert-file={}", t.server_cert.display()))
+                .arg(format!("--key-file={}", t.server_key.display()))
+                .arg("--client-cert-auth=true");
+        }
+        let child = cmd.spawn().context(
+            "starting etcd (is the etcd-server package installed? the README's test command installs it)",
+        )?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                bail!("etcd exited during start ({status}): {log}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+                // The port accepts before the server is ready to serve; a moment more.
+                std::thread::sleep(Duration::from_millis(100));
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd did not start listening on {} within 20s", self.endpoint());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Stop etcd (SIGKILL), keeping its data and ports.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start etcd again on the same ports with the same data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// A plaintext client (for tests that inspect or tamper with the store).
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        if self.tls.is_some() {
+            bail!("this etcd requires TLS; build a client with its certificates");
+        }
+        Ok(etcd_client::Client::connect([self.endpoint()], None).await?)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
