@@ -9,6 +9,7 @@ pub mod client;
 pub mod logging;
 pub mod manifest;
 pub mod model;
+pub mod patch;
 pub mod pki;
 pub mod selector;
 pub mod view;
