@@ -1,0 +1,128 @@
+//! Apply timings of the real drivers, for the benchmark binary: N pools, a full
+//! apply on a host without tern's objects and a one-pool change on top of N pools.
+//! Point `exec` at a network namespace made for the purpose: the functions program it
+//! and clean it up.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{DataplaneError, IptablesBackend, IptablesDriver, NatDriver, NftDriver};
+use crate::calc::nat::NatState;
+use crate::exec::Exec;
+
+/// Most pools [`pool_state`] can make (every other /24 of 10.0.0.0/8).
+pub const MAX_POOLS: usize = 32_767;
+
+/// Which driver to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchDriver {
+    Nftables,
+    Iptables(IptablesBackend),
+}
+
+impl BenchDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchDriver::Nftables => "nftables",
+            BenchDriver::Iptables(b) => b.driver_name(),
+        }
+    }
+
+    fn make(self, exec: &Exec) -> Box<dyn NatDriver> {
+        match self {
+            BenchDriver::Nftables => Box::new(NftDriver::new(exec.clone())),
+            BenchDriver::Iptables(b) => Box::new(IptablesDriver::new(exec.clone(), b)),
+        }
+    }
+}
+
+/// Timings for one driver and pool count (medians over `runs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchResult {
+    pub driver: &'static str,
+    pub pools: usize,
+    pub runs: usize,
+    /// First apply of `pools` pools where nothing of tern's exists (read-back included).
+    pub full: Duration,
+    /// Adding or removing one pool on top of `pools` pools.
+    pub one_pool_change: Duration,
+}
+
+/// A state with `n` natOutgoing IPv4 /24 pools that nftables cannot merge (every other
+/// /24 of 10.0.0.0/8). `n` is capped at [`MAX_POOLS`].
+pub fn pool_state(n: usize) -> NatState {
+    let mut s = NatState::default();
+    for i in 0..n.min(MAX_POOLS) {
+        let k = u32::try_from(i * 2).unwrap_or(0);
+        let addr = Ipv4Addr::from(0x0a00_0000 | (k << 8));
+        if let Ok(net) = Ipv4Net::new(addr, 24) {
+            s.v4.all_pools.insert(IpNet::V4(net));
+            s.v4.nat_pools.insert(IpNet::V4(net));
+        }
+    }
+    s
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Time `driver` with `pools` pools, `runs` times each (at least once). Leaves nothing
+/// behind (cleanup at the end, also after a failure).
+pub fn bench_apply(
+    exec: &Exec,
+    driver: BenchDriver,
+    pools: usize,
+    runs: usize,
+) -> Result<BenchResult, DataplaneError> {
+    let runs = runs.max(1);
+    let base = pool_state(pools);
+    let plus_one = pool_state(pools + 1);
+    let result = (|| {
+        let mut full = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            driver.make(exec).cleanup()?;
+            let mut d = driver.make(exec);
+            let start = Instant::now();
+            d.apply(&base)?;
+            full.push(start.elapsed());
+        }
+        let mut d = driver.make(exec);
+        d.apply(&base)?;
+        let mut change = Vec::with_capacity(runs);
+        for i in 0..runs {
+            let next = if i % 2 == 0 { &plus_one } else { &base };
+            let start = Instant::now();
+            d.apply(next)?;
+            change.push(start.elapsed());
+        }
+        Ok(BenchResult {
+            driver: driver.name(),
+            pools,
+            runs,
+            full: median(full),
+            one_pool_change: median(change),
+        })
+    })();
+    let cleaned = driver.make(exec).cleanup();
+    let r = result?;
+    cleaned?;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_states_do_not_merge() {
+        let s = pool_state(3);
+        let v: Vec<String> = s.v4.nat_pools.iter().map(|n| n.to_string()).collect();
+        assert_eq!(v, vec!["10.0.0.0/24", "10.0.2.0/24", "10.0.4.0/24"]);
+        assert_eq!(pool_state(MAX_POOLS + 10).v4.all_pools.len(), MAX_POOLS);
+        assert_eq!(median(vec![]), Duration::ZERO);
+    }
+}
