@@ -1,0 +1,197 @@
+//! Who may call what: the whole authorization policy of the controller, in one place.
+//!
+//! Identities come from the verified client certificate's URI SAN (see
+//! [`tern::pki`]): `spiffe://tern/admin`, `spiffe://tern/viewer`,
+//! `spiffe://tern/node/<name>`. The transport layer ([`crate::tls`]) turns a
+//! connection into an [`Identity`] and calls [`authorize_method`] for every RPC before
+//! the request reaches a handler; handlers call the finer checks below for decisions
+//! that depend on the request's contents (the kind being read, the node named in a
+//! Hello).
+
+use tern::model::Kind;
+pub use tern::pki::Identity;
+use tonic::Status;
+use tracing::warn;
+
+/// The gRPC methods, grouped by what they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read resources, nodes, IPAM, reflection.
+    Read,
+    /// Change resources or IPAM.
+    Write,
+    /// The agent's sync stream.
+    Sync,
+    /// Health checks: open to anyone who completes a TLS handshake.
+    Health,
+}
+
+/// Classify a gRPC path (`/package.Service/Method`). Unknown paths are writes, so
+/// anything new is admin-only until it is classified here.
+pub fn classify(path: &str) -> Access {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    match service {
+        "grpc.health.v1.Health" => Access::Health,
+        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+            Access::Read
+        }
+        "tern.v1.SyncService" => Access::Sync,
+        "tern.v1.ResourceService" => match method {
+            "Get" | "List" | "Watch" => Access::Read,
+            _ => Access::Write,
+        },
+        "tern.v1.NodeService" => Access::Read,
+        "tern.v1.IpamService" => match method {
+            "Show" => Access::Read,
+            _ => Access::Write,
+        },
+        _ => Access::Write,
+    }
+}
+
+/// Method-level decision for an identity (None: no client certificate).
+pub fn authorize_method(identity: Option<&Identity>, path: &str) -> Result<(), Status> {
+    let access = classify(path);
+    if access == Access::Health {
+        return Ok(());
+    }
+    let Some(id) = identity else {
+        warn!(rpc = path, "denied: no client certificate");
+        return Err(Status::unauthenticated(
+            "a client certificate signed by the cluster CA is required",
+        ));
+    };
+    let allowed = matches!(
+        (id, access),
+        (Identity::Admin | Identity::Insecure, _)
+            | (Identity::Viewer, Access::Read)
+            | (Identity::Node(_), Access::Sync)
+    );
+    if allowed {
+        Ok(())
+    } else {
+        warn!(identity = %id, rpc = path, "denied: not permitted for this identity");
+        Err(Status::permission_denied(format!(
+            "{id} may not call {path}"
+        )))
+    }
+}
+
+/// The identity the transport layer attached to a request.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Identity, Status> {
+    req.extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no identity on this connection"))
+}
+
+/// May `id` read objects of `kind` (with secret values if `show_secrets`)?
+/// Viewers never read Secrets; only administrators see secret values.
+pub fn check_read(id: &Identity, kind: Option<Kind>, show_secrets: bool) -> Result<(), Status> {
+    let admin = matches!(id, Identity::Admin | Identity::Insecure);
+    if show_secrets && !admin {
+        warn!(identity = %id, "denied: show_secrets requires the admin role");
+        return Err(Status::permission_denied(format!(
+            "{id} may not read secret values (admin only)"
+        )));
+    }
+    if kind == Some(Kind::Secret) && !admin {
+        warn!(identity = %id, "denied: reading Secrets requires the admin role");
+        return Err(Status::permission_denied(format!(
+            "{id} may not read Secrets (admin only)"
+        )));
+    }
+    Ok(())
+}
+
+/// True when `id` may see objects of this kind in a list of every kind.
+pub fn may_list_kind(id: &Identity, kind: Kind) -> bool {
+    kind != Kind::Secret || matches!(id, Identity::Admin | Identity::Insecure)
+}
+
+/// May `id` open the sync stream for `node`? An agent only for the node in its
+/// certificate.
+pub fn check_node(id: &Identity, node: &str) -> Result<(), Status> {
+    match id {
+        Identity::Node(n) if n == node => Ok(()),
+        Identity::Admin | Identity::Insecure => Ok(()),
+        other => {
+            warn!(identity = %other, node, "denied: Hello names another node");
+            Err(Status::permission_denied(format!(
+                "{other} may not sync as node {node:?}"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_table() {
+        let admin = Identity::Admin;
+        let viewer = Identity::Viewer;
+        let node = Identity::Node("n1".into());
+        let rows: &[(Option<&Identity>, &str, Option<tonic::Code>)] = &[
+            (None, "/grpc.health.v1.Health/Check", None),
+            (
+                None,
+                "/tern.v1.ResourceService/Get",
+                Some(tonic::Code::Unauthenticated),
+            ),
+            (Some(&admin), "/tern.v1.ResourceService/Create", None),
+            (Some(&admin), "/tern.v1.SyncService/Sync", None),
+            (Some(&viewer), "/tern.v1.ResourceService/List", None),
+            (Some(&viewer), "/tern.v1.ResourceService/Watch", None),
+            (
+                Some(&viewer),
+                "/tern.v1.ResourceService/Patch",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (
+                Some(&viewer),
+                "/tern.v1.IpamService/AssignAddress",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (Some(&viewer), "/tern.v1.IpamService/Show", None),
+            (
+                Some(&viewer),
+                "/tern.v1.SyncService/Sync",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (Some(&node), "/tern.v1.SyncService/Sync", None),
+            (
+                Some(&node),
+                "/tern.v1.ResourceService/Get",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (
+                Some(&node),
+                "/tern.v1.NodeService/ListNodes",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (
+                Some(&node),
+                "/tern.v1.Future/Thing",
+                Some(tonic::Code::PermissionDenied),
+            ),
+        ];
+        for (id, path, want) in rows {
+            let got = authorize_method(*id, path).err().map(|s| s.code());
+            assert_eq!(got, *want, "{id:?} {path}");
+        }
+        assert!(check_read(&viewer, Some(Kind::Secret), false).is_err());
+        assert!(check_read(&viewer, Some(Kind::IPPool), true).is_err());
+        assert!(check_read(&viewer, Some(Kind::IPPool), false).is_ok());
+        assert!(check_read(&admin, Some(Kind::Secret), true).is_ok());
+        assert!(check_node(&node, "n1").is_ok());
+        assert_eq!(
+            check_node(&node, "n2").map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+    }
+}

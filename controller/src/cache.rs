@@ -1,0 +1,391 @@
+//! The replica's in-memory copy of every resource, fed by one etcd watch, with a
+//! bounded history of recent events. Sync streams read it at their own pace.
+//!
+//! The watcher is a state machine (as kube-rs' watcher):
+//!
+//! ```text
+//!   Listing ──list at rev R──► Watching(R+1) ──events──► Watching
+//!      ▲                            │
+//!      └── compacted / canceled / error (back off, relist) ◄┘
+//! ```
+//!
+//! A relist does not drop agent streams: the difference between the old cache and
+//! the fresh list is appended to the history as synthetic events at the list
+//! revision, so every stream can still move its cursor forward.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use parking_lot::RwLock;
+use tern::model::{Kind, Resource};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// A resource as cached: parsed once, with the stored JSON bytes shared by every
+/// stream that sends it.
+#[derive(Debug)]
+pub struct Entry {
+    pub resource: Resource,
+    pub bytes: Bytes,
+    pub mod_revision: i64,
+}
+
+/// (kind, name).
+pub type Key = (Kind, Arc<str>);
+
+/// One change. `prev` is the value before, `new` the value after (None = absent).
+#[derive(Debug)]
+pub struct Event {
+    pub revision: i64,
+    /// When the cache applied it (for lag metrics).
+    pub at: std::time::Instant,
+    pub key: Key,
+    pub prev: Option<Arc<Entry>>,
+    pub new: Option<Arc<Entry>>,
+}
+
+/// The cache contents. Read under the lock; never held across an await.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Every event up to and including this revision is applied.
+    pub revision: i64,
+    pub objects: HashMap<Key, Arc<Entry>>,
+    /// Recent events in revision order.
+    pub history: VecDeque<Arc<Event>>,
+    /// Events after this revision are all in `history`.
+    pub floor: i64,
+    /// True once the first list is in.
+    pub ready: bool,
+}
+
+impl State {
+    /// Events with revision > `after`, or None when some of them are no longer kept.
+    pub fn events_after(&self, after: i64) -> Option<impl Iterator<Item = &Arc<Event>>> {
+        if after < self.floor {
+            return None;
+        }
+        let start = self.history.partition_point(|e| e.revision <= after);
+        Some(self.history.range(start..))
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Entry>> {
+        self.objects.get(&(kind, Arc::from(name)))
+    }
+
+    /// Objects of one kind (unordered).
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&Key, &Arc<Entry>)> {
+        self.objects.iter().filter(move |(k, _)| k.0 == kind)
+    }
+
+    fn push(&mut self, ev: Event, max_history: usize) {
+        let ev = Arc::new(ev);
+        match &ev.new {
+            Some(e) => {
+                self.objects.insert(ev.key.clone(), e.clone());
+            }
+            None => {
+                self.objects.remove(&ev.key);
+            }
+        }
+        self.history.push_back(ev);
+        while self.history.len() > max_history {
+            if let Some(old) = self.history.pop_front() {
+                self.floor = old.revision;
+            }
+        }
+    }
+}
+
+/// The shared cache.
+#[derive(Debug)]
+pub struct Cache {
+    state: RwLock<State>,
+    /// The cache revision, for streams to wait on.
+    head: watch::Sender<i64>,
+    max_history: usize,
+}
+
+fn decode(store: &Store, kv: &etcd_client::KeyValue) -> Option<(Key, Arc<Entry>)> {
+    let (kind, name) = store.parse_key(kv.key())?;
+    match Resource::from_json_bytes(kv.value()) {
+        Ok(mut resource) => {
+            resource.metadata_mut().resource_version = kv.mod_revision().to_string();
+            Some((
+                (kind, Arc::from(name.as_str())),
+                Arc::new(Entry {
+                    resource,
+                    bytes: Bytes::copy_from_slice(kv.value()),
+                    mod_revision: kv.mod_revision(),
+                }),
+            ))
+        }
+        Err(e) => {
+            warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring unreadable stored object");
+            None
+        }
+    }
+}
+
+impl Cache {
+    pub fn new(max_history: usize) -> Arc<Cache> {
+        let (head, _) = watch::channel(0);
+        Arc::new(Cache {
+            state: RwLock::new(State::default()),
+            head,
+            max_history: max_history.max(16),
+        })
+    }
+
+    /// Read the state. Keep the closure short: writers wait for it.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read())
+    }
+
+    /// A receiver that changes whenever the cache revision moves.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.state.read().revision
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.read().ready
+    }
+
+    /// Wait until the cache has applied `revision` (or the timeout passes).
+    pub async fn wait_for(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Install a fresh list taken at `revision`. The first one fills the cache; later
+    /// ones append the difference to the history as events at `revision`.
+    pub fn install_list(&self, revision: i64, objects: HashMap<Key, Arc<Entry>>) {
+        let mut st = self.state.write();
+        if !st.ready {
+            st.objects = objects;
+            st.revision = revision;
+            st.floor = revision;
+            st.ready = true;
+        } else {
+            let mut changes = Vec::new();
+            for (k, old) in &st.objects {
+                match objects.get(k) {
+                    None => changes.push((k.clone(), Some(old.clone()), None)),
+                    Some(new) if new.mod_revision != old.mod_revision => {
+                        changes.push((k.clone(), Some(old.clone()), Some(new.clone())));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (k, new) in &objects {
+                if !st.objects.contains_key(k) {
+                    changes.push((k.clone(), None, Some(new.clone())));
+                }
+            }
+            let n = changes.len();
+            let rev = revision.max(st.revision);
+            for (key, prev, new) in changes {
+                st.push(
+                    Event {
+                        revision: rev,
+                        at: std::time::Instant::now(),
+                        key,
+                        prev,
+                        new,
+                    },
+                    self.max_history,
+                );
+            }
+            st.revision = rev;
+            info!(revision = rev, differences = n, "cache relisted");
+        }
+        let rev = st.revision;
+        drop(st);
+        self.head.send_replace(rev);
+    }
+
+    /// Apply a batch of watch events (all with revisions after the cache's).
+    pub fn apply(&self, events: Vec<(i64, Key, Option<Arc<Entry>>)>, header_revision: i64) {
+        let mut st = self.state.write();
+        for (revision, key, new) in events {
+            if revision <= st.revision {
+                continue; // already in (e.g. seen by the list)
+            }
+            let prev = st.objects.get(&key).cloned();
+            st.push(
+                Event {
+                    revision,
+                    at: std::time::Instant::now(),
+                    key,
+                    prev,
+                    new,
+                },
+                self.max_history,
+            );
+            st.revision = revision;
+        }
+        if header_revision > st.revision {
+            st.revision = header_revision;
+        }
+        let rev = st.revision;
+        drop(st);
+        self.head.send_if_modified(|h| {
+            let changed = *h != rev;
+            *h = rev;
+            changed
+        });
+    }
+
+    /// Run the list+watch loop forever (abort the task to stop it).
+    pub async fn run(self: Arc<Self>, store: Store, metrics: Arc<Metrics>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = self.list_and_watch(&store, &metrics).await;
+            metrics.etcd_watch_healthy.set(0);
+            metrics.cache_relists.inc();
+            match result {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    warn!(error = %e, "cache watch interrupted; relisting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn list_and_watch(&self, store: &Store, metrics: &Metrics) -> Result<(), String> {
+        let mut client = store.client();
+        let (start, end) = store.resources_range();
+        let resp = client
+            .kv_client()
+            .get(
+                start.clone(),
+                Some(GetOptions::new().with_range(end.clone())),
+            )
+            .await
+            .map_err(|e| format!("list: {e}"))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let objects: HashMap<Key, Arc<Entry>> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| decode(store, kv))
+            .collect();
+        debug!(revision = rev, objects = objects.len(), "listed");
+        self.install_list(rev, objects);
+
+        let mut stream = client
+            .watch(
+                start,
+                Some(
+                    WatchOptions::new()
+                        .with_range(end)
+                        .with_start_revision(rev + 1)
+                        .with_progress_notify(),
+                ),
+            )
+            .await
+            .map_err(|e| format!("watch: {e}"))?;
+        metrics.etcd_watch_healthy.set(1);
+        loop {
+            let Some(resp) = stream.message().await.map_err(|e| format!("watch: {e}"))? else {
+                return Err("watch stream ended".into());
+            };
+            if resp.canceled() {
+                return Err(if resp.compact_revision() > 0 {
+                    format!("compacted at {}", resp.compact_revision())
+                } else {
+                    format!("canceled: {}", resp.cancel_reason())
+                });
+            }
+            let header = resp.header().map_or(0, |h| h.revision());
+            let mut batch = Vec::with_capacity(resp.events().len());
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some((kind, name)) = store.parse_key(kv.key()) else {
+                    continue;
+                };
+                let key: Key = (kind, Arc::from(name.as_str()));
+                match ev.event_type() {
+                    EventType::Put => {
+                        if let Some((k, e)) = decode(store, kv) {
+                            batch.push((kv.mod_revision(), k, Some(e)));
+                        }
+                    }
+                    EventType::Delete => batch.push((kv.mod_revision(), key, None)),
+                }
+            }
+            self.apply(batch, header);
+            let (rev, n) = self.read(|st| (st.revision, st.objects.len()));
+            metrics.cache_revision.set(rev);
+            metrics.cache_objects.set(n as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern::model::{Object, SecretData};
+
+    fn entry(name: &str, rev: i64) -> Arc<Entry> {
+        Arc::new(Entry {
+            resource: Resource::Secret(Object::new(name, SecretData::new())),
+            bytes: Bytes::new(),
+            mod_revision: rev,
+        })
+    }
+
+    fn key(name: &str) -> Key {
+        (Kind::Secret, Arc::from(name))
+    }
+
+    #[test]
+    fn history_is_bounded_and_floor_moves() {
+        let c = Cache::new(16);
+        c.install_list(10, HashMap::new());
+        for i in 0..20 {
+            c.apply(vec![(11 + i, key("a"), Some(entry("a", 11 + i)))], 0);
+        }
+        c.read(|st| {
+            assert_eq!(st.revision, 30);
+            assert_eq!(st.history.len(), 16);
+            assert_eq!(st.floor, 14);
+            assert!(st.events_after(13).is_none());
+            assert_eq!(st.events_after(14).map(|e| e.count()), Some(16));
+            assert_eq!(st.events_after(28).map(|e| e.count()), Some(2));
+        });
+    }
+
+    #[test]
+    fn relist_appends_the_difference() {
+        let c = Cache::new(100);
+        let mut objs = HashMap::new();
+        objs.insert(key("a"), entry("a", 5));
+        objs.insert(key("b"), entry("b", 6));
+        c.install_list(6, objs);
+        let mut fresh = HashMap::new();
+        fresh.insert(key("b"), entry("b", 9));
+        fresh.insert(key("c"), entry("c", 8));
+        c.install_list(10, fresh);
+        c.read(|st| {
+            assert_eq!(st.revision, 10);
+            let evs: Vec<_> = st.events_after(6).expect("kept").collect();
+            assert_eq!(evs.len(), 3);
+            assert!(evs.iter().all(|e| e.revision == 10));
+            assert!(st.get(Kind::Secret, "a").is_none());
+            assert_eq!(st.get(Kind::Secret, "b").map(|e| e.mod_revision), Some(9));
+        });
+    }
+}

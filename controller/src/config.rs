@@ -1,0 +1,210 @@
+//! Controller configuration: typed, validated before anything binds.
+//!
+//! Sources, strongest first: command-line flags, `TERN_*` environment variables
+//! (both handled by clap in `main.rs`), a YAML config file (`--config`), defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern::model::Cidr;
+
+use crate::store::EtcdOptions;
+use crate::tls::TlsPaths;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+/// Everything the controller needs to start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus metrics listen address (HTTP), if any.
+    pub metrics_listen: Option<SocketAddr>,
+    pub etcd: EtcdOptions,
+    /// Key prefix in etcd, e.g. `/tern/v1`.
+    pub prefix: String,
+    /// TLS material; None only with `insecure`.
+    pub tls: Option<TlsPaths>,
+    pub insecure: bool,
+    pub insecure_allow_remote: bool,
+    /// How often TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// This replica's name in node connection records.
+    pub controller_id: String,
+    /// Create this IPv4 pool (`default-ipv4-ippool`, natOutgoing) when there is no pool.
+    pub default_ipv4_pool: Option<Cidr>,
+    pub status_writes_per_sec: u32,
+    pub sync: SyncTuning,
+}
+
+/// Knobs of the sync fan-out.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    /// Events kept in memory for agents that reconnect or lag.
+    pub history_events: usize,
+    /// Items per snapshot chunk.
+    pub snapshot_chunk_items: usize,
+    /// Interval between pings on an idle stream.
+    pub ping_interval: Duration,
+    /// An agent that has not answered a ping for this long is disconnected.
+    pub pong_timeout: Duration,
+    /// An agent whose stream has not drained for this long is disconnected.
+    pub send_timeout: Duration,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        SyncTuning {
+            history_events: 100_000,
+            snapshot_chunk_items: 500,
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The YAML config file. Every field is optional; flags and environment override it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    pub etcd_username: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
+    pub prefix: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure: Option<bool>,
+    pub insecure_allow_remote: Option<bool>,
+    pub controller_id: Option<String>,
+    pub default_ipv4_pool: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub status_writes_per_sec: Option<u32>,
+}
+
+/// A configuration error: what is wrong, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl ControllerConfig {
+    /// A configuration for tests and embedding: plaintext on loopback port 0.
+    pub fn insecure_for_tests(etcd_endpoint: String, prefix: String) -> Self {
+        ControllerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            etcd: EtcdOptions {
+                endpoints: vec![etcd_endpoint],
+                ..Default::default()
+            },
+            prefix,
+            tls: None,
+            insecure: true,
+            insecure_allow_remote: false,
+            tls_reload_interval: Duration::from_secs(2),
+            controller_id: format!("controller-{}", &uuid::Uuid::new_v4().to_string()[..8]),
+            default_ipv4_pool: None,
+            status_writes_per_sec: 500,
+            sync: SyncTuning::default(),
+        }
+    }
+
+    /// Check the combination of settings. Called before anything binds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.etcd.endpoints.is_empty() {
+            return bad("no etcd endpoints: give --etcd-endpoints (TERN_ETCD_ENDPOINTS)".into());
+        }
+        for e in &self.etcd.endpoints {
+            let hostport = e.split("://").last().unwrap_or(e);
+            if !hostport.contains(':') {
+                return bad(format!(
+                    "etcd endpoint {e:?} has no port (expected host:port or http(s)://host:port)"
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return bad(format!(
+                "key prefix {:?} must start with '/' and name a directory, e.g. /tern/v1",
+                self.prefix
+            ));
+        }
+        match (&self.tls, self.insecure) {
+            (Some(_), true) => {
+                return bad("--insecure cannot be combined with --cert/--key/--ca".into());
+            }
+            (None, false) => {
+                return bad(
+                    "TLS is required: give --ca, --cert and --key (or --insecure for a \
+                     plaintext test setup on loopback)"
+                        .into(),
+                );
+            }
+            (None, true) if !self.listen.ip().is_loopback() && !self.insecure_allow_remote => {
+                return bad(format!(
+                    "refusing plaintext on non-loopback address {}: add --insecure-allow-remote \
+                     if you really mean it",
+                    self.listen
+                ));
+            }
+            _ => {}
+        }
+        if let Some(t) = &self.tls {
+            for (what, p) in [("--ca", &t.ca), ("--cert", &t.cert), ("--key", &t.key)] {
+                if !p.exists() {
+                    return bad(format!("{what} {} does not exist", p.display()));
+                }
+            }
+        }
+        if self.etcd.cert.is_some() != self.etcd.key.is_some() {
+            return bad("--etcd-cert and --etcd-key go together".into());
+        }
+        if self.etcd.username.is_some() != self.etcd.password.is_some() {
+            return bad("--etcd-username needs --etcd-password-file (and vice versa)".into());
+        }
+        if let Some(c) = &self.default_ipv4_pool
+            && (!c.is_ipv4() || !c.is_masked())
+        {
+            return bad(format!(
+                "--default-ipv4-pool {c} must be an IPv4 network address"
+            ));
+        }
+        if self.controller_id.is_empty() {
+            return bad("--controller-id must not be empty".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! Assembling and running a controller replica.
+//!
+//! ```text
+//! start(config)
+//!   ├─ validate config, load TLS (errors here: nothing bound yet)
+//!   ├─ etcd client (lazy), Store
+//!   ├─ bind gRPC listener (and metrics listener)
+//!   ├─ spawn: bootstrap (default BGPConfiguration / pool, retried until etcd answers)
+//!   ├─ spawn: StatusHub (lease keeper, status flusher), TLS reloader
+//!   └─ spawn: tonic server (AuthLayer ─► Resource, Node, Ipam, Sync, health, reflection)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern::model::{BGPConfigurationSpec, IPPoolSpec, Kind, Object, Resource};
+use tern::proto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::nodes::NodeApi;
+use crate::api::resources::ResourceApi;
+use crate::cache::Cache;
+use crate::config::{ConfigError, ControllerConfig};
+use crate::metrics::Metrics;
+use crate::status::StatusHub;
+use crate::store::{ConnectError, Store, StoreError};
+use crate::sync::SyncApi;
+use crate::tls::{AuthLayer, ReloadingTls, TlsError};
+
+/// Why a controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Etcd(#[from] ConnectError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Largest gRPC message accepted from clients.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A running controller replica.
+#[derive(Debug)]
+pub struct Controller {
+    addr: SocketAddr,
+    id: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controller {
+    /// The address the gRPC server listens on (with the real port when 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stop serving: close the listener, end streams, stop background tasks.
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(s) = self.server.take() {
+            // Streams that do not end by themselves are cut after a grace period.
+            match tokio::time::timeout(Duration::from_secs(5), s).await {
+                Ok(_) => {}
+                Err(_) => warn!("server did not stop within 5s"),
+            }
+        }
+    }
+
+    /// Wait until the server stops (it runs until shutdown or a fatal error).
+    pub async fn wait(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(s) = self.server.take() {
+            match s.await {
+                Ok(r) => r?,
+                Err(e) => warn!(error = %e, "server task failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+    }
+}
+
+/// Start a controller replica. Returns once the listener is bound.
+pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
+    config.validate()?;
+    let tls = match &config.tls {
+        Some(paths) => Some(ReloadingTls::load(paths.clone())?),
+        None => None,
+    };
+    let client = crate::store::connect(&config.etcd).await?;
+    let store = Store::new(client, config.prefix.clone());
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    if tls.is_none() {
+        warn!(%addr, "serving WITHOUT TLS (--insecure): anyone who can reach this address can change NAT and BGP intent");
+    }
+
+    let mut tasks = Vec::new();
+    let metrics = Metrics::new();
+    if let Some(maddr) = config.metrics_listen {
+        let t = crate::metrics::serve(maddr, metrics.clone())
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: maddr,
+                source,
+            })?;
+        tasks.push(t);
+    }
+    let cache = Cache::new(config.sync.history_events);
+    tasks.push(tokio::spawn(
+        cache.clone().run(store.clone(), metrics.clone()),
+    ));
+    let status = StatusHub::new(
+        store.clone(),
+        config.controller_id.clone(),
+        config.status_writes_per_sec,
+    );
+    tasks.extend(status.spawn());
+    if let Some(t) = &tls {
+        tasks.push(t.spawn_reloader(config.tls_reload_interval));
+    }
+    tasks.push(tokio::spawn(bootstrap(
+        store.clone(),
+        config.default_ipv4_pool.map(|c| c.to_string()),
+    )));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::resource_service_server::ResourceServiceServer<ResourceApi>>()
+        .await;
+    health_reporter
+        .set_serving::<proto::node_service_server::NodeServiceServer<NodeApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ConfigError::Invalid(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ConfigError::Invalid(format!("reflection: {e}")))?;
+
+    let resources =
+        proto::resource_service_server::ResourceServiceServer::new(ResourceApi::new(store.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let nodes = proto::node_service_server::NodeServiceServer::new(NodeApi::new(
+        store.clone(),
+        status.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let sync = proto::sync_service_server::SyncServiceServer::new(SyncApi::new(
+        cache.clone(),
+        store.clone(),
+        status.clone(),
+        config.sync.clone(),
+        config.controller_id.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    health_reporter
+        .set_serving::<proto::sync_service_server::SyncServiceServer<SyncApi>>()
+        .await;
+
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .layer(AuthLayer::new(tls.clone(), metrics.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(resources)
+        .add_service(nodes)
+        .add_service(sync);
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let server = match tls {
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(crate::tls::tls_incoming(listener, tls), shutdown),
+        ),
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(crate::tls::tcp_incoming(listener), shutdown),
+        ),
+    };
+    info!(%addr, id = %config.controller_id, prefix = %config.prefix, "controller serving");
+    Ok(Controller {
+        addr,
+        id: config.controller_id,
+        shutdown: Some(tx),
+        server: Some(server),
+        tasks,
+    })
+}
+
+/// Create the default BGPConfiguration, and the default IPv4 pool when asked and no
+/// pool exists. Safe with several replicas (create-if-absent); retried until etcd
+/// answers.
+async fn bootstrap(store: Store, default_pool: Option<String>) {
+    let api = ResourceApi::new(store.clone());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match bootstrap_once(&store, &api, default_pool.as_deref()).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, "bootstrap failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn bootstrap_once(
+    store: &Store,
+    api: &ResourceApi,
+    default_pool: Option<&str>,
+) -> Result<(), StoreError> {
+    if store
+        .get_opt(Kind::BGPConfiguration, "default")
+        .await?
+        .is_none()
+    {
+        let mut r =
+            Resource::BGPConfiguration(Object::new("default", BGPConfigurationSpec::default()));
+        r.normalize();
+        match api.create_resource(r).await {
+            Ok(_) => info!("created the default BGPConfiguration"),
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(cidr) = default_pool {
+        let (pools, _) = store.list(Some(Kind::IPPool)).await?;
+        if pools.is_empty() {
+            let spec = IPPoolSpec {
+                cidr: cidr.parse().map_err(|e: String| {
+                    StoreError::Invalid(tern::model::FieldError::new("defaultIPv4Pool", e))
+                })?,
+                block_size: None,
+                nat_outgoing: true,
+                disabled: false,
+                disable_bgp_export: false,
+                node_selector: Default::default(),
+                ipip_mode: None,
+                vxlan_mode: None,
+                allowed_uses: vec![],
+                assignment_mode: None,
+            };
+            let mut r = Resource::IPPool(Object::new("default-ipv4-ippool", spec));
+            r.normalize();
+            match api.create_resource(r).await {
+                Ok(_) => info!(%cidr, "created the default IPv4 pool default-ipv4-ippool"),
+                Err(StoreError::AlreadyExists { .. }) | Err(StoreError::Invalid(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Used by tests: the shared Arc type of the status hub.
+pub type SharedStatus = Arc<StatusHub>;

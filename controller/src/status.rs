@@ -1,0 +1,323 @@
+//! Agent status and liveness.
+//!
+//! - Status reports arrive on sync streams at any rate. The latest one per node is kept
+//!   in memory (so this replica answers with the freshest) and written to etcd under
+//!   `<prefix>/_status/<node>` by one flush task at a bounded rate: reports that arrive
+//!   while a node waits for its turn replace each other, so thousands of agents cost
+//!   at most `max_writes_per_sec` etcd writes.
+//! - A connected agent has a key `<prefix>/_connections/<node>` attached to this
+//!   replica's lease: it disappears when the stream closes, and by itself when the
+//!   replica dies (lease expiry).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use parking_lot::Mutex;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tern::proto;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::store::{Store, StoreError};
+
+/// The value of a connection key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    pub controller: String,
+    pub since: String,
+    pub agent_version: String,
+}
+
+#[derive(Default)]
+struct Pending {
+    latest: HashMap<String, proto::NodeStatus>,
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+}
+
+/// Status reports and connection liveness of the agents on this replica.
+pub struct StatusHub {
+    store: Store,
+    controller_id: String,
+    pending: Mutex<Pending>,
+    /// Latest report per node seen by this replica (served to readers).
+    latest: Mutex<HashMap<String, proto::NodeStatus>>,
+    /// Connections this replica holds: node -> connection (to re-put after a lease loss).
+    connections: Mutex<HashMap<String, Connection>>,
+    lease: Mutex<i64>,
+    wake: Notify,
+    max_writes_per_sec: u32,
+}
+
+impl std::fmt::Debug for StatusHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusHub")
+            .field("controller_id", &self.controller_id)
+            .finish()
+    }
+}
+
+const LEASE_TTL_SECS: i64 = 15;
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl StatusHub {
+    pub fn new(store: Store, controller_id: String, max_writes_per_sec: u32) -> Arc<StatusHub> {
+        Arc::new(StatusHub {
+            store,
+            controller_id,
+            pending: Mutex::new(Pending::default()),
+            latest: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            lease: Mutex::new(0),
+            wake: Notify::new(),
+            max_writes_per_sec: max_writes_per_sec.max(1),
+        })
+    }
+
+    pub fn controller_id(&self) -> &str {
+        &self.controller_id
+    }
+
+    fn status_key(&self, node: &str) -> String {
+        format!("{}{node}", self.store.internal_prefix("status"))
+    }
+
+    fn connection_key(&self, node: &str) -> String {
+        format!("{}{node}", self.store.internal_prefix("connections"))
+    }
+
+    /// Record a report; it reaches etcd on the node's next turn.
+    pub fn report(&self, node: &str, mut status: proto::NodeStatus) {
+        status.node = node.to_string();
+        status.controller = self.controller_id.clone();
+        if status.reported_at.is_empty() {
+            status.reported_at = now_rfc3339();
+        }
+        self.latest.lock().insert(node.to_string(), status.clone());
+        let mut p = self.pending.lock();
+        p.latest.insert(node.to_string(), status);
+        if p.queued.insert(node.to_string()) {
+            p.queue.push_back(node.to_string());
+        }
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    /// The freshest status this replica knows, else the stored one.
+    pub async fn status(&self, node: &str) -> Result<Option<proto::NodeStatus>, StoreError> {
+        if let Some(s) = self.latest.lock().get(node).cloned() {
+            return Ok(Some(s));
+        }
+        let mut kv = self.store.client().kv_client();
+        let resp = kv.get(self.status_key(node), None).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| proto::NodeStatus::decode(kv.value()).ok()))
+    }
+
+    /// Every stored status and connection (for ListNodes), with this replica's fresher
+    /// reports laid over.
+    pub async fn all(
+        &self,
+    ) -> Result<
+        (
+            HashMap<String, proto::NodeStatus>,
+            HashMap<String, Connection>,
+        ),
+        StoreError,
+    > {
+        let mut kv = self.store.client().kv_client();
+        let sp = self.store.internal_prefix("status");
+        let resp = kv
+            .get(sp.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut statuses = HashMap::new();
+        for item in resp.kvs() {
+            let node = String::from_utf8_lossy(&item.key()[sp.len()..]).into_owned();
+            if let Ok(s) = proto::NodeStatus::decode(item.value()) {
+                statuses.insert(node, s);
+            }
+        }
+        for (n, s) in self.latest.lock().iter() {
+            statuses.insert(n.clone(), s.clone());
+        }
+        let cp = self.store.internal_prefix("connections");
+        let resp = kv
+            .get(cp.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut conns = HashMap::new();
+        for item in resp.kvs() {
+            let node = String::from_utf8_lossy(&item.key()[cp.len()..]).into_owned();
+            if let Ok(c) = serde_json::from_slice::<Connection>(item.value()) {
+                conns.insert(node, c);
+            }
+        }
+        Ok((statuses, conns))
+    }
+
+    /// Mark a node connected to this replica.
+    pub async fn connected(&self, node: &str, agent_version: &str) -> Result<(), StoreError> {
+        let c = Connection {
+            controller: self.controller_id.clone(),
+            since: now_rfc3339(),
+            agent_version: agent_version.to_string(),
+        };
+        self.connections.lock().insert(node.to_string(), c.clone());
+        self.put_connection(node, &c).await
+    }
+
+    async fn put_connection(&self, node: &str, c: &Connection) -> Result<(), StoreError> {
+        let lease = *self.lease.lock();
+        let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let value = serde_json::to_vec(c).expect("a Connection always serializes");
+        self.store
+            .client()
+            .kv_client()
+            .put(self.connection_key(node), value, opts)
+            .await?;
+        Ok(())
+    }
+
+    /// Mark a node disconnected, unless another replica has taken it over meanwhile.
+    pub async fn disconnected(&self, node: &str) {
+        let Some(c) = self.connections.lock().remove(node) else {
+            return;
+        };
+        self.latest.lock().remove(node);
+        let value = serde_json::to_vec(&c).expect("a Connection always serializes");
+        let key = self.connection_key(node);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+            .and_then([TxnOp::delete(key, None)]);
+        if let Err(e) = self.store.client().kv_client().txn(txn).await {
+            debug!(node, error = %e, "could not remove the connection key; the lease will");
+        }
+    }
+
+    /// Run the lease keeper and the status flusher until the task is aborted.
+    pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.clone().keep_lease()),
+            tokio::spawn(self.clone().flush_loop()),
+        ]
+    }
+
+    async fn keep_lease(self: Arc<Self>) {
+        loop {
+            let mut client = self.store.client();
+            let lease = match client.lease_grant(LEASE_TTL_SECS, None).await {
+                Ok(l) => l.id(),
+                Err(e) => {
+                    warn!(error = %e, "cannot get an etcd lease for agent liveness; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            *self.lease.lock() = lease;
+            // Re-attach the connections we hold (after a lease loss they expired).
+            let conns: Vec<(String, Connection)> = self
+                .connections
+                .lock()
+                .iter()
+                .map(|(n, c)| (n.clone(), c.clone()))
+                .collect();
+            for (n, c) in conns {
+                let _ = self.put_connection(&n, &c).await;
+            }
+            info!(lease, "liveness lease granted");
+            let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
+                Ok(k) => k,
+                Err(e) => {
+                    warn!(error = %e, "lease keep-alive failed to start");
+                    continue;
+                }
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL_SECS / 3) as u64));
+            loop {
+                tick.tick().await;
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match responses.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    _ => break,
+                }
+            }
+            warn!(lease, "liveness lease lost; granting a new one");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Put unwritten reports back, unless a newer report arrived meanwhile.
+    fn requeue(&self, batch: Vec<(String, proto::NodeStatus)>) {
+        let mut p = self.pending.lock();
+        for (node, s) in batch {
+            p.latest.entry(node.clone()).or_insert(s);
+            if p.queued.insert(node.clone()) {
+                p.queue.push_back(node);
+            }
+        }
+    }
+
+    async fn flush_loop(self: Arc<Self>) {
+        // Writes are batched into transactions of up to BATCH puts, spaced so that at
+        // most max_writes_per_sec puts reach etcd per second.
+        const BATCH: usize = 100;
+        loop {
+            self.wake.notified().await;
+            loop {
+                let batch: Vec<(String, proto::NodeStatus)> = {
+                    let mut p = self.pending.lock();
+                    let mut out = Vec::new();
+                    while out.len() < BATCH {
+                        let Some(node) = p.queue.pop_front() else {
+                            break;
+                        };
+                        p.queued.remove(&node);
+                        if let Some(s) = p.latest.remove(&node) {
+                            out.push((node, s));
+                        }
+                    }
+                    out
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let n = batch.len();
+                let ops: Vec<TxnOp> = batch
+                    .iter()
+                    .map(|(node, s)| TxnOp::put(self.status_key(node), s.encode_to_vec(), None))
+                    .collect();
+                if let Err(e) = self
+                    .store
+                    .client()
+                    .kv_client()
+                    .txn(Txn::new().and_then(ops))
+                    .await
+                {
+                    warn!(error = %e, reports = n, "writing status reports failed; will retry");
+                    self.requeue(batch);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                let pause = Duration::from_secs_f64(n as f64 / f64::from(self.max_writes_per_sec));
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}

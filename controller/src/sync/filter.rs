@@ -1,0 +1,251 @@
+//! Which resources belong in a node's view (pure).
+//!
+//! Membership depends on a few *inputs*: the node's own labels, whether the mesh is
+//! on, and the BGPPeers that concern the node. From them follow the peers it gets,
+//! the other Nodes it needs (all of them with the mesh; else those its peerings
+//! select), and the Secrets its peerings reference. A Secret is in a node's view only
+//! when one of its own sessions uses it: no agent receives another node's secrets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tern::model::{BGPPeer, Kind, Resource};
+use tern::selector::Selector;
+
+/// Nodes a node needs to see, besides itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeNeed {
+    /// Every node (the mesh is on).
+    All,
+    /// Nodes matching any of these selectors or names.
+    Some {
+        selectors: Vec<Selector>,
+        names: BTreeSet<String>,
+    },
+}
+
+/// Everything membership depends on, for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    pub node: String,
+    /// The peers in the view (by name).
+    pub peers: BTreeSet<String>,
+    pub nodes: NodeNeed,
+    pub secrets: BTreeSet<String>,
+}
+
+/// What the inputs are computed from: the node's labels (None when the Node does not
+/// exist yet), the effective mesh setting and mesh password secret, and all peers.
+pub fn inputs<'a>(
+    node: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    mesh_enabled: bool,
+    mesh_secret: Option<&str>,
+    peers: impl IntoIterator<Item = &'a BGPPeer>,
+) -> Inputs {
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let mut peer_names = BTreeSet::new();
+    let mut selectors = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    if mesh_enabled && let Some(s) = mesh_secret {
+        secrets.insert(s.to_string());
+    }
+    for p in peers {
+        let s = &p.spec;
+        let applies = s.applies_to(node, labels);
+        // Reverse peering: this node is picked by another peering's peerSelector, so
+        // it makes sessions back to the nodes that peering applies to.
+        let picked = s.selects_peer(labels);
+        if !(applies || picked) {
+            continue;
+        }
+        peer_names.insert(p.metadata.name.clone());
+        if let Some(secret) = s.secret_name() {
+            secrets.insert(secret.to_string());
+        }
+        if applies && !s.peer_selector.is_empty() {
+            selectors.push(s.peer_selector.clone());
+        }
+        if picked {
+            if !s.node.is_empty() {
+                names.insert(s.node.clone());
+            } else {
+                selectors.push(s.node_selector.clone());
+            }
+        }
+    }
+    let nodes = if mesh_enabled {
+        NodeNeed::All
+    } else {
+        selectors.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        selectors.dedup();
+        NodeNeed::Some { selectors, names }
+    };
+    Inputs {
+        node: node.to_string(),
+        peers: peer_names,
+        nodes,
+        secrets,
+    }
+}
+
+impl Inputs {
+    /// Is this resource in the node's view?
+    pub fn contains(&self, r: &Resource) -> bool {
+        let name = r.name();
+        match r {
+            Resource::IPPool(_) | Resource::BGPFilter(_) => true,
+            Resource::BGPConfiguration(_) | Resource::AgentConfiguration(_) => {
+                name == "default" || name.strip_prefix("node.") == Some(self.node.as_str())
+            }
+            Resource::Node(n) => {
+                name == self.node
+                    || match &self.nodes {
+                        NodeNeed::All => true,
+                        NodeNeed::Some { selectors, names } => {
+                            names.contains(name)
+                                || selectors.iter().any(|s| s.matches(&n.metadata.labels))
+                        }
+                    }
+            }
+            Resource::BGPPeer(_) => self.peers.contains(name),
+            Resource::BlockAffinity(b) => b.spec.node == self.node,
+            Resource::Secret(_) => self.secrets.contains(name),
+        }
+    }
+
+    /// True when a change of `kind`/`name` can change the inputs themselves.
+    pub fn depends_on(node: &str, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::BGPPeer => true,
+            Kind::BGPConfiguration => name == "default" || name.strip_prefix("node.") == Some(node),
+            Kind::Node => name == node,
+            _ => false,
+        }
+    }
+
+    /// True when moving from `self` to `other` can change the membership of objects
+    /// of `kind` that did not change themselves.
+    pub fn affects(&self, other: &Inputs, kind: Kind) -> bool {
+        match kind {
+            Kind::Node => self.nodes != other.nodes,
+            Kind::BGPPeer => self.peers != other.peers,
+            Kind::Secret => self.secrets != other.secrets,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern::view::View;
+
+    const DOCS: &str = r#"
+apiVersion: tern.dev/v1
+kind: Node
+metadata: {name: a, labels: {rack: r1}}
+spec: {bgp: {ipv4Address: 10.0.0.1/24}}
+---
+apiVersion: tern.dev/v1
+kind: Node
+metadata: {name: b, labels: {rack: r2, rr: "true"}}
+spec: {bgp: {ipv4Address: 10.0.0.2/24}}
+---
+apiVersion: tern.dev/v1
+kind: Node
+metadata: {name: c, labels: {rack: r2}}
+spec: {bgp: {ipv4Address: 10.0.0.3/24}}
+---
+apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: tor-r1}
+spec: {nodeSelector: "rack == 'r1'", peerIP: 10.0.0.254, asNumber: 65000, password: {secretKeyRef: {name: tor-r1, key: pw}}}
+---
+apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: tor-r2}
+spec: {nodeSelector: "rack == 'r2'", peerIP: 10.0.1.254, asNumber: 65000, password: {secretKeyRef: {name: tor-r2, key: pw}}}
+---
+apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: to-rr}
+spec: {nodeSelector: "!has(rr)", peerSelector: "has(rr)"}
+---
+apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: global}
+spec: {peerIP: 192.0.2.1, asNumber: 65001}
+---
+apiVersion: tern.dev/v1
+kind: Secret
+metadata: {name: tor-r1}
+stringData: {pw: one}
+---
+apiVersion: tern.dev/v1
+kind: Secret
+metadata: {name: tor-r2}
+stringData: {pw: two}
+---
+apiVersion: tern.dev/v1
+kind: BGPConfiguration
+metadata: {name: node.b}
+spec: {listenPort: 1790}
+---
+apiVersion: tern.dev/v1
+kind: BlockAffinity
+metadata: {name: b-10-244-0-0-26}
+spec: {node: b, cidr: 10.244.0.0/26}
+"#;
+
+    fn view_for(v: &View, node: &str, mesh: bool) -> BTreeSet<(Kind, String)> {
+        let labels = v.nodes.get(node).map(|n| &n.metadata.labels);
+        let inp = inputs(node, labels, mesh, None, v.peers.values());
+        let all: Vec<Resource> = tern::manifest::parse_documents(DOCS).expect("valid docs");
+        all.into_iter()
+            .filter(|r| inp.contains(r))
+            .map(|r| (r.kind(), r.name().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn secrets_reach_only_their_nodes() {
+        let v = View::from_yaml(DOCS).expect("valid");
+        let a = view_for(&v, "a", true);
+        assert!(a.contains(&(Kind::Secret, "tor-r1".into())));
+        assert!(!a.contains(&(Kind::Secret, "tor-r2".into())));
+        let b = view_for(&v, "b", true);
+        assert!(b.contains(&(Kind::Secret, "tor-r2".into())));
+        assert!(!b.contains(&(Kind::Secret, "tor-r1".into())));
+        assert!(b.contains(&(Kind::BGPConfiguration, "node.b".into())));
+        assert!(!a.contains(&(Kind::BGPConfiguration, "node.b".into())));
+        assert!(b.contains(&(Kind::BlockAffinity, "b-10-244-0-0-26".into())));
+        assert!(!a.contains(&(Kind::BlockAffinity, "b-10-244-0-0-26".into())));
+    }
+
+    #[test]
+    fn nodes_follow_the_mesh_and_peer_selectors() {
+        let v = View::from_yaml(DOCS).expect("valid");
+        // Mesh on: every node.
+        let a = view_for(&v, "a", true);
+        assert!(
+            ["a", "b", "c"]
+                .iter()
+                .all(|n| a.contains(&(Kind::Node, n.to_string())))
+        );
+        // Mesh off: a peers with the reflector b only.
+        let a = view_for(&v, "a", false);
+        assert!(a.contains(&(Kind::Node, "b".into())));
+        assert!(!a.contains(&(Kind::Node, "c".into())));
+        assert!(a.contains(&(Kind::BGPPeer, "to-rr".into())));
+        assert!(a.contains(&(Kind::BGPPeer, "global".into())));
+        assert!(!a.contains(&(Kind::BGPPeer, "tor-r2".into())));
+        // The reflector is picked by to-rr's peerSelector: it needs the nodes that
+        // peering applies to (a and c) for the reverse sessions.
+        let b = view_for(&v, "b", false);
+        assert!(b.contains(&(Kind::Node, "a".into())));
+        assert!(b.contains(&(Kind::Node, "c".into())));
+        assert!(b.contains(&(Kind::BGPPeer, "to-rr".into())));
+    }
+}

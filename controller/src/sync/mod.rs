@@ -1,0 +1,443 @@
+//! `SyncService`: one bidirectional stream per agent.
+//!
+//! ```text
+//!             Hello ──► check name, identity; register the Node; wait for the cache
+//!                          │
+//!   ┌──────────── producer task (one per agent) ───────────────┐
+//!   │ snapshot (chunks) + InSync, or InSync + changes since R  │
+//!   │ loop: cache head moved ─► changes_since(cursor) ─► Delta │──► bounded channel ──► gRPC
+//!   │       ping tick ─► Ping (+ empty Delta as a bookmark)     │        (4 messages)
+//!   └───────────────────────────────────────────────────────────┘
+//!   inbound task: StatusReport ─► StatusHub;  Pong ─► last_pong
+//! ```
+//!
+//! The producer holds no per-key state: its cursor and the filter inputs are all it
+//! remembers, so a slow agent costs a few hundred bytes plus its socket buffers.
+//! Changes that pile up while a send waits are merged into the next Delta. An agent
+//! whose cursor falls out of the history, or whose stream does not drain within
+//! `send_timeout`, or that stops answering pings, is disconnected; it reconnects and
+//! resyncs.
+
+pub mod diff;
+pub mod filter;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tern::model::{IfAddr, Kind, NodeBGPSpec, NodeSpec, Object, Resource, check_name};
+use tern::proto::{self, agent_message, controller_message, sync_service_server::SyncService};
+use tern::validate::validate;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::api::resources::ResourceApi;
+use crate::api::{invalid, invalid_field};
+use crate::authz::{self, caller};
+use crate::cache::Cache;
+use crate::config::SyncTuning;
+use crate::metrics::Metrics;
+use crate::status::StatusHub;
+use crate::store::{Store, StoreError};
+
+/// The sync service of one replica.
+#[derive(Debug, Clone)]
+pub struct SyncApi {
+    cache: Arc<Cache>,
+    store: Store,
+    status: Arc<StatusHub>,
+    tuning: SyncTuning,
+    controller_id: String,
+    metrics: Arc<Metrics>,
+}
+
+impl SyncApi {
+    pub fn new(
+        cache: Arc<Cache>,
+        store: Store,
+        status: Arc<StatusHub>,
+        tuning: SyncTuning,
+        controller_id: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SyncApi {
+            cache,
+            store,
+            status,
+            tuning,
+            controller_id,
+            metrics,
+        }
+    }
+}
+
+type Out = Result<proto::ControllerMessage, Status>;
+type SyncStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
+
+fn msg(m: controller_message::Msg) -> Out {
+    Ok(proto::ControllerMessage { msg: Some(m) })
+}
+
+/// Create or update the node's Node resource from its Hello. Returns the revision
+/// at which the Node is as the agent described it.
+async fn register(
+    store: &Store,
+    node: &str,
+    reg: Option<&proto::NodeRegistration>,
+) -> Result<i64, Status> {
+    let parse = |field: &str, s: &str| -> Result<Option<IfAddr>, Status> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|e: String| invalid_field(&format!("hello.registration.{field}"), e))
+    };
+    let (v4, v6) = match reg {
+        Some(r) => (
+            parse("ipv4Address", &r.ipv4_address)?,
+            parse("ipv6Address", &r.ipv6_address)?,
+        ),
+        None => (None, None),
+    };
+    let labels = reg.map(|r| r.labels.clone()).unwrap_or_default();
+    for _ in 0..8 {
+        match store.get_opt(Kind::Node, node).await? {
+            None => {
+                if v4.is_none() && v6.is_none() {
+                    return Err(Status::not_found(format!(
+                        "node {node:?} is unknown: create the Node resource, or start the agent \
+                         with --ipv4-address/--ipv6-address (or address autodetection) so it can \
+                         register itself"
+                    )));
+                }
+                let mut r = Resource::Node(Object::new(
+                    node,
+                    NodeSpec {
+                        bgp: Some(NodeBGPSpec {
+                            ipv4_address: v4,
+                            ipv6_address: v6,
+                            ..Default::default()
+                        }),
+                    },
+                ));
+                r.metadata_mut().labels = labels.clone().into_iter().collect();
+                r.normalize();
+                validate(&r).map_err(|e| invalid(&e.0))?;
+                match ResourceApi::new(store.clone()).create_resource(r).await {
+                    Ok(created) => {
+                        info!(node, "registered node");
+                        return Ok(created.metadata().resource_version.parse().unwrap_or(0));
+                    }
+                    Err(StoreError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(cur) => {
+                let Resource::Node(mut n) = cur.resource.clone() else {
+                    return Err(Status::internal("stored Node is not a Node"));
+                };
+                let bgp = n.spec.bgp.get_or_insert_with(Default::default);
+                if v4.is_some() {
+                    bgp.ipv4_address = v4;
+                }
+                if v6.is_some() {
+                    bgp.ipv6_address = v6;
+                }
+                for (k, v) in &labels {
+                    n.metadata.labels.insert(k.clone(), v.clone());
+                }
+                let new = Resource::Node(n);
+                if new == cur.resource {
+                    return Ok(cur.mod_revision);
+                }
+                validate(&new).map_err(|e| invalid(&e.0))?;
+                match store.replace(&new, cur.mod_revision).await {
+                    Ok(r) => {
+                        info!(node, "updated node registration");
+                        return Ok(r.metadata().resource_version.parse().unwrap_or(0));
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(Status::aborted(format!(
+        "node {node:?} is being changed concurrently; retry"
+    )))
+}
+
+/// Everything the producer task needs.
+struct Producer {
+    cache: Arc<Cache>,
+    node: String,
+    tuning: SyncTuning,
+    controller_id: String,
+    tx: mpsc::Sender<Out>,
+    last_pong: Arc<AtomicU64>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a stream ends.
+#[derive(Debug)]
+enum End {
+    ClientGone,
+    TooSlow,
+    FellBehind,
+    NoPong,
+}
+
+impl Producer {
+    async fn send(&self, m: Out) -> Result<(), End> {
+        match tokio::time::timeout(self.tuning.send_timeout, self.tx.send(m)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => Err(End::TooSlow),
+        }
+    }
+
+    async fn run(self, last_revision: i64) -> End {
+        match self.stream(last_revision).await {
+            Ok(()) => End::ClientGone,
+            Err(e) => e,
+        }
+    }
+
+    async fn stream(&self, last_revision: i64) -> Result<(), End> {
+        let mut head = self.cache.subscribe();
+        // Resume within history, else a snapshot.
+        let resumed = (last_revision > 0)
+            .then(|| {
+                self.cache.read(|st| {
+                    diff::changes_since(st, &self.node, last_revision, None)
+                        .map(|(items, inputs)| (items, inputs, st.revision))
+                })
+            })
+            .flatten();
+        let (mut cursor, mut inputs) = match resumed {
+            Some((items, inputs, rev)) => {
+                info!(
+                    from = last_revision,
+                    to = rev,
+                    changes = items.len(),
+                    "resuming from history"
+                );
+                self.metrics.sync_resumes.inc();
+                self.send(msg(controller_message::Msg::Delta(proto::Delta {
+                    revision: rev,
+                    items,
+                })))
+                .await?;
+                self.send(msg(controller_message::Msg::InSync(proto::InSync {
+                    revision: rev,
+                    controller: self.controller_id.clone(),
+                })))
+                .await?;
+                (rev, inputs)
+            }
+            None => {
+                let (items, inputs, rev) = self.cache.read(|st| {
+                    let (items, inputs) = diff::snapshot(st, &self.node);
+                    (items, inputs, st.revision)
+                });
+                info!(revision = rev, items = items.len(), "sending snapshot");
+                self.metrics.sync_snapshots.inc();
+                let chunk = self.tuning.snapshot_chunk_items.max(1);
+                let mut first = true;
+                let mut it = items.into_iter().peekable();
+                while first || it.peek().is_some() {
+                    let part: Vec<proto::Item> = it.by_ref().take(chunk).collect();
+                    self.send(msg(controller_message::Msg::Snapshot(
+                        proto::SnapshotChunk {
+                            revision: rev,
+                            first,
+                            items: part,
+                        },
+                    )))
+                    .await?;
+                    first = false;
+                }
+                self.send(msg(controller_message::Msg::InSync(proto::InSync {
+                    revision: rev,
+                    controller: self.controller_id.clone(),
+                })))
+                .await?;
+                (rev, inputs)
+            }
+        };
+        let mut sent_rev = cursor;
+        let mut ping = tokio::time::interval(self.tuning.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut nonce = 0u64;
+        loop {
+            tokio::select! {
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return Err(End::ClientGone);
+                    }
+                    let next = self.cache.read(|st| {
+                        let oldest = st.events_after(cursor).and_then(|mut e| e.next().map(|e| e.at));
+                        diff::changes_since(st, &self.node, cursor, Some(&inputs))
+                            .map(|(items, inputs)| (items, inputs, st.revision, oldest))
+                    });
+                    let Some((items, new_inputs, rev, oldest)) = next else {
+                        return Err(End::FellBehind);
+                    };
+                    if let (Some(at), false) = (oldest, items.is_empty()) {
+                        self.metrics.sync_delta_lag_seconds.observe(at.elapsed().as_secs_f64());
+                    }
+                    inputs = new_inputs;
+                    cursor = rev;
+                    if !items.is_empty() {
+                        self.metrics.sync_items_sent.inc_by(items.len() as u64);
+                        self.send(msg(controller_message::Msg::Delta(proto::Delta {
+                            revision: rev,
+                            items,
+                        }))).await?;
+                        sent_rev = rev;
+                    }
+                }
+                _ = ping.tick() => {
+                    let idle = self.started.elapsed().as_millis() as u64
+                        - self.last_pong.load(Ordering::Relaxed).min(self.started.elapsed().as_millis() as u64);
+                    if Duration::from_millis(idle) > self.tuning.pong_timeout {
+                        return Err(End::NoPong);
+                    }
+                    // A bookmark: the view is consistent at the cursor even if nothing
+                    // in it changed, so a reconnect can resume from here.
+                    if cursor > sent_rev {
+                        self.send(msg(controller_message::Msg::Delta(proto::Delta {
+                            revision: cursor,
+                            items: vec![],
+                        }))).await?;
+                        sent_rev = cursor;
+                    }
+                    nonce += 1;
+                    self.send(msg(controller_message::Msg::Ping(proto::Ping { nonce }))).await?;
+                }
+                () = self.tx.closed() => return Err(End::ClientGone),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SyncService for SyncApi {
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        req: Request<Streaming<proto::AgentMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let id = caller(&req)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(agent_message::Msg::Hello(h)) => h,
+            _ => return Err(invalid_field("hello", "the first message must be a Hello")),
+        };
+        let node = hello.node_name.clone();
+        check_name(&node).map_err(|e| invalid_field("hello.nodeName", e))?;
+        authz::check_node(&id, &node)?;
+        if !self.cache.is_ready() && !self.cache.wait_for(1, Duration::from_secs(5)).await {
+            return Err(Status::unavailable(
+                "this controller has not loaded the intent from etcd yet; retry",
+            ));
+        }
+        let span = info_span!("sync", node = %node);
+        let registered = register(&self.store, &node, hello.registration.as_ref())
+            .instrument(span.clone())
+            .await?;
+        if !self
+            .cache
+            .wait_for(registered, Duration::from_secs(5))
+            .await
+        {
+            return Err(Status::unavailable(
+                "the controller cache is behind etcd; retry",
+            ));
+        }
+        if let Err(e) = self.status.connected(&node, &hello.agent_version).await {
+            warn!(parent: &span, error = %e, "could not record the connection");
+        }
+        span.in_scope(|| {
+            info!(agent_version = %hello.agent_version, last_revision = hello.last_revision, identity = %id, "agent connected")
+        });
+
+        let (tx, rx) = mpsc::channel::<Out>(4);
+        let started = Instant::now();
+        let last_pong = Arc::new(AtomicU64::new(0));
+        let producer = Producer {
+            cache: self.cache.clone(),
+            node: node.clone(),
+            tuning: self.tuning.clone(),
+            controller_id: self.controller_id.clone(),
+            tx: tx.clone(),
+            last_pong: last_pong.clone(),
+            started,
+            metrics: self.metrics.clone(),
+        };
+        let status = self.status.clone();
+        let metrics = self.metrics.clone();
+        metrics.agents_connected.inc();
+        let inbound_node = node.clone();
+        let inbound_status = self.status.clone();
+        let inbound_task = tokio::spawn(
+            async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    match m.msg {
+                        Some(agent_message::Msg::Status(s)) => {
+                            if let Some(st) = s.status {
+                                inbound_status.report(&inbound_node, st);
+                            }
+                        }
+                        Some(agent_message::Msg::Pong(_)) => {
+                            last_pong
+                                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        }
+                        Some(agent_message::Msg::Hello(_)) | None => {
+                            debug!("ignoring an unexpected message");
+                        }
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        );
+        tokio::spawn(
+            async move {
+                let end = producer.run(hello.last_revision).await;
+                inbound_task.abort();
+                match end {
+                    End::ClientGone => info!("agent disconnected"),
+                    End::TooSlow => {
+                        metrics.sync_disconnects_slow.inc();
+                        warn!("agent too slow to drain its stream; disconnected (it will resync)");
+                    }
+                    End::FellBehind => {
+                        metrics.sync_disconnects_slow.inc();
+                        let _ = tx.try_send(Err(Status::aborted(
+                            "fell behind the controller's history; resync",
+                        )));
+                        warn!("agent fell out of the history; disconnected (it will resync)");
+                    }
+                    End::NoPong => {
+                        warn!("agent stopped answering pings; disconnected");
+                    }
+                }
+                metrics.agents_connected.dec();
+                status.disconnected(&node).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
