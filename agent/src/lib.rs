@@ -10,3 +10,4 @@ pub mod calc;
 pub mod dataplane;
 pub mod exec;
 pub mod render;
+pub mod sync;
