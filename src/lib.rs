@@ -12,6 +12,7 @@ pub mod model;
 pub mod patch;
 pub mod pki;
 pub mod selector;
+pub mod validate;
 pub mod view;
 
 /// Generated protobuf and gRPC code for `proto/tern/v1`.
