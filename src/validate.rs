@@ -1184,6 +1184,7 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn metadata() {
         let valid = [
             "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata:\n  name: pool-1.example\n  labels: {zone: a, example.com/rack: r-1, empty: ''}\n  annotations: {Example.com/Note: anything at all}\nspec: {cidr: 10.0.0.0/16}\n",
@@ -1193,71 +1194,22 @@ mod tests {
             validate(&parse(d)).unwrap_or_else(|e| panic!("{d}: {e}"));
         }
         let pool = |meta: &str| {
-            format!(
-                "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {meta}\nspec: {{cidr: 10.0.0.0/16}}\n"
-            )
+            format!("apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {meta}\nspec: {{cidr: 10.0.0.0/16}}\n")
         };
         let invalid = [
             (pool("{name: ''}"), "metadata.name", "required"),
             (pool("{name: Pool}"), "metadata.name", "is not a valid name"),
-            (
-                pool("{name: 'a_b'}"),
-                "metadata.name",
-                "is not a valid name",
-            ),
-            (
-                pool(&format!("{{name: {}}}", "a".repeat(254))),
-                "metadata.name",
-                "longer than 253",
-            ),
-            (
-                pool("{name: p, labels: {'-bad': x}}"),
-                "metadata.labels.-bad",
-                "label key \"-bad\" is not valid",
-            ),
-            (
-                pool("{name: p, labels: {'a/b/c': x}}"),
-                "metadata.labels.a/b/c",
-                "at most one '/'",
-            ),
-            (
-                pool("{name: p, labels: {'/b': x}}"),
-                "metadata.labels./b",
-                "prefix before '/' must not be empty",
-            ),
-            (
-                pool("{name: p, labels: {'Bad_Prefix/b': x}}"),
-                "metadata.labels.Bad_Prefix/b",
-                "prefix is not a DNS subdomain",
-            ),
-            (
-                pool(&format!("{{name: p, labels: {{{}: x}}}}", "k".repeat(64))),
-                &format!("metadata.labels.{}", "k".repeat(64)),
-                "at most 63",
-            ),
-            (
-                pool("{name: p, labels: {zone: 'a b'}}"),
-                "metadata.labels.zone",
-                "label value \"a b\" is not valid",
-            ),
-            (
-                pool("{name: p, labels: {zone: '-a'}}"),
-                "metadata.labels.zone",
-                "is not valid",
-            ),
-            (
-                pool(&format!(
-                    "{{name: p, labels: {{zone: {}}}}}",
-                    "v".repeat(64)
-                )),
-                "metadata.labels.zone",
-                "longer than 63",
-            ),
-            (
-                pool("{name: p, annotations: {'bad key': x}}"),
-                "metadata.annotations.bad key",
-                "annotation key",
-            ),
+            (pool("{name: 'a_b'}"), "metadata.name", "is not a valid name"),
+            (pool(&format!("{{name: {}}}", "a".repeat(254))), "metadata.name", "longer than 253"),
+            (pool("{name: p, labels: {'-bad': x}}"), "metadata.labels.-bad", "label key \"-bad\" is not valid"),
+            (pool("{name: p, labels: {'a/b/c': x}}"), "metadata.labels.a/b/c", "at most one '/'"),
+            (pool("{name: p, labels: {'/b': x}}"), "metadata.labels./b", "prefix before '/' must not be empty"),
+            (pool("{name: p, labels: {'Bad_Prefix/b': x}}"), "metadata.labels.Bad_Prefix/b", "prefix is not a DNS subdomain"),
+            (pool(&format!("{{name: p, labels: {{{}: x}}}}", "k".repeat(64))), &format!("metadata.labels.{}", "k".repeat(64)), "at most 63"),
+            (pool("{name: p, labels: {zone: 'a b'}}"), "metadata.labels.zone", "label value \"a b\" is not valid"),
+            (pool("{name: p, labels: {zone: '-a'}}"), "metadata.labels.zone", "is not valid"),
+            (pool(&format!("{{name: p, labels: {{zone: {}}}}}", "v".repeat(64))), "metadata.labels.zone", "longer than 63"),
+            (pool("{name: p, annotations: {'bad key': x}}"), "metadata.annotations.bad key", "annotation key"),
         ];
         for (d, field, reason) in &invalid {
             expect_error(d, field, reason);
@@ -1271,1021 +1223,286 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn ippool() {
         table(
             "IPPool",
             &[
                 ("p", "{cidr: 192.168.0.0/16}"),
-                (
-                    "p",
-                    "{cidr: 192.168.0.0/16, natOutgoing: true, ipipMode: Always, vxlanMode: Never}",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/8, vxlanMode: CrossSubnet, blockSize: 20}",
-                ),
+                ("p", "{cidr: 192.168.0.0/16, natOutgoing: true, ipipMode: Always, vxlanMode: Never}"),
+                ("p", "{cidr: 10.0.0.0/8, vxlanMode: CrossSubnet, blockSize: 20}"),
                 ("p", "{cidr: 10.0.0.0/26}"),
                 ("p", "{cidr: 10.0.0.0/32, blockSize: 32}"),
                 ("p", "{cidr: 10.0.0.0/30, disabled: true}"),
                 ("p", "{cidr: 'fd00::/48'}"),
                 ("p", "{cidr: 'fd00::/112', blockSize: 116}"),
-                (
-                    "p",
-                    "{cidr: 'fd00::/122', vxlanMode: Always, blockSize: 128}",
-                ),
+                ("p", "{cidr: 'fd00::/122', vxlanMode: Always, blockSize: 128}"),
                 ("p", "{cidr: 169.255.0.0/16}"),
                 ("p", "{cidr: 169.253.0.0/16}"),
                 ("p", "{cidr: 'fec0::/10'}"),
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [Workload]}"),
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [Tunnel, Workload]}"),
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer]}"),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], nodeSelector: all()}",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, assignmentMode: Manual, nodeSelector: \"zone == 'a'\"}",
-                ),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], nodeSelector: all()}"),
+                ("p", "{cidr: 10.0.0.0/16, assignmentMode: Manual, nodeSelector: \"zone == 'a'\"}"),
             ],
             &[
-                (
-                    "p",
-                    "{cidr: 10.0.0.1/8}",
-                    "spec.cidr",
-                    "10.0.0.1/8 is not a network address; did you mean 10.0.0.0/8?",
-                ),
-                (
-                    "p",
-                    "{cidr: 169.254.0.0/16}",
-                    "spec.cidr",
-                    "contains the link-local range 169.254.0.0/16",
-                ),
-                (
-                    "p",
-                    "{cidr: 169.0.0.0/8}",
-                    "spec.cidr",
-                    "contains the link-local range",
-                ),
-                (
-                    "p",
-                    "{cidr: 169.254.10.0/24}",
-                    "spec.cidr",
-                    "is inside the link-local range 169.254.0.0/16",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fe80::/64'}",
-                    "spec.cidr",
-                    "is inside the link-local range fe80::/10",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fe80::/10'}",
-                    "spec.cidr",
-                    "contains the link-local range fe80::/10",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fe00::/7'}",
-                    "spec.cidr",
-                    "contains the link-local range fe80::/10",
-                ),
-                (
-                    "p",
-                    "{cidr: 0.0.0.0/0, blockSize: 26}",
-                    "spec.cidr",
-                    "contains the link-local range",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, blockSize: 19}",
-                    "spec.blockSize",
-                    "19 is out of range for an IPv4 pool: use 20-32",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, blockSize: 33}",
-                    "spec.blockSize",
-                    "out of range",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fd00::/48', blockSize: 115}",
-                    "spec.blockSize",
-                    "out of range for an IPv6 pool: use 116-128",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fd00::/48', blockSize: 26}",
-                    "spec.blockSize",
-                    "out of range for an IPv6 pool",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/28}",
-                    "spec.cidr",
-                    "10.0.0.0/28 is smaller than one block of /26 (blockSize)",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/24, blockSize: 20}",
-                    "spec.cidr",
-                    "smaller than one block of /20",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fd00::/124'}",
-                    "spec.cidr",
-                    "smaller than one block of /122",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, ipipMode: Always, vxlanMode: CrossSubnet}",
-                    "spec.ipipMode",
-                    "cannot both be enabled",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, ipipMode: CrossSubnet, vxlanMode: Always}",
-                    "spec.ipipMode",
-                    "cannot both be enabled",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fd00::/48', ipipMode: Always}",
-                    "spec.ipipMode",
-                    "IPIP is not supported on an IPv6 pool",
-                ),
-                (
-                    "p",
-                    "{cidr: 'fd00::/48', ipipMode: CrossSubnet}",
-                    "spec.ipipMode",
-                    "IPIP is not supported on an IPv6 pool",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer, Workload]}",
-                    "spec.allowedUses[1]",
-                    "LoadBalancer cannot be combined with Workload",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [Tunnel, LoadBalancer]}",
-                    "spec.allowedUses[0]",
-                    "LoadBalancer cannot be combined with Tunnel",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [Workload, Workload]}",
-                    "spec.allowedUses[1]",
-                    "listed more than once",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], vxlanMode: Always}",
-                    "spec.allowedUses",
-                    "cannot use IPIP or VXLAN",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], disableBGPExport: true}",
-                    "spec.disableBGPExport",
-                    "must be false on a LoadBalancer pool",
-                ),
-                (
-                    "p",
-                    "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], nodeSelector: \"zone == 'a'\"}",
-                    "spec.nodeSelector",
-                    "must be all() on a LoadBalancer pool",
-                ),
+                ("p", "{cidr: 10.0.0.1/8}", "spec.cidr", "10.0.0.1/8 is not a network address; did you mean 10.0.0.0/8?"),
+                ("p", "{cidr: 169.254.0.0/16}", "spec.cidr", "contains the link-local range 169.254.0.0/16"),
+                ("p", "{cidr: 169.0.0.0/8}", "spec.cidr", "contains the link-local range"),
+                ("p", "{cidr: 169.254.10.0/24}", "spec.cidr", "is inside the link-local range 169.254.0.0/16"),
+                ("p", "{cidr: 'fe80::/64'}", "spec.cidr", "is inside the link-local range fe80::/10"),
+                ("p", "{cidr: 'fe80::/10'}", "spec.cidr", "contains the link-local range fe80::/10"),
+                ("p", "{cidr: 'fe00::/7'}", "spec.cidr", "contains the link-local range fe80::/10"),
+                ("p", "{cidr: 0.0.0.0/0, blockSize: 26}", "spec.cidr", "contains the link-local range"),
+                ("p", "{cidr: 10.0.0.0/16, blockSize: 19}", "spec.blockSize", "19 is out of range for an IPv4 pool: use 20-32"),
+                ("p", "{cidr: 10.0.0.0/16, blockSize: 33}", "spec.blockSize", "out of range"),
+                ("p", "{cidr: 'fd00::/48', blockSize: 115}", "spec.blockSize", "out of range for an IPv6 pool: use 116-128"),
+                ("p", "{cidr: 'fd00::/48', blockSize: 26}", "spec.blockSize", "out of range for an IPv6 pool"),
+                ("p", "{cidr: 10.0.0.0/28}", "spec.cidr", "10.0.0.0/28 is smaller than one block of /26 (blockSize)"),
+                ("p", "{cidr: 10.0.0.0/24, blockSize: 20}", "spec.cidr", "smaller than one block of /20"),
+                ("p", "{cidr: 'fd00::/124'}", "spec.cidr", "smaller than one block of /122"),
+                ("p", "{cidr: 10.0.0.0/16, ipipMode: Always, vxlanMode: CrossSubnet}", "spec.ipipMode", "cannot both be enabled"),
+                ("p", "{cidr: 10.0.0.0/16, ipipMode: CrossSubnet, vxlanMode: Always}", "spec.ipipMode", "cannot both be enabled"),
+                ("p", "{cidr: 'fd00::/48', ipipMode: Always}", "spec.ipipMode", "IPIP is not supported on an IPv6 pool"),
+                ("p", "{cidr: 'fd00::/48', ipipMode: CrossSubnet}", "spec.ipipMode", "IPIP is not supported on an IPv6 pool"),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer, Workload]}", "spec.allowedUses[1]", "LoadBalancer cannot be combined with Workload"),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [Tunnel, LoadBalancer]}", "spec.allowedUses[0]", "LoadBalancer cannot be combined with Tunnel"),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [Workload, Workload]}", "spec.allowedUses[1]", "listed more than once"),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], vxlanMode: Always}", "spec.allowedUses", "cannot use IPIP or VXLAN"),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], disableBGPExport: true}", "spec.disableBGPExport", "must be false on a LoadBalancer pool"),
+                ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], nodeSelector: \"zone == 'a'\"}", "spec.nodeSelector", "must be all() on a LoadBalancer pool"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn bgp_peer() {
         table(
             "BGPPeer",
             &[
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512}"),
-                (
-                    "p",
-                    "{peerIP: '10.0.0.1:1790', asNumber: '1.10', node: kube-master}",
-                ),
-                (
-                    "p",
-                    "{peerIP: '[fd00::1]:179', asNumber: 65001, nodeSelector: \"rack == 'a'\"}",
-                ),
-                (
-                    "p",
-                    "{peerSelector: has(routeReflector), nodeSelector: '!has(routeReflector)'}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, password: {secretKeyRef: {name: bgp-secrets, key: rr_password}}}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, keepOriginalNextHop: true}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, nextHopMode: Self}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, ttlSecurity: 1, maxRestartTime: 2m, keepaliveTime: 20s}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, ttlSecurity: 255, maxRestartTime: 4095s, keepaliveTime: 4m}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, numAllowedLocalASNumbers: 0}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, numAllowedLocalASNumbers: 255}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, reachableBy: 10.0.0.254}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 'fd00::1', asNumber: 64512, reachableBy: 'fd00::fe'}",
-                ),
+                ("p", "{peerIP: '10.0.0.1:1790', asNumber: '1.10', node: kube-master}"),
+                ("p", "{peerIP: '[fd00::1]:179', asNumber: 65001, nodeSelector: \"rack == 'a'\"}"),
+                ("p", "{peerSelector: has(routeReflector), nodeSelector: '!has(routeReflector)'}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, password: {secretKeyRef: {name: bgp-secrets, key: rr_password}}}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, keepOriginalNextHop: true}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, nextHopMode: Self}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, ttlSecurity: 1, maxRestartTime: 2m, keepaliveTime: 20s}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, ttlSecurity: 255, maxRestartTime: 4095s, keepaliveTime: 4m}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, numAllowedLocalASNumbers: 0}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, numAllowedLocalASNumbers: 255}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, reachableBy: 10.0.0.254}"),
+                ("p", "{peerIP: 'fd00::1', asNumber: 64512, reachableBy: 'fd00::fe'}"),
                 ("p", "{peerIP: 'fe0a::2'}"),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, filters: [export-only, f.2]}",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 64512, localASNumber: 65000, sourceAddress: None}",
-                ),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, filters: [export-only, f.2]}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 64512, localASNumber: 65000, sourceAddress: None}"),
             ],
             &[
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, node: a, nodeSelector: all()}",
-                    "spec.node",
-                    "node and nodeSelector cannot both be set",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, node: Node_1}",
-                    "spec.node",
-                    "is not a valid name",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, peerSelector: all()}",
-                    "spec.peerIP",
-                    "peerIP and peerSelector cannot both be set",
-                ),
-                (
-                    "p",
-                    "{nodeSelector: all()}",
-                    "spec.peerIP",
-                    "one of peerIP or peerSelector is required",
-                ),
-                (
-                    "p",
-                    "{peerSelector: all(), asNumber: 64512}",
-                    "spec.asNumber",
-                    "must be empty with peerSelector",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, keepOriginalNextHop: true, nextHopMode: Keep}",
-                    "spec.keepOriginalNextHop",
-                    "cannot be set together with nextHopMode",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, ttlSecurity: 0}",
-                    "spec.ttlSecurity",
-                    "must be 1-255",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, password: {}}",
-                    "spec.password.secretKeyRef",
-                    "required",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: '', key: k}}}",
-                    "spec.password.secretKeyRef.name",
-                    "required",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: Bad_Name, key: k}}}",
-                    "spec.password.secretKeyRef.name",
-                    "is not a valid name",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: s, key: ''}}}",
-                    "spec.password.secretKeyRef.key",
-                    "required",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: s, key: 'a/b'}}}",
-                    "spec.password.secretKeyRef.key",
-                    "is not valid",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, numAllowedLocalASNumbers: 256}",
-                    "spec.numAllowedLocalASNumbers",
-                    "out of range: use 0-255",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, maxRestartTime: 4096s}",
-                    "spec.maxRestartTime",
-                    "must be between 1s and 4095s",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, maxRestartTime: '0'}",
-                    "spec.maxRestartTime",
-                    "out of range",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, maxRestartTime: 1500ms}",
-                    "spec.maxRestartTime",
-                    "not a whole number of seconds",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, keepaliveTime: 0s}",
-                    "spec.keepaliveTime",
-                    "must be between 1s and 240s",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, keepaliveTime: 5m}",
-                    "spec.keepaliveTime",
-                    "out of range",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, keepaliveTime: 500ms}",
-                    "spec.keepaliveTime",
-                    "not a whole number of seconds",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, reachableBy: 'fd00::1'}",
-                    "spec.reachableBy",
-                    "both must be of one family",
-                ),
-                (
-                    "p",
-                    "{peerIP: 'fd00::1', asNumber: 1, reachableBy: 10.0.0.1}",
-                    "spec.reachableBy",
-                    "both must be of one family",
-                ),
-                (
-                    "p",
-                    "{peerSelector: all(), reachableBy: 10.0.0.1}",
-                    "spec.reachableBy",
-                    "requires peerIP",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, filters: [good, Bad_Filter]}",
-                    "spec.filters[1]",
-                    "not a BGPFilter name",
-                ),
-                (
-                    "p",
-                    "{peerIP: 10.0.0.1, asNumber: 1, filters: ['']}",
-                    "spec.filters[0]",
-                    "required",
-                ),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: a, nodeSelector: all()}", "spec.node", "node and nodeSelector cannot both be set"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: Node_1}", "spec.node", "is not a valid name"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, peerSelector: all()}", "spec.peerIP", "peerIP and peerSelector cannot both be set"),
+                ("p", "{nodeSelector: all()}", "spec.peerIP", "one of peerIP or peerSelector is required"),
+                ("p", "{peerSelector: all(), asNumber: 64512}", "spec.asNumber", "must be empty with peerSelector"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepOriginalNextHop: true, nextHopMode: Keep}", "spec.keepOriginalNextHop", "cannot be set together with nextHopMode"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, ttlSecurity: 0}", "spec.ttlSecurity", "must be 1-255"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, password: {}}", "spec.password.secretKeyRef", "required"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: '', key: k}}}", "spec.password.secretKeyRef.name", "required"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: Bad_Name, key: k}}}", "spec.password.secretKeyRef.name", "is not a valid name"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: s, key: ''}}}", "spec.password.secretKeyRef.key", "required"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, password: {secretKeyRef: {name: s, key: 'a/b'}}}", "spec.password.secretKeyRef.key", "is not valid"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, numAllowedLocalASNumbers: 256}", "spec.numAllowedLocalASNumbers", "out of range: use 0-255"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, maxRestartTime: 4096s}", "spec.maxRestartTime", "must be between 1s and 4095s"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, maxRestartTime: '0'}", "spec.maxRestartTime", "out of range"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, maxRestartTime: 1500ms}", "spec.maxRestartTime", "not a whole number of seconds"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepaliveTime: 0s}", "spec.keepaliveTime", "must be between 1s and 240s"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepaliveTime: 5m}", "spec.keepaliveTime", "out of range"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepaliveTime: 500ms}", "spec.keepaliveTime", "not a whole number of seconds"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, reachableBy: 'fd00::1'}", "spec.reachableBy", "both must be of one family"),
+                ("p", "{peerIP: 'fd00::1', asNumber: 1, reachableBy: 10.0.0.1}", "spec.reachableBy", "both must be of one family"),
+                ("p", "{peerSelector: all(), reachableBy: 10.0.0.1}", "spec.reachableBy", "requires peerIP"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, filters: [good, Bad_Filter]}", "spec.filters[1]", "not a BGPFilter name"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, filters: ['']}", "spec.filters[0]", "required"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn bgp_configuration() {
         table(
             "BGPConfiguration",
             &[
                 ("default", "{}"),
-                (
-                    "default",
-                    "{nodeToNodeMeshEnabled: false, asNumber: 63400, listenPort: 178, bindMode: NodeIP, logSeverityScreen: Debug}",
-                ),
-                (
-                    "default",
-                    "{serviceClusterIPs: [{cidr: 10.96.0.0/12}], serviceExternalIPs: [{cidr: 104.244.42.129/32}, {cidr: 172.217.3.0/24}], serviceLoadBalancerIPs: [{cidr: 'fd00:1::/112'}]}",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: bgp-large-community, value: '63400:300:100'}], prefixAdvertisements: [{cidr: 172.218.4.0/26, communities: [bgp-large-community, '63400:120']}]}",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: max, value: '65535:65535'}, {name: large, value: '4294967295:0:4294967295'}], prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: [max, large]}]}",
-                ),
-                (
-                    "default",
-                    "{nodeMeshPassword: {secretKeyRef: {name: bgp-secrets, key: mesh}}, nodeMeshMaxRestartTime: 120s}",
-                ),
-                (
-                    "default",
-                    "{ignoredInterfaces: [eth1, 'cali*', vxlan.calico, 'a-b_c']}",
-                ),
-                (
-                    "node.kube-master",
-                    "{listenPort: 1790, logSeverityScreen: Warning, bindMode: NodeIP}",
-                ),
-                (
-                    "node.kube-master",
-                    "{communities: [{name: c, value: '1:2'}], prefixAdvertisements: [{cidr: 10.1.0.0/16, communities: [c]}]}",
-                ),
+                ("default", "{nodeToNodeMeshEnabled: false, asNumber: 63400, listenPort: 178, bindMode: NodeIP, logSeverityScreen: Debug}"),
+                ("default", "{serviceClusterIPs: [{cidr: 10.96.0.0/12}], serviceExternalIPs: [{cidr: 104.244.42.129/32}, {cidr: 172.217.3.0/24}], serviceLoadBalancerIPs: [{cidr: 'fd00:1::/112'}]}"),
+                ("default", "{communities: [{name: bgp-large-community, value: '63400:300:100'}], prefixAdvertisements: [{cidr: 172.218.4.0/26, communities: [bgp-large-community, '63400:120']}]}"),
+                ("default", "{communities: [{name: max, value: '65535:65535'}, {name: large, value: '4294967295:0:4294967295'}], prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: [max, large]}]}"),
+                ("default", "{nodeMeshPassword: {secretKeyRef: {name: bgp-secrets, key: mesh}}, nodeMeshMaxRestartTime: 120s}"),
+                ("default", "{ignoredInterfaces: [eth1, 'cali*', vxlan.calico, 'a-b_c']}"),
+                ("node.kube-master", "{listenPort: 1790, logSeverityScreen: Warning, bindMode: NodeIP}"),
+                ("node.kube-master", "{communities: [{name: c, value: '1:2'}], prefixAdvertisements: [{cidr: 10.1.0.0/16, communities: [c]}]}"),
                 ("node.rack1.host-1", "{ignoredInterfaces: [eth9]}"),
             ],
             &[
-                (
-                    "Default",
-                    "{}",
-                    "metadata.name",
-                    "use \"default\" (cluster-wide) or \"node.<nodename>\"",
-                ),
-                (
-                    "global",
-                    "{}",
-                    "metadata.name",
-                    "is not a valid BGPConfiguration name",
-                ),
-                (
-                    "node.",
-                    "{}",
-                    "metadata.name",
-                    "the node name after \"node.\" is not valid: required",
-                ),
-                (
-                    "node.Bad_Node",
-                    "{}",
-                    "metadata.name",
-                    "the node name after \"node.\" is not valid",
-                ),
-                (
-                    "node.a",
-                    "{nodeToNodeMeshEnabled: false}",
-                    "spec.nodeToNodeMeshEnabled",
-                    "is cluster-wide: set it in the BGPConfiguration \"default\"",
-                ),
-                (
-                    "node.a",
-                    "{asNumber: 65000}",
-                    "spec.asNumber",
-                    "set a node's own AS in its Node resource",
-                ),
-                (
-                    "node.a",
-                    "{serviceClusterIPs: [{cidr: 10.96.0.0/12}]}",
-                    "spec.serviceClusterIPs",
-                    "is cluster-wide",
-                ),
-                (
-                    "node.a",
-                    "{serviceExternalIPs: [{cidr: 10.96.0.0/12}]}",
-                    "spec.serviceExternalIPs",
-                    "is cluster-wide",
-                ),
-                (
-                    "node.a",
-                    "{serviceLoadBalancerIPs: [{cidr: 10.96.0.0/12}]}",
-                    "spec.serviceLoadBalancerIPs",
-                    "is cluster-wide",
-                ),
-                (
-                    "node.a",
-                    "{nodeMeshPassword: {secretKeyRef: {name: s, key: k}}}",
-                    "spec.nodeMeshPassword",
-                    "is cluster-wide",
-                ),
-                (
-                    "node.a",
-                    "{nodeMeshMaxRestartTime: 10s}",
-                    "spec.nodeMeshMaxRestartTime",
-                    "is cluster-wide",
-                ),
-                (
-                    "default",
-                    "{listenPort: 0}",
-                    "spec.listenPort",
-                    "must be 1-65535",
-                ),
-                (
-                    "default",
-                    "{serviceClusterIPs: [{cidr: 10.96.0.0/12}, {cidr: 10.97.0.1/16}]}",
-                    "spec.serviceClusterIPs[1].cidr",
-                    "10.97.0.1/16 is not a network address; did you mean 10.97.0.0/16?",
-                ),
-                (
-                    "default",
-                    "{serviceExternalIPs: [{cidr: 104.244.42.129/24}]}",
-                    "spec.serviceExternalIPs[0].cidr",
-                    "not a network address",
-                ),
-                (
-                    "default",
-                    "{serviceLoadBalancerIPs: [{cidr: 'fd00::1/64'}]}",
-                    "spec.serviceLoadBalancerIPs[0].cidr",
-                    "not a network address",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: Bad_Name, value: '1:2'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[0].name",
-                    "not a valid community name",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: '1:2'}, {name: c, value: '1:3'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[1].name",
-                    "defined more than once",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: '65536:1'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[0].value",
-                    "standard community aa:nn must be 0-65535",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: '1:4294967296:1'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[0].value",
-                    "large community aa:nn:mm must be 0-4294967295",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: 'no-export'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[0].value",
-                    "is not a community value",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: '1:2:3:4'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[0].value",
-                    "is not a community value",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: '1:'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}",
-                    "spec.communities[0].value",
-                    "is not a community value",
-                ),
-                (
-                    "default",
-                    "{communities: [{name: c, value: '1:2'}]}",
-                    "spec.communities",
-                    "no prefixAdvertisements use them",
-                ),
-                (
-                    "default",
-                    "{prefixAdvertisements: [{cidr: 10.0.0.1/8}]}",
-                    "spec.prefixAdvertisements[0].cidr",
-                    "did you mean 10.0.0.0/8?",
-                ),
-                (
-                    "default",
-                    "{prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: ['1:2', undefined]}]}",
-                    "spec.prefixAdvertisements[0].communities[1]",
-                    "neither a name defined in spec.communities nor a community value",
-                ),
-                (
-                    "default",
-                    "{prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: ['1:99999']}]}",
-                    "spec.prefixAdvertisements[0].communities[0]",
-                    "must be 0-65535",
-                ),
-                (
-                    "default",
-                    "{nodeMeshPassword: {}}",
-                    "spec.nodeMeshPassword.secretKeyRef",
-                    "required",
-                ),
-                (
-                    "default",
-                    "{nodeMeshPassword: {secretKeyRef: {name: s, key: ''}}}",
-                    "spec.nodeMeshPassword.secretKeyRef.key",
-                    "required",
-                ),
-                (
-                    "default",
-                    "{nodeToNodeMeshEnabled: false, nodeMeshPassword: {secretKeyRef: {name: s, key: k}}}",
-                    "spec.nodeMeshPassword",
-                    "cannot be set while nodeToNodeMeshEnabled is false",
-                ),
-                (
-                    "default",
-                    "{nodeToNodeMeshEnabled: false, nodeMeshMaxRestartTime: 10s}",
-                    "spec.nodeMeshMaxRestartTime",
-                    "cannot be set while nodeToNodeMeshEnabled is false",
-                ),
-                (
-                    "default",
-                    "{nodeMeshMaxRestartTime: 2h}",
-                    "spec.nodeMeshMaxRestartTime",
-                    "between 1s and 4095s",
-                ),
-                (
-                    "default",
-                    "{ignoredInterfaces: [eth0, '']}",
-                    "spec.ignoredInterfaces[1]",
-                    "must not be empty",
-                ),
-                (
-                    "default",
-                    "{ignoredInterfaces: ['*']}",
-                    "spec.ignoredInterfaces[0]",
-                    "would ignore every interface",
-                ),
-                (
-                    "default",
-                    "{ignoredInterfaces: ['a-very-long-interface']}",
-                    "spec.ignoredInterfaces[0]",
-                    "longer than 15",
-                ),
-                (
-                    "default",
-                    "{ignoredInterfaces: ['eth 0']}",
-                    "spec.ignoredInterfaces[0]",
-                    "not an interface name pattern",
-                ),
+                ("Default", "{}", "metadata.name", "use \"default\" (cluster-wide) or \"node.<nodename>\""),
+                ("global", "{}", "metadata.name", "is not a valid BGPConfiguration name"),
+                ("node.", "{}", "metadata.name", "the node name after \"node.\" is not valid: required"),
+                ("node.Bad_Node", "{}", "metadata.name", "the node name after \"node.\" is not valid"),
+                ("node.a", "{nodeToNodeMeshEnabled: false}", "spec.nodeToNodeMeshEnabled", "is cluster-wide: set it in the BGPConfiguration \"default\""),
+                ("node.a", "{asNumber: 65000}", "spec.asNumber", "set a node's own AS in its Node resource"),
+                ("node.a", "{serviceClusterIPs: [{cidr: 10.96.0.0/12}]}", "spec.serviceClusterIPs", "is cluster-wide"),
+                ("node.a", "{serviceExternalIPs: [{cidr: 10.96.0.0/12}]}", "spec.serviceExternalIPs", "is cluster-wide"),
+                ("node.a", "{serviceLoadBalancerIPs: [{cidr: 10.96.0.0/12}]}", "spec.serviceLoadBalancerIPs", "is cluster-wide"),
+                ("node.a", "{nodeMeshPassword: {secretKeyRef: {name: s, key: k}}}", "spec.nodeMeshPassword", "is cluster-wide"),
+                ("node.a", "{nodeMeshMaxRestartTime: 10s}", "spec.nodeMeshMaxRestartTime", "is cluster-wide"),
+                ("default", "{listenPort: 0}", "spec.listenPort", "must be 1-65535"),
+                ("default", "{serviceClusterIPs: [{cidr: 10.96.0.0/12}, {cidr: 10.97.0.1/16}]}", "spec.serviceClusterIPs[1].cidr", "10.97.0.1/16 is not a network address; did you mean 10.97.0.0/16?"),
+                ("default", "{serviceExternalIPs: [{cidr: 104.244.42.129/24}]}", "spec.serviceExternalIPs[0].cidr", "not a network address"),
+                ("default", "{serviceLoadBalancerIPs: [{cidr: 'fd00::1/64'}]}", "spec.serviceLoadBalancerIPs[0].cidr", "not a network address"),
+                ("default", "{communities: [{name: Bad_Name, value: '1:2'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].name", "not a valid community name"),
+                ("default", "{communities: [{name: c, value: '1:2'}, {name: c, value: '1:3'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[1].name", "defined more than once"),
+                ("default", "{communities: [{name: c, value: '65536:1'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].value", "standard community aa:nn must be 0-65535"),
+                ("default", "{communities: [{name: c, value: '1:4294967296:1'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].value", "large community aa:nn:mm must be 0-4294967295"),
+                ("default", "{communities: [{name: c, value: 'no-export'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].value", "is not a community value"),
+                ("default", "{communities: [{name: c, value: '1:2:3:4'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].value", "is not a community value"),
+                ("default", "{communities: [{name: c, value: '1:'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].value", "is not a community value"),
+                ("default", "{communities: [{name: c, value: '1:2'}]}", "spec.communities", "no prefixAdvertisements use them"),
+                ("default", "{prefixAdvertisements: [{cidr: 10.0.0.1/8}]}", "spec.prefixAdvertisements[0].cidr", "did you mean 10.0.0.0/8?"),
+                ("default", "{prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: ['1:2', undefined]}]}", "spec.prefixAdvertisements[0].communities[1]", "neither a name defined in spec.communities nor a community value"),
+                ("default", "{prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: ['1:99999']}]}", "spec.prefixAdvertisements[0].communities[0]", "must be 0-65535"),
+                ("default", "{nodeMeshPassword: {}}", "spec.nodeMeshPassword.secretKeyRef", "required"),
+                ("default", "{nodeMeshPassword: {secretKeyRef: {name: s, key: ''}}}", "spec.nodeMeshPassword.secretKeyRef.key", "required"),
+                ("default", "{nodeToNodeMeshEnabled: false, nodeMeshPassword: {secretKeyRef: {name: s, key: k}}}", "spec.nodeMeshPassword", "cannot be set while nodeToNodeMeshEnabled is false"),
+                ("default", "{nodeToNodeMeshEnabled: false, nodeMeshMaxRestartTime: 10s}", "spec.nodeMeshMaxRestartTime", "cannot be set while nodeToNodeMeshEnabled is false"),
+                ("default", "{nodeMeshMaxRestartTime: 2h}", "spec.nodeMeshMaxRestartTime", "between 1s and 4095s"),
+                ("default", "{ignoredInterfaces: [eth0, '']}", "spec.ignoredInterfaces[1]", "must not be empty"),
+                ("default", "{ignoredInterfaces: ['*']}", "spec.ignoredInterfaces[0]", "would ignore every interface"),
+                ("default", "{ignoredInterfaces: ['a-very-long-interface']}", "spec.ignoredInterfaces[0]", "longer than 15"),
+                ("default", "{ignoredInterfaces: ['eth 0']}", "spec.ignoredInterfaces[0]", "not an interface name pattern"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn bgp_filter() {
         table(
             "BGPFilter",
             &[
                 ("f", "{}"),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In}, {action: Reject}]}",
-                ),
-                (
-                    "f",
-                    "{importV6: [{action: Reject, cidr: 'fd00::/8', matchOperator: NotIn, prefixLength: {min: 16, max: 128}}]}",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: Equal, prefixLength: {max: 32}}]}",
-                ),
-                (
-                    "f",
-                    "{importV4: [{action: Accept, source: RemotePeers, interface: 'eth*', peerType: eBGP}]}",
-                ),
+                ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In}, {action: Reject}]}"),
+                ("f", "{importV6: [{action: Reject, cidr: 'fd00::/8', matchOperator: NotIn, prefixLength: {min: 16, max: 128}}]}"),
+                ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: Equal, prefixLength: {max: 32}}]}"),
+                ("f", "{importV4: [{action: Accept, source: RemotePeers, interface: 'eth*', peerType: eBGP}]}"),
                 ("f", "{importV4: [{action: Accept, interface: '*'}]}"),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, communities: {values: ['65000:100', '1:2:3']}}]}",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '65000:1'}}, {prependASPath: {prefix: [65000, 65000]}}, {setPriority: {value: 10}}]}]}",
-                ),
+                ("f", "{exportV4: [{action: Accept, communities: {values: ['65000:100', '1:2:3']}}]}"),
+                ("f", "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '65000:1'}}, {prependASPath: {prefix: [65000, 65000]}}, {setPriority: {value: 10}}]}]}"),
             ],
             &[
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, cidr: 10.0.0.1/8, matchOperator: In}]}",
-                    "spec.exportV4[0].cidr",
-                    "10.0.0.1/8 is not a network address; did you mean 10.0.0.0/8?",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept}, {action: Accept, cidr: 10.0.0.0/8}]}",
-                    "spec.exportV4[1].matchOperator",
-                    "required with cidr",
-                ),
-                (
-                    "f",
-                    "{importV4: [{action: Accept, matchOperator: In}]}",
-                    "spec.importV4[0].cidr",
-                    "required with matchOperator",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, cidr: 'fd00::/8', matchOperator: In}]}",
-                    "spec.exportV4[0].cidr",
-                    "is an IPv6 CIDR in an IPv4 rule list",
-                ),
-                (
-                    "f",
-                    "{importV6: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In}]}",
-                    "spec.importV6[0].cidr",
-                    "is an IPv4 CIDR in an IPv6 rule list",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, prefixLength: {min: 24}}]}",
-                    "spec.exportV4[0].cidr",
-                    "required with prefixLength",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 28, max: 24}}]}",
-                    "spec.exportV4[0].prefixLength",
-                    "min (28) must not be greater than max (24)",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {max: 33}}]}",
-                    "spec.exportV4[0].prefixLength.max",
-                    "33 is out of range for IPv4: use 0-32",
-                ),
-                (
-                    "f",
-                    "{exportV6: [{action: Accept, cidr: 'fd00::/8', matchOperator: In, prefixLength: {min: 129}}]}",
-                    "spec.exportV6[0].prefixLength.min",
-                    "out of range for IPv6: use 0-128",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, communities: {values: ['65000:100', '65536:1']}}]}",
-                    "spec.exportV4[0].communities.values[1]",
-                    "must be 0-65535",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, communities: {values: [nope]}}]}",
-                    "spec.exportV4[0].communities.values[0]",
-                    "is not a community value",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, operations: [{}]}]}",
-                    "spec.exportV4[0].operations[0]",
-                    "exactly one of addCommunity, prependASPath or setPriority must be set (0 are)",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '1:2'}, setPriority: {value: 1}}]}]}",
-                    "spec.exportV4[0].operations[0]",
-                    "(2 are)",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '1:2:x'}}]}]}",
-                    "spec.exportV4[0].operations[0].addCommunity.value",
-                    "is not a community value",
-                ),
-                (
-                    "f",
-                    "{exportV4: [{action: Accept, operations: [{prependASPath: {prefix: []}}]}]}",
-                    "spec.exportV4[0].operations[0].prependASPath.prefix",
-                    "at least one AS number",
-                ),
-                (
-                    "f",
-                    "{importV4: [{action: Accept, interface: ''}]}",
-                    "spec.importV4[0].interface",
-                    "must not be empty",
-                ),
-                (
-                    "f",
-                    "{importV4: [{action: Accept, interface: 'eth0;'}]}",
-                    "spec.importV4[0].interface",
-                    "not an interface name pattern",
-                ),
+                ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.1/8, matchOperator: In}]}", "spec.exportV4[0].cidr", "10.0.0.1/8 is not a network address; did you mean 10.0.0.0/8?"),
+                ("f", "{exportV4: [{action: Accept}, {action: Accept, cidr: 10.0.0.0/8}]}", "spec.exportV4[1].matchOperator", "required with cidr"),
+                ("f", "{importV4: [{action: Accept, matchOperator: In}]}", "spec.importV4[0].cidr", "required with matchOperator"),
+                ("f", "{exportV4: [{action: Accept, cidr: 'fd00::/8', matchOperator: In}]}", "spec.exportV4[0].cidr", "is an IPv6 CIDR in an IPv4 rule list"),
+                ("f", "{importV6: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In}]}", "spec.importV6[0].cidr", "is an IPv4 CIDR in an IPv6 rule list"),
+                ("f", "{exportV4: [{action: Accept, prefixLength: {min: 24}}]}", "spec.exportV4[0].cidr", "required with prefixLength"),
+                ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 28, max: 24}}]}", "spec.exportV4[0].prefixLength", "min (28) must not be greater than max (24)"),
+                ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {max: 33}}]}", "spec.exportV4[0].prefixLength.max", "33 is out of range for IPv4: use 0-32"),
+                ("f", "{exportV6: [{action: Accept, cidr: 'fd00::/8', matchOperator: In, prefixLength: {min: 129}}]}", "spec.exportV6[0].prefixLength.min", "out of range for IPv6: use 0-128"),
+                ("f", "{exportV4: [{action: Accept, communities: {values: ['65000:100', '65536:1']}}]}", "spec.exportV4[0].communities.values[1]", "must be 0-65535"),
+                ("f", "{exportV4: [{action: Accept, communities: {values: [nope]}}]}", "spec.exportV4[0].communities.values[0]", "is not a community value"),
+                ("f", "{exportV4: [{action: Accept, operations: [{}]}]}", "spec.exportV4[0].operations[0]", "exactly one of addCommunity, prependASPath or setPriority must be set (0 are)"),
+                ("f", "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '1:2'}, setPriority: {value: 1}}]}]}", "spec.exportV4[0].operations[0]", "(2 are)"),
+                ("f", "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '1:2:x'}}]}]}", "spec.exportV4[0].operations[0].addCommunity.value", "is not a community value"),
+                ("f", "{exportV4: [{action: Accept, operations: [{prependASPath: {prefix: []}}]}]}", "spec.exportV4[0].operations[0].prependASPath.prefix", "at least one AS number"),
+                ("f", "{importV4: [{action: Accept, interface: ''}]}", "spec.importV4[0].interface", "must not be empty"),
+                ("f", "{importV4: [{action: Accept, interface: 'eth0;'}]}", "spec.importV4[0].interface", "not an interface name pattern"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn node() {
         table(
             "Node",
             &[
                 ("kube-master", "{}"),
-                (
-                    "kube-master",
-                    "{bgp: {ipv4Address: 10.0.0.2/24, ipv6Address: 'fd00::2/64', asNumber: 65001, routeReflectorClusterID: 224.0.0.1}}",
-                ),
-                (
-                    "n1.rack-2",
-                    "{bgp: {ipv4Address: 10.0.0.2, ipv4IPIPTunnelAddr: 192.168.0.1}}",
-                ),
+                ("kube-master", "{bgp: {ipv4Address: 10.0.0.2/24, ipv6Address: 'fd00::2/64', asNumber: 65001, routeReflectorClusterID: 224.0.0.1}}"),
+                ("n1.rack-2", "{bgp: {ipv4Address: 10.0.0.2, ipv4IPIPTunnelAddr: 192.168.0.1}}"),
             ],
             &[
                 ("Kube_Master", "{}", "metadata.name", "is not a valid name"),
                 ("n", "{bgp: {}}", "spec.bgp", "must not be empty"),
-                (
-                    "n",
-                    "{bgp: {ipv4Address: 'fd00::2/64'}}",
-                    "spec.bgp.ipv4Address",
-                    "is an IPv6 address; expected IPv4",
-                ),
-                (
-                    "n",
-                    "{bgp: {ipv6Address: 10.0.0.2/24}}",
-                    "spec.bgp.ipv6Address",
-                    "is an IPv4 address; expected IPv6",
-                ),
-                (
-                    "n",
-                    "{bgp: {ipv4Address: 0.0.0.0/0}}",
-                    "spec.bgp.ipv4Address",
-                    "unspecified address",
-                ),
-                (
-                    "n",
-                    "{bgp: {ipv4Address: 10.0.0.2/24, routeReflectorClusterID: 'fd00::1'}}",
-                    "spec.bgp.routeReflectorClusterID",
-                    "not an IPv4 address",
-                ),
-                (
-                    "n",
-                    "{bgp: {ipv4Address: 10.0.0.2/24, ipv4IPIPTunnelAddr: 'fd00::1'}}",
-                    "spec.bgp.ipv4IPIPTunnelAddr",
-                    "not an IPv4 address",
-                ),
+                ("n", "{bgp: {ipv4Address: 'fd00::2/64'}}", "spec.bgp.ipv4Address", "is an IPv6 address; expected IPv4"),
+                ("n", "{bgp: {ipv6Address: 10.0.0.2/24}}", "spec.bgp.ipv6Address", "is an IPv4 address; expected IPv6"),
+                ("n", "{bgp: {ipv4Address: 0.0.0.0/0}}", "spec.bgp.ipv4Address", "unspecified address"),
+                ("n", "{bgp: {ipv4Address: 10.0.0.2/24, routeReflectorClusterID: 'fd00::1'}}", "spec.bgp.routeReflectorClusterID", "not an IPv4 address"),
+                ("n", "{bgp: {ipv4Address: 10.0.0.2/24, ipv4IPIPTunnelAddr: 'fd00::1'}}", "spec.bgp.ipv4IPIPTunnelAddr", "not an IPv4 address"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn block_affinity() {
         table(
             "BlockAffinity",
             &[
-                (
-                    "kube-master-10-0-0-0-26",
-                    "{node: kube-master, cidr: 10.0.0.0/26}",
-                ),
-                (
-                    "b",
-                    "{node: n, cidr: 10.0.0.0/26, state: confirmed, deleted: 'false', pool: default-ipv4-ippool}",
-                ),
+                ("kube-master-10-0-0-0-26", "{node: kube-master, cidr: 10.0.0.0/26}"),
+                ("b", "{node: n, cidr: 10.0.0.0/26, state: confirmed, deleted: 'false', pool: default-ipv4-ippool}"),
                 ("b", "{node: n, cidr: 'fd00::/122', state: pending}"),
                 ("b", "{node: n, cidr: 10.0.0.0/20, state: ''}"),
             ],
             &[
-                (
-                    "b",
-                    "{node: n, cidr: 10.0.0.1/26}",
-                    "spec.cidr",
-                    "10.0.0.1/26 is not a network address; did you mean 10.0.0.0/26?",
-                ),
-                (
-                    "b",
-                    "{node: n, cidr: 10.0.0.0/16}",
-                    "spec.cidr",
-                    "/16 is not a block size: IPv4 blocks are /20 to /32",
-                ),
-                (
-                    "b",
-                    "{node: n, cidr: 'fd00::/64'}",
-                    "spec.cidr",
-                    "IPv6 blocks are /116 to /128",
-                ),
-                (
-                    "b",
-                    "{node: '', cidr: 10.0.0.0/26}",
-                    "spec.node",
-                    "required",
-                ),
-                (
-                    "b",
-                    "{node: Bad_Node, cidr: 10.0.0.0/26}",
-                    "spec.node",
-                    "is not a valid name",
-                ),
-                (
-                    "b",
-                    "{node: n, cidr: 10.0.0.0/26, pool: Bad_Pool}",
-                    "spec.pool",
-                    "is not a valid name",
-                ),
-                (
-                    "b",
-                    "{node: n, cidr: 10.0.0.0/26, deleted: 'true'}",
-                    "spec.deleted",
-                    "cannot be set to true",
-                ),
-                (
-                    "b",
-                    "{node: n, cidr: 10.0.0.0/26, deleted: true}",
-                    "spec.deleted",
-                    "cannot be set to true",
-                ),
+                ("b", "{node: n, cidr: 10.0.0.1/26}", "spec.cidr", "10.0.0.1/26 is not a network address; did you mean 10.0.0.0/26?"),
+                ("b", "{node: n, cidr: 10.0.0.0/16}", "spec.cidr", "/16 is not a block size: IPv4 blocks are /20 to /32"),
+                ("b", "{node: n, cidr: 'fd00::/64'}", "spec.cidr", "IPv6 blocks are /116 to /128"),
+                ("b", "{node: '', cidr: 10.0.0.0/26}", "spec.node", "required"),
+                ("b", "{node: Bad_Node, cidr: 10.0.0.0/26}", "spec.node", "is not a valid name"),
+                ("b", "{node: n, cidr: 10.0.0.0/26, pool: Bad_Pool}", "spec.pool", "is not a valid name"),
+                ("b", "{node: n, cidr: 10.0.0.0/26, deleted: 'true'}", "spec.deleted", "cannot be set to true"),
+                ("b", "{node: n, cidr: 10.0.0.0/26, deleted: true}", "spec.deleted", "cannot be set to true"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn agent_configuration() {
         table(
             "AgentConfiguration",
             &[
                 ("default", "{}"),
-                (
-                    "default",
-                    "{natOutgoingAddress: 203.0.113.7, natPortRange: '32768:65535', natOutgoingExclusions: IPPoolsAndHostIPs, natOutgoingInterfaceFilter: 'eth+', dataplane: nftables}",
-                ),
-                (
-                    "node.kube-master",
-                    "{natOutgoingAddress: '2001:db8::7', natOutgoingInterfaceFilter: eth0, dataplane: iptables}",
-                ),
-                (
-                    "node.n1",
-                    "{natOutgoingInterfaceFilter: 'bond0.100', natPortRange: '1024-2048'}",
-                ),
+                ("default", "{natOutgoingAddress: 203.0.113.7, natPortRange: '32768:65535', natOutgoingExclusions: IPPoolsAndHostIPs, natOutgoingInterfaceFilter: 'eth+', dataplane: nftables}"),
+                ("node.kube-master", "{natOutgoingAddress: '2001:db8::7', natOutgoingInterfaceFilter: eth0, dataplane: iptables}"),
+                ("node.n1", "{natOutgoingInterfaceFilter: 'bond0.100', natPortRange: '1024-2048'}"),
                 ("node.n1", "{natOutgoingInterfaceFilter: 'a-very-long-if+'}"),
             ],
             &[
-                (
-                    "agent",
-                    "{}",
-                    "metadata.name",
-                    "is not a valid AgentConfiguration name",
-                ),
-                (
-                    "node.",
-                    "{}",
-                    "metadata.name",
-                    "the node name after \"node.\" is not valid",
-                ),
-                (
-                    "default",
-                    "{natOutgoingAddress: 0.0.0.0}",
-                    "spec.natOutgoingAddress",
-                    "unspecified address",
-                ),
-                (
-                    "default",
-                    "{natOutgoingAddress: 239.1.1.1}",
-                    "spec.natOutgoingAddress",
-                    "multicast address",
-                ),
-                (
-                    "default",
-                    "{natOutgoingInterfaceFilter: ''}",
-                    "spec.natOutgoingInterfaceFilter",
-                    "must not be empty",
-                ),
-                (
-                    "default",
-                    "{natOutgoingInterfaceFilter: 'e+th'}",
-                    "spec.natOutgoingInterfaceFilter",
-                    "'+' is only allowed once, at the end",
-                ),
-                (
-                    "default",
-                    "{natOutgoingInterfaceFilter: 'eth++'}",
-                    "spec.natOutgoingInterfaceFilter",
-                    "'+' is only allowed once",
-                ),
-                (
-                    "default",
-                    "{natOutgoingInterfaceFilter: 'a-very-long-ifname'}",
-                    "spec.natOutgoingInterfaceFilter",
-                    "longer than 15",
-                ),
-                (
-                    "default",
-                    "{natOutgoingInterfaceFilter: 'eth*'}",
-                    "spec.natOutgoingInterfaceFilter",
-                    "is not an interface name",
-                ),
-                (
-                    "default",
-                    "{natOutgoingInterfaceFilter: 'eth 0'}",
-                    "spec.natOutgoingInterfaceFilter",
-                    "is not an interface name",
-                ),
+                ("agent", "{}", "metadata.name", "is not a valid AgentConfiguration name"),
+                ("node.", "{}", "metadata.name", "the node name after \"node.\" is not valid"),
+                ("default", "{natOutgoingAddress: 0.0.0.0}", "spec.natOutgoingAddress", "unspecified address"),
+                ("default", "{natOutgoingAddress: 239.1.1.1}", "spec.natOutgoingAddress", "multicast address"),
+                ("default", "{natOutgoingInterfaceFilter: ''}", "spec.natOutgoingInterfaceFilter", "must not be empty"),
+                ("default", "{natOutgoingInterfaceFilter: 'e+th'}", "spec.natOutgoingInterfaceFilter", "'+' is only allowed once, at the end"),
+                ("default", "{natOutgoingInterfaceFilter: 'eth++'}", "spec.natOutgoingInterfaceFilter", "'+' is only allowed once"),
+                ("default", "{natOutgoingInterfaceFilter: 'a-very-long-ifname'}", "spec.natOutgoingInterfaceFilter", "longer than 15"),
+                ("default", "{natOutgoingInterfaceFilter: 'eth*'}", "spec.natOutgoingInterfaceFilter", "is not an interface name"),
+                ("default", "{natOutgoingInterfaceFilter: 'eth 0'}", "spec.natOutgoingInterfaceFilter", "is not an interface name"),
             ],
         );
     }
 
     #[test]
+    #[rustfmt::skip]
     fn secret() {
         let s = |name: &str, data: &str| {
             format!("apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {{name: {name}}}\n{data}\n")
         };
         for d in [
-            s(
-                "bgp-secrets",
-                "stringData: {rr_password: hunter2, mesh.key-1: x}",
-            ),
+            s("bgp-secrets", "stringData: {rr_password: hunter2, mesh.key-1: x}"),
             s("empty", ""),
             s("b64", "data: {pw: aHVudGVyMg==}"),
         ] {
@@ -2293,27 +1510,15 @@ mod tests {
         }
         for (d, field, reason) in [
             (s("Bad_Name", ""), "metadata.name", "is not a valid name"),
-            (
-                s("s", "stringData: {'a/b': x}"),
-                "data.a/b",
-                "is not valid: use alphanumerics",
-            ),
-            (
-                s("s", "stringData: {'..x': x}"),
-                "data...x",
-                "must not be '.' or start with '..'",
-            ),
+            (s("s", "stringData: {'a/b': x}"), "data.a/b", "is not valid: use alphanumerics"),
+            (s("s", "stringData: {'..x': x}"), "data...x", "must not be '.' or start with '..'"),
             (s("s", "stringData: {'.': x}"), "data..", "must not be '.'"),
             (s("s", "stringData: {'': x}"), "data.", "required"),
         ] {
             expect_error(&d, field, reason);
         }
         let big = "x".repeat(MAX_SECRET_BYTES);
-        expect_error(
-            &s("s", &format!("stringData: {{k: {big}}}")),
-            "data",
-            "the limit is",
-        );
+        expect_error(&s("s", &format!("stringData: {{k: {big}}}")), "data", "the limit is");
     }
 
     #[test]
@@ -2376,6 +1581,7 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn pool_overlap() {
         let others = [
             pool_obj("a", "10.0.0.0/16"),
@@ -2411,36 +1617,15 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn community_values() {
-        for ok in [
-            "0:0",
-            "65535:65535",
-            "0:0:0",
-            "4294967295:4294967295:4294967295",
-        ] {
+        for ok in ["0:0", "65535:65535", "0:0:0", "4294967295:4294967295:4294967295"] {
             assert_eq!(community_value(ok), Some(Ok(())), "{ok}");
         }
-        for range in [
-            "65536:0",
-            "0:65536",
-            "4294967296:0:0",
-            "1:99999999999999999999999",
-        ] {
+        for range in ["65536:0", "0:65536", "4294967296:0:0", "1:99999999999999999999999"] {
             assert!(matches!(community_value(range), Some(Err(_))), "{range}");
         }
-        for shape in [
-            "",
-            "1",
-            ":",
-            "1:",
-            ":1",
-            "a:b",
-            "1:2:3:4",
-            "1 :2",
-            "-1:2",
-            "+1:2",
-            "no-export",
-        ] {
+        for shape in ["", "1", ":", "1:", ":1", "a:b", "1:2:3:4", "1 :2", "-1:2", "+1:2", "no-export"] {
             assert_eq!(community_value(shape), None, "{shape}");
         }
     }
