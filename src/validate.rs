@@ -1630,3 +1630,31 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs_examples {
+    use super::*;
+
+    /// Every YAML example in docs/api.md parses and passes validation.
+    #[test]
+    fn api_md_examples_are_valid() {
+        let md = include_str!("../docs/api.md");
+        let mut blocks = 0;
+        let mut rest = md;
+        while let Some(start) = rest.find("```yaml\n") {
+            let body = &rest[start + 8..];
+            let end = body.find("```").expect("closed code block");
+            let docs = crate::manifest::parse_documents(&body[..end])
+                .unwrap_or_else(|e| panic!("{}: {e}", &body[..end]));
+            for mut r in docs {
+                r.normalize();
+                if let Err(e) = validate(&r) {
+                    panic!("{} {}: {e}", r.kind(), r.name());
+                }
+            }
+            blocks += 1;
+            rest = &body[end..];
+        }
+        assert!(blocks >= 8, "only {blocks} examples found");
+    }
+}
