@@ -190,14 +190,21 @@ fn op_error(ops: &[PatchOperation], e: json_patch::PatchError) -> PatchError {
     let reason = match (&e.kind, op) {
         (PatchErrorKind::TestFailed, _) => "test failed: the value differs".to_string(),
         (PatchErrorKind::InvalidFromPointer, Some(PatchOperation::Move(m))) => {
-            format!("nothing at the \"from\" path {}", pointer_text(m.from.as_str()))
+            format!(
+                "nothing at the \"from\" path {}",
+                pointer_text(m.from.as_str())
+            )
         }
         (PatchErrorKind::InvalidFromPointer, Some(PatchOperation::Copy(c))) => {
-            format!("nothing at the \"from\" path {}", pointer_text(c.from.as_str()))
+            format!(
+                "nothing at the \"from\" path {}",
+                pointer_text(c.from.as_str())
+            )
         }
-        (PatchErrorKind::InvalidPointer, Some(PatchOperation::Add(_) | PatchOperation::Move(_))) => {
-            "the parent of the path does not exist, or an array index is out of range".to_string()
-        }
+        (
+            PatchErrorKind::InvalidPointer,
+            Some(PatchOperation::Add(_) | PatchOperation::Move(_)),
+        ) => "the parent of the path does not exist, or an array index is out of range".to_string(),
         (PatchErrorKind::InvalidPointer, _) => "nothing at this path".to_string(),
         (PatchErrorKind::CannotMoveInsideItself, _) => {
             "cannot move a value inside itself".to_string()
@@ -280,8 +287,12 @@ mod tests {
         assert_eq!(out["spec"]["cidr"], "192.168.0.0/16");
         assert_eq!(out["metadata"]["labels"], json!({"rack": "1"}));
         // Lists are replaced whole.
-        let out = apply_patch(&doc(), r#"{"spec":{"allowedUses":["Tunnel"]}}"#, PatchType::Merge)
-            .expect("merge applies");
+        let out = apply_patch(
+            &doc(),
+            r#"{"spec":{"allowedUses":["Tunnel"]}}"#,
+            PatchType::Merge,
+        )
+        .expect("merge applies");
         assert_eq!(out["spec"]["allowedUses"], json!(["Tunnel"]));
     }
 
