@@ -650,8 +650,15 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errors) {
         (None, true) => e.add("spec.peerIP", "one of peerIP or peerSelector is required"),
         _ => {}
     }
-    // peerIP without asNumber is accepted, as Calico does: the peer is then another
-    // node of the cluster, found by its address, and that node's AS number is used.
+    // Stricter than Calico, which also takes a peerIP without asNumber when the
+    // address is another node's (that node's AS is then used).
+    if s.peer_ip.is_some() && s.as_number.is_none() {
+        e.add(
+            "spec.asNumber",
+            "required with peerIP (the peer's AS number; to peer with other nodes of the \
+             cluster, use peerSelector)",
+        );
+    }
     if !s.peer_selector.is_empty() && s.as_number.is_some() {
         e.add(
             "spec.asNumber",
@@ -1295,7 +1302,6 @@ mod tests {
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512, numAllowedLocalASNumbers: 255}"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512, reachableBy: 10.0.0.254}"),
                 ("p", "{peerIP: 'fd00::1', asNumber: 64512, reachableBy: 'fd00::fe'}"),
-                ("p", "{peerIP: 'fe0a::2'}"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512, filters: [export-only, f.2]}"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512, localASNumber: 65000, sourceAddress: None}"),
             ],
@@ -1304,6 +1310,8 @@ mod tests {
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: Node_1}", "spec.node", "is not a valid name"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, peerSelector: all()}", "spec.peerIP", "peerIP and peerSelector cannot both be set"),
                 ("p", "{nodeSelector: all()}", "spec.peerIP", "one of peerIP or peerSelector is required"),
+                ("p", "{peerIP: 10.0.0.1}", "spec.asNumber", "required with peerIP"),
+                ("p", "{peerIP: 'fe0a::2'}", "spec.asNumber", "required with peerIP"),
                 ("p", "{peerSelector: all(), asNumber: 64512}", "spec.asNumber", "must be empty with peerSelector"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepOriginalNextHop: true, nextHopMode: Keep}", "spec.keepOriginalNextHop", "cannot be set together with nextHopMode"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, ttlSecurity: 0}", "spec.ttlSecurity", "must be 1-255"),
