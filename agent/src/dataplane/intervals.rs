@@ -65,7 +65,7 @@ impl Interval {
             return Some(0);
         }
         let size = self.hi - self.lo + 1;
-        if !size.is_power_of_two() || self.lo % size != 0 {
+        if !size.is_power_of_two() || !self.lo.is_multiple_of(size) {
             return None;
         }
         let host_bits = size.trailing_zeros();

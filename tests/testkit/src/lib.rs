@@ -2,3 +2,4 @@
 //! Everything a harness object creates is removed when it is dropped.
 
 pub mod etcd;
+pub mod netns;
