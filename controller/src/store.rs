@@ -19,12 +19,12 @@ use tracing::debug;
 /// Store errors, each mapped to one gRPC status by the API layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{kind}({name}) not found")]
+    #[error("resource does not exist: {kind}({name})")]
     NotFound { kind: Kind, name: String },
-    #[error("{kind}({name}) already exists")]
+    #[error("resource already exists: {kind}({name})")]
     AlreadyExists { kind: Kind, name: String },
     #[error(
-        "{kind}({name}) has been modified: resourceVersion {expected} is not the current {current}"
+        "update conflict: {kind}({name}): resourceVersion {expected} is not the current {current}"
     )]
     Conflict {
         kind: Kind,

@@ -145,6 +145,79 @@ pub fn proto_to_value(p: &proto::Resource) -> Value {
     Value::Object(map)
 }
 
+/// A manifest document -> protobuf, without validating the spec (the server does
+/// that and names the field). Secret `data` (base64) and `stringData` (plain) both
+/// become plain values in `data`.
+pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
+    use base64::Engine as _;
+    let Value::Object(map) = v else {
+        return Err(FieldError::new("", "a resource must be a JSON/YAML object"));
+    };
+    let s = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let meta: ObjectMeta = match map.get("metadata") {
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| FieldError::new("metadata", e.to_string()))?,
+        None => return Err(FieldError::new("metadata.name", "required")),
+    };
+    let mut data = std::collections::HashMap::new();
+    if let Some(Value::Object(d)) = map.get("data") {
+        for (k, v) in d {
+            let raw = v.as_str().unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(raw.trim())
+                .map_err(|_| FieldError::new(format!("data.{k}"), "is not base64 (use stringData for plain text)"))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| FieldError::new(format!("data.{k}"), "is not UTF-8 text"))?;
+            data.insert(k.clone(), text);
+        }
+    }
+    if let Some(Value::Object(d)) = map.get("stringData") {
+        for (k, v) in d {
+            data.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+        }
+    }
+    let spec = match map.get("spec") {
+        Some(Value::Object(o)) => Some(json_map_to_struct(o)),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(FieldError::new("spec", "must be an object")),
+    };
+    Ok(proto::Resource {
+        api_version: s("apiVersion"),
+        kind: s("kind"),
+        metadata: Some(meta_to_proto(&meta)),
+        spec,
+        data,
+    })
+}
+
+/// protobuf -> the JSON document `ternctl get -o yaml|json` prints: Secret values are
+/// base64 in `data` as Kubernetes prints them, or `<redacted>`.
+pub fn proto_to_display(p: &proto::Resource) -> Value {
+    use base64::Engine as _;
+    let mut v = proto_to_value(p);
+    if p.kind == Kind::Secret.as_str()
+        && let Value::Object(map) = &mut v
+    {
+        map.remove("stringData");
+        let data: Map<String, Value> = p
+            .data
+            .iter()
+            .map(|(k, val)| {
+                let shown = if val == REDACTED {
+                    val.clone()
+                } else {
+                    base64::engine::general_purpose::STANDARD.encode(val)
+                };
+                (k.clone(), Value::String(shown))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        map.insert("data".into(), Value::Object(data));
+    }
+    v
+}
+
 /// protobuf -> model. Secret data in the protobuf message is plain text.
 pub fn from_proto(p: &proto::Resource) -> Result<Resource, FieldError> {
     if p.metadata.is_none() {

@@ -1,1 +1,1072 @@
-fn main() {}
+//! `ternctl`: a calicoctl-style client of the tern controller over gRPC.
+
+mod table;
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use tern::client::ClientTls;
+use tern::model::Kind;
+use tern::model::protojson::{proto_to_display, struct_to_json_map, value_to_proto};
+use tern::pki::{Pki, Role};
+use tern::proto::{
+    self, ipam_service_client::IpamServiceClient, node_service_client::NodeServiceClient,
+    resource_service_client::ResourceServiceClient,
+};
+use tonic::transport::Channel;
+
+use table::{Align, boxed, columns};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ternctl",
+    version,
+    about = "Manage tern: IP pools, NAT outgoing, BGP peers (calicoctl-style)"
+)]
+struct Cli {
+    /// Controller address, host:port.
+    #[arg(
+        long,
+        short = 's',
+        env = "TERN_SERVER",
+        default_value = "127.0.0.1:5443",
+        global = true
+    )]
+    server: String,
+    /// CA that signed the controller's certificate.
+    #[arg(long, env = "TERN_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (admin or viewer).
+    #[arg(long, env = "TERN_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long, env = "TERN_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Name to verify the controller certificate against (default: the server host).
+    #[arg(long, env = "TERN_SERVER_NAME", global = true)]
+    server_name: Option<String>,
+    /// Plaintext, for a controller started with --insecure.
+    #[arg(long, env = "TERN_INSECURE", global = true)]
+    insecure: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Ps,
+    Wide,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PatchKind {
+    Merge,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Display resources.
+    Get {
+        /// Kind: ippool, bgppeer, bgpconfig, bgpfilter, node, blockaffinity, agentconfig, secret.
+        kind: String,
+        /// Names (all when none).
+        names: Vec<String>,
+        #[arg(long, short = 'o', value_enum, default_value = "ps")]
+        output: Output,
+        /// Label selector, e.g. "zone == 'a'".
+        #[arg(long, short = 'l', default_value = "")]
+        selector: String,
+        /// Show Secret values (administrators only).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Create resources from a file (fails if they exist).
+    Create {
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
+    /// Create or replace resources from a file.
+    Apply {
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
+    /// Replace existing resources from a file.
+    Replace {
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
+    /// Delete resources named in a file, or by kind and name.
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(long, short = 'f')]
+        filename: Option<PathBuf>,
+        /// Do not fail for resources that do not exist.
+        #[arg(long)]
+        skip_not_exists: bool,
+    },
+    /// Patch a resource (JSON merge patch by default).
+    Patch {
+        kind: String,
+        name: String,
+        #[arg(long, short = 'p')]
+        patch: String,
+        #[arg(long, short = 't', value_enum, default_value = "merge")]
+        r#type: PatchKind,
+    },
+    /// Node commands.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// IP address management.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
+    /// Create a CA and certificates for controllers, agents and users.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// BGP sessions and dataplane state of a node (every node when none is named).
+    Status { node: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+enum IpamCommand {
+    /// Pools and their usage; with --show-blocks every block and its node.
+    Show {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        show_blocks: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA, a controller certificate and an admin certificate in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS names and IP addresses of the controller (repeat).
+        #[arg(long = "san", default_values = ["localhost", "127.0.0.1"])]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Issue another certificate from the CA in DIR.
+    Issue {
+        #[command(subcommand)]
+        role: IssueRole,
+        #[arg(long, global = true, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, global = true, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IssueRole {
+    /// An agent certificate: spiffe://tern/node/NAME.
+    Node { name: String },
+    /// An administrator: spiffe://tern/admin.
+    Admin,
+    /// A read-only user: spiffe://tern/viewer.
+    Viewer,
+    /// A controller server certificate.
+    Controller {
+        #[arg(long = "san", default_values = ["localhost", "127.0.0.1"])]
+        sans: Vec<String>,
+    },
+}
+
+struct Ctx {
+    server: String,
+    tls: ClientTls,
+}
+
+impl Ctx {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(self.tls.connect(&self.server).await?)
+    }
+    async fn resources(&self) -> anyhow::Result<ResourceServiceClient<Channel>> {
+        Ok(ResourceServiceClient::new(self.channel().await?))
+    }
+}
+
+fn status_msg(s: &tonic::Status) -> String {
+    s.message().to_string()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ternctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        server: cli.server.clone(),
+        tls: ClientTls {
+            ca: cli.ca.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+            server_name: cli.server_name.clone(),
+            insecure: cli.insecure,
+        },
+    };
+    match cli.command {
+        Command::Get {
+            kind,
+            names,
+            output,
+            selector,
+            show_secrets,
+        } => get(&ctx, &kind, &names, output, &selector, show_secrets).await,
+        Command::Create { filename } => write_file(&ctx, &filename, Verb::Create).await,
+        Command::Apply { filename } => write_file(&ctx, &filename, Verb::Apply).await,
+        Command::Replace { filename } => write_file(&ctx, &filename, Verb::Replace).await,
+        Command::Delete {
+            kind,
+            names,
+            filename,
+            skip_not_exists,
+        } => delete(&ctx, kind, names, filename, skip_not_exists).await,
+        Command::Patch {
+            kind,
+            name,
+            patch,
+            r#type,
+        } => patch_cmd(&ctx, &kind, &name, patch, r#type).await,
+        Command::Node {
+            command: NodeCommand::Status { node },
+        } => node_status(&ctx, node).await,
+        Command::Ipam {
+            command: IpamCommand::Show { node, show_blocks },
+        } => ipam_show(&ctx, node, show_blocks).await,
+        Command::Certs { command } => certs(command),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ternctl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+    s.parse::<Kind>().map_err(|e| anyhow!(e))
+}
+
+// ------------------------------------------------------------------------------------
+// get
+
+fn spec_of(r: &proto::Resource) -> serde_json::Map<String, Value> {
+    r.spec.as_ref().map(struct_to_json_map).unwrap_or_default()
+}
+
+fn s(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(x)) => x.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn b(v: Option<&Value>) -> String {
+    v.and_then(Value::as_bool).unwrap_or(false).to_string()
+}
+
+fn row(kind: Kind, r: &proto::Resource, wide: bool) -> (Vec<&'static str>, Vec<String>) {
+    let name = r
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let sp = spec_of(r);
+    match kind {
+        Kind::IPPool if wide => (
+            vec![
+                "NAME",
+                "CIDR",
+                "NAT",
+                "IPIPMODE",
+                "VXLANMODE",
+                "DISABLED",
+                "DISABLEBGPEXPORT",
+                "SELECTOR",
+            ],
+            vec![
+                name,
+                s(sp.get("cidr")),
+                b(sp.get("natOutgoing")),
+                s(sp.get("ipipMode")),
+                s(sp.get("vxlanMode")),
+                b(sp.get("disabled")),
+                b(sp.get("disableBGPExport")),
+                s(sp.get("nodeSelector")),
+            ],
+        ),
+        Kind::IPPool => (
+            vec!["NAME", "CIDR", "SELECTOR"],
+            vec![name, s(sp.get("cidr")), s(sp.get("nodeSelector"))],
+        ),
+        Kind::BGPPeer => {
+            let node = if let Some(n) = sp.get("node").and_then(Value::as_str) {
+                n.to_string()
+            } else if let Some(sel) = sp.get("nodeSelector").and_then(Value::as_str) {
+                sel.to_string()
+            } else {
+                "(global)".to_string()
+            };
+            let peer = sp
+                .get("peerIP")
+                .map(|v| s(Some(v)))
+                .or_else(|| {
+                    sp.get("peerSelector")
+                        .map(|v| format!("selector: {}", s(Some(v))))
+                })
+                .unwrap_or_default();
+            let asn = s(sp.get("asNumber"));
+            if wide {
+                let filters = sp
+                    .get("filters")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(|f| s(Some(f))).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default();
+                (
+                    vec!["NAME", "PEERIP", "NODE", "ASN", "PASSWORD", "FILTERS"],
+                    vec![
+                        name,
+                        peer,
+                        node,
+                        asn,
+                        (sp.contains_key("password")).to_string(),
+                        filters,
+                    ],
+                )
+            } else {
+                (
+                    vec!["NAME", "PEERIP", "NODE", "ASN"],
+                    vec![name, peer, node, asn],
+                )
+            }
+        }
+        Kind::BGPConfiguration => {
+            let mut cols = vec!["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"];
+            let mut vals = vec![
+                name,
+                s(sp.get("logSeverityScreen")),
+                s(sp.get("nodeToNodeMeshEnabled")),
+                s(sp.get("asNumber")),
+            ];
+            if wide {
+                cols.push("LISTENPORT");
+                vals.push(s(sp.get("listenPort")));
+            }
+            (cols, vals)
+        }
+        Kind::BGPFilter => {
+            let n = |k: &str| {
+                sp.get(k)
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string()
+            };
+            if wide {
+                (
+                    vec!["NAME", "EXPORTV4", "IMPORTV4", "EXPORTV6", "IMPORTV6"],
+                    vec![
+                        name,
+                        n("exportV4"),
+                        n("importV4"),
+                        n("exportV6"),
+                        n("importV6"),
+                    ],
+                )
+            } else {
+                (vec!["NAME"], vec![name])
+            }
+        }
+        Kind::Node => {
+            let bgp = sp.get("bgp").cloned().unwrap_or(Value::Null);
+            (
+                vec!["NAME", "ASN", "IPV4", "IPV6"],
+                vec![
+                    name,
+                    s(bgp.get("asNumber")),
+                    s(bgp.get("ipv4Address")),
+                    s(bgp.get("ipv6Address")),
+                ],
+            )
+        }
+        Kind::BlockAffinity => (
+            vec!["NAME", "NODE", "CIDR", "STATE"],
+            vec![
+                name,
+                s(sp.get("node")),
+                s(sp.get("cidr")),
+                s(sp.get("state")),
+            ],
+        ),
+        Kind::AgentConfiguration => (
+            vec![
+                "NAME",
+                "DATAPLANE",
+                "NATOUTGOINGADDRESS",
+                "NATPORTRANGE",
+                "EXCLUSIONS",
+            ],
+            vec![
+                name,
+                s(sp.get("dataplane")),
+                s(sp.get("natOutgoingAddress")),
+                s(sp.get("natPortRange")),
+                s(sp.get("natOutgoingExclusions")),
+            ],
+        ),
+        Kind::Secret => {
+            let mut keys: Vec<&String> = r.data.keys().collect();
+            keys.sort();
+            (
+                vec!["NAME", "KEYS"],
+                vec![
+                    name,
+                    keys.into_iter().cloned().collect::<Vec<_>>().join(","),
+                ],
+            )
+        }
+    }
+}
+
+fn print_documents(
+    kind: Kind,
+    items: &[proto::Resource],
+    single: bool,
+    output: Output,
+    revision: i64,
+) -> anyhow::Result<()> {
+    let docs: Vec<Value> = items.iter().map(proto_to_display).collect();
+    let v = if single && docs.len() == 1 {
+        docs.into_iter().next().expect("one document")
+    } else {
+        serde_json::json!({
+            "apiVersion": tern::model::API_VERSION,
+            "kind": format!("{}List", kind.as_str()),
+            "metadata": {"resourceVersion": revision.to_string()},
+            "items": docs,
+        })
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        _ => print!("{}", serde_yaml::to_string(&v)?),
+    }
+    Ok(())
+}
+
+async fn get(
+    ctx: &Ctx,
+    kind: &str,
+    names: &[String],
+    output: Output,
+    selector: &str,
+    show_secrets: bool,
+) -> anyhow::Result<ExitCode> {
+    let kind = parse_kind(kind)?;
+    let mut api = ctx.resources().await?;
+    let (items, revision) = if names.is_empty() {
+        let l = api
+            .list(proto::ListRequest {
+                kind: kind.as_str().into(),
+                label_selector: selector.into(),
+                show_secrets,
+            })
+            .await
+            .map_err(|e| anyhow!("Failed to list resources: {}", status_msg(&e)))?
+            .into_inner();
+        (l.items, l.revision)
+    } else {
+        let mut out = Vec::new();
+        for n in names {
+            let r = api
+                .get(proto::GetRequest {
+                    kind: kind.as_str().into(),
+                    name: n.clone(),
+                    show_secrets,
+                })
+                .await
+                .map_err(|e| anyhow!("Failed to get resources: {}", status_msg(&e)))?
+                .into_inner();
+            out.push(r);
+        }
+        (out, 0)
+    };
+    match output {
+        Output::Yaml | Output::Json => {
+            print_documents(kind, &items, !names.is_empty(), output, revision)?;
+        }
+        Output::Ps | Output::Wide if kind == Kind::Node => {
+            print_nodes(ctx, &items, output == Output::Wide).await?;
+        }
+        Output::Ps | Output::Wide => {
+            let wide = output == Output::Wide;
+            let mut header = Vec::new();
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|r| {
+                    let (h, v) = row(kind, r, wide);
+                    header = h;
+                    v
+                })
+                .collect();
+            if header.is_empty() {
+                header = row(kind, &proto::Resource::default(), wide).0;
+            }
+            print!("{}", columns(&header, &rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Nodes with their connection: which controller serves them, the revision applied.
+async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow::Result<()> {
+    let mut nodes = NodeServiceClient::new(ctx.channel().await?);
+    let infos = nodes
+        .list_nodes(proto::ListNodesRequest::default())
+        .await
+        .map_err(|e| anyhow!("Failed to list nodes: {}", status_msg(&e)))?
+        .into_inner()
+        .nodes;
+    let by_name: BTreeMap<String, proto::NodeInfo> = infos
+        .into_iter()
+        .filter_map(|i| {
+            let n = i.node.as_ref()?.metadata.as_ref()?.name.clone();
+            Some((n, i))
+        })
+        .collect();
+    let mut header = vec!["NAME", "CONNECTED", "CONTROLLER", "REVISION"];
+    if wide {
+        header = vec![
+            "NAME",
+            "ASN",
+            "IPV4",
+            "IPV6",
+            "CONNECTED",
+            "CONTROLLER",
+            "REVISION",
+            "AGENT",
+            "LASTERROR",
+        ];
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            let (_, base) = row(Kind::Node, r, true);
+            let info = by_name.get(&base[0]);
+            let connected = info.is_some_and(|i| i.connected).to_string();
+            let controller = info.map(|i| i.controller.clone()).unwrap_or_default();
+            let rev = info
+                .map(|i| i.applied_revision)
+                .filter(|r| *r > 0)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into());
+            if wide {
+                let st = info.and_then(|i| i.status.as_ref());
+                vec![
+                    base[0].clone(),
+                    base[1].clone(),
+                    base[2].clone(),
+                    base[3].clone(),
+                    connected,
+                    controller,
+                    rev,
+                    st.map(|s| s.agent_version.clone()).unwrap_or_default(),
+                    st.map(|s| s.last_error.clone()).unwrap_or_default(),
+                ]
+            } else {
+                vec![base[0].clone(), connected, controller, rev]
+            }
+        })
+        .collect();
+    print!("{}", columns(&header, &rows));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------
+// create / apply / replace / delete
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Create,
+    Apply,
+    Replace,
+    Delete,
+}
+
+impl Verb {
+    fn past(self) -> &'static str {
+        match self {
+            Verb::Create => "created",
+            Verb::Apply => "applied",
+            Verb::Replace => "replaced",
+            Verb::Delete => "deleted",
+        }
+    }
+    fn present(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Apply => "apply",
+            Verb::Replace => "replace",
+            Verb::Delete => "delete",
+        }
+    }
+}
+
+fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// "'IPPool' resource(s)" when every document has one kind, else "resource(s)".
+fn kind_phrase(kinds: &[String], plural: &str) -> String {
+    let first = kinds.first().cloned().unwrap_or_default();
+    if !first.is_empty() && kinds.iter().all(|k| *k == first) {
+        format!("'{first}' {plural}")
+    } else {
+        plural.to_string()
+    }
+}
+
+fn report(verb: Verb, kinds: &[String], done: usize, error: Option<String>) -> ExitCode {
+    match error {
+        None => {
+            println!(
+                "Successfully {} {} {}",
+                verb.past(),
+                done,
+                kind_phrase(kinds, "resource(s)")
+            );
+            ExitCode::SUCCESS
+        }
+        Some(e) if done == 0 => {
+            let one = kind_phrase(&kinds[..1.min(kinds.len())], "resource");
+            eprintln!("Failed to {} {one}: [{e}]", verb.present());
+            ExitCode::FAILURE
+        }
+        Some(e) => {
+            eprintln!(
+                "Partial success: {} the first {} out of {} {}:",
+                verb.past(),
+                done,
+                kinds.len(),
+                kind_phrase(kinds, "resources")
+            );
+            eprintln!("Hit error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn write_file(ctx: &Ctx, path: &PathBuf, verb: Verb) -> anyhow::Result<ExitCode> {
+    let text = read_input(path)?;
+    let docs = tern::manifest::parse_documents_raw(&text).map_err(|e| anyhow!("{e}"))?;
+    if docs.is_empty() {
+        bail!("no resources found in {}", path.display());
+    }
+    let mut resources = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        resources.push(value_to_proto(d).map_err(|e| anyhow!("document {}: {e}", i + 1))?);
+    }
+    let kinds: Vec<String> = resources
+        .iter()
+        .map(|r| {
+            parse_kind(&r.kind)
+                .map(|k| k.as_str().to_string())
+                .unwrap_or(r.kind.clone())
+        })
+        .collect();
+    let mut api = ctx.resources().await?;
+    let mut done = 0;
+    for r in resources {
+        let result = match verb {
+            Verb::Create => api
+                .create(proto::CreateRequest { resource: Some(r) })
+                .await
+                .map(|_| ()),
+            Verb::Apply => api
+                .apply(proto::ApplyRequest { resource: Some(r) })
+                .await
+                .map(|_| ()),
+            Verb::Replace => api
+                .update(proto::UpdateRequest { resource: Some(r) })
+                .await
+                .map(|_| ()),
+            Verb::Delete => {
+                let name = r.metadata.map(|m| m.name).unwrap_or_default();
+                api.delete(proto::DeleteRequest {
+                    kind: r.kind,
+                    name,
+                    resource_version: String::new(),
+                })
+                .await
+                .map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => done += 1,
+            Err(e) => return Ok(report(verb, &kinds, done, Some(status_msg(&e)))),
+        }
+    }
+    Ok(report(verb, &kinds, done, None))
+}
+
+async fn delete(
+    ctx: &Ctx,
+    kind: Option<String>,
+    names: Vec<String>,
+    filename: Option<PathBuf>,
+    skip_not_exists: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(f) = filename {
+        if kind.is_some() {
+            bail!("give either -f FILE or KIND NAME, not both");
+        }
+        return write_file(ctx, &f, Verb::Delete).await;
+    }
+    let Some(kind) = kind else {
+        bail!("give -f FILE or KIND NAME");
+    };
+    if names.is_empty() {
+        bail!("name the {kind} to delete");
+    }
+    let kind = parse_kind(&kind)?;
+    let kinds: Vec<String> = names.iter().map(|_| kind.as_str().to_string()).collect();
+    let mut api = ctx.resources().await?;
+    let mut done = 0;
+    for n in &names {
+        match api
+            .delete(proto::DeleteRequest {
+                kind: kind.as_str().into(),
+                name: n.clone(),
+                resource_version: String::new(),
+            })
+            .await
+        {
+            Ok(_) => done += 1,
+            Err(e) if skip_not_exists && e.code() == tonic::Code::NotFound => done += 1,
+            Err(e) => return Ok(report(Verb::Delete, &kinds, done, Some(status_msg(&e)))),
+        }
+    }
+    Ok(report(Verb::Delete, &kinds, done, None))
+}
+
+async fn patch_cmd(
+    ctx: &Ctx,
+    kind: &str,
+    name: &str,
+    patch: String,
+    ty: PatchKind,
+) -> anyhow::Result<ExitCode> {
+    let kind = parse_kind(kind)?;
+    let mut api = ctx.resources().await?;
+    let r#type = match ty {
+        PatchKind::Merge => proto::PatchType::Merge,
+        PatchKind::Json => proto::PatchType::Json,
+    } as i32;
+    match api
+        .patch(proto::PatchRequest {
+            kind: kind.as_str().into(),
+            name: name.into(),
+            r#type,
+            patch,
+            resource_version: String::new(),
+        })
+        .await
+    {
+        Ok(_) => {
+            println!("Successfully patched 1 '{kind}' resource");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("Failed to patch '{kind}' resource: [{}]", status_msg(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// node status, ipam show
+
+fn session_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<String>> {
+    status
+        .bgp
+        .as_ref()
+        .map(|b| {
+            b.sessions
+                .iter()
+                .filter(|s| s.family == family)
+                .map(|s| {
+                    vec![
+                        s.peer_address.clone(),
+                        s.peer_type.clone(),
+                        s.state.clone(),
+                        s.since.clone(),
+                        s.info.clone(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn print_status(name: &str, info: Option<&proto::NodeInfo>, status: &proto::NodeStatus) {
+    let connected = info.is_some_and(|i| i.connected);
+    if connected {
+        println!(
+            "Node {name}: agent connected to {} (applied revision {}, reported {})",
+            info.map(|i| i.controller.as_str()).unwrap_or_default(),
+            status.applied_revision,
+            if status.reported_at.is_empty() {
+                "never"
+            } else {
+                &status.reported_at
+            },
+        );
+    } else {
+        println!(
+            "Node {name}: agent not connected (last applied revision {})",
+            status.applied_revision
+        );
+    }
+    if let Some(d) = &status.dataplane {
+        println!(
+            "Dataplane: {} {} ({} IPv4 / {} IPv6 pools, {} / {} with natOutgoing){}",
+            d.driver,
+            d.state,
+            d.all_pools_v4,
+            d.all_pools_v6,
+            d.nat_pools_v4,
+            d.nat_pools_v6,
+            if d.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", d.error)
+            }
+        );
+    }
+    match &status.bgp {
+        Some(b) if b.state == "running" => println!("BIRD is running."),
+        Some(b) if !b.state.is_empty() => {
+            println!(
+                "BIRD is {}{}",
+                b.state,
+                if b.error.is_empty() {
+                    ".".to_string()
+                } else {
+                    format!(": {}", b.error)
+                }
+            )
+        }
+        _ => {}
+    }
+    if !status.last_error.is_empty() {
+        println!("Last error: {}", status.last_error);
+    }
+    let header = ["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"];
+    for (fam, label) in [(4, "IPv4"), (6, "IPv6")] {
+        println!();
+        println!("{label} BGP status");
+        let rows = session_rows(status, fam);
+        if rows.is_empty() {
+            println!("No {label} peers found.");
+        } else {
+            print!("{}", boxed(&header, &rows, &[]));
+        }
+    }
+}
+
+async fn node_status(ctx: &Ctx, node: Option<String>) -> anyhow::Result<ExitCode> {
+    let mut nodes = NodeServiceClient::new(ctx.channel().await?);
+    let infos = nodes
+        .list_nodes(proto::ListNodesRequest::default())
+        .await
+        .map_err(|e| anyhow!("Failed to read node status: {}", status_msg(&e)))?
+        .into_inner()
+        .nodes;
+    let named = |i: &proto::NodeInfo| {
+        i.node
+            .as_ref()
+            .and_then(|n| n.metadata.as_ref())
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    };
+    let selected: Vec<&proto::NodeInfo> = match &node {
+        Some(n) => {
+            let found: Vec<_> = infos.iter().filter(|i| named(i) == *n).collect();
+            if found.is_empty() {
+                eprintln!("resource does not exist: Node({n})");
+                return Ok(ExitCode::FAILURE);
+            }
+            found
+        }
+        None => infos.iter().collect(),
+    };
+    for (i, info) in selected.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let name = named(info);
+        let status = info.status.clone().unwrap_or_default();
+        print_status(&name, Some(info), &status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(part: u64, total: u64) -> String {
+    if total == 0 {
+        return "0%".into();
+    }
+    format!("{}%", (part * 100 + total / 2) / total)
+}
+
+async fn ipam_show(ctx: &Ctx, node: Option<String>, show_blocks: bool) -> anyhow::Result<ExitCode> {
+    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let r = ipam
+        .show(proto::IpamShowRequest {
+            node: node.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|e| anyhow!("Failed to show IPAM: {}", status_msg(&e)))?
+        .into_inner();
+    let mut header = vec!["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"];
+    let with_nodes = show_blocks || node.is_some();
+    if with_nodes {
+        header.push("NODE");
+    }
+    let mut rows = Vec::new();
+    for p in &r.pools {
+        let free = p.addresses_total.saturating_sub(p.addresses_in_use);
+        let mut row = vec![
+            "IP Pool".to_string(),
+            p.cidr.clone(),
+            p.addresses_total.to_string(),
+            format!(
+                "{} ({})",
+                p.addresses_in_use,
+                pct(p.addresses_in_use, p.addresses_total)
+            ),
+            format!("{} ({})", free, pct(free, p.addresses_total)),
+        ];
+        if with_nodes {
+            row.push(String::new());
+        }
+        rows.push(row);
+        if with_nodes {
+            for bl in r.blocks.iter().filter(|bl| bl.pool == p.name) {
+                let free = bl.addresses_total.saturating_sub(bl.addresses_in_use);
+                rows.push(vec![
+                    "Block".to_string(),
+                    bl.cidr.clone(),
+                    bl.addresses_total.to_string(),
+                    format!(
+                        "{} ({})",
+                        bl.addresses_in_use,
+                        pct(bl.addresses_in_use, bl.addresses_total)
+                    ),
+                    format!("{} ({})", free, pct(free, bl.addresses_total)),
+                    bl.node.clone(),
+                ]);
+            }
+        }
+    }
+    let align = [
+        Align::Left,
+        Align::Left,
+        Align::Right,
+        Align::Left,
+        Align::Left,
+        Align::Left,
+    ];
+    print!("{}", boxed(&header, &rows, &align));
+    Ok(ExitCode::SUCCESS)
+}
+
+// ------------------------------------------------------------------------------------
+// certs
+
+fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CertsCommand::Init { dir, sans, days } => {
+            let pki = Pki::init(&dir, days.max(1) * 10)?;
+            println!("CA: {}", pki.ca_cert().display());
+            for role in [Role::Controller { sans }, Role::Admin] {
+                let f = pki.issue(&role, days)?;
+                println!(
+                    "{}: {} {}",
+                    role.file_stem(),
+                    f.cert.display(),
+                    f.key.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::Issue { role, dir, days } => {
+            let pki = Pki::open(&dir)?;
+            let role = match role {
+                IssueRole::Node { name } => Role::Node(name),
+                IssueRole::Admin => Role::Admin,
+                IssueRole::Viewer => Role::Viewer,
+                IssueRole::Controller { sans } => Role::Controller { sans },
+            };
+            let f = pki.issue(&role, days)?;
+            println!(
+                "{}: {} {}",
+                role.file_stem(),
+                f.cert.display(),
+                f.key.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
