@@ -650,15 +650,9 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errors) {
         (None, true) => e.add("spec.peerIP", "one of peerIP or peerSelector is required"),
         _ => {}
     }
-    // Stricter than Calico, which also takes a peerIP without asNumber when the
-    // address is another node's (that node's AS is then used).
-    if s.peer_ip.is_some() && s.as_number.is_none() {
-        e.add(
-            "spec.asNumber",
-            "required with peerIP (the peer's AS number; to peer with other nodes of the \
-             cluster, use peerSelector)",
-        );
-    }
+    // As in Calico, a peerIP without asNumber is allowed: when the address is another
+    // node's, that node's AS is used (an outside peer without an AS gets no session,
+    // and the agent reports why).
     if !s.peer_selector.is_empty() && s.as_number.is_some() {
         e.add(
             "spec.asNumber",
@@ -1304,14 +1298,15 @@ mod tests {
                 ("p", "{peerIP: 'fd00::1', asNumber: 64512, reachableBy: 'fd00::fe'}"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512, filters: [export-only, f.2]}"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 64512, localASNumber: 65000, sourceAddress: None}"),
+                // As in Calico: the AS of the node that has this address is used.
+                ("p", "{peerIP: 10.0.0.1}"),
+                ("p", "{peerIP: 'fe0a::2'}"),
             ],
             &[
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: a, nodeSelector: all()}", "spec.node", "node and nodeSelector cannot both be set"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: Node_1}", "spec.node", "is not a valid name"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, peerSelector: all()}", "spec.peerIP", "peerIP and peerSelector cannot both be set"),
                 ("p", "{nodeSelector: all()}", "spec.peerIP", "one of peerIP or peerSelector is required"),
-                ("p", "{peerIP: 10.0.0.1}", "spec.asNumber", "required with peerIP"),
-                ("p", "{peerIP: 'fe0a::2'}", "spec.asNumber", "required with peerIP"),
                 ("p", "{peerSelector: all(), asNumber: 64512}", "spec.asNumber", "must be empty with peerSelector"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepOriginalNextHop: true, nextHopMode: Keep}", "spec.keepOriginalNextHop", "cannot be set together with nextHopMode"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, ttlSecurity: 0}", "spec.ttlSecurity", "must be 1-255"),

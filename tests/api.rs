@@ -336,11 +336,6 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
             "",
         ),
         (
-            "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: x}\nspec: {peerIP: 10.0.0.1}\n",
-            "spec.asNumber",
-            "",
-        ),
-        (
             "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: x}\nspec: {peerIP: 10.0.0.1, asNumber: 0}\n",
             "spec.asNumber",
             "",

@@ -213,7 +213,7 @@ impl Store {
         let bytes = r.to_json_bytes();
         if bytes.len() > MAX_RESOURCE_BYTES {
             return Err(StoreError::Invalid(FieldError::new(
-                "",
+                "resource",
                 format!(
                     "the resource is {} bytes; the limit is {} bytes",
                     bytes.len(),

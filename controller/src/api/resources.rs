@@ -162,7 +162,7 @@ impl ResourceApi {
             doc["metadata"]["resourceVersion"] =
                 serde_json::Value::String(current.mod_revision.to_string());
             let patched = apply_patch(&doc, &req.patch, ty)
-                .map_err(|e| invalid_field("patch", e.to_string()))?;
+                .map_err(|e| invalid_field(e.field(), e.reason()))?;
             let mut new = admit_value(patched)?;
             validate_update(&current.resource, &new).map_err(|e| invalid(&e.0))?;
             carry_server_fields(&mut new, &current.resource);
