@@ -91,7 +91,10 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new("etcd");
         cmd.arg("--name=tern-test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -124,7 +127,8 @@ impl Etcd {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 bail!("etcd exited during start ({status}): {log}");
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
@@ -133,7 +137,10 @@ impl Etcd {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("etcd did not start listening on {} within 20s", self.endpoint());
+                bail!(
+                    "etcd did not start listening on {} within 20s",
+                    self.endpoint()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
