@@ -153,12 +153,12 @@ fn cluster_id(node: &str, id: IpAddr) -> Result<Ipv4Addr, RenderError> {
 }
 
 fn check_password(password: &Password, what: &str) -> Result<(), RenderError> {
-    if let Password::Value(v) = password {
-        if v.expose().contains(['"', '\n', '\r', '\\']) {
-            return Err(RenderError::UnquotablePassword {
-                what: what.to_string(),
-            });
-        }
+    if let Password::Value(v) = password
+        && v.expose().contains(['"', '\n', '\r', '\\'])
+    {
+        return Err(RenderError::UnquotablePassword {
+            what: what.to_string(),
+        });
     }
     Ok(())
 }
@@ -283,19 +283,19 @@ fn forward<'a>(
         return Vec::new();
     };
     let family = Family::of_addr(&addr.ip);
-    if let Some(rb) = spec.reachable_by {
-        if Family::of_addr(&rb.0) != family {
-            out.note(
-                family,
-                format!(
-                    "BGPPeer {}: reachableBy {} is not of the family of peerIP {}: peering skipped.",
-                    p.name(),
-                    rb,
-                    addr.ip
-                ),
-            );
-            return Vec::new();
-        }
+    if let Some(rb) = spec.reachable_by
+        && Family::of_addr(&rb.0) != family
+    {
+        out.note(
+            family,
+            format!(
+                "BGPPeer {}: reachableBy {} is not of the family of peerIP {}: peering skipped.",
+                p.name(),
+                rb,
+                addr.ip
+            ),
+        );
+        return Vec::new();
     }
     let owners: Vec<&NodeInfo<'a>> = nodes.iter().filter(|n| n.has_addr(addr.ip)).collect();
     let wanted_as = spec.as_number.unwrap_or(global_as);

@@ -246,9 +246,7 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     );
     o.line(
         0,
-        &format!(
-            "# Routes inside a block escape aggregation only with an elevated priority (a kernel"
-        ),
+        "# Routes inside a block escape aggregation only with an elevated priority (a kernel",
     );
     o.line(
         0,
