@@ -408,6 +408,10 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
         1,
         "merge paths on;    # Allow export multipath routes (ECMP)",
     );
+    o.line(
+        1,
+        "metric 0;          # Program krt_metric (the route priority) as the kernel metric",
+    );
     o.line(0, "}");
     o.blank();
 }
