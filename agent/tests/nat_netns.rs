@@ -625,3 +625,33 @@ fn auto_selects_nftables_and_cleanup_all_removes_every_back_end() -> anyhow::Res
     ensure!(!netns::exists(&name), "namespace {name} left behind");
     Ok(())
 }
+
+/// The benchmark helper works for every driver (tiny sizes; the numbers are not checked).
+#[test]
+fn bench_helper_runs_and_cleans_up() -> anyhow::Result<()> {
+    use tern_agent::dataplane::bench::{BenchDriver, bench_apply};
+    netns::require_root()?;
+    let ns = Netns::new("bench")?;
+    let name = ns.name().to_string();
+    let result = (|| {
+        let exec = Exec::in_netns(ns.name());
+        for d in [
+            BenchDriver::Nftables,
+            BenchDriver::Iptables(IptablesBackend::Nft),
+            BenchDriver::Iptables(IptablesBackend::Legacy),
+        ] {
+            let r = bench_apply(&exec, d, 20, 2)?;
+            ensure!(r.pools == 20 && r.runs == 2 && !r.full.is_zero(), "{r:?}");
+        }
+        let ruleset = ns.run("nft", &["list", "ruleset"])?;
+        ensure!(
+            !ruleset.contains("tern") && !ruleset.contains("TERN"),
+            "{ruleset}"
+        );
+        Ok::<_, anyhow::Error>(())
+    })();
+    drop(ns);
+    result?;
+    ensure!(!netns::exists(&name), "namespace {name} left behind");
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Apply timings of the real drivers, for the benchmark binary: N pools, a full
-//! apply on a host without tern's objects and a one-pool change on top of N pools.
+//! apply on a host without tern's objects (read-back included, as on an agent's
+//! start), and adding / removing one pool on top of N pools.
 //! Point `exec` at a network namespace made for the purpose: the functions program it
 //! and clean it up.
 
@@ -46,8 +47,10 @@ pub struct BenchResult {
     pub runs: usize,
     /// First apply of `pools` pools where nothing of tern's exists (read-back included).
     pub full: Duration,
-    /// Adding or removing one pool on top of `pools` pools.
-    pub one_pool_change: Duration,
+    /// Adding one pool to `pools` pools.
+    pub add_one: Duration,
+    /// Removing that pool again.
+    pub remove_one: Duration,
 }
 
 /// A state with `n` natOutgoing IPv4 /24 pools that nftables cannot merge (every other
@@ -92,19 +95,22 @@ pub fn bench_apply(
         }
         let mut d = driver.make(exec);
         d.apply(&base)?;
-        let mut change = Vec::with_capacity(runs);
-        for i in 0..runs {
-            let next = if i % 2 == 0 { &plus_one } else { &base };
+        let (mut add, mut remove) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for _ in 0..runs {
             let start = Instant::now();
-            d.apply(next)?;
-            change.push(start.elapsed());
+            d.apply(&plus_one)?;
+            add.push(start.elapsed());
+            let start = Instant::now();
+            d.apply(&base)?;
+            remove.push(start.elapsed());
         }
         Ok(BenchResult {
             driver: driver.name(),
             pools,
             runs,
             full: median(full),
-            one_pool_change: median(change),
+            add_one: median(add),
+            remove_one: median(remove),
         })
     })();
     let cleaned = driver.make(exec).cleanup();

@@ -125,6 +125,12 @@ pub trait NatDriver: Send + fmt::Debug {
     /// Remove everything this driver creates, and nothing else. Safe to call when
     /// nothing is there.
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
+
+    /// True when calls block on external tools (the agent then runs them on a
+    /// blocking thread); false for drivers that only touch memory.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// True when `nft list tables` works where `exec` runs.

@@ -181,11 +181,15 @@ fn element_list(set: &SetLayout, items: &[Interval]) -> String {
         .join(", ")
 }
 
-/// The full transaction: replace the table (or create it) in one go.
-fn full_script(l: &Layout) -> String {
+/// The full transaction: replace the table in one go (`replace`), or create it where
+/// there is none (a deletion in a transaction costs the kernel an RCU grace period, so
+/// the first apply on a clean host skips the `add table; delete table` prefix).
+fn full_script(l: &Layout, replace: bool) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "add table {TABLE_FAMILY} {TABLE_NAME}");
-    let _ = writeln!(s, "delete table {TABLE_FAMILY} {TABLE_NAME}");
+    if replace {
+        let _ = writeln!(s, "add table {TABLE_FAMILY} {TABLE_NAME}");
+        let _ = writeln!(s, "delete table {TABLE_FAMILY} {TABLE_NAME}");
+    }
     let _ = writeln!(s, "table {TABLE_FAMILY} {TABLE_NAME} {{");
     for set in &l.sets {
         let _ = writeln!(s, "\tset {} {{", set.name);
@@ -220,7 +224,7 @@ pub fn render(state: &NatState) -> String {
     let mut s = String::from(
         "# tern NAT outgoing: one nftables transaction (nft -f -) that replaces table inet tern\n",
     );
-    s.push_str(&full_script(&l));
+    s.push_str(&full_script(&l, true));
     s
 }
 
@@ -235,6 +239,8 @@ struct ElementChange {
 /// How the kernel (or what we last wrote) differs from the layout.
 #[derive(Debug, Default)]
 struct Diff {
+    /// The table exists (so a full write must replace it).
+    table_present: bool,
     /// Differences that need the table replaced.
     structural: Vec<String>,
     elements: Vec<ElementChange>,
@@ -433,7 +439,10 @@ fn wanted_chain() -> ObservedChain {
 }
 
 fn diff(l: &Layout, o: &Observed) -> Diff {
-    let mut d = Diff::default();
+    let mut d = Diff {
+        table_present: o.present,
+        ..Diff::default()
+    };
     if !o.present {
         d.structural
             .push(format!("table {TABLE_FAMILY} {TABLE_NAME} is missing"));
@@ -576,7 +585,7 @@ impl NftDriver {
         self.nft(
             "replace table inet tern",
             &["-f", "-"],
-            Some(&full_script(&l)),
+            Some(&full_script(&l, d.table_present)),
         )?;
         report.outcome = ApplyOutcome::Replaced;
         report.elements_added = l.sets.iter().map(|s| s.elements.len()).sum();

@@ -133,6 +133,10 @@ impl RecordingDriver {
 }
 
 impl NatDriver for RecordingDriver {
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "recording"
     }
