@@ -486,6 +486,18 @@ impl IptablesDriver {
             (Some(p), false) => Observed::of_layout(p),
             _ => match self.read_back(f) {
                 Ok(o) => o,
+                // A family tern has nothing to program in (typically IPv6 on a host
+                // without ip6tables' nat table) must not fail the other family.
+                Err(e) if l.is_none() => {
+                    tracing::warn!(
+                        driver = self.backend.driver_name(),
+                        family = fam_label(f),
+                        error = %e,
+                        "cannot read the nat table; nothing to program there, going on"
+                    );
+                    self.programmed[i] = Some(None);
+                    return Ok((Vec::new(), 0, false));
+                }
                 Err(e) => {
                     self.programmed[i] = None;
                     return Err(e);
