@@ -30,7 +30,7 @@ pub(super) struct Plan {
     pub router_id: Ipv4Addr,
     /// Where the router id comes from, for the comment next to it.
     pub router_id_source: &'static str,
-    pub debug: Debug,
+    pub debug: DebugLevel,
     /// The AS of this node (its own, else the BGPConfiguration's, else 64512).
     pub local_as: AsNumber,
     /// The BGP port to listen on, when not 179.
@@ -48,7 +48,7 @@ pub(super) struct Plan {
 
 /// How much BIRD logs about its protocols (BGPConfiguration logSeverityScreen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Debug {
+pub(super) enum DebugLevel {
     Off,
     States,
     All,
@@ -331,9 +331,9 @@ pub(super) fn build(view: &View, node: &str, opts: &BirdOptions) -> Result<Plan,
         router_id,
         router_id_source,
         debug: match config.log_severity_screen.unwrap_or_default() {
-            LogSeverity::Trace | LogSeverity::Debug => Debug::All,
-            LogSeverity::Info => Debug::States,
-            LogSeverity::Warning | LogSeverity::Error | LogSeverity::Fatal => Debug::Off,
+            LogSeverity::Trace | LogSeverity::Debug => DebugLevel::All,
+            LogSeverity::Info => DebugLevel::States,
+            LogSeverity::Warning | LogSeverity::Error | LogSeverity::Fatal => DebugLevel::Off,
         },
         local_as: me.as_number,
         listen_port: me.listen_port,

@@ -637,3 +637,16 @@ fn output_is_deterministic_and_kinds_are_named_as_calico() {
         "Node_fd00__1_port_179"
     );
 }
+
+#[test]
+fn names_cannot_break_out_of_comments() {
+    let y = node("a", "10.0.0.1", "")
+        + "---\napiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: \"x\\nprotocol device evil {}\"}\n\
+           spec: {peerIP: 192.0.2.1, asNumber: 65000}\n";
+    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    assert!(
+        text.contains("# BGPPeer x protocol device evil {}"),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("protocol device evil")));
+}

@@ -12,7 +12,7 @@ use tern::model::{AffinityState, Family};
 
 use super::filters::{BIRD_INT_MAX, Direction};
 use super::plan::{
-    Debug, FamilyPlan, NORMAL_ROUTE_PRIORITY, NextHop, Password, Plan, Session, SessionKind,
+    DebugLevel, FamilyPlan, NORMAL_ROUTE_PRIORITY, NextHop, Password, Plan, Session, SessionKind,
 };
 
 /// BIRD refuses a keepalive time above the hold time (240 s unless set).
@@ -39,6 +39,14 @@ impl Out {
     fn blank(&mut self) {
         self.text.push('\n');
     }
+}
+
+/// Text for a comment: names come from resources, and a line break in one must not
+/// end the comment and start configuration.
+fn c(text: &str) -> String {
+    text.chars()
+        .map(|ch| if ch.is_control() { ' ' } else { ch })
+        .collect()
 }
 
 fn v(family: Family) -> &'static str {
@@ -78,7 +86,7 @@ fn header(o: &mut Out, plan: &Plan) {
         0,
         &format!(
             "# BIRD 2 configuration of node {}, rendered by tern-agent. Do not edit: tern",
-            plan.node
+            c(&plan.node)
         ),
     );
     o.line(0, "# rewrites this file whenever the node's view changes.");
@@ -103,11 +111,11 @@ fn header(o: &mut Out, plan: &Plan) {
     o.blank();
 }
 
-fn debug_line(o: &mut Out, indent: usize, debug: Debug, states: &str) {
+fn debug_line(o: &mut Out, indent: usize, debug: DebugLevel, states: &str) {
     match debug {
-        Debug::Off => {}
-        Debug::States => o.line(indent, &format!("debug {states};")),
-        Debug::All => o.line(indent, "debug all;"),
+        DebugLevel::Off => {}
+        DebugLevel::States => o.line(indent, &format!("debug {states};")),
+        DebugLevel::All => o.line(indent, "debug all;"),
     }
 }
 
@@ -291,7 +299,8 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
             1,
             &format!(
                 "if ( net ~ {} ) then {{ reject; }}  # IPPool {}: BGP export is disabled.",
-                p.cidr, p.name
+                p.cidr,
+                c(&p.name)
             ),
         );
     }
@@ -327,7 +336,8 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
                 1,
                 &format!(
                     "if ( net ~ {} ) then {{ accept; }}  # IPPool {}",
-                    p.cidr, p.name
+                    p.cidr,
+                    c(&p.name)
                 ),
             );
         }
@@ -368,7 +378,8 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
             1,
             &format!(
                 "if ( net ~ {} ) then {{ reject; }}  # IPPool {}: {why}",
-                p.cidr, p.name
+                p.cidr,
+                c(&p.name)
             ),
         );
     }
@@ -484,7 +495,7 @@ fn bgp_filters(o: &mut Out, plan: &Plan) {
             0,
             &format!(
                 "# BGPFilter {}, {field}V{} ({dir} rules for IPv{} sessions)",
-                func.filter,
+                c(&func.filter),
                 func.family.number(),
                 func.family.number()
             ),
@@ -513,7 +524,7 @@ fn sessions(o: &mut Out, plan: &Plan, f: &FamilyPlan) {
         ),
     );
     for note in &f.notes {
-        o.line(0, &format!("# {note}"));
+        o.line(0, &format!("# {}", c(note)));
     }
     if f.sessions.is_empty() {
         o.line(0, &format!("# No IPv{} BGP sessions.", f.family.number()));
@@ -536,9 +547,9 @@ fn calls(o: &mut Out, indent: usize, calls: &[super::plan::FilterCall], same_as:
 
 fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
     let fam = v(f.family);
-    o.line(0, &format!("# {}", s.origin));
+    o.line(0, &format!("# {}", c(&s.origin)));
     for note in &s.notes {
-        o.line(0, &format!("# {note}"));
+        o.line(0, &format!("# {}", c(note)));
     }
     o.line(
         0,
