@@ -50,6 +50,9 @@ pub struct Event {
     pub new: Option<Arc<Entry>>,
 }
 
+/// An event read back from etcd's history: (revision, key, before, after).
+pub type OldEvent = (i64, Key, Option<Arc<Entry>>, Option<Arc<Entry>>);
+
 /// The cache contents. Read under the lock; never held across an await.
 #[derive(Debug, Default)]
 pub struct State {
@@ -106,6 +109,8 @@ impl State {
 #[derive(Debug)]
 pub struct Cache {
     state: RwLock<State>,
+    /// True once the history read back from etcd at start is in (or there is none).
+    history_ready: watch::Sender<bool>,
     /// The cache revision, for streams to wait on.
     head: watch::Sender<i64>,
     max_history: usize,
@@ -135,8 +140,10 @@ fn decode(store: &Store, kv: &etcd_client::KeyValue) -> Option<(Key, Arc<Entry>)
 impl Cache {
     pub fn new(max_history: usize) -> Arc<Cache> {
         let (head, _) = watch::channel(0);
+        let (history_ready, _) = watch::channel(false);
         Arc::new(Cache {
             state: RwLock::new(State::default()),
+            history_ready,
             head,
             max_history: max_history.max(16),
         })
@@ -158,6 +165,15 @@ impl Cache {
 
     pub fn is_ready(&self) -> bool {
         self.state.read().ready
+    }
+
+    /// Wait until the history read back at start is complete (or the timeout passes),
+    /// so that a resuming agent is not sent a snapshot for lack of it.
+    pub async fn wait_history(&self, timeout: Duration) -> bool {
+        let mut rx = self.history_ready.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Wait until the cache has applied `revision` (or the timeout passes).
@@ -215,6 +231,38 @@ impl Cache {
         self.head.send_replace(rev);
     }
 
+    /// Prepend events from before the first list (read back from etcd's history), so
+    /// that agents can resume from revisions older than this replica's start. `floor`
+    /// is the revision after which every event is now kept.
+    pub fn backfill(&self, events: Vec<OldEvent>, floor: i64) {
+        let mut st = self.state.write();
+        if floor >= st.floor {
+            return;
+        }
+        let n = events.len();
+        let now = std::time::Instant::now();
+        for (revision, key, prev, new) in events.into_iter().rev() {
+            if revision > st.floor {
+                // Already covered by events applied after the list; keep order.
+                continue;
+            }
+            st.history.push_front(Arc::new(Event {
+                revision,
+                at: now,
+                key,
+                prev,
+                new,
+            }));
+        }
+        st.floor = floor;
+        while st.history.len() > self.max_history {
+            if let Some(old) = st.history.pop_front() {
+                st.floor = old.revision;
+            }
+        }
+        debug!(events = n, floor = st.floor, "history backfilled from etcd");
+    }
+
     /// Apply a batch of watch events (all with revisions after the cache's).
     pub fn apply(&self, events: Vec<(i64, Key, Option<Arc<Entry>>)>, header_revision: i64) {
         let mut st = self.state.write();
@@ -248,10 +296,11 @@ impl Cache {
     }
 
     /// Run the list+watch loop forever (abort the task to stop it).
-    pub async fn run(self: Arc<Self>, store: Store, metrics: Arc<Metrics>) {
+    pub async fn run(self: Arc<Self>, store: Store, metrics: Arc<Metrics>, replica: String) {
         let mut backoff = Duration::from_millis(100);
+        let marker = store.cache_marker_key(&replica);
         loop {
-            let result = self.list_and_watch(&store, &metrics).await;
+            let result = self.list_and_watch(&store, &metrics, &marker).await;
             metrics.etcd_watch_healthy.set(0);
             metrics.cache_relists.inc();
             match result {
@@ -265,7 +314,12 @@ impl Cache {
         }
     }
 
-    async fn list_and_watch(&self, store: &Store, metrics: &Metrics) -> Result<(), String> {
+    async fn list_and_watch(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        marker: &str,
+    ) -> Result<(), String> {
         let mut client = store.client();
         let (start, end) = store.resources_range();
         let resp = client
@@ -283,53 +337,101 @@ impl Cache {
             .filter_map(|kv| decode(store, kv))
             .collect();
         debug!(revision = rev, objects = objects.len(), "listed");
+        let first = !self.is_ready();
         self.install_list(rev, objects);
 
-        let mut stream = client
-            .watch(
-                start,
-                Some(
-                    WatchOptions::new()
-                        .with_range(end)
-                        .with_start_revision(rev + 1)
-                        .with_progress_notify(),
-                ),
-            )
-            .await
-            .map_err(|e| format!("watch: {e}"))?;
-        metrics.etcd_watch_healthy.set(1);
-        loop {
-            let Some(resp) = stream.message().await.map_err(|e| format!("watch: {e}"))? else {
-                return Err("watch stream ended".into());
+        // On the first list, read the recent history back from etcd too (as far as it
+        // was not compacted), so agents can resume from revisions before our start.
+        // The history is complete once the watch delivers a marker we write after it
+        // is created: etcd sends events in revision order. (Progress notifications
+        // cannot tell: etcd 3.4 may send them ahead of pending events.)
+        let mut backfilling = first;
+        if !first {
+            self.history_ready.send_replace(true);
+        }
+        let mut from = if first {
+            (rev + 1 - self.max_history as i64).max(1)
+        } else {
+            rev + 1
+        };
+        'watch: loop {
+            let mut stream = client
+                .watch(
+                    start.clone(),
+                    Some(
+                        WatchOptions::new()
+                            .with_range(end.clone())
+                            .with_start_revision(from)
+                            .with_prev_key(),
+                    ),
+                )
+                .await
+                .map_err(|e| format!("watch: {e}"))?;
+            let marker_rev = if backfilling {
+                client
+                    .kv_client()
+                    .put(marker, "cache history marker", None)
+                    .await
+                    .map_err(|e| format!("marker: {e}"))?
+                    .header()
+                    .map_or(0, |h| h.revision())
+            } else {
+                0
             };
-            if resp.canceled() {
-                return Err(if resp.compact_revision() > 0 {
-                    format!("compacted at {}", resp.compact_revision())
-                } else {
-                    format!("canceled: {}", resp.cancel_reason())
-                });
-            }
-            let header = resp.header().map_or(0, |h| h.revision());
-            let mut batch = Vec::with_capacity(resp.events().len());
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let Some((kind, name)) = store.parse_key(kv.key()) else {
-                    continue;
+            metrics.etcd_watch_healthy.set(1);
+            let mut older = Vec::new();
+            loop {
+                let Some(resp) = stream.message().await.map_err(|e| format!("watch: {e}"))? else {
+                    return Err("watch stream ended".into());
                 };
-                let key: Key = (kind, Arc::from(name.as_str()));
-                match ev.event_type() {
-                    EventType::Put => {
-                        if let Some((k, e)) = decode(store, kv) {
-                            batch.push((kv.mod_revision(), k, Some(e)));
-                        }
+                if resp.canceled() {
+                    let c = resp.compact_revision();
+                    if backfilling && c > from && c <= rev + 1 {
+                        // Part of the history we wanted is compacted: take what is left.
+                        from = c;
+                        continue 'watch;
                     }
-                    EventType::Delete => batch.push((kv.mod_revision(), key, None)),
+                    return Err(if c > 0 {
+                        format!("compacted at {c}")
+                    } else {
+                        format!("canceled: {}", resp.cancel_reason())
+                    });
                 }
+                let mut batch = Vec::with_capacity(resp.events().len());
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    if kv.key() == marker.as_bytes() {
+                        if backfilling && kv.mod_revision() >= marker_rev {
+                            self.backfill(std::mem::take(&mut older), from - 1);
+                            backfilling = false;
+                            self.history_ready.send_replace(true);
+                        }
+                        continue;
+                    }
+                    let Some((kind, name)) = store.parse_key(kv.key()) else {
+                        continue;
+                    };
+                    let key: Key = (kind, Arc::from(name.as_str()));
+                    let new = match ev.event_type() {
+                        EventType::Put => decode(store, kv).map(|(_, e)| e),
+                        EventType::Delete => None,
+                    };
+                    if kv.mod_revision() <= rev {
+                        if backfilling {
+                            let prev = ev.prev_kv().and_then(|p| decode(store, p)).map(|(_, e)| e);
+                            older.push((kv.mod_revision(), key, prev, new));
+                        }
+                        continue;
+                    }
+                    batch.push((kv.mod_revision(), key, new));
+                }
+                // The cache revision moves with events only: the header revision of a
+                // watch message may be ahead of events still to come.
+                self.apply(batch, 0);
+                let (r, n) = self.read(|st| (st.revision, st.objects.len()));
+                metrics.cache_revision.set(r);
+                metrics.cache_objects.set(n as i64);
             }
-            self.apply(batch, header);
-            let (rev, n) = self.read(|st| (st.revision, st.objects.len()));
-            metrics.cache_revision.set(rev);
-            metrics.cache_objects.set(n as i64);
         }
     }
 }
@@ -365,6 +467,37 @@ mod tests {
             assert!(st.events_after(13).is_none());
             assert_eq!(st.events_after(14).map(|e| e.count()), Some(16));
             assert_eq!(st.events_after(28).map(|e| e.count()), Some(2));
+        });
+    }
+
+    #[test]
+    fn backfill_lowers_the_floor_in_order() {
+        let c = Cache::new(100);
+        let mut objs = HashMap::new();
+        objs.insert(key("a"), entry("a", 7));
+        c.install_list(8, objs);
+        c.apply(vec![(9, key("b"), Some(entry("b", 9)))], 0);
+        assert!(c.read(|st| st.events_after(5).is_none()));
+        c.backfill(
+            vec![
+                (6, key("a"), None, Some(entry("a", 6))),
+                (7, key("a"), Some(entry("a", 6)), Some(entry("a", 7))),
+            ],
+            4,
+        );
+        c.read(|st| {
+            let revs: Vec<i64> = st
+                .events_after(4)
+                .expect("kept")
+                .map(|e| e.revision)
+                .collect();
+            assert_eq!(revs, [6, 7, 9]);
+            let revs: Vec<i64> = st
+                .events_after(6)
+                .expect("kept")
+                .map(|e| e.revision)
+                .collect();
+            assert_eq!(revs, [7, 9]);
         });
     }
 

@@ -19,6 +19,7 @@ use tern::proto;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::nodes::NodeApi;
@@ -56,6 +57,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub struct Controller {
     addr: SocketAddr,
     id: String,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -71,12 +74,18 @@ impl Controller {
         &self.id
     }
 
+    /// This replica's metrics (also served on `--metrics-listen`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Stop serving: close the listener, end streams, stop background tasks.
     pub async fn shutdown(mut self) {
         self.stop().await;
     }
 
     async fn stop(&mut self) {
+        self.cancel.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -106,6 +115,7 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        self.cancel.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -143,6 +153,7 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
     }
 
     let mut tasks = Vec::new();
+    let cancel = CancellationToken::new();
     let metrics = Metrics::new();
     if let Some(maddr) = config.metrics_listen {
         let t = crate::metrics::serve(maddr, metrics.clone())
@@ -154,9 +165,11 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         tasks.push(t);
     }
     let cache = Cache::new(config.sync.history_events);
-    tasks.push(tokio::spawn(
-        cache.clone().run(store.clone(), metrics.clone()),
-    ));
+    tasks.push(tokio::spawn(cache.clone().run(
+        store.clone(),
+        metrics.clone(),
+        config.controller_id.clone(),
+    )));
     let status = StatusHub::new(
         store.clone(),
         config.controller_id.clone(),
@@ -170,6 +183,13 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         store.clone(),
         config.default_ipv4_pool.map(|c| c.to_string()),
     )));
+    // ---- IPAM (controller/src/ipam.rs): the block reconcile loop of this replica. ----
+    tasks.push(crate::ipam::spawn_reconciler(
+        store.clone(),
+        cache.clone(),
+        crate::ipam::IpamTuning::default(),
+    ));
+    // ---- end IPAM ----
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -205,11 +225,21 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         config.sync.clone(),
         config.controller_id.clone(),
         metrics.clone(),
+        cancel.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     health_reporter
         .set_serving::<proto::sync_service_server::SyncServiceServer<SyncApi>>()
         .await;
+    // ---- IPAM (controller/src/api/ipam.rs): IpamService. ----
+    let ipam = proto::ipam_service_server::IpamServiceServer::new(crate::api::ipam::IpamApi::new(
+        store.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    health_reporter
+        .set_serving::<proto::ipam_service_server::IpamServiceServer<crate::api::ipam::IpamApi>>()
+        .await;
+    // ---- end IPAM ----
 
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -221,24 +251,29 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         .add_service(reflection_v1alpha)
         .add_service(resources)
         .add_service(nodes)
-        .add_service(sync);
+        .add_service(sync)
+        .add_service(ipam);
 
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = rx.await;
     };
     let server = match tls {
-        Some(tls) => tokio::spawn(
-            router.serve_with_incoming_shutdown(crate::tls::tls_incoming(listener, tls), shutdown),
-        ),
-        None => tokio::spawn(
-            router.serve_with_incoming_shutdown(crate::tls::tcp_incoming(listener), shutdown),
-        ),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::tls::tls_incoming(listener, tls, cancel.clone()),
+            shutdown,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::tls::tcp_incoming(listener, cancel.clone()),
+            shutdown,
+        )),
     };
     info!(%addr, id = %config.controller_id, prefix = %config.prefix, "controller serving");
     Ok(Controller {
         addr,
         id: config.controller_id,
+        metrics,
+        cancel,
         shutdown: Some(tx),
         server: Some(server),
         tasks,

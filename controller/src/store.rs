@@ -136,6 +136,13 @@ impl Store {
         (format!("{}/a", self.prefix), format!("{}/{{", self.prefix))
     }
 
+    /// A key inside the resource range that is no resource (its segment is no kind):
+    /// a replica's cache writes it to learn when its watch has delivered everything
+    /// up to a revision.
+    pub fn cache_marker_key(&self, replica: &str) -> String {
+        format!("{}/zz-cache-marker/{replica}", self.prefix)
+    }
+
     /// `<prefix>/_<what>/`: internal keys, outside the resource range.
     pub fn internal_prefix(&self, what: &str) -> String {
         format!("{}/_{what}/", self.prefix)

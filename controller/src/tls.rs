@@ -32,6 +32,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tern::pki::{Identity, read_certs, read_key};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{debug, info, warn};
 
@@ -236,11 +237,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    cancel: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // Dropping the listener frees the port.
+                () = cancel.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off a little instead of spinning.
@@ -270,8 +277,32 @@ pub fn tls_incoming(
 }
 
 /// Plain TCP incoming stream for `--insecure` mode.
-pub fn tcp_incoming(listener: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+pub fn tcp_incoming(
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TcpStream, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = cancel.cancelled() => break,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    if tx.send(Ok(tcp)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// True for loopback listen addresses (plaintext is allowed there with `--insecure`).

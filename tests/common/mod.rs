@@ -224,3 +224,46 @@ pub fn pool(name: &str, cidr: &str) -> tern::proto::Resource {
         "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{cidr: '{cidr}'}}\n"
     ))
 }
+
+/// An in-process agent with the recording NAT driver (no BGP), registering `node`
+/// with an address, connected to `controllers` with its own node certificate.
+pub async fn recording_agent(
+    c: &Cluster,
+    node: &str,
+    address: &str,
+    controllers: Vec<String>,
+) -> (
+    tern_agent::agent::Agent,
+    tern_agent::dataplane::RecordingDriver,
+) {
+    let tls = c.client_tls(&Role::Node(node.to_string()));
+    let mut sync = tern_agent::sync::SyncConfig::new(node.to_string(), controllers, tls);
+    sync.registration.ipv4_address = address.to_string();
+    sync.backoff_min = std::time::Duration::from_millis(50);
+    sync.backoff_max = std::time::Duration::from_millis(500);
+    sync.status_interval = std::time::Duration::from_millis(100);
+    let driver = tern_agent::dataplane::RecordingDriver::new();
+    let cfg = tern_agent::agent::AgentConfig {
+        sync,
+        exec: tern_agent::exec::Exec::host(),
+        nat: tern_agent::agent::NatChoice::Driver(Box::new(driver.clone())),
+        bgp: None,
+        resync_interval: std::time::Duration::from_secs(3600),
+        status_interval: std::time::Duration::from_secs(1),
+        metrics_listen: None,
+    };
+    let agent = tern_agent::agent::start(cfg).await.expect("agent starts");
+    (agent, driver)
+}
+
+/// Poll `f` until it returns true or `secs` pass.
+pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}

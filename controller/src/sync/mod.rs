@@ -32,6 +32,7 @@ use tern::proto::{self, agent_message, controller_message, sync_service_server::
 use tern::validate::validate;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
@@ -53,6 +54,8 @@ pub struct SyncApi {
     tuning: SyncTuning,
     controller_id: String,
     metrics: Arc<Metrics>,
+    /// Cancelled when the replica shuts down: every stream ends (agents reconnect).
+    shutdown: CancellationToken,
 }
 
 impl SyncApi {
@@ -63,6 +66,7 @@ impl SyncApi {
         tuning: SyncTuning,
         controller_id: String,
         metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
     ) -> Self {
         SyncApi {
             cache,
@@ -71,11 +75,15 @@ impl SyncApi {
             tuning,
             controller_id,
             metrics,
+            shutdown,
         }
     }
 }
 
 type Out = Result<proto::ControllerMessage, Status>;
+
+/// Upper bound on the encoded size of one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 type SyncStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
 
 fn msg(m: controller_message::Msg) -> Out {
@@ -182,12 +190,14 @@ struct Producer {
     last_pong: Arc<AtomicU64>,
     started: Instant,
     metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
 /// Why a stream ends.
 #[derive(Debug)]
 enum End {
     ClientGone,
+    Shutdown,
     TooSlow,
     FellBehind,
     NoPong,
@@ -195,10 +205,13 @@ enum End {
 
 impl Producer {
     async fn send(&self, m: Out) -> Result<(), End> {
-        match tokio::time::timeout(self.tuning.send_timeout, self.tx.send(m)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::ClientGone),
-            Err(_) => Err(End::TooSlow),
+        tokio::select! {
+            r = tokio::time::timeout(self.tuning.send_timeout, self.tx.send(m)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::ClientGone),
+                Err(_) => Err(End::TooSlow),
+            },
+            () = self.shutdown.cancelled() => Err(End::Shutdown),
         }
     }
 
@@ -211,6 +224,14 @@ impl Producer {
 
     async fn stream(&self, last_revision: i64) -> Result<(), End> {
         let mut head = self.cache.subscribe();
+        if last_revision > 0 {
+            // A replica that just started may still be reading its history back, or be
+            // a moment behind the replica the agent came from.
+            self.cache.wait_history(Duration::from_secs(5)).await;
+            self.cache
+                .wait_for(last_revision, Duration::from_secs(2))
+                .await;
+        }
         // Resume within history, else a snapshot.
         let resumed = (last_revision > 0)
             .then(|| {
@@ -252,7 +273,14 @@ impl Producer {
                 let mut first = true;
                 let mut it = items.into_iter().peekable();
                 while first || it.peek().is_some() {
-                    let part: Vec<proto::Item> = it.by_ref().take(chunk).collect();
+                    // Chunks are bounded in items and in bytes.
+                    let mut part: Vec<proto::Item> = Vec::new();
+                    let mut bytes = 0;
+                    while part.len() < chunk && bytes < SNAPSHOT_CHUNK_BYTES {
+                        let Some(item) = it.next() else { break };
+                        bytes += item.value.len() + item.name.len() + 16;
+                        part.push(item);
+                    }
                     self.send(msg(controller_message::Msg::Snapshot(
                         proto::SnapshotChunk {
                             revision: rev,
@@ -323,6 +351,7 @@ impl Producer {
                     self.send(msg(controller_message::Msg::Ping(proto::Ping { nonce }))).await?;
                 }
                 () = self.tx.closed() => return Err(End::ClientGone),
+                () = self.shutdown.cancelled() => return Err(End::Shutdown),
             }
         }
     }
@@ -385,6 +414,7 @@ impl SyncService for SyncApi {
             last_pong: last_pong.clone(),
             started,
             metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
         };
         let status = self.status.clone();
         let metrics = self.metrics.clone();
@@ -418,6 +448,12 @@ impl SyncService for SyncApi {
                 inbound_task.abort();
                 match end {
                     End::ClientGone => info!("agent disconnected"),
+                    End::Shutdown => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "controller shutting down; reconnect",
+                        )));
+                        info!("stream closed: controller shutting down");
+                    }
                     End::TooSlow => {
                         metrics.sync_disconnects_slow.inc();
                         warn!("agent too slow to drain its stream; disconnected (it will resync)");
