@@ -6,6 +6,7 @@
 //!                                                   └──► bird (stage, check, reload)
 //! ```
 
+pub mod bird;
 pub mod calc;
 pub mod dataplane;
 pub mod exec;

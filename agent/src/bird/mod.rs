@@ -1,0 +1,1037 @@
+//! The BIRD driver: installs a rendered configuration and reloads BIRD, supervises the
+//! BIRD process (or uses one managed elsewhere), and reads BGP session state back.
+//!
+//! ```text
+//! apply(config)
+//!   show status ──► live file == config and BIRD loaded it? ──yes──► Unchanged (no reload)
+//!        │ no
+//!        ▼
+//!   write <live>.staging (0600, fsync) ──► bird -p -c <staging> ──rejected──► error, live file untouched
+//!        │ ok
+//!        ▼
+//!   rename over <live>, fsync dir ──► BIRD running?  yes ──► birdc configure ──► Reloaded
+//!                                                    no  ──► supervised: start bird -f ──► Started
+//!                                                            external:   NotRunning error
+//!
+//! Supervisor (supervised mode): child `bird -f -c <live> -s <socket> -P <pid file>` in
+//! the Exec's namespace, own process group, log to a file; watcher thread restarts it
+//! with backoff; a BIRD found running on the socket is adopted, never restarted.
+//! status() ──► birdc show status + show protocols all ──► tern::proto::BgpStatus
+//! ```
+//!
+//! "BIRD loaded it" is known for a reload this manager did (same BIRD boot time). After an
+//! agent restart it is read from BIRD's times: BIRD read its file after the file's last
+//! change when `now - mtime > (BIRD's current time - max(last reboot, last
+//! reconfiguration))`, with `now` taken before asking BIRD. Any doubt means one more
+//! reload, which BIRD 2 performs without touching protocols whose configuration is equal.
+//!
+//! The configuration holds BGP passwords: files are 0600, and neither errors nor logs
+//! ever carry its contents (secrets quoted back by BIRD are redacted).
+//!
+//! The methods are synchronous (they run `bird` / `birdc`); the agent calls them from
+//! `spawn_blocking`. Every tool call has a deadline.
+
+mod cmd;
+pub mod parse;
+mod supervisor;
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use tern::proto::BgpStatus;
+
+use crate::exec::Exec;
+
+pub use parse::{BirdStatus, Protocol};
+
+use supervisor::{SpawnConfig, Supervisor};
+
+/// Mode of the files tern writes for BIRD: the configuration holds passwords.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Who runs the BIRD process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirdMode {
+    /// The agent starts BIRD, restarts it when it dies, and stops it on `stop`.
+    Supervised,
+    /// BIRD is run by someone else (systemd, another container); the agent only writes
+    /// the file and reloads through the socket.
+    External,
+}
+
+/// Where the files are and how to run BIRD.
+#[derive(Debug, Clone)]
+pub struct BirdOptions {
+    /// The live configuration file BIRD reads (`bird -c`).
+    pub config_path: PathBuf,
+    /// BIRD's control socket (`bird -s`, `birdc -s`).
+    pub socket_path: PathBuf,
+    /// Runs every tool, in a network namespace if asked.
+    pub exec: Exec,
+    pub bird_bin: String,
+    pub birdc_bin: String,
+    pub mode: BirdMode,
+    /// `bird -P`: lets a restarted agent find (and watch) the BIRD it adopts.
+    pub pid_file: Option<PathBuf>,
+    /// BIRD's stdout and stderr (supervised mode); `None` discards them.
+    pub log_file: Option<PathBuf>,
+    /// Start BIRD with `-R` (graceful restart recovery), as Calico does.
+    pub graceful_restart: bool,
+    /// Deadline of every `bird -p` / `birdc` call.
+    pub command_timeout: Duration,
+    /// How long a started BIRD may take to answer on its socket.
+    pub start_timeout: Duration,
+    /// How long BIRD gets after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+    /// First restart delay after BIRD dies; doubles up to `restart_backoff_max`.
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
+}
+
+impl BirdOptions {
+    /// Options with tern's file names in `dir`: `bird.conf`, `bird.ctl`, `bird.pid`,
+    /// `bird.log`.
+    pub fn in_dir(dir: &Path, mode: BirdMode) -> Self {
+        let mut o = Self::new(dir.join("bird.conf"), dir.join("bird.ctl"), mode);
+        o.log_file = Some(dir.join("bird.log"));
+        o
+    }
+
+    /// Options for a live file and a socket; the pid file goes next to the live file
+    /// (`bird.conf` -> `bird.pid`), no log file.
+    pub fn new(config_path: PathBuf, socket_path: PathBuf, mode: BirdMode) -> Self {
+        let pid_file = Some(config_path.with_extension("pid"));
+        BirdOptions {
+            config_path,
+            socket_path,
+            exec: Exec::host(),
+            bird_bin: "bird".into(),
+            birdc_bin: "birdc".into(),
+            mode,
+            pid_file,
+            log_file: None,
+            graceful_restart: false,
+            command_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(5),
+            restart_backoff: Duration::from_millis(500),
+            restart_backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// The staging file next to the live one (`bird.conf.staging`).
+    pub fn staging_path(&self) -> PathBuf {
+        let mut name = self
+            .config_path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".staging");
+        self.config_path.with_file_name(name)
+    }
+
+    fn spawn_config(&self) -> SpawnConfig {
+        SpawnConfig {
+            exec: self.exec.clone(),
+            bird_bin: self.bird_bin.clone(),
+            config_path: self.config_path.clone(),
+            socket_path: self.socket_path.clone(),
+            pid_file: self.pid_file.clone(),
+            log_file: self.log_file.clone(),
+            graceful_restart: self.graceful_restart,
+            backoff: self.restart_backoff,
+            backoff_max: self.restart_backoff_max.max(self.restart_backoff),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BirdError> {
+        if self.config_path.file_name().is_none() {
+            return Err(BirdError::Options(format!(
+                "configuration path {} has no file name",
+                self.config_path.display()
+            )));
+        }
+        if self.socket_path.as_os_str().is_empty() {
+            return Err(BirdError::Options("empty control socket path".into()));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket_path.as_os_str().len() > 107 {
+            return Err(BirdError::Options(format!(
+                "control socket path {} is longer than 107 bytes",
+                self.socket_path.display()
+            )));
+        }
+        for p in [&self.config_path, &self.socket_path] {
+            if p.to_str().is_none() {
+                return Err(BirdError::Options(format!(
+                    "{} is not valid UTF-8",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the driver could not do its job. Never carries the configuration's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+    /// `bird -p` refused the new configuration; the last good one stays in place.
+    #[error("BIRD rejected the configuration (the last good one stays in place): {message}")]
+    Rejected { message: String },
+    /// `birdc configure` did not answer "Reconfigured" / "Reconfiguration in progress".
+    #[error("BIRD did not reload its configuration: {reply}")]
+    ReloadFailed { reply: String },
+    /// The BIRD on our socket reads another file, so reloading it cannot apply ours.
+    #[error(
+        "BIRD on {socket} reads its configuration from {bird_reads}, not from {ours}; start it with -c {ours}"
+    )]
+    WrongConfigFile {
+        socket: PathBuf,
+        bird_reads: String,
+        ours: PathBuf,
+    },
+    /// Nobody answers on the control socket and we do not supervise BIRD. The new
+    /// configuration is installed: BIRD reads it when it starts.
+    #[error("BIRD is not running ({socket}): {message}")]
+    NotRunning { socket: PathBuf, message: String },
+    #[error("BIRD did not start: {message}")]
+    StartFailed { message: String },
+    #[error("birdc {command}: {message}")]
+    Command { command: String, message: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid BIRD options: {0}")]
+    Options(String),
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The live file already holds this configuration and BIRD runs it: nothing done.
+    Unchanged,
+    /// Installed and reloaded through the socket (`reply`: BIRD's answer).
+    Reloaded { took: Duration, reply: String },
+    /// Installed, and BIRD (which was not running) started with it.
+    Started { pid: Option<u32>, took: Duration },
+}
+
+/// Counters for metrics and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BirdStats {
+    /// Successful `configure` calls by this manager.
+    pub reloads: u64,
+    /// BIRD starts after the first one (supervised mode).
+    pub restarts: u64,
+    /// Configurations BIRD rejected.
+    pub rejected: u64,
+    pub pid: Option<u32>,
+    /// The BIRD was found running, not started by this manager.
+    pub adopted: bool,
+    pub last_reload: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
+    hash: u64,
+    /// BIRD's "Last reboot on": tells one BIRD run from the next.
+    boot: String,
+}
+
+/// What the socket said.
+#[derive(Debug)]
+enum Probe {
+    Running(BirdStatus),
+    NotRunning(String),
+}
+
+/// Installs configurations into BIRD and reads its sessions. See the module docs.
+#[derive(Debug)]
+pub struct BirdManager {
+    opts: BirdOptions,
+    sup: Option<Supervisor>,
+    adopted: bool,
+    loaded: Option<Loaded>,
+    stats: BirdStats,
+}
+
+impl BirdManager {
+    /// Check the options, create the live file's directory, and look for a BIRD on the
+    /// socket: one found running is taken over as it is (supervised mode: watched and
+    /// restarted from now on), never restarted. Starts nothing: BIRD is started by the
+    /// first `apply`, so no routes are advertised before the agent's first apply.
+    pub fn new(opts: BirdOptions) -> Result<Self, BirdError> {
+        opts.validate()?;
+        if let Some(dir) = opts
+            .config_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            fs::create_dir_all(dir).map_err(|source| BirdError::Io {
+                op: "creating",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let sup = match opts.mode {
+            BirdMode::Supervised => Some(Supervisor::new(opts.spawn_config())?),
+            BirdMode::External => None,
+        };
+        let mut m = BirdManager {
+            opts,
+            sup,
+            adopted: false,
+            loaded: None,
+            stats: BirdStats::default(),
+        };
+        if let Probe::Running(st) = m.probe()? {
+            let pid = m
+                .opts
+                .pid_file
+                .as_deref()
+                .and_then(|f| supervisor::pid_from_file(f, &m.opts.socket_path));
+            if let Some(sup) = &m.sup {
+                sup.adopt(pid);
+            }
+            m.adopted = true;
+            tracing::info!(
+                pid,
+                version = %st.version,
+                socket = %m.opts.socket_path.display(),
+                "BIRD already running; taking it over"
+            );
+        }
+        Ok(m)
+    }
+
+    pub fn options(&self) -> &BirdOptions {
+        &self.opts
+    }
+
+    /// BIRD's pid when known (our child, or an adopted BIRD with a pid file).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.sup {
+            Some(s) => s.pid(),
+            None => self
+                .opts
+                .pid_file
+                .as_deref()
+                .and_then(|f| supervisor::pid_from_file(f, &self.opts.socket_path)),
+        }
+    }
+
+    /// Successful reloads by this manager.
+    pub fn reloads(&self) -> u64 {
+        self.stats.reloads
+    }
+
+    /// BIRD starts after the first one.
+    pub fn restarts(&self) -> u64 {
+        self.sup.as_ref().map_or(0, Supervisor::restarts)
+    }
+
+    pub fn stats(&self) -> BirdStats {
+        BirdStats {
+            restarts: self.restarts(),
+            pid: self.pid(),
+            adopted: self.sup.as_ref().map_or(self.adopted, Supervisor::adopted),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Make BIRD run `config`: stage, compare, check, rename, reload (or start). A
+    /// configuration BIRD rejects is never installed. See the module docs.
+    pub fn apply(&mut self, config: &str) -> Result<ApplyOutcome, BirdError> {
+        let r = self.apply_inner(config);
+        match &r {
+            Ok(_) => self.stats.last_error = None,
+            Err(e) => {
+                if matches!(e, BirdError::Rejected { .. }) {
+                    self.stats.rejected += 1;
+                }
+                tracing::warn!(error = %e, "BIRD configuration not applied");
+                self.stats.last_error = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn apply_inner(&mut self, config: &str) -> Result<ApplyOutcome, BirdError> {
+        let t0 = Instant::now();
+        let hash = hash_of(config);
+        // Taken before asking BIRD, so that BIRD's answer can only look older.
+        let now = SystemTime::now();
+        let probe = self.probe()?;
+        if let Probe::Running(st) = &probe
+            && let Some(mtime) = self.live_mtime_if_equal(config)?
+            && self.bird_has_live(hash, st, mtime, now)
+        {
+            self.ensure_live_mode()?;
+            tracing::debug!("BIRD configuration unchanged");
+            return Ok(ApplyOutcome::Unchanged);
+        }
+        self.install(config)?;
+        match probe {
+            Probe::Running(st) => self.reload(hash, &st.last_reboot, t0),
+            Probe::NotRunning(message) => {
+                if self.sup.is_none() {
+                    return Err(BirdError::NotRunning {
+                        socket: self.opts.socket_path.clone(),
+                        message,
+                    });
+                }
+                self.start(hash, t0)
+            }
+        }
+    }
+
+    /// The live file's mtime when it holds exactly `config`.
+    fn live_mtime_if_equal(&self, config: &str) -> Result<Option<SystemTime>, BirdError> {
+        let path = &self.opts.config_path;
+        let io = |op, source| BirdError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        let meta = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", e)),
+        };
+        if meta.len() != config.len() as u64 {
+            return Ok(None);
+        }
+        let live = fs::read(path).map_err(|e| io("reading", e))?;
+        if live != config.as_bytes() {
+            return Ok(None);
+        }
+        meta.modified().map(Some).map_err(|e| io("reading", e))
+    }
+
+    /// Does the running BIRD run the live file (which holds the config of `hash`)?
+    fn bird_has_live(
+        &mut self,
+        hash: u64,
+        st: &BirdStatus,
+        mtime: SystemTime,
+        now: SystemTime,
+    ) -> bool {
+        let boot = &st.last_reboot;
+        if !boot.is_empty()
+            && self
+                .loaded
+                .as_ref()
+                .is_some_and(|l| l.hash == hash && &l.boot == boot)
+        {
+            return true;
+        }
+        if loaded_after(st, mtime, now) {
+            self.loaded = Some(Loaded {
+                hash,
+                boot: boot.clone(),
+            });
+            return true;
+        }
+        false
+    }
+
+    fn ensure_live_mode(&self) -> Result<(), BirdError> {
+        let path = &self.opts.config_path;
+        let meta = fs::metadata(path).map_err(|source| BirdError::Io {
+            op: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        if meta.permissions().mode() & 0o7777 != FILE_MODE {
+            tracing::warn!(path = %path.display(), "BIRD configuration had the wrong mode; set to 0600");
+            fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE)).map_err(|source| {
+                BirdError::Io {
+                    op: "setting the mode of",
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Write the staging file, have BIRD check it, rename it over the live file.
+    fn install(&self, config: &str) -> Result<(), BirdError> {
+        let staging = self.opts.staging_path();
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BirdError::Io { op, path, source }
+        };
+        match fs::remove_file(&staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &staging)(e)),
+        }
+        let write = || -> Result<(), BirdError> {
+            // create_new: never follows a planted symlink; 0600 from the first byte.
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&staging)
+                .map_err(io("creating", &staging))?;
+            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                .map_err(io("setting the mode of", &staging))?;
+            f.write_all(config.as_bytes())
+                .map_err(io("writing", &staging))?;
+            f.sync_all().map_err(io("syncing", &staging))
+        };
+        let staging_str = staging.to_str().unwrap_or_default();
+        let checked = write().and_then(|()| {
+            let out = cmd::run(
+                &self.opts.exec,
+                &self.opts.bird_bin,
+                &["-p", "-c", staging_str],
+                self.opts.command_timeout,
+            )?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(BirdError::Rejected {
+                    message: redact(&out.message(), config),
+                })
+            }
+        });
+        if let Err(e) = checked {
+            let _ = fs::remove_file(&staging);
+            return Err(e);
+        }
+        let live = &self.opts.config_path;
+        if let Err(e) = fs::rename(&staging, live) {
+            let _ = fs::remove_file(&staging);
+            return Err(io("renaming the staging file to", live)(e));
+        }
+        if let Some(dir) = live.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", dir))?;
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self, hash: u64, boot: &str, t0: Instant) -> Result<ApplyOutcome, BirdError> {
+        let out = self.birdc(&["configure"])?;
+        let reply = parse::parse_configure(&out.stdout);
+        let Some(success) = reply.success.clone().filter(|_| out.status.success()) else {
+            let msg = if reply.message.is_empty() {
+                out.message()
+            } else {
+                reply.message
+            };
+            return Err(BirdError::ReloadFailed {
+                reply: truncate(&msg),
+            });
+        };
+        if let Some(file) = &reply.file
+            && !same_file(file, &self.opts.config_path)
+        {
+            return Err(BirdError::WrongConfigFile {
+                socket: self.opts.socket_path.clone(),
+                bird_reads: file.clone(),
+                ours: self.opts.config_path.clone(),
+            });
+        }
+        self.stats.reloads += 1;
+        self.stats.last_reload = Some(SystemTime::now());
+        self.loaded = Some(Loaded {
+            hash,
+            boot: boot.to_string(),
+        });
+        let took = t0.elapsed();
+        tracing::info!(
+            reloads = self.stats.reloads,
+            took_ms = millis(took),
+            reply = %success,
+            "BIRD reconfigured"
+        );
+        Ok(ApplyOutcome::Reloaded {
+            took,
+            reply: success,
+        })
+    }
+
+    fn start(&mut self, hash: u64, t0: Instant) -> Result<ApplyOutcome, BirdError> {
+        let sup = self.sup.as_ref().ok_or_else(|| BirdError::NotRunning {
+            socket: self.opts.socket_path.clone(),
+            message: "not supervised".into(),
+        })?;
+        let (pid, spawned) = sup.ensure_started()?;
+        let deadline = Instant::now() + self.opts.start_timeout;
+        let st = loop {
+            let now = SystemTime::now();
+            match self.probe()? {
+                Probe::Running(st) => break (st, now),
+                Probe::NotRunning(msg) => {
+                    let sup = self.sup.as_ref().ok_or_else(|| BirdError::StartFailed {
+                        message: "not supervised".into(),
+                    })?;
+                    if !sup.is_alive() {
+                        let exit = sup.last_exit().unwrap_or_else(|| "exited".into());
+                        return Err(BirdError::StartFailed {
+                            message: truncate(&format!("{exit}{}", self.log_tail())),
+                        });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(BirdError::StartFailed {
+                            message: format!(
+                                "no answer on {} within {:?}: {msg}",
+                                self.opts.socket_path.display(),
+                                self.opts.start_timeout
+                            ),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        let (st, now) = st;
+        if spawned {
+            // Started after the rename: it read the new file.
+            self.loaded = Some(Loaded {
+                hash,
+                boot: st.last_reboot.clone(),
+            });
+        } else {
+            // A BIRD that was already starting may have read the old file.
+            let mtime = self.live_mtime_if_equal_any()?;
+            if !self.bird_has_live(hash, &st, mtime, now) {
+                return self.reload(hash, &st.last_reboot, t0);
+            }
+        }
+        let took = t0.elapsed();
+        tracing::info!(
+            pid,
+            took_ms = millis(took),
+            "BIRD started with the new configuration"
+        );
+        Ok(ApplyOutcome::Started { pid, took })
+    }
+
+    fn live_mtime_if_equal_any(&self) -> Result<SystemTime, BirdError> {
+        let path = &self.opts.config_path;
+        fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|source| BirdError::Io {
+                op: "reading",
+                path: path.clone(),
+                source,
+            })
+    }
+
+    /// The last lines of BIRD's log file, for start failures.
+    fn log_tail(&self) -> String {
+        let Some(log) = &self.opts.log_file else {
+            return String::new();
+        };
+        let Ok(text) = fs::read_to_string(log) else {
+            return String::new();
+        };
+        let lines: Vec<&str> = text.lines().rev().take(3).collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let tail: Vec<&str> = lines.into_iter().rev().collect();
+        format!(" (BIRD log: {})", tail.join("; "))
+    }
+
+    fn birdc(&self, args: &[&str]) -> Result<cmd::CmdOutput, BirdError> {
+        let socket = self.opts.socket_path.to_str().unwrap_or_default();
+        let mut all = vec!["-s", socket];
+        all.extend_from_slice(args);
+        cmd::run(
+            &self.opts.exec,
+            &self.opts.birdc_bin,
+            &all,
+            self.opts.command_timeout,
+        )
+    }
+
+    /// `show status`, or why nobody answers.
+    fn probe(&self) -> Result<Probe, BirdError> {
+        if !self.opts.socket_path.exists() {
+            return Ok(Probe::NotRunning(format!(
+                "no control socket at {}",
+                self.opts.socket_path.display()
+            )));
+        }
+        let out = self.birdc(&["show", "status"])?;
+        if out.status.success() {
+            return Ok(Probe::Running(parse::parse_status(&out.stdout)));
+        }
+        let msg = out.message();
+        if msg.contains("Unable to connect to server control socket") {
+            return Ok(Probe::NotRunning(msg));
+        }
+        Err(BirdError::Command {
+            command: "show status".into(),
+            message: truncate(&msg),
+        })
+    }
+
+    /// BGP state as the status API reports it: BIRD's version and every BGP protocol
+    /// (peer address, type from the name, state, since, info). BIRD not answering is a
+    /// status ("not running"), not an error; errors are for tools that cannot run.
+    pub fn status(&self) -> Result<BgpStatus, BirdError> {
+        let mut s = BgpStatus {
+            error: self.stats.last_error.clone().unwrap_or_default(),
+            last_reload: self.stats.last_reload.map(rfc3339).unwrap_or_default(),
+            ..BgpStatus::default()
+        };
+        match self.probe()? {
+            Probe::NotRunning(msg) => {
+                s.state = "not running".into();
+                if s.error.is_empty() {
+                    s.error = msg;
+                }
+            }
+            Probe::Running(st) => {
+                s.state = "running".into();
+                s.bird_version = st.version;
+                if s.last_reload.is_empty() {
+                    s.last_reload = st.last_reconfiguration;
+                }
+                let out = self.birdc(&["show", "protocols", "all"])?;
+                if out.status.success() {
+                    s.sessions = parse::sessions(&parse::parse_protocols(&out.stdout));
+                } else {
+                    s.state = "error".into();
+                    s.error = truncate(&format!("show protocols all: {}", out.message()));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Stop supervising and stop BIRD (supervised mode: SIGTERM, then SIGKILL after
+    /// `stop_timeout`). External mode: BIRD is left alone.
+    pub fn stop(mut self) -> Result<(), BirdError> {
+        let Some(mut sup) = self.sup.take() else {
+            return Ok(());
+        };
+        if !sup.stop(self.opts.stop_timeout)? {
+            // Adopted without a pid file: ask BIRD itself.
+            self.shutdown_via_socket()?;
+        }
+        Ok(())
+    }
+
+    /// Stop supervising, leave BIRD running (an agent restart or upgrade keeps its
+    /// sessions: the next agent adopts it). Dropping the manager does the same.
+    pub fn detach(mut self) {
+        if let Some(mut sup) = self.sup.take() {
+            sup.detach();
+        }
+    }
+
+    fn shutdown_via_socket(&self) -> Result<(), BirdError> {
+        if let Probe::NotRunning(_) = self.probe()? {
+            return Ok(());
+        }
+        let out = self.birdc(&["down"])?;
+        if !out.status.success() {
+            return Err(BirdError::Command {
+                command: "down".into(),
+                message: truncate(&out.message()),
+            });
+        }
+        let deadline = Instant::now() + self.opts.stop_timeout;
+        while matches!(self.probe()?, Probe::Running(_)) {
+            if Instant::now() >= deadline {
+                return Err(BirdError::Command {
+                    command: "down".into(),
+                    message: format!("BIRD still answers after {:?}", self.opts.stop_timeout),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// Did BIRD (re)read its configuration after the file's last change? Conservative: any
+/// doubt says no.
+fn loaded_after(st: &BirdStatus, mtime: SystemTime, now: SystemTime) -> bool {
+    let Some(bird_age) = st.config_age() else {
+        return false;
+    };
+    let Ok(file_age) = now.duration_since(mtime) else {
+        return false;
+    };
+    file_age > bird_age + 2 * st.time_resolution()
+}
+
+fn same_file(bird_reads: &str, ours: &Path) -> bool {
+    let theirs = Path::new(bird_reads);
+    if theirs == ours {
+        return true;
+    }
+    if theirs.is_relative() {
+        // Relative to BIRD's working directory, which we do not know: trust it.
+        return true;
+    }
+    match (fs::canonicalize(theirs), fs::canonicalize(ours)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn hash_of(config: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut h);
+    h.finish()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+const MAX_MESSAGE: usize = 2000;
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// The quoted values of `password "..."` statements in a configuration.
+fn secrets(config: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = config;
+    while let Some(i) = rest.find("password") {
+        rest = &rest[i + "password".len()..];
+        let after = rest.trim_start();
+        if let Some(q) = after.strip_prefix('"')
+            && let Some(end) = q.find('"')
+        {
+            if end > 0 {
+                out.push(&q[..end]);
+            }
+            rest = &q[end..];
+        }
+    }
+    out
+}
+
+/// A tool's message with any password of `config` blanked out, cut to a sane length.
+fn redact(message: &str, config: &str) -> String {
+    let mut m = message.to_string();
+    for s in secrets(config) {
+        m = m.replace(s, "<redacted>");
+    }
+    truncate(&m)
+}
+
+/// True when `bird --version` runs (through `exec`).
+pub fn bird_available(exec: &Exec, bird_bin: &str) -> bool {
+    bird_version(exec, bird_bin).is_ok()
+}
+
+/// The version `bird --version` prints ("2.0.12").
+pub fn bird_version(exec: &Exec, bird_bin: &str) -> Result<String, BirdError> {
+    let out = cmd::run(exec, bird_bin, &["--version"], Duration::from_secs(5))?;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    if !out.status.success() {
+        return Err(BirdError::Command {
+            command: format!("{bird_bin} --version"),
+            message: truncate(text.trim()),
+        });
+    }
+    Ok(text
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// What `cleanup` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// The BIRD that was stopped (supervised mode), when its pid was known.
+    pub stopped_pid: Option<u32>,
+    /// BIRD was running and was stopped.
+    pub stopped: bool,
+    pub removed: Vec<PathBuf>,
+}
+
+/// Every failure `cleanup` met (it carries on past each).
+#[derive(Debug, thiserror::Error)]
+#[error("BIRD cleanup: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct CleanupError(pub Vec<BirdError>);
+
+/// For `tern-agent cleanup`. Supervised mode: stop the BIRD on our socket (found by our
+/// pid file, else through the socket) and remove our files (live and staging
+/// configuration, pid file, log file, a stale socket). External mode: BIRD and the live
+/// file it reads belong to someone else; only the staging file goes.
+pub fn cleanup(opts: &BirdOptions) -> Result<CleanupReport, CleanupError> {
+    let mut report = CleanupReport::default();
+    let mut errors = Vec::new();
+    let mut files = vec![opts.staging_path()];
+    if opts.mode == BirdMode::Supervised {
+        let pid = opts
+            .pid_file
+            .as_deref()
+            .and_then(|f| supervisor::pid_from_file(f, &opts.socket_path));
+        if let Some(pid) = pid {
+            supervisor::terminate_pid(pid, opts.stop_timeout);
+            report.stopped_pid = Some(pid);
+            report.stopped = true;
+        } else {
+            // No pid file: ask whatever answers on our socket to shut down.
+            let probe = BirdManager {
+                opts: opts.clone(),
+                sup: None,
+                adopted: false,
+                loaded: None,
+                stats: BirdStats::default(),
+            };
+            match probe.probe() {
+                Ok(Probe::Running(_)) => match probe.shutdown_via_socket() {
+                    Ok(()) => report.stopped = true,
+                    Err(e) => errors.push(e),
+                },
+                Ok(Probe::NotRunning(_)) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        files.push(opts.config_path.clone());
+        files.extend(opts.pid_file.clone());
+        files.extend(opts.log_file.clone());
+        // BIRD removes its socket on a clean exit; a killed one leaves it behind.
+        if std::os::unix::net::UnixStream::connect(&opts.socket_path).is_err() {
+            files.push(opts.socket_path.clone());
+        }
+    }
+    for f in files {
+        match fs::remove_file(&f) {
+            Ok(()) => report.removed.push(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => errors.push(BirdError::Io {
+                op: "removing",
+                path: f,
+                source,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(report)
+    } else {
+        Err(CleanupError(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_found_and_redacted() {
+        let cfg = "protocol bgp Node_1 { password \"s3cret\"; }\n\
+                   protocol bgp Node_2 { password   \"other pw\"; }\n\
+                   # password without quotes\nprotocol bgp X { password \"\"; }";
+        assert_eq!(secrets(cfg), ["s3cret", "other pw"]);
+        assert_eq!(
+            redact("bird: x:1:3 unexpected s3cret near other pw", cfg),
+            "bird: x:1:3 unexpected <redacted> near <redacted>"
+        );
+        // Unterminated quote: nothing to find, no panic.
+        assert!(secrets("password \"abc").is_empty());
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let t = truncate(&long);
+        assert!(t.len() <= MAX_MESSAGE + 3);
+        assert!(t.ends_with("..."));
+    }
+
+    #[test]
+    fn staging_file_is_next_to_the_live_one() {
+        let o = BirdOptions::in_dir(Path::new("/var/lib/tern"), BirdMode::Supervised);
+        assert_eq!(
+            o.staging_path(),
+            Path::new("/var/lib/tern/bird.conf.staging")
+        );
+        assert_eq!(
+            o.pid_file.as_deref(),
+            Some(Path::new("/var/lib/tern/bird.pid"))
+        );
+        assert_eq!(o.socket_path, Path::new("/var/lib/tern/bird.ctl"));
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let mut o = BirdOptions::in_dir(Path::new("/tmp/x"), BirdMode::External);
+        o.socket_path = PathBuf::from(format!("/tmp/{}", "s".repeat(120)));
+        assert!(matches!(o.validate(), Err(BirdError::Options(_))));
+    }
+
+    fn status(now: &str, reboot: &str, reconf: &str) -> BirdStatus {
+        BirdStatus {
+            server_time: now.into(),
+            last_reboot: reboot.into(),
+            last_reconfiguration: reconf.into(),
+            ..BirdStatus::default()
+        }
+    }
+
+    #[test]
+    fn loaded_after_compares_ages() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let st = status(
+            "2026-11-24 19:44:29.688",
+            "2026-11-24 19:43:47.757",
+            "2026-11-24 19:44:19.688",
+        );
+        // BIRD read its file 10 s ago.
+        assert!(loaded_after(&st, now - Duration::from_secs(11), now));
+        assert!(!loaded_after(&st, now - Duration::from_secs(9), now));
+        assert!(!loaded_after(&st, now - Duration::from_millis(10_001), now));
+        // A file from the future, or times BIRD did not give: no.
+        assert!(!loaded_after(&st, now + Duration::from_secs(1), now));
+        assert!(!loaded_after(
+            &status("", "", ""),
+            now - Duration::from_secs(99),
+            now
+        ));
+        // Whole seconds: two seconds of doubt.
+        let coarse = status("2026-11-24 19:44:29", "2026-11-24 19:44:19", "");
+        assert!(!loaded_after(&coarse, now - Duration::from_secs(11), now));
+        assert!(loaded_after(&coarse, now - Duration::from_secs(13), now));
+    }
+}
