@@ -8,6 +8,7 @@ pub mod api;
 pub mod authz;
 pub mod cache;
 pub mod config;
+pub mod ipam;
 pub mod metrics;
 pub mod server;
 pub mod status;

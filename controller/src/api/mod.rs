@@ -1,5 +1,6 @@
 //! The gRPC services of the controller and the mapping of errors to gRPC statuses.
 
+pub mod ipam;
 pub mod nodes;
 pub mod resources;
 

@@ -1,0 +1,140 @@
+//! `IpamService`: block and address usage, block claims and address assignment (for
+//! an orchestrator or a CNI plugin). The logic lives in [`crate::ipam`]; this file
+//! checks the request fields and maps errors to gRPC statuses:
+//!
+//! | error | status |
+//! |---|---|
+//! | a malformed field (named in a `BadRequest` detail) | INVALID_ARGUMENT |
+//! | unknown node or pool | NOT_FOUND |
+//! | disabled pool, pool that does not select the node, no pool of the family | FAILED_PRECONDITION |
+//! | no free block left | RESOURCE_EXHAUSTED |
+//! | lost too many races | ABORTED |
+
+use tern::proto::{self, ipam_service_server::IpamService};
+use tonic::{Request, Response, Status};
+use tracing::{Instrument as _, info, info_span};
+
+use super::invalid_field;
+use crate::ipam::{
+    BlockRecord, Ipam, IpamError, check_handle, check_node, check_pool, parse_family, size_of,
+};
+use crate::store::Store;
+
+impl From<IpamError> for Status {
+    fn from(e: IpamError) -> Status {
+        let msg = e.to_string();
+        match e {
+            IpamError::InvalidArgument { field, reason } => invalid_field(field, reason),
+            IpamError::NodeNotFound(_) | IpamError::PoolNotFound(_) => Status::not_found(msg),
+            IpamError::PoolDisabled(_)
+            | IpamError::NotSelected { .. }
+            | IpamError::NoPool { .. } => Status::failed_precondition(msg),
+            IpamError::Exhausted(_) => Status::resource_exhausted(msg),
+            IpamError::Contention(_) => Status::aborted(msg),
+            IpamError::Corrupt { .. } => Status::internal(msg),
+            IpamError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn block_message(r: &BlockRecord) -> proto::Block {
+    proto::Block {
+        cidr: r.cidr.to_string(),
+        pool: r.pool.clone(),
+        node: r.node.clone(),
+        state: "confirmed".into(),
+        addresses_total: u64::try_from(size_of(&r.cidr)).unwrap_or(u64::MAX),
+        addresses_in_use: r.allocations.len() as u64,
+    }
+}
+
+/// The IPAM API over the store.
+#[derive(Debug, Clone)]
+pub struct IpamApi {
+    ipam: Ipam,
+}
+
+impl IpamApi {
+    pub fn new(store: Store) -> Self {
+        IpamApi {
+            ipam: Ipam::new(store),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IpamService for IpamApi {
+    async fn show(
+        &self,
+        req: Request<proto::IpamShowRequest>,
+    ) -> Result<Response<proto::IpamShowResponse>, Status> {
+        let req = req.into_inner();
+        let node = if req.node.is_empty() {
+            None
+        } else {
+            check_node(&req.node)?;
+            Some(req.node.as_str())
+        };
+        let (pools, blocks) = self.ipam.show(node).await?;
+        Ok(Response::new(proto::IpamShowResponse { pools, blocks }))
+    }
+
+    async fn claim_block(
+        &self,
+        req: Request<proto::ClaimBlockRequest>,
+    ) -> Result<Response<proto::Block>, Status> {
+        let req = req.into_inner();
+        check_node(&req.node)?;
+        let pool = check_pool(&req.pool)?;
+        let family = parse_family(req.family)?;
+        let span =
+            info_span!("ipam.claim_block", node = %req.node, pool = %req.pool, family = req.family);
+        let r = self
+            .ipam
+            .claim_block(&req.node, pool, family)
+            .instrument(span.clone())
+            .await?;
+        span.in_scope(|| info!(block = %r.cidr, pool = %r.pool, "block claimed on request"));
+        Ok(Response::new(block_message(&r)))
+    }
+
+    async fn assign_address(
+        &self,
+        req: Request<proto::AssignAddressRequest>,
+    ) -> Result<Response<proto::AssignAddressResponse>, Status> {
+        let req = req.into_inner();
+        check_node(&req.node)?;
+        check_handle(&req.handle)?;
+        let pool = check_pool(&req.pool)?;
+        let family = parse_family(req.family)?;
+        let span =
+            info_span!("ipam.assign", node = %req.node, pool = %req.pool, family = req.family);
+        let a = self
+            .ipam
+            .assign(&req.node, &req.handle, family, pool)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(proto::AssignAddressResponse {
+            address: a.address.to_string(),
+            block: a.block.to_string(),
+        }))
+    }
+
+    async fn release_address(
+        &self,
+        req: Request<proto::ReleaseAddressRequest>,
+    ) -> Result<Response<proto::ReleaseAddressResponse>, Status> {
+        let req = req.into_inner();
+        check_node(&req.node)?;
+        check_handle(&req.handle)?;
+        let span = info_span!("ipam.release", node = %req.node);
+        let addresses = self
+            .ipam
+            .release(&req.node, &req.handle)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(proto::ReleaseAddressResponse {
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+        }))
+    }
+}
