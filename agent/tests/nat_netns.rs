@@ -160,10 +160,17 @@ fn in_lab(scenario: impl FnOnce(&Lab) -> anyhow::Result<()>) -> anyhow::Result<(
         .into_iter()
         .filter(|p| netns::process_alive(*p))
         .collect();
-    result?;
-    ensure!(left.is_empty(), "namespaces left behind: {left:?}");
-    ensure!(alive.is_empty(), "processes left behind: {alive:?}");
-    Ok(())
+    let teardown = if left.is_empty() && alive.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "left behind: namespaces {left:?}, processes {alive:?}"
+        ))
+    };
+    match (result, teardown) {
+        (Err(e), Err(t)) => Err(e.context(t)),
+        (r, t) => r.and(t),
+    }
 }
 
 fn yaml_pool(name: &str, cidr: &str, nat: bool) -> String {
