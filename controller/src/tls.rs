@@ -72,6 +72,8 @@ struct Loaded {
 pub struct ReloadingTls {
     paths: TlsPaths,
     current: ArcSwap<Loaded>,
+    /// The last file contents that failed to load (warned about once).
+    rejected: parking_lot::Mutex<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for ReloadingTls {
@@ -129,6 +131,7 @@ impl ReloadingTls {
         Ok(Arc::new(ReloadingTls {
             paths,
             current: ArcSwap::from_pointee(loaded),
+            rejected: parking_lot::Mutex::new(Vec::new()),
         }))
     }
 
@@ -136,7 +139,7 @@ impl ReloadingTls {
     /// Bad new material is logged and ignored: the last good configuration stays.
     pub fn reload_if_changed(&self) -> bool {
         let source = read_sources(&self.paths);
-        if source == self.current.load().source {
+        if source == self.current.load().source || *self.rejected.lock() == source {
             return false;
         }
         match load(&self.paths) {
@@ -147,6 +150,7 @@ impl ReloadingTls {
             }
             Err(e) => {
                 warn!(error = %e, "new TLS files are not usable; keeping the previous ones");
+                *self.rejected.lock() = source;
                 false
             }
         }
