@@ -192,8 +192,9 @@ pub enum BirdError {
     #[error("BIRD rejected the configuration (the last good one stays in place): {message}")]
     Rejected { message: String },
     /// `birdc configure` did not answer "Reconfigured" / "Reconfiguration in progress".
+    /// When BIRD itself answered (`answered`), the previous live file is put back.
     #[error("BIRD did not reload its configuration: {reply}")]
-    ReloadFailed { reply: String },
+    ReloadFailed { reply: String, answered: bool },
     /// The BIRD on our socket reads another file, so reloading it cannot apply ours.
     #[error(
         "BIRD on {socket} reads its configuration from {bird_reads}, not from {ours}; start it with -c {ours}"
@@ -389,9 +390,17 @@ impl BirdManager {
             tracing::debug!("BIRD configuration unchanged");
             return Ok(ApplyOutcome::Unchanged);
         }
-        self.install(config)?;
+        let previous = self.install(config)?;
         match probe {
-            Probe::Running(st) => self.reload(hash, &st.last_reboot, t0),
+            Probe::Running(st) => {
+                let r = self.reload(config, hash, &st.last_reboot, t0);
+                if let Err(BirdError::ReloadFailed { answered: true, .. }) = &r
+                    && let Some(prev) = &previous
+                {
+                    self.restore(prev);
+                }
+                r
+            }
             Probe::NotRunning(message) => {
                 if self.sup.is_none() {
                     return Err(BirdError::NotRunning {
@@ -399,7 +408,7 @@ impl BirdManager {
                         message,
                     });
                 }
-                self.start(hash, t0)
+                self.start(config, hash, t0)
             }
         }
     }
@@ -475,39 +484,29 @@ impl BirdManager {
     }
 
     /// Write the staging file, have BIRD check it, rename it over the live file.
-    fn install(&self, config: &str) -> Result<(), BirdError> {
-        let staging = self.opts.staging_path();
-        let io = |op, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BirdError::Io { op, path, source }
+    /// Returns what the live file held before (to put back if BIRD refuses to load the
+    /// new one).
+    fn install(&self, config: &str) -> Result<Option<Vec<u8>>, BirdError> {
+        let live = &self.opts.config_path;
+        let previous = match fs::read(live) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(BirdError::Io {
+                    op: "reading",
+                    path: live.clone(),
+                    source,
+                });
+            }
         };
-        match fs::remove_file(&staging) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("removing", &staging)(e)),
-        }
-        let write = || -> Result<(), BirdError> {
-            // create_new: never follows a planted symlink; 0600 from the first byte.
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&staging)
-                .map_err(io("creating", &staging))?;
-            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))
-                .map_err(io("setting the mode of", &staging))?;
-            f.write_all(config.as_bytes())
-                .map_err(io("writing", &staging))?;
-            f.sync_all().map_err(io("syncing", &staging))
-        };
-        let staging_str = staging.to_str().unwrap_or_default();
-        let checked = write().and_then(|()| {
-            let out = cmd::run(
-                &self.opts.exec,
-                &self.opts.bird_bin,
-                &["-p", "-c", staging_str],
-                self.opts.command_timeout,
-            )?;
+        let staging = self.stage(config.as_bytes())?;
+        let checked = cmd::run(
+            &self.opts.exec,
+            &self.opts.bird_bin,
+            &["-p", "-c", staging.to_str().unwrap_or_default()],
+            self.opts.command_timeout,
+        )
+        .and_then(|out| {
             if out.status.success() {
                 Ok(())
             } else {
@@ -520,9 +519,51 @@ impl BirdManager {
             let _ = fs::remove_file(&staging);
             return Err(e);
         }
-        let live = &self.opts.config_path;
-        if let Err(e) = fs::rename(&staging, live) {
+        self.commit(&staging)?;
+        Ok(previous)
+    }
+
+    /// Write `bytes` to a fresh staging file (0600, fsynced).
+    fn stage(&self, bytes: &[u8]) -> Result<PathBuf, BirdError> {
+        let staging = self.opts.staging_path();
+        let io = |op| {
+            let path = staging.clone();
+            move |source| BirdError::Io { op, path, source }
+        };
+        match fs::remove_file(&staging) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing")(e)),
+        }
+        let written = (|| {
+            // create_new: never follows a planted symlink; 0600 from the first byte.
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&staging)
+                .map_err(io("creating"))?;
+            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                .map_err(io("setting the mode of"))?;
+            f.write_all(bytes).map_err(io("writing"))?;
+            f.sync_all().map_err(io("syncing"))
+        })();
+        if let Err(e) = written {
             let _ = fs::remove_file(&staging);
+            return Err(e);
+        }
+        Ok(staging)
+    }
+
+    /// Rename the staging file over the live one and make the rename durable.
+    fn commit(&self, staging: &Path) -> Result<(), BirdError> {
+        let live = &self.opts.config_path;
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BirdError::Io { op, path, source }
+        };
+        if let Err(e) = fs::rename(staging, live) {
+            let _ = fs::remove_file(staging);
             return Err(io("renaming the staging file to", live)(e));
         }
         if let Some(dir) = live.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -533,7 +574,22 @@ impl BirdManager {
         Ok(())
     }
 
-    fn reload(&mut self, hash: u64, boot: &str, t0: Instant) -> Result<ApplyOutcome, BirdError> {
+    /// BIRD refused to load a file `bird -p` accepted: put the previous file back, so
+    /// that the live file is again what BIRD runs (and reads when it restarts).
+    fn restore(&self, previous: &[u8]) {
+        match self.stage(previous).and_then(|s| self.commit(&s)) {
+            Ok(()) => tracing::warn!("BIRD refused the new configuration; previous file restored"),
+            Err(e) => tracing::error!(error = %e, "cannot restore the previous BIRD configuration"),
+        }
+    }
+
+    fn reload(
+        &mut self,
+        config: &str,
+        hash: u64,
+        boot: &str,
+        t0: Instant,
+    ) -> Result<ApplyOutcome, BirdError> {
         let out = self.birdc(&["configure"])?;
         let reply = parse::parse_configure(&out.stdout);
         let Some(success) = reply.success.clone().filter(|_| out.status.success()) else {
@@ -543,7 +599,9 @@ impl BirdManager {
                 reply.message
             };
             return Err(BirdError::ReloadFailed {
-                reply: truncate(&msg),
+                reply: redact(&msg, config),
+                // BIRD's banner: BIRD itself answered (and refused).
+                answered: out.stdout.contains(" ready."),
             });
         };
         if let Some(file) = &reply.file
@@ -574,7 +632,7 @@ impl BirdManager {
         })
     }
 
-    fn start(&mut self, hash: u64, t0: Instant) -> Result<ApplyOutcome, BirdError> {
+    fn start(&mut self, config: &str, hash: u64, t0: Instant) -> Result<ApplyOutcome, BirdError> {
         let sup = self.sup.as_ref().ok_or_else(|| BirdError::NotRunning {
             socket: self.opts.socket_path.clone(),
             message: "not supervised".into(),
@@ -617,9 +675,9 @@ impl BirdManager {
             });
         } else {
             // A BIRD that was already starting may have read the old file.
-            let mtime = self.live_mtime_if_equal_any()?;
+            let mtime = self.live_mtime()?;
             if !self.bird_has_live(hash, &st, mtime, now) {
-                return self.reload(hash, &st.last_reboot, t0);
+                return self.reload(config, hash, &st.last_reboot, t0);
             }
         }
         let took = t0.elapsed();
@@ -631,7 +689,7 @@ impl BirdManager {
         Ok(ApplyOutcome::Started { pid, took })
     }
 
-    fn live_mtime_if_equal_any(&self) -> Result<SystemTime, BirdError> {
+    fn live_mtime(&self) -> Result<SystemTime, BirdError> {
         let path = &self.opts.config_path;
         fs::metadata(path)
             .and_then(|m| m.modified())
@@ -701,6 +759,7 @@ impl BirdManager {
             last_reload: self.stats.last_reload.map(rfc3339).unwrap_or_default(),
             ..BgpStatus::default()
         };
+        let now = SystemTime::now();
         match self.probe()? {
             Probe::NotRunning(msg) => {
                 s.state = "not running".into();
@@ -710,9 +769,14 @@ impl BirdManager {
             }
             Probe::Running(st) => {
                 s.state = "running".into();
-                s.bird_version = st.version;
+                s.bird_version = st.version.clone();
                 if s.last_reload.is_empty() {
-                    s.last_reload = st.last_reconfiguration;
+                    // Not reloaded by us: when BIRD last read its file, in RFC 3339.
+                    s.last_reload = st
+                        .since_reconfiguration()
+                        .and_then(|ago| now.checked_sub(ago))
+                        .map(rfc3339)
+                        .unwrap_or(st.last_reconfiguration);
                 }
                 let out = self.birdc(&["show", "protocols", "all"])?;
                 if out.status.success() {

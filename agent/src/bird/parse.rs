@@ -230,6 +230,13 @@ impl BirdStatus {
         std::time::Duration::try_from(now - last).ok()
     }
 
+    /// How long before `server_time` BIRD was last reconfigured.
+    pub fn since_reconfiguration(&self) -> Option<std::time::Duration> {
+        let now = parse_bird_time(&self.server_time)?;
+        let t = parse_bird_time(&self.last_reconfiguration)?;
+        std::time::Duration::try_from(now - t).ok()
+    }
+
     /// The resolution of BIRD's times: milliseconds, or whole seconds when its time
     /// format has no fraction.
     pub fn time_resolution(&self) -> std::time::Duration {
@@ -527,6 +534,10 @@ mod tests {
         assert_eq!(s.daemon, "Daemon is up and running");
         assert_eq!(
             s.config_age(),
+            Some(std::time::Duration::from_millis(50_369))
+        );
+        assert_eq!(
+            s.since_reconfiguration(),
             Some(std::time::Duration::from_millis(50_369))
         );
         assert_eq!(s.time_resolution(), std::time::Duration::from_millis(1));
