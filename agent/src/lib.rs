@@ -6,9 +6,13 @@
 //!                                                   └──► bird (stage, check, reload)
 //! ```
 
+pub mod agent;
+pub mod bgp;
 pub mod bird;
 pub mod calc;
 pub mod dataplane;
+pub mod detect;
 pub mod exec;
+pub mod metrics;
 pub mod render;
 pub mod sync;

@@ -1,0 +1,563 @@
+//! The agent: sync client, calculation and drivers wired together.
+//!
+//! ```text
+//!   sync::spawn ──► SharedView + watch<SyncState>
+//!                          │ (nothing happens before the first InSync)
+//!                          ▼
+//!   apply loop (one task, the only writer of every dataplane):
+//!     view changed ─► calc::nat::desired ─► NatDriver::apply   (spawn_blocking)
+//!                 └─► calc::bird::render ─► BGP dataplane::apply (only once NAT is programmed)
+//!     failure ─► retry with backoff, error in status (state stays as last applied)
+//!     resync tick ─► NatDriver::reconcile (drift repair, counted)
+//!     status tick ─► BGP session state
+//!     every change of state ─► NodeStatus ─► sync client ─► controller
+//! ```
+//!
+//! Changes that arrive while an apply runs are coalesced into the next one: the loop
+//! always computes from the latest view.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern::model::DataplaneKind;
+use tern::proto;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::calc;
+use crate::dataplane::{self, IptablesBackend, NatDriver};
+use crate::exec::Exec;
+use crate::metrics::Metrics;
+use crate::sync::{self, SyncConfig, SyncHandle};
+
+/// The BGP speaker as the apply loop sees it (BIRD in production).
+pub trait BgpDataplane: Send + std::fmt::Debug + 'static {
+    /// Install a rendered configuration. Ok(true) when it was (re)loaded, Ok(false)
+    /// when it was unchanged. A rejected configuration leaves the previous one.
+    fn apply(&mut self, config: &str) -> Result<bool, String>;
+    /// Session state, for the status report.
+    fn status(&mut self) -> proto::BgpStatus;
+    /// Remove what it created (for `tern-agent cleanup`).
+    fn cleanup(&mut self) -> Result<(), String>;
+}
+
+/// How the NAT driver is chosen.
+#[derive(Debug)]
+pub enum NatChoice {
+    /// From AgentConfiguration `dataplane` (or the flag when given), on this host.
+    Select {
+        flag: Option<DataplaneKind>,
+        backend: IptablesBackend,
+    },
+    /// A given driver (tests and benchmarks: the recording driver).
+    Driver(Box<dyn NatDriver>),
+}
+
+/// Everything the agent needs.
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub sync: SyncConfig,
+    /// Where host tools run (the host, or a network namespace in tests and the lab).
+    pub exec: Exec,
+    pub nat: NatChoice,
+    /// None: BGP is not managed by this agent.
+    pub bgp: Option<BgpSettings>,
+    /// How often the NAT state is read back and repaired.
+    pub resync_interval: Duration,
+    /// How often BGP session state is polled for the status report.
+    pub status_interval: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// BGP: how to render, and the speaker to hand the configuration to.
+#[derive(Debug)]
+pub struct BgpSettings {
+    pub render: calc::bird::BirdOptions,
+    pub dataplane: Box<dyn BgpDataplane>,
+}
+
+/// What the apply loop last achieved (tests and benchmarks wait on it).
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Revision of the view that is fully applied (NAT and BGP), 0 before the first.
+    pub revision: i64,
+    /// Sync generation of that view.
+    pub generation: u64,
+    pub at: Option<Instant>,
+    pub applies: u64,
+    pub drift_repairs: u64,
+    pub last_error: String,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub sync: SyncHandle,
+    pub applied: watch::Receiver<Applied>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Stop the agent's tasks. The host keeps what was applied (fail static); use
+    /// `tern-agent cleanup` to remove it.
+    pub fn stop(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Wait until the applied revision reaches `revision`.
+    pub async fn wait_applied(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|a| a.revision >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Start the agent.
+pub async fn start(cfg: AgentConfig) -> std::io::Result<Agent> {
+    let metrics = Metrics::new();
+    let mut tasks = Vec::new();
+    if let Some(addr) = cfg.metrics_listen {
+        tasks.push(crate::metrics::serve(addr, metrics.clone()).await?);
+    }
+    let node = cfg.sync.node.clone();
+    let (handle, sync_task) = sync::spawn(cfg.sync);
+    tasks.push(sync_task);
+    let (applied_tx, applied_rx) = watch::channel(Applied::default());
+    let apply = ApplyLoop {
+        node: node.clone(),
+        exec: cfg.exec,
+        nat_choice: cfg.nat,
+        nat: None,
+        bgp: cfg.bgp,
+        sync: handle.clone(),
+        applied: applied_tx,
+        metrics,
+        resync_interval: cfg.resync_interval,
+        status_interval: cfg.status_interval,
+        status: proto::NodeStatus::default(),
+    };
+    tasks.push(tokio::spawn(
+        apply.run().instrument(info_span!("agent", node = %node)),
+    ));
+    Ok(Agent {
+        sync: handle,
+        applied: applied_rx,
+        tasks,
+    })
+}
+
+/// The NAT driver in use and the kind it was chosen for.
+#[derive(Debug)]
+struct Nat {
+    driver: Box<dyn NatDriver>,
+    kind: Option<DataplaneKind>,
+}
+
+struct ApplyLoop {
+    node: String,
+    exec: Exec,
+    nat_choice: NatChoice,
+    nat: Option<Nat>,
+    bgp: Option<BgpSettings>,
+    sync: SyncHandle,
+    applied: watch::Sender<Applied>,
+    metrics: Arc<Metrics>,
+    resync_interval: Duration,
+    status_interval: Duration,
+    status: proto::NodeStatus,
+}
+
+/// Run a driver call off the async threads (nft and iptables-restore block).
+async fn blocking<T: Send + 'static>(
+    driver: Box<dyn NatDriver>,
+    f: impl FnOnce(&mut dyn NatDriver) -> T + Send + 'static,
+) -> (Box<dyn NatDriver>, T) {
+    let mut driver = driver;
+    if !driver.blocks() {
+        let r = f(driver.as_mut());
+        return (driver, r);
+    }
+    match tokio::task::spawn_blocking(move || {
+        let r = f(driver.as_mut());
+        (driver, r)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            // The closure panicked: there is no driver to hand back. This is a bug.
+            error!(error = %e, "NAT driver call panicked");
+            std::panic::resume_unwind(e.into_panic())
+        }
+    }
+}
+
+/// Stands in for the BGP dataplane while a blocking call holds it.
+#[derive(Debug)]
+struct Detached;
+
+impl BgpDataplane for Detached {
+    fn apply(&mut self, _: &str) -> Result<bool, String> {
+        Err("the BGP dataplane is busy".into())
+    }
+    fn status(&mut self) -> proto::BgpStatus {
+        proto::BgpStatus::default()
+    }
+    fn cleanup(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Run a BGP dataplane call on a blocking thread (BIRD's tools block).
+async fn bgp_blocking<T: Send + 'static>(
+    mut dp: Box<dyn BgpDataplane>,
+    f: impl FnOnce(&mut dyn BgpDataplane) -> T + Send + 'static,
+) -> (Box<dyn BgpDataplane>, T) {
+    match tokio::task::spawn_blocking(move || {
+        let r = f(dp.as_mut());
+        (dp, r)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            error!(error = %e, "BGP dataplane call panicked");
+            std::panic::resume_unwind(e.into_panic())
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl ApplyLoop {
+    async fn run(mut self) {
+        let mut state = self.sync.state.clone();
+        info!("waiting for the first complete sync before touching the host");
+        if state.wait_for(|s| s.synced).await.is_err() {
+            return;
+        }
+        self.status.agent_version = tern::VERSION.to_string();
+        self.status.node = self.node.clone();
+        let mut dirty = true;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut backoff = Duration::from_millis(200);
+        let mut resync = tokio::time::interval(self.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        let mut status_tick = tokio::time::interval(self.status_interval);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if dirty {
+                let st = state.borrow_and_update().clone();
+                match self.apply_once(st.revision, st.generation).await {
+                    Ok(()) => {
+                        dirty = false;
+                        retry_at = None;
+                        backoff = Duration::from_millis(200);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?backoff, "apply failed; the host keeps its last applied state");
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+                self.publish_status();
+            }
+            tokio::select! {
+                r = state.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Only a change of the view needs work; a bookmark moves the revision.
+                    let (gen_now, rev) = {
+                        let s = state.borrow();
+                        (s.generation, s.revision)
+                    };
+                    if gen_now != self.applied.borrow().generation || retry_at.is_some() {
+                        dirty = true;
+                    } else {
+                        self.applied.send_modify(|a| a.revision = a.revision.max(rev));
+                    }
+                }
+                () = async {
+                    match retry_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    dirty = true;
+                }
+                _ = resync.tick() => {
+                    if !dirty {
+                        self.reconcile().await;
+                        self.publish_status();
+                    }
+                }
+                _ = status_tick.tick() => {
+                    if self.poll_bgp().await {
+                        self.publish_status();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compute the desired state from the current view and apply it.
+    async fn apply_once(&mut self, revision: i64, generation: u64) -> Result<(), String> {
+        let started = Instant::now();
+        let (desired, agent_cfg, bird, view_rev) = {
+            let view = self.sync.view.read();
+            let desired = calc::nat::desired(&view, &self.node);
+            let cfg = view.agent_config_for(&self.node);
+            let bird = self.bgp.as_ref().map(|b| {
+                calc::bird::render(&view, &self.node, &b.render).map_err(|e| e.to_string())
+            });
+            (desired, cfg, bird, view.revision)
+        };
+        for w in &desired.warnings {
+            warn!(warning = %w, "NAT setting ignored");
+        }
+        let revision = revision.max(view_rev);
+        self.ensure_driver(agent_cfg.dataplane).await?;
+        let nat = self
+            .nat
+            .take()
+            .expect("ensure_driver leaves a driver in place");
+        let d = desired.clone();
+        let (driver, result) = blocking(nat.driver, move |drv| drv.apply(&d)).await;
+        self.nat = Some(Nat {
+            driver,
+            kind: nat.kind,
+        });
+        let dp = self.status.dataplane.get_or_insert_with(Default::default);
+        dp.driver = self
+            .nat
+            .as_ref()
+            .map(|n| n.driver.name().to_string())
+            .unwrap_or_default();
+        dp.all_pools_v4 = desired.v4.all_pools.len() as u32;
+        dp.all_pools_v6 = desired.v6.all_pools.len() as u32;
+        dp.nat_pools_v4 = desired.v4.nat_pools.len() as u32;
+        dp.nat_pools_v6 = desired.v6.nat_pools.len() as u32;
+        match result {
+            Ok(report) => {
+                dp.state = "programmed".into();
+                dp.error.clear();
+                dp.applies += 1;
+                dp.last_apply = now_rfc3339();
+                self.metrics.nat_applies.inc();
+                self.metrics
+                    .nat_apply_seconds
+                    .observe(report.elapsed.as_secs_f64());
+                debug!(outcome = ?report.outcome, elapsed = ?report.elapsed, revision, "NAT applied");
+            }
+            Err(e) => {
+                dp.state = "error".into();
+                dp.error = e.to_string();
+                self.status.last_error = format!("NAT: {e}");
+                self.metrics.apply_errors.inc();
+                self.applied
+                    .send_modify(|a| a.last_error = self.status.last_error.clone());
+                return Err(self.status.last_error.clone());
+            }
+        }
+        // Routes are advertised only once the NAT state is programmed.
+        if let (Some(bgp), Some(rendered)) = (self.bgp.as_mut(), bird) {
+            let cfg = match rendered {
+                Ok(c) => c,
+                Err(e) => {
+                    let msg = format!("BGP: cannot render the BIRD configuration: {e}");
+                    self.status.last_error = msg.clone();
+                    self.status.bgp.get_or_insert_with(Default::default).error = msg.clone();
+                    return Err(msg);
+                }
+            };
+            let (dp, result) = bgp_blocking(
+                std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
+                move |d| d.apply(&cfg),
+            )
+            .await;
+            bgp.dataplane = dp;
+            match result {
+                Ok(reloaded) => {
+                    let b = self.status.bgp.get_or_insert_with(Default::default);
+                    b.error.clear();
+                    if reloaded {
+                        b.last_reload = now_rfc3339();
+                        self.metrics.bird_reloads.inc();
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("BGP: {e}");
+                    self.status.bgp.get_or_insert_with(Default::default).error = msg.clone();
+                    self.status.last_error = msg.clone();
+                    self.metrics.apply_errors.inc();
+                    return Err(msg);
+                }
+            }
+            self.poll_bgp().await;
+        }
+        self.status.last_error.clear();
+        self.status.applied_revision = revision;
+        self.metrics.applied_revision.set(revision);
+        self.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let applies = self.status.dataplane.as_ref().map_or(0, |d| d.applies);
+        self.applied.send_modify(|a| {
+            a.revision = revision;
+            a.generation = generation;
+            a.at = Some(Instant::now());
+            a.applies = applies;
+            a.last_error.clear();
+        });
+        Ok(())
+    }
+
+    /// Make sure the right NAT driver is in place for the configured dataplane. A
+    /// switch programs the new driver before the old one is cleaned up (the next apply
+    /// does it), so NAT never lapses.
+    async fn ensure_driver(&mut self, configured: Option<DataplaneKind>) -> Result<(), String> {
+        let (flag, backend) = match &mut self.nat_choice {
+            NatChoice::Driver(_) => {
+                if self.nat.is_none()
+                    && let NatChoice::Driver(d) = std::mem::replace(
+                        &mut self.nat_choice,
+                        NatChoice::Select {
+                            flag: None,
+                            backend: IptablesBackend::Default,
+                        },
+                    )
+                {
+                    self.nat = Some(Nat {
+                        driver: d,
+                        kind: None,
+                    });
+                }
+                return Ok(());
+            }
+            NatChoice::Select { flag, backend } => (*flag, *backend),
+        };
+        if let Some(n) = &self.nat
+            && n.kind.is_none()
+        {
+            return Ok(()); // an injected driver stays
+        }
+        let want = flag.or(configured).unwrap_or(DataplaneKind::Auto);
+        if self.nat.as_ref().is_some_and(|n| n.kind == Some(want)) {
+            return Ok(());
+        }
+        let exec = self.exec.clone();
+        let new = tokio::task::spawn_blocking(move || dataplane::select(want, exec, backend))
+            .await
+            .map_err(|e| format!("selecting the NAT driver: {e}"))?
+            .map_err(|e| e.to_string())?;
+        // A different driver: program the new one first, then remove the old one.
+        if let Some(old) = self.nat.take().filter(|o| o.driver.name() != new.name()) {
+            info!(
+                from = old.driver.name(),
+                to = new.name(),
+                "switching NAT dataplane"
+            );
+            let desired = self.desired_nat();
+            let (new, r) = blocking(new, move |d| d.apply(&desired)).await;
+            r.map_err(|e| e.to_string())?;
+            let (_, r) = blocking(old.driver, |d| d.cleanup()).await;
+            if let Err(e) = r {
+                warn!(error = %e, "cleaning up the previous NAT dataplane failed");
+            }
+            self.nat = Some(Nat {
+                driver: new,
+                kind: Some(want),
+            });
+            return Ok(());
+        }
+        self.nat = Some(Nat {
+            driver: new,
+            kind: Some(want),
+        });
+        Ok(())
+    }
+
+    /// Read the NAT state back and repair drift.
+    async fn reconcile(&mut self) {
+        let Some(nat) = self.nat.take() else { return };
+        let desired = self.desired_nat();
+        let (driver, r) = blocking(nat.driver, move |d| d.reconcile(&desired)).await;
+        self.nat = Some(Nat {
+            driver,
+            kind: nat.kind,
+        });
+        match r {
+            Ok(report) if report.repairs > 0 => {
+                warn!(
+                    repairs = report.repairs,
+                    "NAT state drifted from the desired state; repaired"
+                );
+                self.metrics.drift_repairs.inc_by(report.repairs as u64);
+                let dp = self.status.dataplane.get_or_insert_with(Default::default);
+                dp.drift_repairs += report.repairs as u64;
+                let total = dp.drift_repairs;
+                self.applied.send_modify(|a| a.drift_repairs = total);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "reading the NAT state back failed");
+                self.status.last_error = format!("NAT reconcile: {e}");
+            }
+        }
+    }
+
+    fn desired_nat(&self) -> calc::nat::NatState {
+        calc::nat::desired(&self.sync.view.read(), &self.node)
+    }
+
+    /// Refresh BGP session state; true when it changed.
+    async fn poll_bgp(&mut self) -> bool {
+        let Some(bgp) = self.bgp.as_mut() else {
+            return false;
+        };
+        let (dp, mut fresh) = bgp_blocking(
+            std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
+            |d| d.status(),
+        )
+        .await;
+        bgp.dataplane = dp;
+        let old = self.status.bgp.clone().unwrap_or_default();
+        // Keep what the apply path knows.
+        fresh.last_reload = old.last_reload.clone();
+        if fresh.error.is_empty() {
+            fresh.error = old.error.clone();
+        }
+        let changed = fresh != old;
+        self.metrics.set_bgp_sessions(&fresh.sessions);
+        self.status.bgp = Some(fresh);
+        changed
+    }
+
+    fn publish_status(&self) {
+        self.sync.status.send_replace(Some(self.status.clone()));
+    }
+}

@@ -1,0 +1,97 @@
+//! BIRD as the agent's BGP dataplane: the [`crate::agent::BgpDataplane`] adapter over
+//! [`crate::bird::BirdManager`], and the files and socket it uses.
+
+use std::path::Path;
+
+use tern::proto;
+
+use crate::agent::{BgpDataplane, BgpSettings};
+use crate::bird::{self, ApplyOutcome, BirdManager, BirdMode};
+use crate::calc::bird::BirdOptions as RenderOptions;
+use crate::exec::Exec;
+
+/// BIRD behind the apply loop.
+#[derive(Debug)]
+pub struct Bird {
+    mgr: BirdManager,
+}
+
+impl Bird {
+    pub fn new(opts: bird::BirdOptions) -> Result<Bird, bird::BirdError> {
+        Ok(Bird {
+            mgr: BirdManager::new(opts)?,
+        })
+    }
+}
+
+impl BgpDataplane for Bird {
+    fn apply(&mut self, config: &str) -> Result<bool, String> {
+        match self.mgr.apply(config) {
+            Ok(ApplyOutcome::Unchanged) => Ok(false),
+            Ok(outcome) => {
+                tracing::info!(?outcome, "BIRD configuration installed");
+                Ok(true)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn status(&mut self) -> proto::BgpStatus {
+        self.mgr.status().unwrap_or_else(|e| proto::BgpStatus {
+            state: "error".into(),
+            error: e.to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn cleanup(&mut self) -> Result<(), String> {
+        bird::cleanup(self.mgr.options())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// BIRD options for the agent's state directory and control socket.
+pub fn bird_options(
+    exec: &Exec,
+    state_dir: &Path,
+    socket: &Path,
+    managed: bool,
+) -> bird::BirdOptions {
+    let mode = if managed {
+        BirdMode::Supervised
+    } else {
+        BirdMode::External
+    };
+    let mut o = bird::BirdOptions::new(state_dir.join("bird.conf"), socket.to_path_buf(), mode);
+    o.exec = exec.clone();
+    o.log_file = Some(state_dir.join("bird.log"));
+    // As Calico: a restarted BIRD recovers routes with graceful restart.
+    o.graceful_restart = true;
+    o
+}
+
+/// The BGP settings of a running agent.
+pub fn settings(
+    exec: &Exec,
+    state_dir: &Path,
+    socket: &Path,
+    managed: bool,
+    render: RenderOptions,
+) -> anyhow::Result<BgpSettings> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bird = Bird::new(bird_options(exec, state_dir, socket, managed))?;
+    Ok(BgpSettings {
+        render,
+        dataplane: Box::new(bird),
+    })
+}
+
+/// `tern-agent cleanup`: stop the BIRD tern supervises and remove its files.
+pub fn cleanup(exec: &Exec, state_dir: &Path, socket: &Path) -> Result<(), String> {
+    bird::cleanup(&bird_options(exec, state_dir, socket, true))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

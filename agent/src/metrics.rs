@@ -1,0 +1,140 @@
+//! Prometheus metrics of the agent, served at `/metrics` on `--metrics-listen`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tern::proto;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub state: String,
+}
+
+/// Every metric of the agent.
+#[derive(Debug)]
+pub struct Metrics {
+    pub nat_applies: Counter,
+    pub apply_errors: Counter,
+    pub drift_repairs: Counter,
+    pub bird_reloads: Counter,
+    pub applied_revision: Gauge,
+    pub nat_apply_seconds: Histogram,
+    pub apply_seconds: Histogram,
+    pub bgp_sessions: Family<SessionLabels, Gauge>,
+    registry: parking_lot::Mutex<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let m = Metrics {
+            nat_applies: Counter::default(),
+            apply_errors: Counter::default(),
+            drift_repairs: Counter::default(),
+            bird_reloads: Counter::default(),
+            applied_revision: Gauge::default(),
+            nat_apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            bgp_sessions: Family::default(),
+            registry: parking_lot::Mutex::new(Registry::with_prefix("tern_agent")),
+        };
+        {
+            let mut r = m.registry.lock();
+            r.register("nat_applies", "NAT states applied", m.nat_applies.clone());
+            r.register(
+                "apply_errors",
+                "Failed applies (retried with backoff)",
+                m.apply_errors.clone(),
+            );
+            r.register(
+                "drift_repairs",
+                "Differences between the kernel and the desired NAT state found and repaired",
+                m.drift_repairs.clone(),
+            );
+            r.register(
+                "bird_reloads",
+                "BIRD configuration reloads",
+                m.bird_reloads.clone(),
+            );
+            r.register(
+                "applied_revision",
+                "etcd revision of the last fully applied view",
+                m.applied_revision.clone(),
+            );
+            r.register(
+                "nat_apply_seconds",
+                "Time to apply the NAT state",
+                m.nat_apply_seconds.clone(),
+            );
+            r.register(
+                "apply_seconds",
+                "Time to apply a view (NAT and BGP)",
+                m.apply_seconds.clone(),
+            );
+            r.register(
+                "bgp_sessions",
+                "BGP sessions by state",
+                m.bgp_sessions.clone(),
+            );
+        }
+        Arc::new(m)
+    }
+
+    /// Count sessions by BIRD state.
+    pub fn set_bgp_sessions(&self, sessions: &[proto::BgpSession]) {
+        self.bgp_sessions.clear();
+        for s in sessions {
+            let state = if s.info.starts_with("Established") {
+                "established".to_string()
+            } else {
+                s.state.to_lowercase()
+            };
+            self.bgp_sessions
+                .get_or_create(&SessionLabels { state })
+                .inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()) {
+            warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Serve `/metrics` until the task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    );
+    info!(%addr, "metrics on http://{addr}/metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    }))
+}
