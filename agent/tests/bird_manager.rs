@@ -448,7 +448,15 @@ fn restarts_a_killed_bird_and_takes_over_a_running_one() -> Result<()> {
     ensure!(m2.restarts() == 1 && pid3 != pid2);
     ensure!(session(&m2.status()?, "Mesh_192_0_2_9").is_some());
 
-    teardown(m2, ns, dir)
+    // stop() on an adopted BIRD (found by its pid file) terminates it too.
+    m2.detach();
+    let m3 = BirdManager::new(opts.clone())?;
+    ensure!(
+        m3.stats().adopted && m3.pid() == Some(pid3),
+        "{:?}",
+        m3.stats()
+    );
+    teardown(m3, ns, dir)
 }
 
 #[test]
