@@ -51,6 +51,7 @@ use tern::model::{
     AffinityState, BlockAffinitySpec, Cidr, Family, IPPoolSpec, Kind, Object, Resource, check_name,
 };
 use tern::proto;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, info, info_span, warn};
@@ -919,11 +920,17 @@ enum Done {
 #[derive(Debug, Clone)]
 pub struct Ipam {
     store: Store,
+    /// Wakes this replica's reconcile loop when something the cache cannot see
+    /// changed (a block became empty: it may be releasable now).
+    poke: Arc<Notify>,
 }
 
 impl Ipam {
     pub fn new(store: Store) -> Self {
-        Ipam { store }
+        Ipam {
+            store,
+            poke: Arc::new(Notify::new()),
+        }
     }
 
     /// `<prefix>/_ipam/blocks/`.
@@ -1357,6 +1364,7 @@ impl Ipam {
                 )];
                 let mut ops = vec![TxnOp::delete(hkey, None)];
                 let mut frees = false;
+                let mut emptied = false;
                 if let Some((mut b, rev)) = block
                     && b.node == node
                     && b.allocations.get(&h.address).map(String::as_str) == Some(handle)
@@ -1369,11 +1377,16 @@ impl Ipam {
                     ));
                     ops.push(TxnOp::put(self.block_key(&b.cidr), b.to_bytes(), None));
                     frees = true;
+                    emptied = b.allocations.is_empty();
                 }
                 let resp = self.txn(Txn::new().when(compares).and_then(ops)).await?;
                 if resp.succeeded() && frees {
                     info!(address = %h.address, block = %h.block, "released address");
                     released.push(h.address);
+                    if emptied {
+                        // A block that is no longer selected goes once it is empty.
+                        self.poke.notify_one();
+                    }
                 }
             }
             if attempt > 0 {
@@ -1800,16 +1813,17 @@ pub struct Reconciler {
     tuning: IpamTuning,
 }
 
-/// Start the reconcile loop (abort the task to stop it).
-pub fn spawn_reconciler(store: Store, cache: Arc<Cache>, tuning: IpamTuning) -> JoinHandle<()> {
-    let r = Reconciler::new(store, cache, tuning);
+/// Start the reconcile loop (abort the task to stop it). Give it the [`Ipam`] the
+/// API uses, so that the API can wake it.
+pub fn spawn_reconciler(ipam: Ipam, cache: Arc<Cache>, tuning: IpamTuning) -> JoinHandle<()> {
+    let r = Reconciler::new(ipam, cache, tuning);
     tokio::spawn(r.run().instrument(info_span!("ipam.reconcile")))
 }
 
 impl Reconciler {
-    pub fn new(store: Store, cache: Arc<Cache>, tuning: IpamTuning) -> Self {
+    pub fn new(ipam: Ipam, cache: Arc<Cache>, tuning: IpamTuning) -> Self {
         Reconciler {
-            ipam: Ipam::new(store),
+            ipam,
             cache,
             tuning,
         }
@@ -1947,8 +1961,9 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Run forever: a pass after every relevant cache change (debounced), after a
-    /// lost race (soon), after an error (with backoff) and every `resync`.
+    /// Run forever: a pass after every relevant cache change (debounced), when the
+    /// API empties a block, after a lost race (soon), after an error (with backoff)
+    /// and every `resync`.
     pub async fn run(self) {
         let mut changes = self.cache.subscribe();
         while !self.cache.is_ready() {
@@ -2006,6 +2021,10 @@ impl Reconciler {
                     tokio::select! {
                         r = changes.changed() => {
                             if r.is_err() { return; }
+                            tokio::time::sleep(self.tuning.debounce).await;
+                        }
+                        () = self.ipam.poke.notified() => {
+                            dirty = true;
                             tokio::time::sleep(self.tuning.debounce).await;
                         }
                         () = tokio::time::sleep_until(next_resync) => {}

@@ -184,8 +184,9 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         config.default_ipv4_pool.map(|c| c.to_string()),
     )));
     // ---- IPAM (controller/src/ipam.rs): the block reconcile loop of this replica. ----
+    let ipam = crate::ipam::Ipam::new(store.clone());
     tasks.push(crate::ipam::spawn_reconciler(
-        store.clone(),
+        ipam.clone(),
         cache.clone(),
         crate::ipam::IpamTuning::default(),
     ));
@@ -232,10 +233,9 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         .set_serving::<proto::sync_service_server::SyncServiceServer<SyncApi>>()
         .await;
     // ---- IPAM (controller/src/api/ipam.rs): IpamService. ----
-    let ipam = proto::ipam_service_server::IpamServiceServer::new(crate::api::ipam::IpamApi::new(
-        store.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let ipam =
+        proto::ipam_service_server::IpamServiceServer::new(crate::api::ipam::IpamApi::new(ipam))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
     health_reporter
         .set_serving::<proto::ipam_service_server::IpamServiceServer<crate::api::ipam::IpamApi>>()
         .await;

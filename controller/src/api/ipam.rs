@@ -18,7 +18,6 @@ use super::invalid_field;
 use crate::ipam::{
     BlockRecord, Ipam, IpamError, check_handle, check_node, check_pool, parse_family, size_of,
 };
-use crate::store::Store;
 
 impl From<IpamError> for Status {
     fn from(e: IpamError) -> Status {
@@ -55,10 +54,10 @@ pub struct IpamApi {
 }
 
 impl IpamApi {
-    pub fn new(store: Store) -> Self {
-        IpamApi {
-            ipam: Ipam::new(store),
-        }
+    /// The API over the same [`Ipam`] as the replica's reconcile loop (so that it can
+    /// wake the loop).
+    pub fn new(ipam: Ipam) -> Self {
+        IpamApi { ipam }
     }
 }
 
