@@ -387,6 +387,22 @@ fn a_config_bird_refuses_to_load_is_rolled_back() -> Result<()> {
     ensure!(m.apply(&cfg1)? == ApplyOutcome::Unchanged);
     ensure!(m.reloads() == 0);
 
+    // cleanup() on a live manager: BIRD stays down (the watcher is stopped first).
+    let pid = m.pid().context("pid")?;
+    let report = m.cleanup()?;
+    ensure!(report.removed.contains(&opts.config_path), "{report:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        !alive(pid) && ns.pids().is_empty(),
+        "BIRD came back after cleanup"
+    );
+    let err = m
+        .apply(&cfg1)
+        .err()
+        .context("a stopped manager started BIRD")?;
+    ensure!(matches!(err, BirdError::NotRunning { .. }), "{err:?}");
+    ensure!(ns.pids().is_empty());
+    std::fs::remove_file(&opts.config_path)?;
     teardown(m, ns, dir)
 }
 

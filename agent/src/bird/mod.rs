@@ -401,8 +401,11 @@ impl BirdManager {
                 }
                 r
             }
-            Probe::NotRunning(message) => {
+            Probe::NotRunning(mut message) => {
                 if self.sup.is_none() {
+                    if self.opts.mode == BirdMode::Supervised {
+                        message.push_str(" (this manager was stopped)");
+                    }
                     return Err(BirdError::NotRunning {
                         socket: self.opts.socket_path.clone(),
                         message,
@@ -793,6 +796,28 @@ impl BirdManager {
     /// Stop supervising and stop BIRD (supervised mode: SIGTERM, then SIGKILL after
     /// `stop_timeout`). External mode: BIRD is left alone.
     pub fn stop(mut self) -> Result<(), BirdError> {
+        self.stop_supervised()
+    }
+
+    /// For `tern-agent cleanup` on a live manager: stop supervising first (so that the
+    /// watcher cannot restart BIRD), then [`cleanup`] with this manager's options.
+    /// Afterwards the manager supervises nothing: `apply` only installs and reloads.
+    pub fn cleanup(&mut self) -> Result<CleanupReport, CleanupError> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.stop_supervised() {
+            errors.push(e);
+        }
+        match cleanup(&self.opts) {
+            Ok(report) if errors.is_empty() => Ok(report),
+            Ok(_) => Err(CleanupError(errors)),
+            Err(CleanupError(more)) => {
+                errors.extend(more);
+                Err(CleanupError(errors))
+            }
+        }
+    }
+
+    fn stop_supervised(&mut self) -> Result<(), BirdError> {
         let Some(mut sup) = self.sup.take() else {
             return Ok(());
         };
