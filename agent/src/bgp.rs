@@ -45,9 +45,8 @@ impl BgpDataplane for Bird {
     }
 
     fn cleanup(&mut self) -> Result<(), String> {
-        bird::cleanup(self.mgr.options())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        // Stops the watcher first, so BIRD is not restarted behind our back.
+        self.mgr.cleanup().map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -66,8 +65,10 @@ pub fn bird_options(
     let mut o = bird::BirdOptions::new(state_dir.join("bird.conf"), socket.to_path_buf(), mode);
     o.exec = exec.clone();
     o.log_file = Some(state_dir.join("bird.log"));
-    // As Calico: a restarted BIRD recovers routes with graceful restart.
-    o.graceful_restart = true;
+    // BGP sessions use graceful restart (in the rendered configuration). Starting
+    // BIRD itself in recovery mode (`bird -R`) is left off: it holds kernel route
+    // updates back until every peer is up or the wait expires (240 s by default).
+    o.graceful_restart = false;
     o
 }
 
@@ -89,9 +90,10 @@ pub fn settings(
     })
 }
 
-/// `tern-agent cleanup`: stop the BIRD tern supervises and remove its files.
-pub fn cleanup(exec: &Exec, state_dir: &Path, socket: &Path) -> Result<(), String> {
-    bird::cleanup(&bird_options(exec, state_dir, socket, true))
+/// `tern-agent cleanup`: stop the BIRD tern supervises and remove its files. With a
+/// BIRD managed elsewhere (`managed` false) only tern's staging file goes.
+pub fn cleanup(exec: &Exec, state_dir: &Path, socket: &Path, managed: bool) -> Result<(), String> {
+    bird::cleanup(&bird_options(exec, state_dir, socket, managed))
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

@@ -137,6 +137,9 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, env = "TERN_BIRD_SOCKET", default_value = "/run/tern/bird.ctl")]
         bird_socket: PathBuf,
+        /// How BIRD ran: managed (stopped and its files removed), external (left alone).
+        #[arg(long, env = "TERN_BIRD", value_enum, default_value = "managed")]
+        bird: BirdMode,
     },
     /// Print what the agent would program for a node, from a file of resources.
     Render {
@@ -171,7 +174,8 @@ fn main() -> ExitCode {
         Command::Cleanup {
             state_dir,
             bird_socket,
-        } => cleanup(&state_dir, &bird_socket),
+            bird,
+        } => cleanup(&state_dir, &bird_socket, bird),
         Command::Run(args) => run(*args),
     };
     match result {
@@ -201,13 +205,20 @@ fn render(
     Ok(())
 }
 
-fn cleanup(state_dir: &std::path::Path, bird_socket: &std::path::Path) -> anyhow::Result<()> {
+fn cleanup(
+    state_dir: &std::path::Path,
+    bird_socket: &std::path::Path,
+    bird: BirdMode,
+) -> anyhow::Result<()> {
     let exec = Exec::host();
     let mut errors = Vec::new();
     if let Err(e) = tern_agent::dataplane::cleanup_all(&exec) {
         errors.push(e.to_string());
     }
-    if let Err(e) = tern_agent::bgp::cleanup(&exec, state_dir, bird_socket) {
+    if bird != BirdMode::Disabled
+        && let Err(e) =
+            tern_agent::bgp::cleanup(&exec, state_dir, bird_socket, bird == BirdMode::Managed)
+    {
         errors.push(e);
     }
     if errors.is_empty() {

@@ -44,6 +44,7 @@ pub struct ControllerConfig {
     pub default_ipv4_pool: Option<Cidr>,
     pub status_writes_per_sec: u32,
     pub sync: SyncTuning,
+    pub ipam: crate::ipam::IpamTuning,
 }
 
 /// Knobs of the sync fan-out.
@@ -96,6 +97,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub status_writes_per_sec: Option<u32>,
+    pub ipam_auto_blocks: Option<bool>,
 }
 
 /// A configuration error: what is wrong, in words an operator can act on.
@@ -139,6 +141,7 @@ impl ControllerConfig {
             default_ipv4_pool: None,
             status_writes_per_sec: 500,
             sync: SyncTuning::default(),
+            ipam: crate::ipam::IpamTuning::default(),
         }
     }
 

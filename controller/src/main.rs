@@ -78,6 +78,10 @@ struct Cli {
     /// Upper bound on agent status writes to etcd per second [default: 500]
     #[arg(long, env = "TERN_STATUS_WRITES_PER_SEC")]
     status_writes_per_sec: Option<u32>,
+    /// Give every node a block of every pool that selects it without being asked
+    /// [default: true]
+    #[arg(long, env = "TERN_IPAM_AUTO_BLOCKS")]
+    ipam_auto_blocks: Option<bool>,
 }
 
 fn hostname() -> String {
@@ -156,6 +160,13 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
             .or(file.status_writes_per_sec)
             .unwrap_or(500),
         sync: SyncTuning::default(),
+        ipam: tern_controller::ipam::IpamTuning {
+            auto_blocks: cli
+                .ipam_auto_blocks
+                .or(file.ipam_auto_blocks)
+                .unwrap_or(true),
+            ..Default::default()
+        },
     };
     let level = cli
         .log_level

@@ -188,7 +188,7 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
     tasks.push(crate::ipam::spawn_reconciler(
         ipam.clone(),
         cache.clone(),
-        crate::ipam::IpamTuning::default(),
+        config.ipam.clone(),
     ));
     // ---- end IPAM ----
 

@@ -34,6 +34,8 @@ pub struct Recorded {
 #[derive(Debug)]
 struct Inner {
     log: Mutex<Vec<Recorded>>,
+    /// Keep at most this many records (benchmarks run many agents for long).
+    limit: Option<usize>,
     /// How many of the next calls fail.
     fail_next: Mutex<usize>,
     /// The last state successfully applied (None before the first, and after cleanup).
@@ -55,9 +57,19 @@ impl Default for RecordingDriver {
 
 impl RecordingDriver {
     pub fn new() -> RecordingDriver {
+        Self::with_limit(None)
+    }
+
+    /// A driver that keeps only the last `limit` records.
+    pub fn bounded(limit: usize) -> RecordingDriver {
+        Self::with_limit(Some(limit.max(1)))
+    }
+
+    fn with_limit(limit: Option<usize>) -> RecordingDriver {
         let (current, _) = watch::channel(None);
         RecordingDriver {
             inner: Arc::new(Inner {
+                limit,
                 log: Mutex::new(Vec::new()),
                 fail_next: Mutex::new(0),
                 current,
@@ -104,13 +116,22 @@ impl RecordingDriver {
             *f = f.saturating_sub(1);
             fail
         };
-        self.inner.log.lock().push(Recorded {
-            op,
-            state: state.cloned(),
-            at: Instant::now(),
-            wall: SystemTime::now(),
-            ok: !fail,
-        });
+        {
+            let mut log = self.inner.log.lock();
+            if let Some(limit) = self.inner.limit
+                && log.len() >= limit
+            {
+                let excess = log.len() + 1 - limit;
+                log.drain(..excess);
+            }
+            log.push(Recorded {
+                op,
+                state: state.cloned(),
+                at: Instant::now(),
+                wall: SystemTime::now(),
+                ok: !fail,
+            });
+        }
         if fail {
             return Err(DataplaneError::Simulated);
         }
@@ -189,6 +210,12 @@ mod tests {
             ]
         );
         assert_eq!(rec.applied_states().len(), 2);
+        let small = RecordingDriver::bounded(2);
+        let mut b: Box<dyn NatDriver> = Box::new(small.clone());
+        for _ in 0..5 {
+            b.apply(&s).expect("apply");
+        }
+        assert_eq!(small.records().len(), 2);
         let at: Vec<Instant> = rec.records().iter().map(|r| r.at).collect();
         assert!(at.windows(2).all(|w| w[0] <= w[1]));
     }

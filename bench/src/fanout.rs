@@ -1,0 +1,581 @@
+//! `tern-bench fanout`: update latency from the API to N agents.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use parking_lot::Mutex;
+use tern::client::ClientTls;
+use tern::pki::{Pki, Role};
+use tern::proto::{self, resource_service_client::ResourceServiceClient};
+use tern_agent::agent::{AgentConfig, NatChoice};
+use tern_agent::dataplane::RecordingDriver;
+use tern_agent::sync::SyncConfig;
+use tern_testkit::etcd::{Etcd, free_port};
+
+use crate::{machine, pct};
+
+/// (revision, when) of everything one agent applied.
+type ApplyLog = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Agents sync from one tern controller (the product).
+    Controller,
+    /// Every agent watches etcd itself (the design without a fan-out cache).
+    EtcdDirect,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    #[arg(long, value_enum, default_value = "controller")]
+    mode: Mode,
+    /// Number of pool updates to measure.
+    #[arg(long, default_value_t = 30)]
+    updates: usize,
+    /// Updates per second.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// The tern-controller binary [default: next to this binary]
+    #[arg(long)]
+    controller_bin: Option<PathBuf>,
+    /// Agents connected at a time while ramping up.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+}
+
+fn raise_nofile() -> anyhow::Result<()> {
+    let (_, hard) = rlimit::Resource::NOFILE.get()?;
+    let want = 1_048_576u64.min(hard.max(65_536));
+    rlimit::Resource::NOFILE
+        .set(want, want.max(hard))
+        .or_else(|_| rlimit::Resource::NOFILE.set(hard, hard))
+        .context("raising the open-files limit (run as root for 10,000 agents)")?;
+    Ok(())
+}
+
+/// CPU seconds (user + system) and resident memory (bytes) of a process.
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let utime: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(((utime + stime) / ticks, rss_kb * 1024))
+}
+
+struct ControllerProc {
+    child: Child,
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller_bin(a: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &a.controller_bin {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("tern-controller");
+    if !p.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p tern-controller) or pass --controller-bin",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    raise_nofile()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let etcd = Etcd::start()?;
+        let floor = etcd_floor(&etcd, a.updates.max(20), a.rate).await?;
+        let r = match a.mode {
+            Mode::Controller => via_controller(&a, &etcd).await?,
+            Mode::EtcdDirect => etcd_direct(&a, &etcd).await?,
+        };
+        print_result(&a, &r, &floor);
+        Ok(())
+    })
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    /// From the write call returning to the agent having applied it (clipped at 0:
+    /// the change can reach an agent before the write's answer reaches the writer).
+    latencies_ms: Vec<f64>,
+    /// From the write call being issued to the agent having applied it.
+    from_issue_ms: Vec<f64>,
+    missing: usize,
+    connected: usize,
+    /// CPU seconds of the serving process (controller or etcd) during the updates.
+    server_cpu_s: f64,
+    /// Resident memory of the serving process with the agents connected, and before.
+    server_rss: u64,
+    server_rss_base: u64,
+    ramp: Duration,
+}
+
+fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
+    let mut l = r.latencies_ms.clone();
+    l.sort_by(|x, y| x.total_cmp(y));
+    let mut li = r.from_issue_ms.clone();
+    li.sort_by(|x, y| x.total_cmp(y));
+    let per_agent_kib = if r.connected > 0 {
+        (r.server_rss.saturating_sub(r.server_rss_base)) as f64 / r.connected as f64 / 1024.0
+    } else {
+        f64::NAN
+    };
+    let mode = match a.mode {
+        Mode::Controller => "controller",
+        Mode::EtcdDirect => "etcd-direct",
+    };
+    println!("machine: {}", machine());
+    println!(
+        "mode {mode}: {} agents ({} connected, ramp {:.1}s), {} updates at {}/s",
+        a.agents,
+        r.connected,
+        r.ramp.as_secs_f64(),
+        a.updates,
+        a.rate
+    );
+    println!(
+        "latency API->applied: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples, {} not applied in time)",
+        pct(&l, 50.0),
+        pct(&l, 99.0),
+        l.last().copied().unwrap_or(f64::NAN),
+        l.len(),
+        r.missing
+    );
+    println!(
+        "latency write issued->applied: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&li, 50.0),
+        pct(&li, 99.0),
+        li.last().copied().unwrap_or(f64::NAN),
+    );
+    println!(
+        "server process: {:.2} s CPU during the updates ({:.1} µs per agent-update), RSS {:.1} MiB ({:.1} MiB before agents), {:.1} KiB per connected agent",
+        r.server_cpu_s,
+        r.server_cpu_s * 1e6 / (a.updates.max(1) * r.connected.max(1)) as f64,
+        r.server_rss as f64 / 1048576.0,
+        r.server_rss_base as f64 / 1048576.0,
+        per_agent_kib
+    );
+    println!(
+        "floor (bare etcd put issued -> one watcher): p50 {:.2} ms, p99 {:.2} ms",
+        pct(floor, 50.0),
+        pct(floor, 99.0)
+    );
+    println!(
+        "| {} | {mode} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} |",
+        a.agents,
+        pct(&l, 50.0),
+        pct(&l, 99.0),
+        l.last().copied().unwrap_or(f64::NAN),
+        pct(&li, 50.0),
+        pct(&li, 99.0),
+        r.server_cpu_s,
+        per_agent_kib,
+        pct(floor, 50.0),
+    );
+}
+
+/// Latency of a bare etcd put to a single watcher, from the put being issued.
+async fn etcd_floor(etcd: &Etcd, n: usize, rate: f64) -> anyhow::Result<Vec<f64>> {
+    let mut c = etcd.client().await?;
+    let mut w = etcd.client().await?;
+    let mut stream = w.watch("/bench/floor", None).await?;
+    let seen: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let s2 = seen.clone();
+    let t = tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    s2.lock().push((kv.mod_revision(), Instant::now()));
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let issued = Instant::now();
+        let r = c.put("/bench/floor", i.to_string(), None).await?;
+        let rev = r.header().map_or(0, |h| h.revision());
+        sent.push((rev, issued));
+        tokio::time::sleep(Duration::from_secs_f64(1.0 / rate.max(0.1))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.abort();
+    let seen = seen.lock().clone();
+    let mut out: Vec<f64> = sent
+        .iter()
+        .filter_map(|(rev, t0)| {
+            seen.iter()
+                .find(|(r, _)| r == rev)
+                .map(|(_, t)| t.saturating_duration_since(*t0).as_secs_f64() * 1e3)
+        })
+        .collect();
+    out.sort_by(|x, y| x.total_cmp(y));
+    Ok(out)
+}
+
+async fn admin_client(
+    tls: &ClientTls,
+    addr: &str,
+) -> anyhow::Result<ResourceServiceClient<tonic::transport::Channel>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tls.connect(addr).await {
+            Ok(ch) => {
+                let mut api = ResourceServiceClient::new(ch);
+                if api
+                    .get(proto::GetRequest {
+                        kind: "bgpconfig".into(),
+                        name: "default".into(),
+                        show_secrets: false,
+                    })
+                    .await
+                    .is_ok()
+                {
+                    return Ok(api);
+                }
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(anyhow!("controller not reachable: {e}"));
+            }
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            bail!("the controller did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn patch(kind: &str, name: &str, json: String) -> proto::PatchRequest {
+    proto::PatchRequest {
+        kind: kind.into(),
+        name: name.into(),
+        r#type: proto::PatchType::Merge as i32,
+        patch: json,
+        resource_version: String::new(),
+    }
+}
+
+async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::init(dir.path().join("pki"), 2)?;
+    let ctl_files = pki.issue(
+        &Role::Controller {
+            sans: vec!["127.0.0.1".into()],
+        },
+        2,
+    )?;
+    let admin = pki.issue(&Role::Admin, 2)?;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(controller_bin(a)?)
+        .args([
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--listen",
+            &addr,
+            "--ca",
+            &pki.ca_cert().display().to_string(),
+            "--cert",
+            &ctl_files.cert.display().to_string(),
+            "--key",
+            &ctl_files.key.display().to_string(),
+            "--log-level",
+            "warn",
+            "--status-writes-per-sec",
+            "1000",
+            // Block claims for thousands of nodes are IPAM's cost, not the fan-out's.
+            "--ipam-auto-blocks",
+            "false",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting tern-controller")?;
+    let pid = child.id();
+    let _ctl = ControllerProc { child };
+    let tls = ClientTls {
+        ca: Some(pki.ca_cert()),
+        cert: Some(admin.cert.clone()),
+        key: Some(admin.key.clone()),
+        server_name: None,
+        insecure: false,
+    };
+    let mut api = admin_client(&tls, &addr).await?;
+    // Beyond ~100 nodes Calico recommends route reflectors over the full mesh; with
+    // the mesh on, every agent would also receive every other node (N^2 traffic).
+    api.patch(patch(
+        "bgpconfig",
+        "default",
+        r#"{"spec":{"nodeToNodeMeshEnabled":false}}"#.into(),
+    ))
+    .await?;
+    api.create(proto::CreateRequest {
+        resource: Some(tern::model::protojson::to_proto(
+            &tern::manifest::parse_documents(
+                "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: bench}\nspec: {cidr: 10.128.0.0/16}\n",
+            )?
+            .remove(0),
+            false,
+        )),
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_base) = proc_usage(pid)?;
+
+    // Ramp up the agents in batches.
+    let ramp_start = Instant::now();
+    let applied: Vec<ApplyLog> = (0..a.agents).map(|_| Arc::default()).collect();
+    let mut agents = Vec::with_capacity(a.agents);
+    let mut observers = Vec::with_capacity(a.agents);
+    for start in (0..a.agents).step_by(a.batch.max(1)) {
+        let end = (start + a.batch).min(a.agents);
+        let mut batch = Vec::new();
+        for i in start..end {
+            let mut sync = SyncConfig::new(format!("node-{i}"), vec![addr.clone()], tls.clone());
+            sync.registration.ipv4_address =
+                format!("10.{}.{}.{}/8", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+            sync.status_interval = Duration::from_secs(5);
+            let cfg = AgentConfig {
+                sync,
+                exec: tern_agent::exec::Exec::host(),
+                nat: NatChoice::Driver(Box::new(RecordingDriver::bounded(2))),
+                bgp: None,
+                resync_interval: Duration::from_secs(3600),
+                status_interval: Duration::from_secs(3600),
+                metrics_listen: None,
+            };
+            batch.push(tern_agent::agent::start(cfg));
+        }
+        for (k, f) in futures::future::join_all(batch)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let agent = f?;
+            let mut rx = agent.applied.clone();
+            let log = applied[start + k].clone();
+            observers.push(tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let (rev, at) = {
+                        let a = rx.borrow_and_update();
+                        (a.revision, a.at)
+                    };
+                    if let Some(at) = at {
+                        log.lock().push((rev, at));
+                    }
+                }
+            }));
+            agents.push(agent);
+        }
+        // Wait for this batch to be in sync.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for ag in &agents[start..end] {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ag.wait_applied(1, left).await;
+        }
+    }
+    let ramp = ramp_start.elapsed();
+    let connected = agents
+        .iter()
+        .filter(|ag| ag.applied.borrow().revision > 0)
+        .count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu0, rss) = proc_usage(pid)?;
+
+    // Steady updates.
+    let mut sent = Vec::with_capacity(a.updates);
+    let period = Duration::from_secs_f64(1.0 / a.rate.max(0.01));
+    let mut tick = tokio::time::interval(period);
+    for k in 0..a.updates {
+        tick.tick().await;
+        let on = k % 2 == 0;
+        let issued = Instant::now();
+        let r = api
+            .patch(patch(
+                "ippool",
+                "bench",
+                format!(r#"{{"spec":{{"natOutgoing":{on}}}}}"#),
+            ))
+            .await?
+            .into_inner();
+        let t0 = Instant::now();
+        let rev: i64 = r
+            .metadata
+            .map(|m| m.resource_version)
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0);
+        sent.push((rev, t0, issued));
+    }
+    let last = sent.last().map_or(0, |s| s.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for ag in &agents {
+        ag.wait_applied(last, deadline.saturating_duration_since(Instant::now()))
+            .await;
+    }
+    let (cpu1, _) = proc_usage(pid)?;
+    let mut lat = Vec::new();
+    let mut lat_issued = Vec::new();
+    let mut missing = 0;
+    for log in &applied {
+        let log = log.lock();
+        for (rev, t0, issued) in &sent {
+            match log.iter().find(|(r, _)| r >= rev) {
+                Some((_, t)) => {
+                    lat.push(t.saturating_duration_since(*t0).as_secs_f64() * 1e3);
+                    lat_issued.push(t.saturating_duration_since(*issued).as_secs_f64() * 1e3);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    for o in observers {
+        o.abort();
+    }
+    drop(agents);
+    Ok(Outcome {
+        latencies_ms: lat,
+        from_issue_ms: lat_issued,
+        missing,
+        connected,
+        server_cpu_s: cpu1 - cpu0,
+        server_rss: rss,
+        server_rss_base: rss_base,
+        ramp,
+    })
+}
+
+/// Every agent watches the pool prefix in etcd itself, on its own connection.
+async fn etcd_direct(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
+    let pid = etcd.pid().ok_or_else(|| anyhow!("etcd is not running"))?;
+    let mut kv = etcd.client().await?;
+    kv.put("/tern/v1/ippool/bench", "{}", None).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, rss_base) = proc_usage(pid)?;
+    let ramp_start = Instant::now();
+    let seen: Vec<ApplyLog> = (0..a.agents).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    let mut connected = 0;
+    for start in (0..a.agents).step_by(a.batch.max(1)) {
+        let end = (start + a.batch).min(a.agents);
+        let mut batch = Vec::new();
+        for _ in start..end {
+            batch.push(async {
+                let mut c = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+                let s = c
+                    .watch(
+                        "/tern/v1/ippool/",
+                        Some(etcd_client::WatchOptions::new().with_prefix()),
+                    )
+                    .await?;
+                Ok::<_, etcd_client::Error>((c, s))
+            });
+        }
+        for (k, r) in futures::future::join_all(batch)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let Ok((c, mut s)) = r else { continue };
+            connected += 1;
+            let log = seen[start + k].clone();
+            tasks.push(tokio::spawn(async move {
+                let _keep = c;
+                while let Ok(Some(resp)) = s.message().await {
+                    for ev in resp.events() {
+                        if let Some(kv) = ev.kv() {
+                            log.lock().push((kv.mod_revision(), Instant::now()));
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    let ramp = ramp_start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu0, rss) = proc_usage(pid)?;
+    let mut sent = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate.max(0.01)));
+    for k in 0..a.updates {
+        tick.tick().await;
+        let v = format!(
+            r#"{{"spec":{{"cidr":"10.128.0.0/16","natOutgoing":{}}}}}"#,
+            k % 2 == 0
+        );
+        let issued = Instant::now();
+        let r = kv.put("/tern/v1/ippool/bench", v, None).await?;
+        sent.push((
+            r.header().map_or(0, |h| h.revision()),
+            Instant::now(),
+            issued,
+        ));
+    }
+    let last = sent.last().map_or(0, |s| s.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && !seen
+            .iter()
+            .all(|l| l.lock().iter().any(|(r, _)| *r >= last))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (cpu1, _) = proc_usage(pid)?;
+    let mut lat = Vec::new();
+    let mut lat_issued = Vec::new();
+    let mut missing = 0;
+    for log in &seen {
+        let log = log.lock();
+        for (rev, t0, issued) in &sent {
+            match log.iter().find(|(r, _)| r >= rev) {
+                Some((_, t)) => {
+                    lat.push(t.saturating_duration_since(*t0).as_secs_f64() * 1e3);
+                    lat_issued.push(t.saturating_duration_since(*issued).as_secs_f64() * 1e3);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(Outcome {
+        latencies_ms: lat,
+        from_issue_ms: lat_issued,
+        missing,
+        connected,
+        server_cpu_s: cpu1 - cpu0,
+        server_rss: rss,
+        server_rss_base: rss_base,
+        ramp,
+    })
+}
