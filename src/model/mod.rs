@@ -24,6 +24,8 @@ pub use types::*;
 pub const API_VERSION: &str = "tern.dev/v1";
 /// Calico's apiVersion, accepted on input.
 pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
+/// Kubernetes' apiVersion of a Secret, accepted on input for that kind only.
+pub const KUBERNETES_SECRET_API_VERSION: &str = "v1";
 
 /// An error in one field of a resource: the JSON path and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,7 +270,31 @@ fn parse_spec<S: DeserializeOwned>(spec: Value) -> Result<S, FieldError> {
 /// serde messages end with " at line 1 column 2" when they come from text; ours come
 /// from values, but keep the message short and without backticks either way.
 fn tidy_serde_message(msg: &str) -> String {
-    msg.replace('`', "'")
+    let msg = msg.replace('`', "'");
+    if msg.starts_with("invalid type: boolean") {
+        // Most likely an unquoted yes/no/on/off where a name or a word was meant.
+        return format!(
+            "{msg} (unquoted, YAML reads yes, no, on, off, y, n, true and false as booleans: \
+             quote the value)"
+        );
+    }
+    msg
+}
+
+/// The apiVersion a document of `kind` may say: tern's, Calico's, and Kubernetes' `v1`
+/// for a Secret.
+fn check_api_version(api_version: &str, kind: Kind) -> Result<(), FieldError> {
+    match api_version {
+        API_VERSION | CALICO_API_VERSION => Ok(()),
+        KUBERNETES_SECRET_API_VERSION if kind == Kind::Secret => Ok(()),
+        other => Err(FieldError::new(
+            "apiVersion",
+            format!(
+                "{other:?} is not supported for {kind} (use {API_VERSION} or \
+                 {CALICO_API_VERSION}; {KUBERNETES_SECRET_API_VERSION} only for a Secret)"
+            ),
+        )),
+    }
 }
 
 impl Resource {
@@ -298,21 +324,18 @@ impl Resource {
     }
 
     /// Parse a whole document (`apiVersion`, `kind`, `metadata`, `spec`).
+    ///
+    /// `apiVersion` is `tern.dev/v1` or `projectcalico.org/v3`; a Secret may also say
+    /// Kubernetes' `v1`, so that a Kubernetes Secret manifest applies unchanged.
     pub fn from_value(v: Value) -> Result<Resource, FieldError> {
         let Value::Object(mut map) = v else {
             return Err(FieldError::new("", "a resource must be a JSON/YAML object"));
         };
-        match map.get("apiVersion") {
-            Some(Value::String(a)) if a == API_VERSION || a == CALICO_API_VERSION => {}
-            Some(Value::String(a)) => {
-                return Err(FieldError::new(
-                    "apiVersion",
-                    format!("{a:?} is not supported (use {API_VERSION} or {CALICO_API_VERSION})"),
-                ));
-            }
+        let api_version = match map.get("apiVersion") {
+            Some(Value::String(a)) => a.clone(),
             Some(_) => return Err(FieldError::new("apiVersion", "must be a string")),
             None => return Err(FieldError::new("apiVersion", "required")),
-        }
+        };
         let kind =
             match map.remove("kind") {
                 Some(Value::String(k)) => Kind::ALL
@@ -330,6 +353,7 @@ impl Resource {
                 Some(_) => return Err(FieldError::new("kind", "must be a string")),
                 None => return Err(FieldError::new("kind", "required")),
             };
+        check_api_version(&api_version, kind)?;
         Resource::from_parts(kind, map)
     }
 
@@ -351,10 +375,16 @@ impl Resource {
         };
         if kind == Kind::Secret {
             let data = parse_secret_data(&mut map)?;
+            // Kubernetes' Secret type (`Opaque`, `kubernetes.io/basic-auth`, ...): tern
+            // reads every Secret as plain key/value data, so the type is not kept.
+            match map.remove("type") {
+                None | Some(Value::String(_)) => {}
+                Some(_) => return Err(FieldError::new("type", "must be a string")),
+            }
             if let Some(extra) = map.keys().next() {
                 return Err(FieldError::new(
                     extra.clone(),
-                    "unknown field (a Secret has metadata, data and stringData)",
+                    "unknown field (a Secret has metadata, type, data and stringData)",
                 ));
             }
             return Ok(Resource::Secret(Object {
@@ -365,6 +395,11 @@ impl Resource {
         let spec = map
             .remove("spec")
             .unwrap_or_else(|| Value::Object(Map::new()));
+        if kind == Kind::Node {
+            // `calicoctl get node -o yaml` prints the node's status (WireGuard keys, pod
+            // CIDRs): Calico's own, read and dropped so that such an export applies.
+            map.remove("status");
+        }
         if let Some(extra) = map.keys().next() {
             return Err(FieldError::new(
                 extra.clone(),
@@ -538,7 +573,9 @@ fn parse_secret_data(map: &mut Map<String, Value>) -> Result<SecretData, FieldEr
             let Value::String(s) = v else {
                 return Err(FieldError::new(
                     format!("stringData.{k}"),
-                    "must be a string",
+                    format!(
+                        "must be a string, not {v} (quote it: unquoted, YAML reads yes, no, on, off, true, false and numbers as such)"
+                    ),
                 ));
             };
             out.insert(k, SecretValue::new(s));
@@ -584,9 +621,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// One document, read as manifests are read.
     fn parse_yaml(y: &str) -> Result<Resource, FieldError> {
-        let v: Value = serde_yaml::from_str(y).expect("test yaml parses");
-        Resource::from_value(v)
+        let mut docs = crate::manifest::parse_documents_raw(y).expect("test yaml parses");
+        assert_eq!(docs.len(), 1, "{y}");
+        Resource::from_value(docs.remove(0))
     }
 
     #[test]
@@ -637,6 +676,14 @@ mod tests {
         let e = parse_yaml("apiVersion: tern.dev/v1\nkind: BGPFilter\nmetadata: {name: f}\nspec:\n  exportV4:\n    - action: Accept\n    - action: Maybe\n")
             .expect_err("bad action");
         assert_eq!(e.field, "spec.exportV4[1].action");
+        let e = parse_yaml("apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: on}\nspec: {cidr: 10.0.0.0/8}\n")
+            .expect_err("a boolean name");
+        assert_eq!(e.field, "metadata.name");
+        assert!(e.reason.ends_with("as booleans: quote the value)"), "{e}");
+        let e = parse_yaml("apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerSelector: y}\n")
+            .expect_err("a boolean selector");
+        assert_eq!(e.field, "spec.peerSelector");
+        assert!(e.reason.contains("quote the value"), "{e}");
     }
 
     #[test]
@@ -651,6 +698,54 @@ mod tests {
         assert!(!format!("{r:?}").contains("hunter2"));
         let back = Resource::from_value(r.to_value()).expect("round trip");
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn kubernetes_secrets_apply_unchanged() {
+        let r = parse_yaml("apiVersion: v1\nkind: Secret\nmetadata: {name: bgp-secrets, namespace: calico-system}\ntype: Opaque\nstringData: {rr-password: very-secret}\n")
+            .expect("a Kubernetes Secret");
+        let Resource::Secret(s) = &r else {
+            panic!("not a secret")
+        };
+        assert_eq!(s.spec["rr-password"].expose(), "very-secret");
+        assert_eq!(r.to_value()["apiVersion"], API_VERSION);
+        assert!(r.to_value().get("type").is_none());
+        // v1 is Kubernetes' Secret, not anything else.
+        let e = parse_yaml("apiVersion: v1\nkind: BGPPeer\nmetadata: {name: p}\n")
+            .expect_err("v1 peer");
+        assert_eq!(e.field, "apiVersion");
+        assert_eq!(
+            e.reason,
+            "\"v1\" is not supported for BGPPeer (use tern.dev/v1 or projectcalico.org/v3; v1 \
+             only for a Secret)"
+        );
+        let e = parse_yaml("apiVersion: v2\nkind: Secret\nmetadata: {name: s}\n").expect_err("v2");
+        assert_eq!(e.field, "apiVersion");
+        let e = parse_yaml("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: [x]\n")
+            .expect_err("type");
+        assert_eq!(e.to_string(), "type: must be a string");
+        let e = parse_yaml("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nimmutable: true\n")
+            .expect_err("immutable");
+        assert_eq!(e.field, "immutable");
+        let e = parse_yaml(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {a: true}\n",
+        )
+        .expect_err("a boolean");
+        assert_eq!(e.field, "stringData.a");
+        assert!(
+            e.reason.starts_with("must be a string, not true (quote it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn calico_node_exports_drop_status() {
+        let r = parse_yaml("apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec:\n  bgp: {ipv4Address: 10.0.0.2/24}\nstatus:\n  podCIDRs: [192.168.1.0/24]\n")
+            .expect("node with status");
+        assert!(r.to_value().get("status").is_none());
+        let e = parse_yaml("apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\nstatus: {}\n")
+            .expect_err("status on a pool");
+        assert_eq!(e.field, "status");
     }
 
     #[test]

@@ -248,10 +248,10 @@ fn blocks_pending_deleted_and_single_address() {
 #[test]
 fn pools_export_and_kernel_programming() {
     let y = node("a", "10.0.0.1", "")
-        + &doc("IPPool", "on", "  cidr: 192.168.1.0/24\n")
+        + &doc("IPPool", "'on'", "  cidr: 192.168.1.0/24\n")
         + &doc(
             "IPPool",
-            "off",
+            "'off'",
             "  cidr: 192.168.2.0/24\n  disableBGPExport: true\n",
         )
         + &doc(
