@@ -788,8 +788,11 @@ fn bgp_configuration(c: &BGPConfiguration, e: &mut Errors) {
         ("serviceExternalIPs", &s.service_external_ips),
         ("serviceLoadBalancerIPs", &s.service_load_balancer_ips),
     ] {
+        // Entries without a CIDR (`- {}`) are accepted and ignored, as Calico does.
         for (i, b) in list.iter().enumerate() {
-            e.check(format!("spec.{field}[{i}].cidr"), masked(&b.cidr));
+            if let Some(cidr) = &b.cidr {
+                e.check(format!("spec.{field}[{i}].cidr"), masked(cidr));
+            }
         }
     }
 
@@ -1340,6 +1343,8 @@ mod tests {
                 ("default", "{}"),
                 ("default", "{nodeToNodeMeshEnabled: false, asNumber: 63400, listenPort: 178, bindMode: NodeIP, logSeverityScreen: Debug}"),
                 ("default", "{serviceClusterIPs: [{cidr: 10.96.0.0/12}], serviceExternalIPs: [{cidr: 104.244.42.129/32}, {cidr: 172.217.3.0/24}], serviceLoadBalancerIPs: [{cidr: 'fd00:1::/112'}]}"),
+                // Calico's empty entries are accepted (and ignored).
+                ("default", "{serviceClusterIPs: [{}], serviceExternalIPs: [{}, {cidr: 104.244.42.129/32}], serviceLoadBalancerIPs: [{}]}"),
                 ("default", "{communities: [{name: bgp-large-community, value: '63400:300:100'}], prefixAdvertisements: [{cidr: 172.218.4.0/26, communities: [bgp-large-community, '63400:120']}]}"),
                 ("default", "{communities: [{name: max, value: '65535:65535'}, {name: large, value: '4294967295:0:4294967295'}], prefixAdvertisements: [{cidr: 10.0.0.0/8, communities: [max, large]}]}"),
                 ("default", "{nodeMeshPassword: {secretKeyRef: {name: bgp-secrets, key: mesh}}, nodeMeshMaxRestartTime: 120s}"),
@@ -1364,6 +1369,8 @@ mod tests {
                 ("default", "{serviceClusterIPs: [{cidr: 10.96.0.0/12}, {cidr: 10.97.0.1/16}]}", "spec.serviceClusterIPs[1].cidr", "10.97.0.1/16 is not a network address; did you mean 10.97.0.0/16?"),
                 ("default", "{serviceExternalIPs: [{cidr: 104.244.42.129/24}]}", "spec.serviceExternalIPs[0].cidr", "not a network address"),
                 ("default", "{serviceLoadBalancerIPs: [{cidr: 'fd00::1/64'}]}", "spec.serviceLoadBalancerIPs[0].cidr", "not a network address"),
+                ("default", "{serviceExternalIPs: [{}, {cidr: 10.0.0.1/8}]}", "spec.serviceExternalIPs[1].cidr", "not a network address"),
+                ("node.a", "{serviceClusterIPs: [{}]}", "spec.serviceClusterIPs", "is cluster-wide"),
                 ("default", "{communities: [{name: Bad_Name, value: '1:2'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].name", "not a valid community name"),
                 ("default", "{communities: [{name: c, value: '1:2'}, {name: c, value: '1:3'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[1].name", "defined more than once"),
                 ("default", "{communities: [{name: c, value: '65536:1'}], prefixAdvertisements: [{cidr: 10.0.0.0/8}]}", "spec.communities[0].value", "standard community aa:nn must be 0-65535"),

@@ -194,11 +194,18 @@ impl BGPPeerSpec {
     }
 
     /// True when this peering applies to the node (by name, selector, or globally).
+    ///
+    /// `nodeSelector` is looked at before `node`, in Calico's order. Validation refuses
+    /// a peering with both, so the order only matters for unvalidated input (such as
+    /// `tern-agent render --input`), where it keeps tern and Calico in agreement.
     pub fn applies_to(&self, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if !self.node_selector.is_empty() {
+            return self.node_selector.matches(labels);
+        }
         if !self.node.is_empty() {
             return self.node == node_name;
         }
-        self.node_selector.matches(labels)
+        true
     }
 
     /// True when this peering's peerSelector picks the node as a remote peer.
@@ -214,12 +221,18 @@ impl BGPPeerSpec {
         self.reverse_peering.unwrap_or_default()
     }
 
-    /// The effective next hop mode, honouring the older keepOriginalNextHop flag.
-    pub fn next_hop_mode(&self) -> NextHopMode {
+    /// The next hop mode of one session of this peering, as Calico decides it:
+    /// `nextHopMode` `Self` or `Keep` when set; otherwise the older
+    /// `keepOriginalNextHop` flag gives `Keep`, but only when `keep_applies`: Calico
+    /// carries the flag for `peerIP` peerings only and honours it on eBGP sessions only
+    /// (the peer's AS differs from the AS the node uses towards it). `Auto` otherwise.
+    pub fn next_hop_mode(&self, keep_applies: bool) -> NextHopMode {
         match self.next_hop_mode {
-            Some(m) => m,
-            None if self.keep_original_next_hop => NextHopMode::Keep,
-            None => NextHopMode::Auto,
+            Some(m @ (NextHopMode::SelfHop | NextHopMode::Keep)) => m,
+            Some(NextHopMode::Auto) | None if self.keep_original_next_hop && keep_applies => {
+                NextHopMode::Keep
+            }
+            Some(NextHopMode::Auto) | None => NextHopMode::Auto,
         }
     }
 
@@ -253,20 +266,32 @@ pub enum LogSeverity {
     Fatal,
 }
 
+/// Which cluster routes (routes to other nodes' blocks) BIRD programs into the kernel;
+/// Felix (or nobody) programs the others. Unset means `EnabledNoEncapOnly`, as in
+/// Calico: BIRD programs the routes of unencapsulated pools, not those of IPIP pools
+/// (Calico's confd renders the same configuration for an unset value and for
+/// `EnabledNoEncapOnly`). VXLAN routes are never BIRD's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ProgramClusterRoutes {
-    #[default]
+    /// BIRD programs no cluster routes.
     Disabled,
+    /// BIRD programs the routes of IPIP and of unencapsulated pools.
     Enabled,
+    /// BIRD programs the routes of IPIP pools only.
     #[serde(rename = "EnabledIPIPOnly")]
     EnabledIpipOnly,
+    /// BIRD programs the routes of unencapsulated pools only (the default).
+    #[default]
     EnabledNoEncapOnly,
 }
 
+/// A Service address range to advertise. Calico accepts (and ignores) an entry without
+/// a CIDR, `- {}`; so does tern.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceIPBlock {
-    pub cidr: Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<Cidr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,6 +358,21 @@ pub struct BGPConfigurationSpec {
 }
 
 impl BGPConfigurationSpec {
+    /// The effective programClusterRoutes (unset: `EnabledNoEncapOnly`).
+    pub fn program_cluster_routes(&self) -> ProgramClusterRoutes {
+        self.program_cluster_routes.unwrap_or_default()
+    }
+
+    /// The CIDRs of serviceClusterIPs, serviceExternalIPs and serviceLoadBalancerIPs,
+    /// in that order, without the empty entries.
+    pub fn service_cidrs(&self) -> impl Iterator<Item = Cidr> + '_ {
+        self.service_cluster_ips
+            .iter()
+            .chain(&self.service_external_ips)
+            .chain(&self.service_load_balancer_ips)
+            .filter_map(|b| b.cidr)
+    }
+
     pub fn mesh_secret_name(&self) -> Option<&str> {
         self.node_mesh_password
             .as_ref()
@@ -621,3 +661,74 @@ impl std::fmt::Debug for SecretValue {
 
 /// Secret data: key -> value.
 pub type SecretData = BTreeMap<String, SecretValue>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(spec: serde_json::Value) -> BGPPeerSpec {
+        serde_json::from_value(spec).expect("peer spec")
+    }
+
+    #[test]
+    fn keep_original_next_hop_only_where_calico_honours_it() {
+        let keep = peer(serde_json::json!({"peerIP": "10.0.0.1", "keepOriginalNextHop": true}));
+        assert_eq!(keep.next_hop_mode(true), NextHopMode::Keep);
+        assert_eq!(keep.next_hop_mode(false), NextHopMode::Auto);
+        for (mode, want) in [
+            ("Self", NextHopMode::SelfHop),
+            ("Keep", NextHopMode::Keep),
+            ("Auto", NextHopMode::Auto),
+        ] {
+            let p = peer(serde_json::json!({"peerIP": "10.0.0.1", "nextHopMode": mode}));
+            assert_eq!(p.next_hop_mode(true), want, "{mode}");
+            assert_eq!(p.next_hop_mode(false), want, "{mode}");
+        }
+        // Both set (validation refuses it; unvalidated input): Auto lets the flag count.
+        let both = peer(
+            serde_json::json!({"peerIP": "10.0.0.1", "nextHopMode": "Auto", "keepOriginalNextHop": true}),
+        );
+        assert_eq!(both.next_hop_mode(true), NextHopMode::Keep);
+        assert_eq!(
+            peer(serde_json::json!({})).next_hop_mode(true),
+            NextHopMode::Auto
+        );
+    }
+
+    #[test]
+    fn node_selector_before_node() {
+        let labels: BTreeMap<String, String> = [("rack".to_string(), "a".to_string())].into();
+        let by_selector = peer(serde_json::json!({"nodeSelector": "rack == 'a'"}));
+        assert!(by_selector.applies_to("n1", &labels));
+        assert!(!by_selector.applies_to("n1", &BTreeMap::new()));
+        let by_name = peer(serde_json::json!({"node": "n1"}));
+        assert!(by_name.applies_to("n1", &BTreeMap::new()));
+        assert!(!by_name.applies_to("n2", &labels));
+        assert!(peer(serde_json::json!({})).applies_to("any", &BTreeMap::new()));
+        // Both (refused by validation): the selector decides, as in Calico.
+        let both = peer(serde_json::json!({"node": "n1", "nodeSelector": "rack == 'a'"}));
+        assert!(both.applies_to("n2", &labels));
+        assert!(!both.applies_to("n1", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn cluster_routes_default_and_empty_service_blocks() {
+        let c: BGPConfigurationSpec = serde_json::from_value(serde_json::json!({
+            "serviceClusterIPs": [{}, {"cidr": "10.96.0.0/12"}],
+            "serviceExternalIPs": [{}],
+            "serviceLoadBalancerIPs": [{"cidr": "fd00::/112"}],
+        }))
+        .expect("config");
+        assert_eq!(
+            c.program_cluster_routes(),
+            ProgramClusterRoutes::EnabledNoEncapOnly
+        );
+        let cidrs: Vec<String> = c.service_cidrs().map(|c| c.to_string()).collect();
+        assert_eq!(cidrs, ["10.96.0.0/12", "fd00::/112"]);
+        // An empty entry is written back as Calico writes it.
+        assert_eq!(
+            serde_json::to_value(&c).expect("serializes")["serviceExternalIPs"],
+            serde_json::json!([{}])
+        );
+    }
+}

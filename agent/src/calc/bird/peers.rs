@@ -374,13 +374,11 @@ fn explicit_session(
 
     let local_as = if r.by_ip { spec.local_as_number } else { None };
     let same_as = r.as_number == local_as.unwrap_or(me.as_number);
-    let next_hop = match spec.next_hop_mode {
-        Some(NextHopMode::SelfHop) => Some(NextHop::SelfHop),
-        Some(NextHopMode::Keep) => Some(NextHop::Keep),
-        // The older keepOriginalNextHop flag only changes eBGP peerings.
-        Some(NextHopMode::Auto) | None => {
-            (r.by_ip && spec.keep_original_next_hop && !same_as).then_some(NextHop::Keep)
-        }
+    // The older keepOriginalNextHop flag only counts on eBGP sessions of peerIP peerings.
+    let next_hop = match spec.next_hop_mode(r.by_ip && !same_as) {
+        NextHopMode::SelfHop => Some(NextHop::SelfHop),
+        NextHopMode::Keep => Some(NextHop::Keep),
+        NextHopMode::Auto => None,
     };
     // `rr client` towards iBGP peers outside this node's cluster, when it reflects.
     let rr_cluster_id = match me.cluster_id {

@@ -430,21 +430,14 @@ fn family_plan(
     // Service addresses, unless the node opts out as for external load balancers.
     let mut service_routes = BTreeSet::new();
     if me.labels.get(EXCLUDE_SERVICES_LABEL).map(String::as_str) != Some("true") {
-        for block in config
-            .service_cluster_ips
-            .iter()
-            .chain(&config.service_external_ips)
-            .chain(&config.service_load_balancer_ips)
-        {
-            let net = block.cidr.net().trunc();
+        // Entries without a CIDR (`- {}`) are left out, as Calico does.
+        for cidr in config.service_cidrs() {
+            let net = cidr.net().trunc();
             if of_family(&net) {
                 service_routes.insert(net);
             }
         }
-    } else if !config.service_cluster_ips.is_empty()
-        || !config.service_external_ips.is_empty()
-        || !config.service_load_balancer_ips.is_empty()
-    {
+    } else if config.service_cidrs().next().is_some() {
         notes.push(format!(
             "Service addresses are not advertised: the node has {EXCLUDE_SERVICES_LABEL}=true."
         ));
@@ -483,9 +476,7 @@ fn family_plan(
     }
 
     // Pools: export, and what BIRD programs into the kernel (programClusterRoutes).
-    let policy = config
-        .program_cluster_routes
-        .unwrap_or(ProgramClusterRoutes::EnabledNoEncapOnly);
+    let policy = config.program_cluster_routes();
     let mut pools: Vec<&IPPool> = view
         .pools
         .values()
