@@ -153,7 +153,12 @@ pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
     let Value::Object(map) = v else {
         return Err(FieldError::new("", "a resource must be a JSON/YAML object"));
     };
-    let s = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let meta: ObjectMeta = match map.get("metadata") {
         Some(m) => serde_json::from_value(m.clone())
             .map_err(|e| FieldError::new("metadata", e.to_string()))?,
@@ -165,7 +170,12 @@ pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
             let raw = v.as_str().unwrap_or_default();
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(raw.trim())
-                .map_err(|_| FieldError::new(format!("data.{k}"), "is not base64 (use stringData for plain text)"))?;
+                .map_err(|_| {
+                    FieldError::new(
+                        format!("data.{k}"),
+                        "is not base64 (use stringData for plain text)",
+                    )
+                })?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| FieldError::new(format!("data.{k}"), "is not UTF-8 text"))?;
             data.insert(k.clone(), text);
