@@ -99,6 +99,128 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ManifestError> {
         .collect()
 }
 
+/// A JSON value as one YAML document (block style, as serde_yaml writes it) that reads
+/// back as the same value, here and in Calico (YAML 1.1): text that either reader would
+/// take for something else (`yes`, `on`, `0755`, `1_000`, `null`, ...) is quoted.
+/// serde_yaml alone writes the string `"yes"` unquoted, which this module reads as a
+/// boolean.
+pub fn to_yaml(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Object(m) if !m.is_empty() => write_map(&mut out, m, 0),
+        Value::Array(a) if !a.is_empty() => write_seq(&mut out, a, 0),
+        other => {
+            out.push_str(&inline(other));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A scalar or an empty collection, on one line.
+fn inline(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => yaml_text(s),
+        Value::Array(_) => "[]".to_string(),
+        Value::Object(_) => "{}".to_string(),
+    }
+}
+
+fn is_nested(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+        _ => false,
+    }
+}
+
+fn write_map(out: &mut String, m: &Map<String, Value>, indent: usize) {
+    for (k, v) in m {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&yaml_text(k));
+        out.push(':');
+        match v {
+            Value::Object(inner) if !inner.is_empty() => {
+                out.push('\n');
+                write_map(out, inner, indent + 2);
+            }
+            // Sequence items sit at the key's indentation, as serde_yaml writes them.
+            Value::Array(items) if !items.is_empty() => {
+                out.push('\n');
+                write_seq(out, items, indent);
+            }
+            scalar => {
+                out.push(' ');
+                out.push_str(&inline(scalar));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn write_seq(out: &mut String, items: &[Value], indent: usize) {
+    for item in items {
+        if !is_nested(item) {
+            out.push_str(&" ".repeat(indent));
+            out.push_str("- ");
+            out.push_str(&inline(item));
+            out.push('\n');
+            continue;
+        }
+        // The item's block, indented by two, with its first indentation replaced by "- ".
+        let mut block = String::new();
+        match item {
+            Value::Object(m) => write_map(&mut block, m, indent + 2),
+            Value::Array(a) => write_seq(&mut block, a, indent + 2),
+            _ => {}
+        }
+        out.push_str(&" ".repeat(indent));
+        out.push_str("- ");
+        out.push_str(block.get(indent + 2..).unwrap_or_default());
+    }
+}
+
+/// Text as a YAML scalar: plain when every reader takes it for this text, else quoted.
+fn yaml_text(s: &str) -> String {
+    if !needs_quotes(s) {
+        return s.to_string();
+    }
+    if s.chars().any(|c| c.is_control()) {
+        // JSON's escapes are YAML's double-quoted escapes.
+        return serde_json::to_string(s).expect("a string always serializes");
+    }
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn needs_quotes(s: &str) -> bool {
+    let Some(first) = s.chars().next() else {
+        return true;
+    };
+    // Read back by this module as something else, or as a YAML 1.1 octal number.
+    if plain_scalar(s.to_string()) != Value::String(s.to_string()) || digits_but_not_number(s) {
+        return true;
+    }
+    // A number to Go's yaml.v2, which also ignores underscores (`1_000`).
+    if first.is_ascii_digit() || matches!(first, '+' | '-' | '.') {
+        let t: String = s.chars().filter(|&c| c != '_').collect();
+        if int(&t).is_some() || t.parse::<f64>().is_ok() {
+            return true;
+        }
+    }
+    // YAML syntax: indicators at the start, comments, `key: value`, surrounding blanks,
+    // line breaks and other control characters, document markers.
+    "-?:,[]{}#&*!|>'\"%@`".contains(first)
+        || s.contains(": ")
+        || s.contains(" #")
+        || s.ends_with(':')
+        || s.starts_with(char::is_whitespace)
+        || s.ends_with(char::is_whitespace)
+        || s.chars().any(|c| c.is_control())
+}
+
 /// Every document of a YAML stream as a JSON value (`Null` for an empty document).
 fn read_yaml(text: &str) -> Result<Vec<Value>, ManifestError> {
     let mut parser = Parser::new_from_str(text);
@@ -777,6 +899,117 @@ mod tests {
         assert_eq!(index, 2);
         let (_, _, _, message) = syntax("a:\n  <<: 1\n");
         assert!(message.contains("merge key"), "{message}");
+    }
+
+    #[test]
+    fn written_yaml_reads_back_the_same() {
+        let tricky = [
+            "yes",
+            "No",
+            "on",
+            "OFF",
+            "y",
+            "N",
+            "true",
+            "False",
+            "null",
+            "~",
+            "",
+            "12",
+            "-3",
+            "0x1F",
+            "0755",
+            "1_000",
+            "1.5",
+            ".inf",
+            "1e3",
+            "+1",
+            "-",
+            "--- x",
+            "...",
+            "!has(routeReflector)",
+            "rack == 'r1'",
+            "a: b",
+            "a #b",
+            "a:",
+            " a",
+            "a ",
+            "'quoted'",
+            "\"dq\"",
+            "line\nbreak",
+            "tab\there",
+            "*ref",
+            "&anchor",
+            "%x",
+            "@x",
+            "`x`",
+            "{a}",
+            "[a]",
+            "a, b",
+            "- item",
+            "? q",
+            "| x",
+            "> x",
+            "#c",
+            "all()",
+            "10.0.0.0/16",
+            "fd00::/48",
+            "1.10",
+            "64512:300:100",
+            "200:1",
+            "émoji ✓",
+        ];
+        let mut labels = Map::new();
+        let mut list = Vec::new();
+        for (i, t) in tricky.iter().enumerate() {
+            labels.insert(format!("k{i}"), json!(t));
+            labels.insert((*t).to_string(), json!(i));
+            list.push(json!(t));
+        }
+        let v = json!({
+            "apiVersion": "tern.dev/v1",
+            "kind": "Thing",
+            "metadata": {"name": "x", "labels": labels},
+            "spec": {
+                "list": list,
+                "nested": [[1, [2, {}]], {"a": [], "b": {"c": [{"d": null}]}}, []],
+                "numbers": [0, -1, 1.5, 18446744073709551615u64],
+                "bools": [true, false],
+                "empty": {},
+            },
+        });
+        let text = to_yaml(&v);
+        assert_eq!(one(&text), v, "{text}");
+        for scalar in [json!("yes"), json!(3), json!(null), json!([]), json!({})] {
+            assert_eq!(one(&to_yaml(&scalar)), scalar);
+        }
+        assert_eq!(to_yaml(&json!({"a": "yes", "b": "x"})), "a: 'yes'\nb: x\n");
+    }
+
+    #[test]
+    fn written_yaml_looks_like_serde_yaml() {
+        // Nothing ambiguous here: the text is exactly what serde_yaml writes.
+        let v = json!({
+            "apiVersion": "tern.dev/v1",
+            "kind": "IPPoolList",
+            "metadata": {"resourceVersion": "41"},
+            "items": [{
+                "apiVersion": "tern.dev/v1",
+                "kind": "IPPool",
+                "metadata": {"name": "default-ipv4-ippool", "labels": {"team": "a"}},
+                "spec": {
+                    "cidr": "192.168.0.0/16",
+                    "blockSize": 26,
+                    "natOutgoing": true,
+                    "nodeSelector": "!has(edge)",
+                    "allowedUses": ["Workload", "Tunnel"],
+                    "empty": [],
+                },
+            }],
+        });
+        let ours = to_yaml(&v);
+        let theirs = serde_yaml::to_string(&v).expect("serializes");
+        assert_eq!(ours, theirs);
     }
 
     #[test]
