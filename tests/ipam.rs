@@ -17,14 +17,14 @@ use tonic_types::StatusExt as _;
 
 fn node(name: &str, labels: &str) -> proto::Resource {
     res(&format!(
-        "apiVersion: tern.dev/v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{labels}}}}}\nspec: {{}}\n"
+        "apiVersion: tern.dev/v1\nkind: Node\nmetadata: {{name: '{name}', labels: {{{labels}}}}}\nspec: {{}}\n"
     ))
 }
 
 /// An IPPool with a block size, a disabled flag and a node selector.
 fn pool(name: &str, cidr: &str, block: u8, disabled: bool, selector: &str) -> proto::Resource {
     res(&format!(
-        "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{cidr: '{cidr}', blockSize: {block}, disabled: {disabled}, nodeSelector: \"{selector}\"}}\n"
+        "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {{name: '{name}'}}\nspec: {{cidr: '{cidr}', blockSize: {block}, disabled: {disabled}, nodeSelector: \"{selector}\"}}\n"
     ))
 }
 
