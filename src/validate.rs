@@ -992,6 +992,20 @@ fn bgp_filter_rule(at: &str, family: Family, r: &BGPFilterRule, e: &mut Errors) 
 // Node
 
 fn node(n: &Node, e: &mut Errors) {
+    // Calico's `net` rule: an IP address or an address in CIDR form.
+    for (i, a) in n.spec.addresses.iter().enumerate() {
+        let t = a.address.trim();
+        if t.parse::<IpAddr>().is_err() && t.parse::<IpNet>().is_err() {
+            e.add(
+                format!("spec.addresses[{i}].address"),
+                format!(
+                    "{:?} is not an IP address or an address in CIDR form (for example \
+                     10.0.0.2 or 10.0.0.2/24)",
+                    a.address
+                ),
+            );
+        }
+    }
     let Some(b) = &n.spec.bgp else {
         return;
     };
@@ -1441,6 +1455,8 @@ mod tests {
                 ("kube-master", "{}"),
                 ("kube-master", "{bgp: {ipv4Address: 10.0.0.2/24, ipv6Address: 'fd00::2/64', asNumber: 65001, routeReflectorClusterID: 224.0.0.1}}"),
                 ("n1.rack-2", "{bgp: {ipv4Address: 10.0.0.2, ipv4IPIPTunnelAddr: 192.168.0.1}}"),
+                // As `calicoctl get node -o yaml` exports it.
+                ("kube-master", "{addresses: [{address: 10.0.0.2/24, type: CalicoNodeIP}, {address: 10.0.0.2, type: InternalIP}, {address: 'fd00::2'}], orchRefs: [{nodeName: kube-master, orchestrator: k8s}]}"),
             ],
             &[
                 ("Kube_Master", "{}", "metadata.name", "is not a valid name"),
@@ -1450,6 +1466,7 @@ mod tests {
                 ("n", "{bgp: {ipv4Address: 0.0.0.0/0}}", "spec.bgp.ipv4Address", "unspecified address"),
                 ("n", "{bgp: {ipv4Address: 10.0.0.2/24, routeReflectorClusterID: 'fd00::1'}}", "spec.bgp.routeReflectorClusterID", "not an IPv4 address"),
                 ("n", "{bgp: {ipv4Address: 10.0.0.2/24, ipv4IPIPTunnelAddr: 'fd00::1'}}", "spec.bgp.ipv4IPIPTunnelAddr", "not an IPv4 address"),
+                ("n", "{addresses: [{address: 10.0.0.2}, {address: node-1.example}]}", "spec.addresses[1].address", "is not an IP address or an address in CIDR form"),
             ],
         );
     }

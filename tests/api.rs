@@ -121,7 +121,9 @@ async fn crud_every_kind_with_defaults() {
         .iter()
         .filter(|r| {
             r.kind != "BlockAffinity"
-                || r.metadata.as_ref().is_some_and(|m| m.name == "n1-10-244-0-0-26")
+                || r.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == "n1-10-244-0-0-26")
         })
         .count();
     assert_eq!(not_blocks, docs.len() + 1);

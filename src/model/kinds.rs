@@ -533,11 +533,53 @@ pub struct NodeBGPSpec {
     pub ipv4_ipip_tunnel_addr: Option<Ip>,
 }
 
+/// What a node address is (Calico's `spec.addresses[].type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeAddressType {
+    /// The address calico-node detected and uses for the node.
+    CalicoNodeIP,
+    /// The Kubernetes node's InternalIP.
+    InternalIP,
+    /// The Kubernetes node's ExternalIP.
+    ExternalIP,
+}
+
+/// An address the node can be reached at, as Calico records it. Stored and shown; tern
+/// does not use it (BGP uses `spec.bgp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeAddress {
+    /// An IP address, or an address in CIDR form (`10.0.0.2`, `10.0.0.2/24`), kept as
+    /// written.
+    pub address: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub address_type: Option<NodeAddressType>,
+}
+
+/// The node as an orchestrator knows it (Calico's `spec.orchRefs[]`). Stored and shown;
+/// tern does not use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchRef {
+    /// The node's name in the orchestrator.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    /// The orchestrator, e.g. `k8s`.
+    #[serde(default)]
+    pub orchestrator: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<NodeBGPSpec>,
+    /// The node's addresses, as `calicoctl get node -o yaml` shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    /// The node in its orchestrators, as `calicoctl get node -o yaml` shows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orch_refs: Vec<OrchRef>,
 }
 
 impl NodeSpec {

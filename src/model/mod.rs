@@ -743,6 +743,35 @@ mod tests {
         let r = parse_yaml("apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec:\n  bgp: {ipv4Address: 10.0.0.2/24}\nstatus:\n  podCIDRs: [192.168.1.0/24]\n")
             .expect("node with status");
         assert!(r.to_value().get("status").is_none());
+        // The whole of a `calicoctl get node -o yaml`: addresses and orchRefs are kept.
+        let export = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: kube-master\n  labels: {kubernetes.io/hostname: kube-master}\n  resourceVersion: '1234'\n  uid: 5c0e4f0a\n  creationTimestamp: '2024-01-01T00:00:00Z'\nspec:\n  addresses:\n  - address: 10.0.0.2/24\n    type: CalicoNodeIP\n  - address: 10.0.0.2\n    type: InternalIP\n  bgp:\n    ipv4Address: 10.0.0.2/24\n    ipv4IPIPTunnelAddr: 192.168.0.1\n  orchRefs:\n  - nodeName: kube-master\n    orchestrator: k8s\nstatus:\n  podCIDRs:\n  - 192.168.0.0/24\n";
+        let r = parse_yaml(export).expect("calicoctl export");
+        let Resource::Node(n) = &r else {
+            panic!("not a node")
+        };
+        assert_eq!(n.spec.addresses.len(), 2);
+        assert_eq!(n.spec.addresses[1].address, "10.0.0.2");
+        assert_eq!(
+            n.spec.addresses[0].address_type,
+            Some(NodeAddressType::CalicoNodeIP)
+        );
+        assert_eq!(n.spec.orch_refs[0].orchestrator, "k8s");
+        let v = r.to_value();
+        assert_eq!(
+            v["spec"]["addresses"],
+            serde_json::json!([
+                {"address": "10.0.0.2/24", "type": "CalicoNodeIP"},
+                {"address": "10.0.0.2", "type": "InternalIP"},
+            ])
+        );
+        assert_eq!(
+            v["spec"]["orchRefs"],
+            serde_json::json!([{"nodeName": "kube-master", "orchestrator": "k8s"}])
+        );
+        assert_eq!(Resource::from_value(v).expect("round trip"), r);
+        let e = parse_yaml("apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: n1}\nspec: {addresses: [{address: 10.0.0.2, type: Public}]}\n")
+            .expect_err("unknown type");
+        assert_eq!(e.field, "spec.addresses[0].type");
         let e = parse_yaml("apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\nstatus: {}\n")
             .expect_err("status on a pool");
         assert_eq!(e.field, "status");

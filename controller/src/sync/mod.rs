@@ -131,6 +131,7 @@ async fn register(
                             ipv6_address: v6,
                             ..Default::default()
                         }),
+                        ..Default::default()
                     },
                 ));
                 r.metadata_mut().labels = labels.clone().into_iter().collect();

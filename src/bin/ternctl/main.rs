@@ -493,7 +493,7 @@ fn print_documents(
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-        _ => print!("{}", serde_yaml::to_string(&v)?),
+        _ => print!("{}", tern::manifest::to_yaml(&v)),
     }
     Ok(())
 }
