@@ -526,3 +526,133 @@ async fn hello_errors_are_precise() {
     }
     assert!(saw_snapshot);
 }
+
+/// Nothing reaches the host before the first complete sync; with the controller gone,
+/// the last applied state stays (fail static).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_before_the_first_sync_and_fail_static_after() {
+    let mut c = Cluster::without_controller();
+    let port = tern_testkit::etcd::free_port();
+    let mut cfg = c.controller_config();
+    cfg.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    // The agent starts while no controller is there.
+    let (agent, driver) =
+        recording_agent(&c, "n1", "10.0.0.1/24", vec![format!("127.0.0.1:{port}")]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(driver.records().is_empty(), "nothing applied before a sync");
+    c.add_controller_with(cfg).await;
+    let r = create(&c, pool("a", "10.244.0.0/16")).await;
+    assert!(
+        agent.wait_applied(r, Duration::from_secs(15)).await,
+        "applied once synced"
+    );
+    let applied = driver.records().len();
+    // The controller goes away: the host keeps its state, nothing is removed.
+    c.controllers.remove(0).shutdown().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        driver.current().map(|s| s.v4.all_pools.len()),
+        Some(1),
+        "state kept"
+    );
+    assert!(
+        driver.records()[applied..]
+            .iter()
+            .all(|r| r.op != tern_agent::dataplane::RecordedOp::Cleanup),
+        "no cleanup while the controller is away"
+    );
+}
+
+/// etcd restarts under a running controller: its watch is re-established from a fresh
+/// list, and the agents' streams stay up (no reconnect, no snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_watch_is_relisted_without_dropping_agent_streams() {
+    let mut c = Cluster::start().await;
+    create(&c, pool("a", "10.244.0.0/16")).await;
+    let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    let r = patch_nat(&c, "a", true).await;
+    assert!(agent.wait_applied(r, Duration::from_secs(10)).await);
+    let snapshots = c.controllers[0].metrics().sync_snapshots.get();
+    let relists = c.controllers[0].metrics().cache_relists.get();
+    c.etcd.restart().expect("etcd restarts");
+    let m = c.controllers[0].metrics().clone();
+    assert!(
+        eventually(20, async || m.cache_relists.get() > relists
+            && m.etcd_watch_healthy.get() == 1)
+        .await,
+        "the cache relisted"
+    );
+    let r = loop {
+        match c
+            .admin()
+            .await
+            .patch(proto::PatchRequest {
+                kind: "ippool".into(),
+                name: "a".into(),
+                r#type: 0,
+                patch: r#"{"spec":{"natOutgoing":false}}"#.into(),
+                resource_version: String::new(),
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let r: i64 = r
+        .metadata
+        .expect("meta")
+        .resource_version
+        .parse()
+        .expect("rev");
+    assert!(
+        agent.wait_applied(r, Duration::from_secs(10)).await,
+        "changes still flow"
+    );
+    assert!(driver.current().is_some_and(|s| s.v4.nat_pools.is_empty()));
+    assert_eq!(
+        m.sync_snapshots.get(),
+        snapshots,
+        "the stream was not dropped"
+    );
+}
+
+/// A failed apply keeps the host as it was, is retried with backoff, and shows in the
+/// node's status until it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_is_retried_and_reported() {
+    let c = Cluster::start().await;
+    create(&c, pool("a", "10.244.0.0/16")).await;
+    let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    assert!(agent.wait_applied(1, Duration::from_secs(10)).await);
+    driver.fail_next(3);
+    let r = patch_nat(&c, "a", true).await;
+    let mut nodes = c.nodes(&Role::Viewer).await;
+    assert!(
+        eventually(10, async || {
+            nodes
+                .get_node_status(proto::GetNodeStatusRequest { node: "n1".into() })
+                .await
+                .is_ok_and(|s| s.into_inner().last_error.contains("simulated failure"))
+        })
+        .await,
+        "the failure is in the status"
+    );
+    assert!(
+        agent.wait_applied(r, Duration::from_secs(10)).await,
+        "retried until it worked"
+    );
+    assert!(driver.current().is_some_and(|s| s.v4.nat_pools.len() == 1));
+    let failures = driver.records().iter().filter(|x| !x.ok).count();
+    assert_eq!(failures, 3);
+    assert!(
+        eventually(10, async || {
+            nodes
+                .get_node_status(proto::GetNodeStatusRequest { node: "n1".into() })
+                .await
+                .is_ok_and(|s| s.into_inner().last_error.is_empty())
+        })
+        .await,
+        "the error clears"
+    );
+}
