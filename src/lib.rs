@@ -12,6 +12,7 @@ pub mod model;
 pub mod patch;
 pub mod pki;
 pub mod selector;
+pub mod util;
 pub mod validate;
 pub mod view;
 

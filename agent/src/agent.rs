@@ -240,17 +240,6 @@ async fn bgp_blocking<T: Send + 'static>(
     }
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl ApplyLoop {
     async fn run(mut self) {
         let mut state = self.sync.state.clone();
@@ -366,7 +355,7 @@ impl ApplyLoop {
                 dp.state = "programmed".into();
                 dp.error.clear();
                 dp.applies += 1;
-                dp.last_apply = now_rfc3339();
+                dp.last_apply = tern::util::now_rfc3339();
                 self.metrics.nat_applies.inc();
                 self.metrics
                     .nat_apply_seconds
@@ -405,7 +394,7 @@ impl ApplyLoop {
                     let b = self.status.bgp.get_or_insert_with(Default::default);
                     b.error.clear();
                     if reloaded {
-                        b.last_reload = now_rfc3339();
+                        b.last_reload = tern::util::now_rfc3339();
                         self.metrics.bird_reloads.inc();
                     }
                 }

@@ -322,22 +322,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let agent = tern_agent::agent::start(cfg).await?;
         tracing::info!(node = %node, controllers = ?a.controllers, "agent started");
-        shutdown_signal().await?;
+        tern::util::shutdown_signal().await?;
         tracing::info!(
             "stopping; the host keeps its NAT and BGP state (run `tern-agent cleanup` to remove it)"
         );
         agent.stop();
         Ok(())
     })
-}
-
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

@@ -201,6 +201,26 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
     );
 }
 
+/// For every update (revision, returned, issued) and every agent's log: the latency from
+/// the write returning and from it being issued to the first apply at or after the
+/// revision; and how many (update, agent) pairs never applied.
+fn latencies(logs: &[ApplyLog], sent: &[(i64, Instant, Instant)]) -> (Vec<f64>, Vec<f64>, usize) {
+    let (mut lat, mut issued_lat, mut missing) = (Vec::new(), Vec::new(), 0);
+    for log in logs {
+        let log = log.lock();
+        for (rev, t0, issued) in sent {
+            match log.iter().find(|(r, _)| r >= rev) {
+                Some((_, t)) => {
+                    lat.push(t.saturating_duration_since(*t0).as_secs_f64() * 1e3);
+                    issued_lat.push(t.saturating_duration_since(*issued).as_secs_f64() * 1e3);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    (lat, issued_lat, missing)
+}
+
 /// Latency of a bare etcd put to a single watcher, from the put being issued.
 async fn etcd_floor(etcd: &Etcd, n: usize, rate: f64) -> anyhow::Result<Vec<f64>> {
     let mut c = etcd.client().await?;
@@ -444,21 +464,7 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
             .await;
     }
     let (cpu1, _) = proc_usage(pid)?;
-    let mut lat = Vec::new();
-    let mut lat_issued = Vec::new();
-    let mut missing = 0;
-    for log in &applied {
-        let log = log.lock();
-        for (rev, t0, issued) in &sent {
-            match log.iter().find(|(r, _)| r >= rev) {
-                Some((_, t)) => {
-                    lat.push(t.saturating_duration_since(*t0).as_secs_f64() * 1e3);
-                    lat_issued.push(t.saturating_duration_since(*issued).as_secs_f64() * 1e3);
-                }
-                None => missing += 1,
-            }
-        }
-    }
+    let (lat, lat_issued, missing) = latencies(&applied, &sent);
     for o in observers {
         o.abort();
     }
@@ -550,21 +556,7 @@ async fn etcd_direct(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (cpu1, _) = proc_usage(pid)?;
-    let mut lat = Vec::new();
-    let mut lat_issued = Vec::new();
-    let mut missing = 0;
-    for log in &seen {
-        let log = log.lock();
-        for (rev, t0, issued) in &sent {
-            match log.iter().find(|(r, _)| r >= rev) {
-                Some((_, t)) => {
-                    lat.push(t.saturating_duration_since(*t0).as_secs_f64() * 1e3);
-                    lat_issued.push(t.saturating_duration_since(*issued).as_secs_f64() * 1e3);
-                }
-                None => missing += 1,
-            }
-        }
-    }
+    let (lat, lat_issued, missing) = latencies(&seen, &sent);
     for t in tasks {
         t.abort();
     }

@@ -44,6 +44,50 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Run this benchmark binary again, with `args`, inside a fresh network namespace (so the
+/// host is never touched and no `ip netns exec` wrapper is timed); the namespace and
+/// anything left running in it are removed afterwards.
+pub fn in_fresh_netns(args: &[String]) -> anyhow::Result<()> {
+    use anyhow::{Context as _, bail};
+    use std::process::Command;
+    let ns = format!("tern-bench-{}", std::process::id());
+    if !Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()?
+        .success()
+    {
+        bail!("cannot create network namespace {ns} (run as root)");
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+        .status();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(std::env::current_exe()?)
+        .args(args)
+        .status()
+        .context("running the benchmark in its namespace");
+    // A namespace outlives `ip netns del` while a process holds it.
+    if let Ok(o) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    if !status?.success() {
+        bail!("the benchmark failed");
+    }
+    Ok(())
+}
+
+/// A comma-separated list.
+pub fn join<T: ToString>(v: &[T]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Percentile of sorted durations in milliseconds.
 pub fn pct(sorted_ms: &[f64], p: f64) -> f64 {
     if sorted_ms.is_empty() {

@@ -1,8 +1,5 @@
 //! `tern-bench nat`: NAT apply time for N pools, in a throwaway network namespace.
 
-use std::process::Command;
-
-use anyhow::{Context as _, bail};
 use tern_agent::dataplane::IptablesBackend;
 use tern_agent::dataplane::bench::{BenchDriver, bench_apply};
 use tern_agent::exec::Exec;
@@ -24,41 +21,14 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.inside {
-        // Re-run inside a fresh namespace so the host is never touched and no
-        // `ip netns exec` wrapper is timed.
-        let ns = format!("tern-bench-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()?
-            .success();
-        if !ok {
-            bail!("cannot create network namespace {ns} (run as root)");
-        }
-        let me = std::env::current_exe()?;
-        let pools = a
-            .pools
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let status = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(me)
-            .args([
-                "nat",
-                "--inside",
-                "--pools",
-                &pools,
-                "--runs",
-                &a.runs.to_string(),
-            ])
-            .status()
-            .context("running the benchmark in its namespace");
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        if !status?.success() {
-            bail!("the NAT benchmark failed");
-        }
-        return Ok(());
+        return crate::in_fresh_netns(&[
+            "nat".into(),
+            "--inside".into(),
+            "--pools".into(),
+            crate::join(&a.pools),
+            "--runs".into(),
+            a.runs.to_string(),
+        ]);
     }
     println!("machine: {}", machine());
     println!(

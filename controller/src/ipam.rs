@@ -832,17 +832,6 @@ fn gets(resp: &TxnResponse) -> Vec<GetResponse> {
         .collect()
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// The BlockAffinity resource of a block, as stored.
 fn affinity_resource(node: &str, cidr: IpNet, pool: &str) -> Result<Resource, IpamError> {
     let name = affinity_name(node, &cidr);
@@ -857,7 +846,7 @@ fn affinity_resource(node: &str, cidr: IpNet, pool: &str) -> Result<Resource, Ip
         },
     );
     obj.metadata.uid = uuid::Uuid::new_v4().to_string();
-    obj.metadata.creation_timestamp = now_rfc3339();
+    obj.metadata.creation_timestamp = tern::util::now_rfc3339();
     let mut r = Resource::BlockAffinity(obj);
     r.normalize();
     tern::validate::validate(&r).map_err(|e| {

@@ -221,7 +221,7 @@ fn main() -> ExitCode {
             }
         };
         tokio::select! {
-            r = shutdown_signal() => {
+            r = tern::util::shutdown_signal() => {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "signal handling failed");
                 }
@@ -231,15 +231,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

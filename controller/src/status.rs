@@ -63,17 +63,6 @@ impl std::fmt::Debug for StatusHub {
 
 const LEASE_TTL_SECS: i64 = 15;
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl StatusHub {
     pub fn new(store: Store, controller_id: String, max_writes_per_sec: u32) -> Arc<StatusHub> {
         Arc::new(StatusHub {
@@ -105,7 +94,7 @@ impl StatusHub {
         status.node = node.to_string();
         status.controller = self.controller_id.clone();
         if status.reported_at.is_empty() {
-            status.reported_at = now_rfc3339();
+            status.reported_at = tern::util::now_rfc3339();
         }
         self.latest.lock().insert(node.to_string(), status.clone());
         let mut p = self.pending.lock();
@@ -174,7 +163,7 @@ impl StatusHub {
     pub async fn connected(&self, node: &str, agent_version: &str) -> Result<(), StoreError> {
         let c = Connection {
             controller: self.controller_id.clone(),
-            since: now_rfc3339(),
+            since: tern::util::now_rfc3339(),
             agent_version: agent_version.to_string(),
         };
         self.connections.lock().insert(node.to_string(), c.clone());

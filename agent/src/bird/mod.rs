@@ -899,9 +899,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    tern::util::rfc3339(time::OffsetDateTime::from(t))
 }
 
 const MAX_MESSAGE: usize = 2000;

@@ -68,17 +68,6 @@ fn carry_server_fields(new: &mut Resource, old: &Resource) {
     nm.creation_timestamp = om.creation_timestamp;
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl ResourceApi {
     pub fn new(store: Store) -> Self {
         ResourceApi { store }
@@ -88,7 +77,7 @@ impl ResourceApi {
     pub async fn create_resource(&self, mut r: Resource) -> Result<Resource, StoreError> {
         let meta = r.metadata_mut();
         meta.uid = uuid::Uuid::new_v4().to_string();
-        meta.creation_timestamp = now_rfc3339();
+        meta.creation_timestamp = tern::util::now_rfc3339();
         meta.resource_version.clear();
         match &r {
             Resource::IPPool(pool) => {

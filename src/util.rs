@@ -1,0 +1,73 @@
+//! Small helpers every tern binary uses: timestamps, signals, the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Now, as RFC 3339 in UTC with whole seconds (`2026-11-24T19:41:35Z`), as Kubernetes
+/// writes timestamps.
+pub fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// A time as RFC 3339 in UTC with whole seconds.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait for SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Serve Prometheus metrics at `http://<addr>/metrics` until the task is aborted;
+/// `render` produces the text exposition at each scrape.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = render.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render(),
+                )
+            }
+        }),
+    );
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_whole_seconds_in_utc() {
+        let t = time::macros::datetime!(2026-11-24 19:41:35.123 +02:00);
+        assert_eq!(super::rfc3339(t), "2026-11-24T17:41:35Z");
+    }
+}
