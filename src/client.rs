@@ -83,10 +83,9 @@ impl ClientTls {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        if !self.insecure {
-            let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
-                unreachable!("check() above guarantees all three");
-            };
+        if let (false, Some(ca), Some(cert), Some(key)) =
+            (self.insecure, &self.ca, &self.cert, &self.key)
+        {
             let mut tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(ca)?))
                 .identity(Identity::from_pem(read(cert)?, read(key)?));
