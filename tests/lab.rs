@@ -1,0 +1,517 @@
+//! The lab end to end: `deploy/lab up` with the workspace's binaries, then every claim
+//! of the lab checked again from the outside (the router's kernel routes, the source
+//! addresses the internet host sees, before and after a patch, a connection from the
+//! internet host to a pod), `up` again over a running lab, and `deploy/lab down`
+//! leaving no namespace, process, interface or file behind.
+//!
+//! The lab runs in a directory and under a namespace prefix of its own
+//! (`TERN_LAB_DIR`, `TERN_LAB_PREFIX`), so it never touches a lab someone runs from the
+//! same checkout. A guard runs `down` when the test fails. Needs root, etcd, BIRD,
+//! nftables, iproute2, ping and python3 (tests/run installs them), and the workspace's
+//! debug binaries (`cargo build -p tern -p tern-controller -p tern-agent`; the suite's
+//! `cargo nextest run --workspace` builds them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use ipnet::Ipv4Net;
+
+const INET: &str = "203.0.113.2";
+const ECHO_PORT: u16 = 8080;
+const NAT_POOL: &str = "default-ipv4-ippool";
+const PUBLIC_POOL: &str = "public-ipv4-ippool";
+/// Interface names the lab uses inside its namespaces: none may appear in ours.
+const LAB_LINKS: &[&str] = &[
+    "br0",
+    "ctl",
+    "router",
+    "host1",
+    "host2",
+    "host3",
+    "calipod-a",
+    "calipod-b",
+];
+
+#[derive(Debug)]
+struct Pod {
+    name: String,
+    ns: String,
+    ip: Ipv4Addr,
+    pool: String,
+    block: Ipv4Net,
+}
+
+/// A lab of this test; `down` runs when it is dropped, unless it ran already.
+struct Lab {
+    dir: PathBuf,
+    prefix: String,
+    bin: PathBuf,
+    down: bool,
+    _tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> anyhow::Result<Lab> {
+        tern_testkit::netns::require_root()?;
+        let ternctl = PathBuf::from(env!("CARGO_BIN_EXE_ternctl"));
+        let bin = ternctl
+            .parent()
+            .context("ternctl has no directory")?
+            .to_path_buf();
+        for b in ["tern-controller", "tern-agent"] {
+            ensure!(
+                bin.join(b).exists(),
+                "{} is missing: build the workspace's binaries first (`cargo build -p tern \
+                 -p tern-controller -p tern-agent`, or `cargo nextest run --workspace`)",
+                bin.join(b).display()
+            );
+        }
+        let tmp = tempfile::tempdir()?;
+        Ok(Lab {
+            dir: tmp.path().join("lab"),
+            prefix: format!("tern-lab-t{}-", std::process::id()),
+            bin,
+            down: false,
+            _tmp: tmp,
+        })
+    }
+
+    /// `deploy/lab SUB...` with this lab's settings, within `timeout`; its output.
+    fn lab(&self, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/lab");
+        let t = Instant::now();
+        let out = Command::new("timeout")
+            .arg(timeout.as_secs().to_string())
+            .arg(&script)
+            .args(args)
+            .env("TERN_LAB_DIR", &self.dir)
+            .env("TERN_LAB_PREFIX", &self.prefix)
+            .env("TERN_LAB_BIN_DIR", &self.bin)
+            .env("TERN_LAB_NO_INSTALL", "1")
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "---- deploy/lab {} ({:.1}s, {}):\n{stdout}{stderr}",
+            args.join(" "),
+            t.elapsed().as_secs_f64(),
+            out.status
+        );
+        ensure!(
+            out.status.success(),
+            "deploy/lab {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            stderr.lines().last().unwrap_or_default()
+        );
+        Ok(stdout)
+    }
+
+    fn up(&self) -> anyhow::Result<String> {
+        let out = self.lab(&["up"], Duration::from_secs(300))?;
+        ensure!(out.contains("The lab is up"), "up ends with a summary");
+        Ok(out)
+    }
+
+    fn down(&mut self) -> anyhow::Result<String> {
+        let out = self.lab(&["down"], Duration::from_secs(120))?;
+        self.down = true;
+        Ok(out)
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn ternctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let pki = self.dir.join("pki");
+        let mut full = vec![
+            self.bin.join("ternctl").display().to_string(),
+            "--server".into(),
+            "10.99.0.10:5443".into(),
+            "--ca".into(),
+            pki.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            pki.join("admin.pem").display().to_string(),
+            "--key".into(),
+            pki.join("admin-key.pem").display().to_string(),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        exec(&self.ns("ctl"), &full)
+    }
+
+    fn pods(&self) -> anyhow::Result<Vec<Pod>> {
+        let text = std::fs::read_to_string(self.dir.join("pods"))?;
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                ensure!(f.len() == 5, "pods line {l:?}");
+                Ok(Pod {
+                    name: f[0].into(),
+                    ns: f[1].into(),
+                    ip: f[2].parse()?,
+                    pool: f[3].into(),
+                    block: f[4].parse()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Node name -> its address, as the controller has it.
+    fn node_addresses(&self) -> anyhow::Result<BTreeMap<String, Ipv4Addr>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ternctl(&["get", "nodes", "-o", "json"])?)?;
+        let mut out = BTreeMap::new();
+        for n in v["items"].as_array().context("nodes: items")? {
+            let name = n["metadata"]["name"].as_str().context("node name")?;
+            let addr: Ipv4Net = n["spec"]["bgp"]["ipv4Address"]
+                .as_str()
+                .context("node address")?
+                .parse()?;
+            out.insert(name.to_string(), addr.addr());
+        }
+        Ok(out)
+    }
+
+    /// (node, block, pool) of every block, as the controller has them.
+    fn blocks(&self) -> anyhow::Result<Vec<(String, Ipv4Net, String)>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ternctl(&["get", "blockaffinity", "-o", "json"])?)?;
+        v["items"]
+            .as_array()
+            .context("blocks: items")?
+            .iter()
+            .map(|b| {
+                let s = &b["spec"];
+                Ok((
+                    s["node"].as_str().context("node")?.to_string(),
+                    s["cidr"].as_str().context("cidr")?.parse()?,
+                    s["pool"].as_str().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Every process whose command line names the lab's directory, and every process
+    /// inside one of its namespaces.
+    fn processes(&self) -> anyhow::Result<BTreeSet<u32>> {
+        let mut out = BTreeSet::new();
+        let needle = self.dir.display().to_string();
+        for e in std::fs::read_dir("/proc")? {
+            let Ok(e) = e else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+                && String::from_utf8_lossy(&cmd).contains(&needle)
+                && tern_testkit::netns::process_alive(pid)
+            {
+                out.insert(pid);
+            }
+        }
+        for ns in self.namespaces()? {
+            let pids = Command::new("ip").args(["netns", "pids", &ns]).output()?;
+            out.extend(
+                String::from_utf8_lossy(&pids.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok()),
+            );
+        }
+        Ok(out)
+    }
+
+    fn namespaces(&self) -> anyhow::Result<Vec<String>> {
+        Ok(tern_testkit::netns::list()?
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.down
+            && let Err(e) = self.lab(&["down"], Duration::from_secs(120))
+        {
+            eprintln!("lab test: cleaning up after a failure: {e:#}");
+        }
+    }
+}
+
+/// `ip netns exec NS args...`; stdout.
+fn exec(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .with_context(|| format!("ip netns exec {ns} {args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "ip netns exec {ns} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What the TCP server at ADDR:PORT answers a client in NS (bash's /dev/tcp).
+fn ask(ns: &str, addr: &str, port: u16) -> anyhow::Result<String> {
+    exec(
+        ns,
+        &[
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{addr}/{port} && cat <&3"),
+        ],
+    )
+    .map(|s| s.trim().to_string())
+}
+
+/// The source address the internet host sees for a connection from `pod`.
+fn seen(pod: &Pod) -> anyhow::Result<String> {
+    ask(&pod.ns, INET, ECHO_PORT)
+}
+
+/// Poll until the internet host sees `want` from `pod`; the time it took.
+fn expect_seen(pod: &Pod, want: &str, why: &str, within: Duration) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let got = seen(pod);
+        if matches!(&got, Ok(a) if a == want) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > within {
+            bail!(
+                "{why}: {} -> internet seen as {got:?}, expected {want}",
+                pod.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn root_links() -> anyhow::Result<BTreeSet<String>> {
+    let out = Command::new("ip").args(["-br", "link"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect())
+}
+
+/// Every claim of the lab, checked from outside the script.
+fn check_claims(lab: &Lab) -> anyhow::Result<()> {
+    let nodes = lab.node_addresses()?;
+    ensure!(
+        nodes.keys().map(String::as_str).collect::<Vec<_>>() == ["host1", "host2", "host3"],
+        "three nodes: {nodes:?}"
+    );
+    let blocks = lab.blocks()?;
+    let pods = lab.pods()?;
+    ensure!(pods.len() == 6, "six pods: {pods:?}");
+
+    // Every node has a block of the NAT pool, host3 (edge=true) one of the other.
+    for n in nodes.keys() {
+        ensure!(
+            blocks.iter().any(|(bn, _, p)| bn == n && p == NAT_POOL),
+            "{n} has a block of {NAT_POOL}: {blocks:?}"
+        );
+    }
+    ensure!(
+        blocks
+            .iter()
+            .filter(|(_, _, p)| p == PUBLIC_POOL)
+            .map(|(n, _, _)| n.as_str())
+            .collect::<Vec<_>>()
+            == ["host3"],
+        "only host3 has a block of {PUBLIC_POOL}: {blocks:?}"
+    );
+
+    // Pods: addresses inside their own node's block of their pool.
+    for p in &pods {
+        let node = p.name.split('-').next().unwrap_or_default();
+        ensure!(
+            blocks
+                .iter()
+                .any(|(n, b, pool)| n == node && *b == p.block && pool == &p.pool),
+            "{}: block {} is {node}'s block of {}",
+            p.name,
+            p.block,
+            p.pool
+        );
+        ensure!(
+            p.block.contains(&p.ip),
+            "{}: {} in {}",
+            p.name,
+            p.ip,
+            p.block
+        );
+    }
+
+    // The router: every block in its kernel table, learned by BIRD, towards its node.
+    let router = lab.ns("router");
+    for (n, b, _) in &blocks {
+        let routes = exec(&router, &["ip", "route", "show", &b.to_string()])?;
+        ensure!(
+            routes.contains("proto bird") && routes.contains(&format!("via {} ", nodes[n])),
+            "the router routes {b} to {n} ({}) over BGP: {routes:?}",
+            nodes[n]
+        );
+    }
+
+    // The internet host reaches every pod through the router, and a TCP server in one.
+    let inet = lab.ns("inet");
+    for p in &pods {
+        exec(&inet, &["ping", "-c", "1", "-W", "2", &p.ip.to_string()])
+            .with_context(|| format!("ping {} ({}) from the internet host", p.ip, p.name))?;
+    }
+    let pod_a = pods
+        .iter()
+        .find(|p| p.name == "host1-pod-a")
+        .context("host1-pod-a")?;
+    let answer = ask(&inet, &pod_a.ip.to_string(), ECHO_PORT)?;
+    ensure!(
+        answer.ends_with(&format!("you are {INET}")),
+        "the pod sees the internet host's own address: {answer:?}"
+    );
+
+    // Pods of different nodes reach each other (the mesh's routes).
+    let host2_pod = pods
+        .iter()
+        .find(|p| p.name == "host2-pod-a")
+        .context("host2-pod-a")?;
+    exec(
+        &pod_a.ns,
+        &["ping", "-c", "1", "-W", "2", &host2_pod.ip.to_string()],
+    )
+    .context("pod to pod across nodes")?;
+
+    // Outbound: NAT pool pods are seen as their node, the other pool's pod as itself.
+    for p in &pods {
+        let node = p.name.split('-').next().unwrap_or_default();
+        let want = if p.pool == NAT_POOL {
+            nodes[node].to_string()
+        } else {
+            p.ip.to_string()
+        };
+        let got = seen(p)?;
+        ensure!(
+            got == want,
+            "{} ({}, pool {}) is seen by the internet host as {got}, expected {want}",
+            p.name,
+            p.ip,
+            p.pool
+        );
+    }
+
+    // The seed scenario: natOutgoing off reaches the wire within seconds, and back.
+    let patch = |on: bool| {
+        lab.ternctl(&[
+            "patch",
+            "ippool",
+            NAT_POOL,
+            "--patch",
+            &format!("{{\"spec\":{{\"natOutgoing\": {on}}}}}"),
+        ])
+    };
+    patch(false)?;
+    let t = expect_seen(
+        pod_a,
+        &pod_a.ip.to_string(),
+        "natOutgoing patched to false",
+        Duration::from_secs(10),
+    )?;
+    eprintln!("natOutgoing false reached the wire in {t:?}");
+    patch(true)?;
+    let t = expect_seen(
+        pod_a,
+        &nodes["host1"].to_string(),
+        "natOutgoing patched back to true",
+        Duration::from_secs(10),
+    )?;
+    eprintln!("natOutgoing true reached the wire in {t:?}");
+    Ok(())
+}
+
+#[test]
+fn lab_up_checks_and_down_leaves_nothing() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    let links_before = root_links()?;
+
+    lab.up()?;
+    check_claims(&lab)?;
+    let status = lab.lab(&["status"], Duration::from_secs(60))?;
+    for what in [
+        "controller",
+        "etcd",
+        "agent-host1",
+        "router-bird",
+        "Established",
+    ] {
+        ensure!(status.contains(what), "status shows {what}");
+    }
+
+    // `up` over a running lab: taken down first, then up again, every claim holding.
+    let first = lab.processes()?;
+    let again = lab.up()?;
+    ensure!(
+        again.contains("already up: taking it down first"),
+        "a second up says what it does"
+    );
+    let survivors: Vec<_> = first
+        .intersection(&lab.processes()?)
+        .filter(|p| tern_testkit::netns::process_alive(**p))
+        .copied()
+        .collect();
+    ensure!(
+        survivors.is_empty(),
+        "processes of the first lab still run: {survivors:?}"
+    );
+    check_claims(&lab)?;
+
+    // Down: nothing of the lab is left.
+    let procs = lab.processes()?;
+    ensure!(
+        procs.len() >= 11,
+        "the lab's processes were found: {procs:?}"
+    );
+    let namespaces = lab.namespaces()?;
+    ensure!(namespaces.len() == 13, "13 namespaces: {namespaces:?}");
+    lab.down()?;
+    let left: Vec<_> = procs
+        .iter()
+        .filter(|p| tern_testkit::netns::process_alive(**p))
+        .collect();
+    ensure!(left.is_empty(), "processes left after down: {left:?}");
+    ensure!(
+        lab.processes()?.is_empty(),
+        "no process names the lab directory"
+    );
+    let ns_left = lab.namespaces()?;
+    ensure!(
+        ns_left.is_empty(),
+        "namespaces left after down: {ns_left:?}"
+    );
+    ensure!(!lab.dir.exists(), "{} removed", lab.dir.display());
+    let new_links: Vec<_> = root_links()?
+        .difference(&links_before)
+        .filter(|l| LAB_LINKS.contains(&l.as_str()))
+        .cloned()
+        .collect();
+    ensure!(
+        new_links.is_empty(),
+        "interfaces left in the root namespace: {new_links:?}"
+    );
+
+    // Down again is harmless.
+    lab.down()?;
+    Ok(())
+}
