@@ -398,6 +398,21 @@ apiVersion: tern.dev/v1
 kind: BGPPeer
 metadata: {name: p2}
 spec: {node: n2, peerIP: 10.0.0.254, asNumber: 65000, password: {secretKeyRef: {name: s2, key: pw}}}
+---
+apiVersion: tern.dev/v1
+kind: Secret
+metadata: {name: shared}
+stringData: {rack1: rack1-password, rack2: rack2-password}
+---
+apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: p3}
+spec: {node: n1, peerIP: 10.0.1.254, asNumber: 65000, password: {secretKeyRef: {name: shared, key: rack1}}}
+---
+apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: p4}
+spec: {node: n2, peerIP: 10.0.1.254, asNumber: 65000, password: {secretKeyRef: {name: shared, key: rack2}}}
 ";
     let mut last = 0;
     for d in tern::manifest::parse_documents(docs).expect("docs") {
@@ -414,6 +429,19 @@ spec: {node: n2, peerIP: 10.0.0.254, asNumber: 65000, password: {secretKeyRef: {
     assert_eq!(v2.secret_value("s2", "pw"), Some("second-secret"));
     assert!(!v2.secrets.contains_key("s1"));
     assert!(v1.peers.contains_key("p1") && !v1.peers.contains_key("p2"));
+    // A Secret shared by several nodes' peerings reaches each node cut to its keys.
+    assert_eq!(v1.secret_value("shared", "rack1"), Some("rack1-password"));
+    assert_eq!(
+        v1.secret_value("shared", "rack2"),
+        None,
+        "n1 never sees rack2's key"
+    );
+    assert_eq!(v2.secret_value("shared", "rack2"), Some("rack2-password"));
+    assert_eq!(
+        v2.secret_value("shared", "rack1"),
+        None,
+        "n2 never sees rack1's key"
+    );
     // Moving the peering moves the secret.
     let r = c
         .admin()

@@ -26,6 +26,39 @@ pub enum Access {
     Health,
 }
 
+/// Every RPC the controller serves (full paths). Metrics label requests with these only,
+/// so that arbitrary paths sent by a client cannot grow the label set.
+pub const METHODS: &[&str] = &[
+    "/tern.v1.ResourceService/Create",
+    "/tern.v1.ResourceService/Get",
+    "/tern.v1.ResourceService/List",
+    "/tern.v1.ResourceService/Update",
+    "/tern.v1.ResourceService/Patch",
+    "/tern.v1.ResourceService/Delete",
+    "/tern.v1.ResourceService/Apply",
+    "/tern.v1.ResourceService/Watch",
+    "/tern.v1.NodeService/ListNodes",
+    "/tern.v1.NodeService/GetNodeStatus",
+    "/tern.v1.IpamService/Show",
+    "/tern.v1.IpamService/ClaimBlock",
+    "/tern.v1.IpamService/AssignAddress",
+    "/tern.v1.IpamService/ReleaseAddress",
+    "/tern.v1.SyncService/Sync",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The metrics label of a path: the path itself for a known RPC, else `unknown`.
+pub fn method_label(path: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == path)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// Classify a gRPC path (`/package.Service/Method`). Unknown paths are writes, so
 /// anything new is admin-only until it is classified here.
 pub fn classify(path: &str) -> Access {
@@ -189,6 +222,16 @@ mod tests {
         assert!(check_read(&viewer, Some(Kind::IPPool), false).is_ok());
         assert!(check_read(&admin, Some(Kind::Secret), true).is_ok());
         assert!(check_node(&node, "n1").is_ok());
+        assert_eq!(
+            method_label("/tern.v1.SyncService/Sync"),
+            "/tern.v1.SyncService/Sync"
+        );
+        assert_eq!(method_label("/x1"), "unknown");
+        // Every listed method is classified deliberately (none falls to the default).
+        for m in METHODS {
+            let known = m.starts_with("/tern.v1.") || m.starts_with("/grpc.");
+            assert!(known, "{m}");
+        }
         assert_eq!(
             check_node(&node, "n2").map_err(|s| s.code()),
             Err(tonic::Code::PermissionDenied)

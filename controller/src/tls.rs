@@ -411,14 +411,15 @@ where
                 Box::pin(async move {
                     let resp = inner.call(req).await;
                     if let Ok(r) = &resp {
-                        metrics.request(&path, &header_code(r));
+                        metrics.request(authz::method_label(&path), &header_code(r));
                     }
                     resp
                 })
             }
             Err(status) => {
                 let resp = status.into_http();
-                self.metrics.request(&path, &header_code(&resp));
+                self.metrics
+                    .request(authz::method_label(&path), &header_code(&resp));
                 Box::pin(async move { Ok(resp) })
             }
         }

@@ -238,10 +238,14 @@ impl BGPPeerSpec {
 
     /// Secret names this peering reads.
     pub fn secret_name(&self) -> Option<&str> {
+        self.secret_ref().map(|r| r.name.as_str())
+    }
+
+    /// The Secret key this peering's password comes from.
+    pub fn secret_ref(&self) -> Option<&SecretKeyRef> {
         self.password
             .as_ref()
             .and_then(|p| p.secret_key_ref.as_ref())
-            .map(|r| r.name.as_str())
     }
 }
 
@@ -374,10 +378,14 @@ impl BGPConfigurationSpec {
     }
 
     pub fn mesh_secret_name(&self) -> Option<&str> {
+        self.mesh_secret_ref().map(|r| r.name.as_str())
+    }
+
+    /// The Secret key the mesh password comes from.
+    pub fn mesh_secret_ref(&self) -> Option<&SecretKeyRef> {
         self.node_mesh_password
             .as_ref()
             .and_then(|p| p.secret_key_ref.as_ref())
-            .map(|r| r.name.as_str())
     }
 }
 

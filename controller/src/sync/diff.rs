@@ -39,8 +39,8 @@ fn inputs_from_lookup<'a>(
         .or_else(|| default.and_then(|c| c.node_to_node_mesh_enabled))
         .unwrap_or(true);
     let mesh_secret = own
-        .and_then(|c| c.mesh_secret_name())
-        .or_else(|| default.and_then(|c| c.mesh_secret_name()));
+        .and_then(|c| c.mesh_secret_ref())
+        .or_else(|| default.and_then(|c| c.mesh_secret_ref()));
     inputs(node, labels, mesh, mesh_secret, peers)
 }
 
@@ -61,12 +61,27 @@ pub fn current_inputs(st: &State, node: &str) -> Inputs {
     )
 }
 
-fn item(key: &Key, entry: Option<&Arc<Entry>>, revision: i64) -> proto::Item {
+/// The item for a key: the stored JSON shared by every stream, except for Secrets,
+/// which are cut down to the keys this node's sessions read.
+fn item(key: &Key, entry: Option<&Arc<Entry>>, revision: i64, inputs: &Inputs) -> proto::Item {
+    let value = match entry {
+        None => Default::default(),
+        Some(e) => match &e.resource {
+            Resource::Secret(s) => {
+                let keys = inputs.secret_keys(&key.1);
+                let mut only = s.clone();
+                only.spec
+                    .retain(|k, _| keys.is_some_and(|keys| keys.contains(k)));
+                bytes::Bytes::from(Resource::Secret(only).to_json_bytes())
+            }
+            _ => e.bytes.clone(),
+        },
+    };
     proto::Item {
         kind: key.0.as_str().to_string(),
         name: key.1.to_string(),
         revision: entry.map_or(revision, |e| e.mod_revision),
-        value: entry.map(|e| e.bytes.clone()).unwrap_or_default(),
+        value,
     }
 }
 
@@ -81,7 +96,7 @@ pub fn snapshot(st: &State, node: &str) -> (Vec<proto::Item>, Inputs) {
         .objects
         .iter()
         .filter(|(_, e)| inputs.contains(&e.resource))
-        .map(|(k, e)| item(k, Some(e), e.mod_revision))
+        .map(|(k, e)| item(k, Some(e), e.mod_revision, &inputs))
         .collect();
     sort_items(&mut items);
     (items, inputs)
@@ -141,9 +156,9 @@ pub fn changes_since(
         let was_in = prev.is_some_and(|p| old_inputs.contains(&p.resource));
         let is_in = now.is_some_and(|n| new_inputs.contains(&n.resource));
         if is_in {
-            items.push(item(key, now, st.revision));
+            items.push(item(key, now, st.revision, &new_inputs));
         } else if was_in {
-            items.push(item(key, None, st.revision));
+            items.push(item(key, None, st.revision, &new_inputs));
         }
     }
     if inputs_changed {
@@ -157,10 +172,13 @@ pub fn changes_since(
                 }
                 let was_in = old_inputs.contains(&e.resource);
                 let is_in = new_inputs.contains(&e.resource);
-                if is_in && !was_in {
-                    items.push(item(key, Some(e), st.revision));
+                // A Secret whose readable keys changed is sent again, cut anew.
+                let keys_changed = kind == Kind::Secret
+                    && old_inputs.secret_keys(&key.1) != new_inputs.secret_keys(&key.1);
+                if is_in && (!was_in || keys_changed) {
+                    items.push(item(key, Some(e), st.revision, &new_inputs));
                 } else if was_in && !is_in {
-                    items.push(item(key, None, st.revision));
+                    items.push(item(key, None, st.revision, &new_inputs));
                 }
             }
         }
@@ -206,22 +224,24 @@ mod tests {
         }
     }
 
-    /// The view a fresh snapshot gives, as (kind, name, revision).
-    fn view(st: &State, node: &str) -> BTreeSet<(String, String, i64)> {
+    /// The view a fresh snapshot gives, as (kind, name, revision, value).
+    fn view(st: &State, node: &str) -> BTreeSet<(String, String, i64, Vec<u8>)> {
         snapshot(st, node)
             .0
             .into_iter()
-            .map(|i| (i.kind, i.name, i.revision))
+            .map(|i| (i.kind, i.name, i.revision, i.value.to_vec()))
             .collect()
     }
 
+    type Replayed = BTreeMap<(String, String), (i64, Vec<u8>)>;
+
     /// Replay items onto a view.
-    fn replay(view: &mut BTreeMap<(String, String), i64>, items: Vec<proto::Item>) {
+    fn replay(view: &mut Replayed, items: Vec<proto::Item>) {
         for i in items {
             if i.value.is_empty() {
                 view.remove(&(i.kind, i.name));
             } else {
-                view.insert((i.kind, i.name), i.revision);
+                view.insert((i.kind, i.name), (i.revision, i.value.to_vec()));
             }
         }
     }
@@ -232,8 +252,8 @@ mod tests {
     const MESH_OFF: &str = "apiVersion: tern.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false}\n";
     const PEER_R1: &str = "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {nodeSelector: \"rack == 'r1'\", peerIP: 10.0.0.254, asNumber: 65000, password: {secretKeyRef: {name: s1, key: pw}}}\n";
     const PEER_RR: &str = "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: rr}\nspec: {nodeSelector: all(), peerSelector: has(rr)}\n";
-    const SECRET: &str =
-        "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: s1}\nstringData: {pw: x}\n";
+    const SECRET: &str = "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: s1}\nstringData: {pw: x, other: zz}\n";
+    const PEER_B: &str = "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: tor-b}\nspec: {node: b, peerIP: 10.0.0.253, asNumber: 65000, password: {secretKeyRef: {name: s1, key: other}}}\n";
     const POOL: &str =
         "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n";
 
@@ -248,12 +268,14 @@ mod tests {
             (NODE_B, false),
             (SECRET, false),
             (PEER_R1, false),
+            (PEER_B, false),
             (MESH_OFF, false),
             (PEER_RR, false),
             (NODE_A_R2, false),
             (PEER_R1, true),
             (NODE_A, false),
             (PEER_R1, false),
+            (PEER_B, true),
             (SECRET, true),
             (PEER_RR, true),
             (POOL, true),
@@ -278,18 +300,18 @@ mod tests {
             }
             for (from, va, vb) in &snapshots {
                 for (node, base) in [("a", va), ("b", vb)] {
-                    let mut v: BTreeMap<(String, String), i64> = base
+                    let mut v: Replayed = base
                         .iter()
-                        .map(|(k, n, r)| ((k.clone(), n.clone()), *r))
+                        .map(|(k, n, r, b)| ((k.clone(), n.clone()), (*r, b.clone())))
                         .collect();
                     let (items, _) = c
                         .read(|st| changes_since(st, node, *from, None))
                         .expect("history reaches");
                     replay(&mut v, items);
-                    let want: BTreeMap<(String, String), i64> = c.read(|st| {
+                    let want: Replayed = c.read(|st| {
                         view(st, node)
                             .into_iter()
-                            .map(|(k, n, r)| ((k, n), r))
+                            .map(|(k, n, r, b)| ((k, n), (r, b)))
                             .collect()
                     });
                     assert_eq!(v, want, "variant {vi}, node {node}, from revision {from}");

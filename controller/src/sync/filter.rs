@@ -3,12 +3,13 @@
 //! Membership depends on a few *inputs*: the node's own labels, whether the mesh is
 //! on, and the BGPPeers that concern the node. From them follow the peers it gets,
 //! the other Nodes it needs (all of them with the mesh; else those its peerings
-//! select), and the Secrets its peerings reference. A Secret is in a node's view only
-//! when one of its own sessions uses it: no agent receives another node's secrets.
+//! select), and the Secret *keys* its peerings reference. A Secret is in a node's view
+//! only when one of its own sessions uses it, and then with only the keys its sessions
+//! use: no agent receives another node's secrets, even from a shared Secret.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tern::model::{BGPPeer, Kind, Resource};
+use tern::model::{BGPPeer, Kind, Resource, SecretKeyRef};
 use tern::selector::Selector;
 
 /// Nodes a node needs to see, besides itself.
@@ -30,7 +31,8 @@ pub struct Inputs {
     /// The peers in the view (by name).
     pub peers: BTreeSet<String>,
     pub nodes: NodeNeed,
-    pub secrets: BTreeSet<String>,
+    /// Secret name -> the keys this node's sessions read.
+    pub secrets: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What the inputs are computed from: the node's labels (None when the Node does not
@@ -39,7 +41,7 @@ pub fn inputs<'a>(
     node: &str,
     labels: Option<&BTreeMap<String, String>>,
     mesh_enabled: bool,
-    mesh_secret: Option<&str>,
+    mesh_secret: Option<&SecretKeyRef>,
     peers: impl IntoIterator<Item = &'a BGPPeer>,
 ) -> Inputs {
     let empty = BTreeMap::new();
@@ -47,9 +49,15 @@ pub fn inputs<'a>(
     let mut peer_names = BTreeSet::new();
     let mut selectors = Vec::new();
     let mut names = BTreeSet::new();
-    let mut secrets = BTreeSet::new();
-    if mesh_enabled && let Some(s) = mesh_secret {
-        secrets.insert(s.to_string());
+    let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut need = |r: &SecretKeyRef| {
+        secrets
+            .entry(r.name.clone())
+            .or_default()
+            .insert(r.key.clone());
+    };
+    if mesh_enabled && let Some(r) = mesh_secret {
+        need(r);
     }
     for p in peers {
         let s = &p.spec;
@@ -61,8 +69,8 @@ pub fn inputs<'a>(
             continue;
         }
         peer_names.insert(p.metadata.name.clone());
-        if let Some(secret) = s.secret_name() {
-            secrets.insert(secret.to_string());
+        if let Some(r) = s.secret_ref() {
+            need(r);
         }
         if applies && !s.peer_selector.is_empty() {
             selectors.push(s.peer_selector.clone());
@@ -111,8 +119,13 @@ impl Inputs {
             }
             Resource::BGPPeer(_) => self.peers.contains(name),
             Resource::BlockAffinity(b) => b.spec.node == self.node,
-            Resource::Secret(_) => self.secrets.contains(name),
+            Resource::Secret(_) => self.secrets.contains_key(name),
         }
+    }
+
+    /// The keys of a Secret this node may receive.
+    pub fn secret_keys(&self, name: &str) -> Option<&BTreeSet<String>> {
+        self.secrets.get(name)
     }
 
     /// True when a change of `kind`/`name` can change the inputs themselves.
@@ -198,6 +211,34 @@ kind: BlockAffinity
 metadata: {name: b-10-244-0-0-26}
 spec: {node: b, cidr: 10.244.0.0/26}
 "#;
+
+    #[test]
+    fn a_shared_secret_is_cut_to_each_nodes_keys() {
+        let v = View::from_yaml(
+            "apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: a}\nspec: {bgp: {ipv4Address: 10.0.0.1/24}}\n---\n\
+             apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: pa}\nspec: {node: a, peerIP: 10.0.0.254, asNumber: 1, password: {secretKeyRef: {name: shared, key: ka}}}\n---\n\
+             apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: pb}\nspec: {node: b, peerIP: 10.0.0.254, asNumber: 1, password: {secretKeyRef: {name: shared, key: kb}}}\n",
+        )
+        .expect("valid");
+        let a = inputs(
+            "a",
+            v.nodes.get("a").map(|n| &n.metadata.labels),
+            true,
+            None,
+            v.peers.values(),
+        );
+        assert_eq!(
+            a.secret_keys("shared")
+                .map(|k| k.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["ka".to_string()])
+        );
+        let b = inputs("b", None, true, None, v.peers.values());
+        assert_eq!(
+            b.secret_keys("shared")
+                .map(|k| k.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["kb".to_string()])
+        );
+    }
 
     fn view_for(v: &View, node: &str, mesh: bool) -> BTreeSet<(Kind, String)> {
         let labels = v.nodes.get(node).map(|n| &n.metadata.labels);
