@@ -11,20 +11,47 @@
 //!
 //! The rules depend only on the AgentConfiguration (SNAT address, port range, interface
 //! filter); pools and host addresses are set elements. So a pool change is a set
-//! element change, and anything else replaces the table. Every write is one `nft -f -`
-//! transaction: an element change is `delete element ...; add element ...`, a
-//! replacement is `add table; delete table; table inet tern { ... }`, so the kernel
-//! never sees a half-written table nor a moment without one.
+//! element change, and anything else replaces the table. Every write is one nft
+//! transaction: an element change is `delete element ...; add element ...` (only
+//! additions: `add set <name> { ...; elements = { ... } }`, which nft 1.0.6 runs without
+//! first dumping every interval set of the host), a replacement is
+//! `add table; delete table; table inet tern { ... }`, so the kernel never sees a
+//! half-written table nor a moment without one.
+//!
+//! How transactions reach nft:
+//!
+//! ```text
+//! short (<= 2 KiB as one line)  ─► nft -j -i session: the commands joined with "; "
+//! longer (a table of many pools)─► nft -j -i session: include "<private temp dir>/txn.nft"
+//! no session (cannot start,     ─► nft -f - (one process per transaction)
+//!   paused after failures)
+//! read-backs                    ─► the session: list table inet tern (else nft -j list)
+//! ```
+//!
+//! The session ([`session::NftSession`]) is started on first use and kept: nft -i runs
+//! each line as one batch, and a long-lived process skips nft's start-up and the ~15 ms
+//! that releasing a netlink socket costs after a transaction that deleted something. A
+//! session that breaks (times out, dies, answers nonsense) is killed; the call in flight
+//! then reads the table back and finishes with one-shot `nft -f -`, and the next call
+//! starts a new session. After three failures in a row the driver uses `nft -f` for a
+//! minute. Sessions are replaced after 1,000 lines (nft -i keeps a history).
 //!
 //! The driver remembers what it last wrote. When it does not know (first call,
-//! failed write) and on `reconcile`, it reads the table back (`nft -j list table`) and
-//! compares sets (as address ranges), the chain's hook and priority, and the rules'
-//! identities (`comment "tern:<hash>"`).
+//! failed write, broken session) and on `reconcile`, it reads the table back
+//! (`nft -j list table`) and compares sets (as address ranges), the chain's hook and
+//! priority, and the rules' identities (`comment "tern:<hash>"`).
+
+#[path = "nft_session.rs"]
+pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write as _;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tern::model::Family;
@@ -33,6 +60,7 @@ use super::intervals::{self, Interval};
 use super::{ApplyOutcome, ApplyReport, DataplaneError, NatDriver, rule_id};
 use crate::calc::nat::{FamilyNat, NatState};
 use crate::exec::{Exec, ExecError};
+use session::{NftSession, SessionError};
 
 /// The table tern owns (family and name).
 pub const TABLE_FAMILY: &str = "inet";
@@ -42,6 +70,19 @@ pub const CHAIN: &str = "postrouting";
 pub const CHAIN_PRIORITY: i64 = 110;
 
 const DRIVER: &str = "nftables";
+
+/// Transactions up to this long go to the session as one line; longer ones through a
+/// file it includes (nft -i reads its input a byte at a time, ~0.3 µs a byte).
+const INLINE_MAX: usize = 2048;
+/// A session is replaced after this many lines or bytes (nft -i keeps a history).
+const SESSION_MAX_LINES: u64 = 1000;
+const SESSION_MAX_BYTES: u64 = 8 << 20;
+/// After this many session failures in a row, one-shot nft for [`SESSION_PAUSE`].
+const SESSION_MAX_FAILURES: u32 = 3;
+const SESSION_PAUSE: Duration = Duration::from_secs(60);
+/// How long a session may take for a transaction: this, plus 1 ms per 100 bytes of
+/// it; read-backs get three times this.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What kind of addresses a set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,31 +298,127 @@ impl Diff {
     }
 }
 
-fn incremental_script(l: &Layout, changes: &[ElementChange]) -> String {
-    let mut s = String::new();
-    for c in changes {
-        let set = &l.sets[c.set];
-        if !c.del.is_empty() {
-            let _ = writeln!(
-                s,
-                "delete element {TABLE_FAMILY} {TABLE_NAME} {} {{ {} }}",
+/// The commands of an element change, each on one line. Deletions come first, so an
+/// interval can be replaced by one that overlaps it in the same transaction. With
+/// nothing to delete, each set is declared again with its new elements (`add set` of an
+/// existing set with the same declaration only adds the elements): unlike
+/// `add element`, nft 1.0.6 then does not dump every interval set of the host first,
+/// which costs time in proportion to their size (~3 ms at 1,000 pools, ~60 ms at
+/// 10,000). The kernel still refuses an element that overlaps one it has.
+fn element_commands(l: &Layout, changes: &[ElementChange]) -> Vec<String> {
+    let mut out = Vec::new();
+    if changes.iter().all(|c| c.del.is_empty()) {
+        for c in changes.iter().filter(|c| !c.add.is_empty()) {
+            let set = &l.sets[c.set];
+            out.push(format!(
+                "add set {TABLE_FAMILY} {TABLE_NAME} {} {{ type {}; flags interval; elements = {{ {} }}; }}",
                 set.name,
-                element_list(set, &c.del)
-            );
-        }
-    }
-    for c in changes {
-        let set = &l.sets[c.set];
-        if !c.add.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element {TABLE_FAMILY} {TABLE_NAME} {} {{ {} }}",
-                set.name,
+                addr_type(set.family),
                 element_list(set, &c.add)
-            );
+            ));
+        }
+        return out;
+    }
+    for c in changes.iter().filter(|c| !c.del.is_empty()) {
+        let set = &l.sets[c.set];
+        out.push(format!(
+            "delete element {TABLE_FAMILY} {TABLE_NAME} {} {{ {} }}",
+            set.name,
+            element_list(set, &c.del)
+        ));
+    }
+    for c in changes.iter().filter(|c| !c.add.is_empty()) {
+        let set = &l.sets[c.set];
+        out.push(format!(
+            "add element {TABLE_FAMILY} {TABLE_NAME} {} {{ {} }}",
+            set.name,
+            element_list(set, &c.add)
+        ));
+    }
+    out
+}
+
+/// [`full_script`] on one line, for the session (blocks close with `};`).
+fn full_line(l: &Layout, replace: bool) -> String {
+    let mut s = String::new();
+    if replace {
+        let _ = write!(
+            s,
+            "add table {TABLE_FAMILY} {TABLE_NAME}; delete table {TABLE_FAMILY} {TABLE_NAME}; "
+        );
+    }
+    let _ = write!(s, "table {TABLE_FAMILY} {TABLE_NAME} {{ ");
+    for set in &l.sets {
+        let _ = write!(
+            s,
+            "set {} {{ type {}; flags interval; ",
+            set.name,
+            addr_type(set.family)
+        );
+        if !set.elements.is_empty() {
+            let _ = write!(s, "elements = {{ {} }}; ", element_list(set, &set.elements));
+        }
+        s.push_str("}; ");
+    }
+    let _ = write!(
+        s,
+        "chain {CHAIN} {{ type nat hook postrouting priority srcnat + 10; policy accept; "
+    );
+    for r in &l.rules {
+        let _ = write!(s, "{} comment \"{}\"; ", r.text, r.id);
+    }
+    s.push_str("}; }");
+    s
+}
+
+/// One transaction, in the forms nft reads.
+#[derive(Debug, Clone, Copy)]
+enum Txn<'a> {
+    /// Create the table (`replace`: replace it) as `l` says.
+    Full { l: &'a Layout, replace: bool },
+    /// Change set elements.
+    Elements {
+        l: &'a Layout,
+        changes: &'a [ElementChange],
+    },
+    /// Remove the table (also when there is none).
+    DeleteTable,
+}
+
+impl Txn<'_> {
+    /// The transaction as one line for the session, when it is at most [`INLINE_MAX`].
+    fn short_line(&self) -> Option<String> {
+        let line = match self {
+            Txn::Full { l, replace } => {
+                // ~20 bytes an element at least: skip rendering what cannot fit.
+                let elements: usize = l.sets.iter().map(|s| s.elements.len()).sum();
+                if elements > INLINE_MAX / 20 {
+                    return None;
+                }
+                full_line(l, *replace)
+            }
+            Txn::Elements { l, changes } => element_commands(l, changes).join("; "),
+            Txn::DeleteTable => format!(
+                "add table {TABLE_FAMILY} {TABLE_NAME}; delete table {TABLE_FAMILY} {TABLE_NAME}"
+            ),
+        };
+        (line.len() <= INLINE_MAX).then_some(line)
+    }
+
+    /// The transaction as an `nft -f` script.
+    fn script(&self) -> String {
+        match self {
+            Txn::Full { l, replace } => full_script(l, *replace),
+            Txn::Elements { l, changes } => {
+                let mut s = element_commands(l, changes).join("\n");
+                s.push('\n');
+                s
+            }
+            Txn::DeleteTable => format!(
+                "add table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
+            ),
         }
     }
-    s
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,31 +641,221 @@ fn diff(l: &Layout, o: &Observed) -> Diff {
     d
 }
 
+/// A private copy of a transaction for the session to `include`; removed on drop.
+#[derive(Debug)]
+struct TempScript {
+    dir: PathBuf,
+    file: PathBuf,
+    /// The file's path, as nft reads it between quotes.
+    path: String,
+}
+
+impl TempScript {
+    /// Write `script` to `<temp dir>/tern-nft-<pid>-<random>/txn.nft`: a directory only
+    /// root can enter, made here (never one that existed), a file only root can read.
+    fn write(script: &str) -> std::io::Result<TempScript> {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-nft-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let file = dir.join("txn.nft");
+        let path = file
+            .to_str()
+            .filter(|p| {
+                p.starts_with('/')
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+            })
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} cannot be written between quotes in an nft include",
+                    file.display()
+                ))
+            })?
+            .to_string();
+        DirBuilder::new().mode(0o700).create(&dir)?;
+        let t = TempScript { dir, file, path };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&t.file)?;
+        f.write_all(script.as_bytes())?;
+        Ok(t)
+    }
+}
+
+impl Drop for TempScript {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Why a read or a transaction did not go through.
+#[derive(Debug)]
+enum Failure {
+    /// nft said no: nothing of the transaction was applied.
+    Refused(DataplaneError),
+    /// The session broke with the request in flight: whether it was applied is
+    /// unknown. The caller reads the kernel back and goes on with one-shot nft.
+    Broken(SessionError),
+}
+
+impl From<DataplaneError> for Failure {
+    fn from(e: DataplaneError) -> Failure {
+        Failure::Refused(e)
+    }
+}
+
+/// An error nft -i reported, in the shape one-shot nft errors have.
+fn session_error(action: &str, e: SessionError) -> DataplaneError {
+    let (status, stderr) = match e {
+        SessionError::Refused(msg) => ("refused the line".to_string(), msg),
+        other => ("failed".to_string(), other.to_string()),
+    };
+    DataplaneError::Exec {
+        driver: DRIVER,
+        action: action.to_string(),
+        source: ExecError::Failed {
+            program: "nft -i".into(),
+            status,
+            stderr,
+        },
+    }
+}
+
 /// The nftables NAT driver.
 #[derive(Debug)]
 pub struct NftDriver {
     exec: Exec,
     /// What the kernel holds since our last successful write; None when unknown.
     programmed: Option<Layout>,
+    /// The nft -i session, started on first use.
+    session: Option<NftSession>,
+    /// False: one-shot nft only.
+    use_session: bool,
+    session_timeout: Duration,
+    /// Session failures in a row, and until when the session is not used after too many.
+    session_failures: u32,
+    session_paused_until: Option<Instant>,
+    /// False once nft -i could not include a temporary file that nft -f could run.
+    include_ok: bool,
+    /// Set while a call is retried after its session broke.
+    oneshot_only: bool,
 }
 
 impl NftDriver {
+    /// The driver, with an nft -i session started on first use.
     pub fn new(exec: Exec) -> NftDriver {
         NftDriver {
             exec,
             programmed: None,
+            session: None,
+            use_session: true,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            session_failures: 0,
+            session_paused_until: None,
+            include_ok: true,
+            oneshot_only: false,
         }
     }
 
-    fn nft(
-        &self,
-        action: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> Result<String, DataplaneError> {
+    /// The driver without a session: one `nft -f -` per transaction, one `nft -j list`
+    /// per read-back (for comparison, and hosts where nft has no interactive mode).
+    pub fn without_session(exec: Exec) -> NftDriver {
+        NftDriver {
+            use_session: false,
+            ..NftDriver::new(exec)
+        }
+    }
+
+    /// How long the session may take for a transaction (plus 1 ms per 100 bytes of it);
+    /// a session that takes longer is killed. [`DEFAULT_SESSION_TIMEOUT`] by default.
+    pub fn set_session_timeout(&mut self, timeout: Duration) {
+        self.session_timeout = timeout;
+    }
+
+    /// The process id of the running nft -i session, if any (diagnostics, tests).
+    pub fn session_pid(&self) -> Option<u32> {
+        self.session
+            .as_ref()
+            .filter(|s| s.is_running())
+            .map(NftSession::pid)
+    }
+
+    /// The session to use now, started if needed; None for one-shot nft.
+    fn session(&mut self) -> Option<&mut NftSession> {
+        if !self.use_session || self.oneshot_only {
+            return None;
+        }
+        if let Some(until) = self.session_paused_until {
+            if Instant::now() < until {
+                return None;
+            }
+            self.session_paused_until = None;
+            self.session_failures = 0;
+        }
+        let worn = self.session.as_ref().is_some_and(|s| {
+            !s.is_running() || s.lines() >= SESSION_MAX_LINES || s.bytes_sent() >= SESSION_MAX_BYTES
+        });
+        if worn {
+            self.session = None;
+        }
+        if self.session.is_none() {
+            match NftSession::start(&self.exec) {
+                Ok(s) => self.session = Some(s),
+                Err(e) => {
+                    self.session_failed(&e);
+                    return None;
+                }
+            }
+        }
+        self.session.as_mut()
+    }
+
+    /// Run `line` in the session, if there is one to use (None: use one-shot nft).
+    fn session_run(
+        &mut self,
+        line: &str,
+        timeout: Duration,
+    ) -> Option<Result<String, SessionError>> {
+        let r = self.session()?.run(line, timeout);
+        match &r {
+            Err(e) if e.is_fatal() => self.session_failed(e),
+            _ => self.session_failures = 0,
+        }
+        Some(r)
+    }
+
+    fn session_failed(&mut self, e: &SessionError) {
+        self.session = None;
+        self.session_failures += 1;
+        if self.session_failures >= SESSION_MAX_FAILURES {
+            self.session_paused_until = Some(Instant::now() + SESSION_PAUSE);
+            tracing::warn!(
+                driver = DRIVER,
+                error = %e,
+                failures = self.session_failures,
+                "nft -i keeps failing; using one-shot nft for {SESSION_PAUSE:?}"
+            );
+        } else {
+            tracing::warn!(driver = DRIVER, error = %e, "nft -i session failed");
+        }
+    }
+
+    fn timeout_for(&self, bytes: usize) -> Duration {
+        let extra = u64::try_from(bytes / 100).unwrap_or(u64::MAX);
+        self.session_timeout
+            .saturating_add(Duration::from_millis(extra))
+    }
+
+    /// One `nft -f -` run of `script`.
+    fn oneshot(&self, action: &str, script: &str) -> Result<(), DataplaneError> {
         self.exec
-            .run("nft", args, stdin)
-            .map(|o| o.stdout)
+            .run("nft", &["-f", "-"], Some(script))
+            .map(|_| ())
             .map_err(|source| DataplaneError::Exec {
                 driver: DRIVER,
                 action: action.to_string(),
@@ -536,61 +863,154 @@ impl NftDriver {
             })
     }
 
+    /// Run one transaction: in the session (as a line, or by including a file), else
+    /// with one-shot `nft -f -`.
+    fn transact(&mut self, action: &str, txn: Txn<'_>) -> Result<(), Failure> {
+        if let Some(line) = txn.short_line() {
+            let timeout = self.timeout_for(line.len());
+            match self.session_run(&line, timeout) {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(e)) if e.is_fatal() => return Err(Failure::Broken(e)),
+                Some(Err(e)) => return Err(Failure::Refused(session_error(action, e))),
+                None => {}
+            }
+            return Ok(self.oneshot(action, &txn.script())?);
+        }
+        let script = txn.script();
+        if !self.include_ok || self.session().is_none() {
+            return Ok(self.oneshot(action, &script)?);
+        }
+        let tmp = match TempScript::write(&script) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(driver = DRIVER, error = %e, "no temporary script; nft -f instead");
+                return Ok(self.oneshot(action, &script)?);
+            }
+        };
+        let line = format!("include \"{}\"", tmp.path);
+        let timeout = self.timeout_for(script.len());
+        match self.session_run(&line, timeout) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) if e.is_fatal() => Err(Failure::Broken(e)),
+            Some(Err(SessionError::Refused(msg))) if msg.contains(&line) => {
+                // The error is about the include itself (an error inside the file names
+                // the file, not the include line): nft may not see our temporary
+                // directory. Nothing was applied; nft -f reads the script from stdin.
+                self.oneshot(action, &script)?;
+                tracing::warn!(
+                    driver = DRIVER,
+                    error = %msg,
+                    "nft -i cannot include a temporary file, nft -f works: long transactions use nft -f from now on"
+                );
+                self.include_ok = false;
+                Ok(())
+            }
+            Some(Err(e)) => Err(Failure::Refused(session_error(action, e))),
+            None => Ok(self.oneshot(action, &script)?),
+        }
+    }
+
     /// Read the table back; an absent table is an empty observation.
-    fn read_back(&self) -> Result<Observed, DataplaneError> {
+    fn read_back(&mut self) -> Result<Observed, Failure> {
+        const ACTION: &str = "read back table inet tern";
+        let line = format!("list table {TABLE_FAMILY} {TABLE_NAME}");
+        let timeout = self.session_timeout.saturating_mul(3);
+        match self.session_run(&line, timeout) {
+            Some(Ok(out)) => return Ok(Observed::parse(&out)?),
+            Some(Err(SessionError::Refused(msg))) if msg.contains("No such file or directory") => {
+                return Ok(Observed::default());
+            }
+            Some(Err(e)) if e.is_fatal() => return Err(Failure::Broken(e)),
+            Some(Err(e)) => return Err(Failure::Refused(session_error(ACTION, e))),
+            None => {}
+        }
         match self.exec.run(
             "nft",
             &["-j", "list", "table", TABLE_FAMILY, TABLE_NAME],
             None,
         ) {
-            Ok(out) => Observed::parse(&out.stdout),
+            Ok(out) => Ok(Observed::parse(&out.stdout)?),
             Err(ExecError::Failed { stderr, .. })
                 if stderr.contains("No such file or directory") =>
             {
                 Ok(Observed::default())
             }
-            Err(source) => Err(DataplaneError::Exec {
+            Err(source) => Err(Failure::Refused(DataplaneError::Exec {
                 driver: DRIVER,
-                action: "read back table inet tern".into(),
+                action: ACTION.into(),
                 source,
-            }),
+            })),
+        }
+    }
+
+    /// Run `f`; when the session broke under it, forget what the kernel holds and run
+    /// `f` again with one-shot nft (it then reads the kernel back first).
+    fn with_fallback<T>(
+        &mut self,
+        mut f: impl FnMut(&mut NftDriver) -> Result<T, Failure>,
+    ) -> Result<T, DataplaneError> {
+        match f(self) {
+            Ok(t) => Ok(t),
+            Err(Failure::Refused(e)) => Err(e),
+            Err(Failure::Broken(e)) => {
+                tracing::warn!(
+                    driver = DRIVER,
+                    error = %e,
+                    "nft -i session broke during a call; reading the table back and using nft -f"
+                );
+                self.programmed = None;
+                self.oneshot_only = true;
+                let r = f(self);
+                self.oneshot_only = false;
+                r.map_err(|f| match f {
+                    Failure::Refused(e) => e,
+                    Failure::Broken(e) => session_error("retry with nft -f", e),
+                })
+            }
         }
     }
 
     /// Write what `d` says is missing, in one transaction.
-    fn write(&mut self, l: Layout, d: &Diff) -> Result<ApplyReport, DataplaneError> {
+    fn write(&mut self, l: &Layout, d: &Diff) -> Result<ApplyReport, Failure> {
         let mut report = ApplyReport::default();
         if d.is_empty() {
-            self.programmed = Some(l);
+            self.programmed = Some(l.clone());
             return Ok(report);
         }
         let (added, removed) = d.counts();
         if d.structural.is_empty() {
-            let script = incremental_script(&l, &d.elements);
-            match self.nft("update set elements", &["-f", "-"], Some(&script)) {
-                Ok(_) => {
+            let txn = Txn::Elements {
+                l,
+                changes: &d.elements,
+            };
+            match self.transact("update set elements", txn) {
+                Ok(()) => {
                     report.outcome = ApplyOutcome::Updated;
                     report.elements_added = added;
                     report.elements_removed = removed;
-                    self.programmed = Some(l);
+                    self.programmed = Some(l.clone());
                     return Ok(report);
                 }
-                Err(e) => {
+                Err(Failure::Refused(e)) => {
                     // The kernel is not what we thought; replace the table instead.
                     tracing::warn!(driver = DRIVER, error = %e, "element update failed, replacing the table");
+                }
+                Err(broken) => {
+                    self.programmed = None;
+                    return Err(broken);
                 }
             }
         }
         self.programmed = None;
-        self.nft(
-            "replace table inet tern",
-            &["-f", "-"],
-            Some(&full_script(&l, d.table_present)),
-        )?;
+        let txn = Txn::Full {
+            l,
+            replace: d.table_present,
+        };
+        self.transact("replace table inet tern", txn)?;
         report.outcome = ApplyOutcome::Replaced;
         report.elements_added = l.sets.iter().map(|s| s.elements.len()).sum();
         report.elements_removed = removed;
-        self.programmed = Some(l);
+        self.programmed = Some(l.clone());
         Ok(report)
     }
 }
@@ -609,12 +1029,14 @@ impl NatDriver for NftDriver {
                 ..ApplyReport::default()
             });
         }
-        let observed = match &self.programmed {
-            Some(p) => Observed::of_layout(p),
-            None => self.read_back()?,
-        };
-        let d = diff(&l, &observed);
-        let mut report = self.write(l, &d)?;
+        let mut report = self.with_fallback(|d| {
+            let observed = match &d.programmed {
+                Some(p) => Observed::of_layout(p),
+                None => d.read_back()?,
+            };
+            let diff = diff(&l, &observed);
+            d.write(&l, &diff)
+        })?;
         report.elapsed = start.elapsed();
         tracing::info!(
             driver = DRIVER,
@@ -632,42 +1054,49 @@ impl NatDriver for NftDriver {
     fn reconcile(&mut self, desired: &NatState) -> Result<ApplyReport, DataplaneError> {
         let start = Instant::now();
         let l = layout(desired);
-        let observed = match self.read_back() {
-            Ok(o) => o,
+        let result = self.with_fallback(|d| {
+            let observed = d.read_back()?;
+            let diff = diff(&l, &observed);
+            let repairs = diff.structural.len() + diff.elements.len();
+            for finding in &diff.structural {
+                tracing::warn!(driver = DRIVER, drift = %finding, "repairing NAT drift");
+            }
+            for c in &diff.elements {
+                tracing::warn!(
+                    driver = DRIVER,
+                    set = %l.sets[c.set].name,
+                    missing = c.add.len(),
+                    extra = c.del.len(),
+                    "repairing NAT drift in set elements"
+                );
+            }
+            let mut report = d.write(&l, &diff)?;
+            report.repairs = repairs;
+            Ok(report)
+        });
+        let mut report = match result {
+            Ok(r) => r,
             Err(e) => {
                 self.programmed = None;
                 return Err(e);
             }
         };
-        let d = diff(&l, &observed);
-        let repairs = d.structural.len() + d.elements.len();
-        for finding in &d.structural {
-            tracing::warn!(driver = DRIVER, drift = %finding, "repairing NAT drift");
-        }
-        for c in &d.elements {
-            tracing::warn!(
-                driver = DRIVER,
-                set = %l.sets[c.set].name,
-                missing = c.add.len(),
-                extra = c.del.len(),
-                "repairing NAT drift in set elements"
-            );
-        }
-        let mut report = self.write(l, &d)?;
-        report.repairs = repairs;
         report.elapsed = start.elapsed();
-        if repairs > 0 {
-            tracing::info!(driver = DRIVER, repairs, outcome = ?report.outcome, "NAT drift repaired");
+        if report.repairs > 0 {
+            tracing::info!(driver = DRIVER, repairs = report.repairs, outcome = ?report.outcome, "NAT drift repaired");
         }
         Ok(report)
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
         self.programmed = None;
-        let script = format!(
-            "add table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
-        );
-        self.nft("delete table inet tern", &["-f", "-"], Some(&script))?;
+        // A fresh driver (the usual case) has no session, and one transaction does not
+        // pay for starting one.
+        if self.session_pid().is_some() {
+            self.with_fallback(|d| d.transact("delete table inet tern", Txn::DeleteTable))?;
+        } else {
+            self.oneshot("delete table inet tern", &Txn::DeleteTable.script())?;
+        }
         tracing::info!(driver = DRIVER, "NAT table removed");
         Ok(())
     }
@@ -704,14 +1133,116 @@ mod tests {
         let d = diff(&b, &Observed::of_layout(&a));
         assert!(d.structural.is_empty(), "{:?}", d.structural);
         assert_eq!(d.counts(), (2, 0));
-        let script = incremental_script(&b, &d.elements);
+        // Only additions: the sets are declared again with the new elements.
+        let txn = Txn::Elements {
+            l: &b,
+            changes: &d.elements,
+        };
         assert_eq!(
-            script,
-            "add element inet tern all-pools-v6 { fd00::/48 }\nadd element inet tern nat-pools-v6 { fd00::/48 }\n"
+            txn.script(),
+            "add set inet tern all-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }\n\
+             add set inet tern nat-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }\n"
+        );
+        assert_eq!(
+            txn.short_line().as_deref(),
+            Some(
+                "add set inet tern all-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }; \
+                 add set inet tern nat-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }"
+            )
         );
         let d = diff(&a, &Observed::of_layout(&b));
         assert_eq!(d.counts(), (0, 2));
+        assert_eq!(
+            Txn::Elements {
+                l: &a,
+                changes: &d.elements
+            }
+            .short_line()
+            .as_deref(),
+            Some(
+                "delete element inet tern all-pools-v6 { fd00::/48 }; \
+                 delete element inet tern nat-pools-v6 { fd00::/48 }"
+            )
+        );
         assert!(diff(&a, &Observed::of_layout(&a)).is_empty());
+    }
+
+    #[test]
+    fn deletions_come_before_additions() {
+        // 10.244.0.0/16 grows into 10.244.0.0/15: the old interval goes, the new comes.
+        let a = layout(&state(&["10.244.0.0/16"], &[]));
+        let b = layout(&state(&["10.244.0.0/16", "10.245.0.0/16"], &[]));
+        let d = diff(&b, &Observed::of_layout(&a));
+        let script = Txn::Elements {
+            l: &b,
+            changes: &d.elements,
+        }
+        .script();
+        assert_eq!(
+            script,
+            "delete element inet tern all-pools-v4 { 10.244.0.0/16 }\n\
+             delete element inet tern nat-pools-v4 { 10.244.0.0/16 }\n\
+             add element inet tern all-pools-v4 { 10.244.0.0/15 }\n\
+             add element inet tern nat-pools-v4 { 10.244.0.0/15 }\n"
+        );
+    }
+
+    #[test]
+    fn the_one_line_table_says_what_the_script_says() {
+        let mut s = state(&["10.244.0.0/16", "fd00::/48"], &["10.96.0.0/16"]);
+        s.port_range = Some(PortRange { lo: 1000, hi: 2000 });
+        let l = layout(&s);
+        let line = full_line(&l, true);
+        assert!(!line.contains('\n'));
+        assert!(
+            line.starts_with("add table inet tern; delete table inet tern; table inet tern { ")
+        );
+        assert!(line.ends_with("}; }"));
+        // The same words as the script, in the same order.
+        let words = |t: &str| -> Vec<String> {
+            t.split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(words(&line), words(&full_script(&l, true)));
+        let txn = Txn::Full {
+            l: &l,
+            replace: true,
+        };
+        assert_eq!(txn.short_line(), Some(line));
+        // A table of many pools does not go on one line.
+        let big: Vec<String> = (0..100).map(|i| format!("10.{}.0.0/16", 2 * i)).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        let l = layout(&state(&big, &[]));
+        assert_eq!(
+            Txn::Full {
+                l: &l,
+                replace: false
+            }
+            .short_line(),
+            None
+        );
+        assert!(Txn::DeleteTable.short_line().is_some());
+    }
+
+    #[test]
+    fn temporary_scripts_are_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = TempScript::write("add table inet x\n").expect("temp dir is writable");
+        let dir_mode = std::fs::metadata(&t.dir).expect("dir").permissions().mode();
+        let file_mode = std::fs::metadata(&t.file)
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!((dir_mode & 0o777, file_mode & 0o777), (0o700, 0o600));
+        assert_eq!(
+            std::fs::read_to_string(&t.path).expect("readable"),
+            "add table inet x\n"
+        );
+        let dir = t.dir.clone();
+        drop(t);
+        assert!(!dir.exists());
     }
 
     #[test]
