@@ -26,9 +26,12 @@ impl std::str::FromStr for Format {
 pub fn init(filter: &str, format: Format) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("bad log filter {filter:?}: {e}"))?;
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, not for files or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let result = match format {
         Format::Plain => builder.try_init(),

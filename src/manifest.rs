@@ -375,10 +375,11 @@ impl Builder {
             });
         };
         let name = format!("{}{}", tag.handle, tag.suffix);
-        let bad = |what: &str, text: &str| {
+        // The value itself is not repeated: it may be a secret.
+        let bad = |what: &str, _text: &str| {
             self.error(
                 mark,
-                format!("{text:?} is not {what} (tag {})", shown_tag(tag)),
+                format!("the value is not {what} (tag {})", shown_tag(tag)),
             )
         };
         match name.strip_prefix(CORE_TAG_PREFIX) {

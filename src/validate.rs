@@ -42,8 +42,9 @@ const RESTART_TIME_SECS: RangeInclusive<u64> = 1..=4095;
 const KEEPALIVE_TIME_SECS: RangeInclusive<u64> = 1..=240;
 /// `allow local as N`: an AS_PATH segment holds at most 255 AS numbers.
 const MAX_ALLOWED_LOCAL_AS: u32 = 255;
-/// Kubernetes' limit on the total size of a Secret's data.
-const MAX_SECRET_BYTES: usize = 1024 * 1024;
+/// The total size of a Secret's data: base64 in the stored document (4/3 of this)
+/// stays within the 512 KiB every stored resource is limited to.
+const MAX_SECRET_BYTES: usize = 384 * 1024;
 /// Kubernetes' limit on the total size of an object's annotations.
 const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 /// Longest label value and name part of a qualified name (Kubernetes).

@@ -288,7 +288,11 @@ async fn resource_version_preconditions() {
 /// Each bad input gets the exact status, names the field, and stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_precise_error_and_changes_nothing() {
-    let c = Cluster::start().await;
+    // Without automatic blocks, nothing but the API writes to etcd during the test.
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.ipam.auto_blocks = false;
+    c.add_controller_with(cfg).await;
     let mut api = c.admin().await;
     api.create(proto::CreateRequest {
         resource: Some(pool("existing", "10.0.0.0/16")),

@@ -532,6 +532,12 @@ async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
             true,
         )
         .map_err(anyhow::Error::msg)?;
+        let left = t.nodes[i].run("ip", &["route", "show", "proto", "bird"])?;
+        ensure!(
+            left.trim().is_empty(),
+            "cleanup left BIRD's routes on n{}: {left}",
+            i + 1
+        );
     }
     Ok(())
 }

@@ -98,6 +98,18 @@ async fn metrics_and_operator_views() {
     );
     let out = tokio::task::block_in_place(|| ternctl(&c, &["get", "nodes"]));
     assert!(out.starts_with("NAME   CONNECTED   CONTROLLER"), "{out}");
+    let wide = tokio::task::block_in_place(|| ternctl(&c, &["get", "nodes", "-o", "wide"]));
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..4],
+        ["n1", "(64512)", "10.0.0.1/24", "true"],
+        "{wide}"
+    );
     assert!(out.contains(c.controllers[0].id()), "{out}");
     assert!(
         eventually(10, async || {

@@ -268,6 +268,8 @@ impl ApplyLoop {
                     }
                     Err(e) => {
                         warn!(error = %e, retry_in = ?backoff, "apply failed; the host keeps its last applied state");
+                        // Retried when the backoff expires, or earlier for a new view.
+                        dirty = false;
                         retry_at = Some(tokio::time::Instant::now() + backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
@@ -284,7 +286,7 @@ impl ApplyLoop {
                         let s = state.borrow();
                         (s.generation, s.revision)
                     };
-                    if gen_now != self.applied.borrow().generation || retry_at.is_some() {
+                    if gen_now != self.applied.borrow().generation {
                         dirty = true;
                     } else {
                         self.applied.send_modify(|a| a.revision = a.revision.max(rev));
@@ -299,7 +301,7 @@ impl ApplyLoop {
                     dirty = true;
                 }
                 _ = resync.tick() => {
-                    if !dirty {
+                    if !dirty && retry_at.is_none() {
                         self.reconcile().await;
                         self.publish_status();
                     }

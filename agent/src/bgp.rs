@@ -46,7 +46,11 @@ impl BgpDataplane for Bird {
 
     fn cleanup(&mut self) -> Result<(), String> {
         // Stops the watcher first, so BIRD is not restarted behind our back.
-        self.mgr.cleanup().map(|_| ()).map_err(|e| e.to_string())
+        self.mgr.cleanup().map_err(|e| e.to_string())?;
+        if self.mgr.options().mode == BirdMode::Supervised {
+            flush_bird_routes(&self.mgr.options().exec)?;
+        }
+        Ok(())
     }
 }
 
@@ -93,7 +97,29 @@ pub fn settings(
 /// `tern-agent cleanup`: stop the BIRD tern supervises and remove its files. With a
 /// BIRD managed elsewhere (`managed` false) only tern's staging file goes.
 pub fn cleanup(exec: &Exec, state_dir: &Path, socket: &Path, managed: bool) -> Result<(), String> {
-    bird::cleanup(&bird_options(exec, state_dir, socket, managed))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let mut errors = Vec::new();
+    if let Err(e) = bird::cleanup(&bird_options(exec, state_dir, socket, managed)) {
+        errors.push(e.to_string());
+    }
+    if managed {
+        // BIRD's kernel protocol persists its routes (so a BIRD restart does not flap
+        // them); once tern's BIRD is gone for good, its routes go too.
+        if let Err(e) = flush_bird_routes(exec) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Remove the routes BIRD installed (`proto bird`) in both families.
+pub fn flush_bird_routes(exec: &Exec) -> Result<(), String> {
+    for family in ["-4", "-6"] {
+        exec.run("ip", &[family, "route", "flush", "proto", "bird"], None)
+            .map_err(|e| format!("removing BIRD's routes: {e}"))?;
+    }
+    Ok(())
 }

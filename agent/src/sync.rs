@@ -221,13 +221,16 @@ impl Client {
         let mut report_due = false;
         let mut report_timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
         self.status.mark_changed(); // report once per new stream
+        let mut silent_after = tokio::time::Instant::now() + self.cfg.silence_timeout;
         loop {
             tokio::select! {
-                m = tokio::time::timeout(self.cfg.silence_timeout, inbound.message()) => {
-                    let m = match m {
-                        Err(_) => return Err(StreamError::Silent(self.cfg.silence_timeout)),
-                        Ok(r) => r?,
-                    };
+                () = tokio::time::sleep_until(silent_after) => {
+                    return Err(StreamError::Silent(self.cfg.silence_timeout));
+                }
+                m = inbound.message() => {
+                    // Only what the controller sends counts against silence.
+                    silent_after = tokio::time::Instant::now() + self.cfg.silence_timeout;
+                    let m = m?;
                     let Some(m) = m else { return Err(StreamError::Closed) };
                     self.handle(m, &mut pending, &tx).await?;
                 }

@@ -28,12 +28,22 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// A resource as cached: parsed once, with the stored JSON bytes shared by every
-/// stream that sends it.
-#[derive(Debug)]
+/// stream that sends it. Its Debug leaves the bytes out (a Secret's values are in them).
 pub struct Entry {
     pub resource: Resource,
     pub bytes: Bytes,
     pub mod_revision: i64,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("kind", &self.resource.kind())
+            .field("name", &self.resource.name())
+            .field("mod_revision", &self.mod_revision)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// (kind, name).
@@ -109,6 +119,8 @@ impl State {
 #[derive(Debug)]
 pub struct Cache {
     state: RwLock<State>,
+    /// The store and this replica's marker key, once `run` started: for barriers.
+    marker: std::sync::OnceLock<(Store, String)>,
     /// True once the history read back from etcd at start is in (or there is none).
     history_ready: watch::Sender<bool>,
     /// The cache revision, for streams to wait on.
@@ -143,6 +155,7 @@ impl Cache {
         let (history_ready, _) = watch::channel(false);
         Arc::new(Cache {
             state: RwLock::new(State::default()),
+            marker: std::sync::OnceLock::new(),
             history_ready,
             head,
             max_history: max_history.max(16),
@@ -174,6 +187,30 @@ impl Cache {
         tokio::time::timeout(timeout, rx.wait_for(|r| *r))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Bring the cache up to etcd's current revision: write this replica's marker key and
+    /// wait until the watch delivers it (everything before it has been delivered too).
+    /// Returns false when that does not happen within `timeout`.
+    pub async fn barrier(&self, timeout: Duration) -> bool {
+        let Some((store, key)) = self.marker.get() else {
+            return false;
+        };
+        let put = store
+            .client()
+            .kv_client()
+            .put(key.as_str(), "cache barrier", None)
+            .await;
+        match put {
+            Ok(r) => {
+                let rev = r.header().map_or(0, |h| h.revision());
+                self.wait_for(rev, timeout).await
+            }
+            Err(e) => {
+                debug!(error = %e, "cache barrier: cannot write the marker");
+                false
+            }
+        }
     }
 
     /// Wait until the cache has applied `revision` (or the timeout passes).
@@ -239,6 +276,12 @@ impl Cache {
         if floor >= st.floor {
             return;
         }
+        // More events than the history holds arrived between the list and the marker:
+        // the history was trimmed above the list revision, so older events cannot join
+        // it without a gap.
+        if st.history.len() >= self.max_history {
+            return;
+        }
         let n = events.len();
         let now = std::time::Instant::now();
         for (revision, key, prev, new) in events.into_iter().rev() {
@@ -299,6 +342,7 @@ impl Cache {
     pub async fn run(self: Arc<Self>, store: Store, metrics: Arc<Metrics>, replica: String) {
         let mut backoff = Duration::from_millis(100);
         let marker = store.cache_marker_key(&replica);
+        let _ = self.marker.set((store.clone(), marker.clone()));
         loop {
             let result = self.list_and_watch(&store, &metrics, &marker).await;
             metrics.etcd_watch_healthy.set(0);
@@ -339,6 +383,7 @@ impl Cache {
         debug!(revision = rev, objects = objects.len(), "listed");
         let first = !self.is_ready();
         self.install_list(rev, objects);
+        let markers = store.cache_marker_prefix();
 
         // On the first list, read the recent history back from etcd too (as far as it
         // was not compacted), so agents can resume from revisions before our start.
@@ -398,10 +443,17 @@ impl Cache {
                     });
                 }
                 let mut batch = Vec::with_capacity(resp.events().len());
+                // The highest marker revision in this message: etcd delivers in
+                // revision order, so every event up to it has been delivered.
+                let mut reached = 0;
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    if kv.key() == marker.as_bytes() {
-                        if backfilling && kv.mod_revision() >= marker_rev {
+                    if kv.key().starts_with(markers.as_bytes()) {
+                        reached = reached.max(kv.mod_revision());
+                        if backfilling
+                            && kv.key() == marker.as_bytes()
+                            && kv.mod_revision() >= marker_rev
+                        {
                             self.backfill(std::mem::take(&mut older), from - 1);
                             backfilling = false;
                             self.history_ready.send_replace(true);
@@ -425,9 +477,9 @@ impl Cache {
                     }
                     batch.push((kv.mod_revision(), key, new));
                 }
-                // The cache revision moves with events only: the header revision of a
-                // watch message may be ahead of events still to come.
-                self.apply(batch, 0);
+                // The cache revision moves with events and markers only: the header
+                // revision of a watch message may be ahead of events still to come.
+                self.apply(batch, if backfilling { 0 } else { reached });
                 let (r, n) = self.read(|st| (st.revision, st.objects.len()));
                 metrics.cache_revision.set(r);
                 metrics.cache_objects.set(n as i64);

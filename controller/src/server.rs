@@ -92,11 +92,14 @@ impl Controller {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        if let Some(s) = self.server.take() {
+        if let Some(mut s) = self.server.take() {
             // Streams that do not end by themselves are cut after a grace period.
-            match tokio::time::timeout(Duration::from_secs(5), s).await {
-                Ok(_) => {}
-                Err(_) => warn!("server did not stop within 5s"),
+            if tokio::time::timeout(Duration::from_secs(5), &mut s)
+                .await
+                .is_err()
+            {
+                warn!("server did not stop within 5s; aborting it");
+                s.abort();
             }
         }
     }
@@ -210,9 +213,10 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         .build_v1alpha()
         .map_err(|e| ConfigError::Invalid(format!("reflection: {e}")))?;
 
-    let resources =
-        proto::resource_service_server::ResourceServiceServer::new(ResourceApi::new(store.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let resources = proto::resource_service_server::ResourceServiceServer::new(
+        ResourceApi::new(store.clone()).with_shutdown(cancel.clone()),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let nodes = proto::node_service_server::NodeServiceServer::new(NodeApi::new(
         store.clone(),
         status.clone(),

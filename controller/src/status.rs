@@ -30,6 +30,10 @@ pub struct Connection {
     pub controller: String,
     pub since: String,
     pub agent_version: String,
+    /// The stream (unique within the replica): an older stream of the same node ending
+    /// late must not erase the newer one's record.
+    #[serde(default)]
+    pub stream: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +67,57 @@ impl std::fmt::Debug for StatusHub {
 
 const LEASE_TTL_SECS: i64 = 15;
 
+/// Largest status report kept, encoded: many fit in one etcd request (1.5 MiB).
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+/// Largest batch of status writes in one etcd transaction.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// Keep a report within [`MAX_REPORT_BYTES`]: shorten free texts, then drop sessions.
+fn bound_report(s: &mut proto::NodeStatus) {
+    for t in [&mut s.last_error, &mut s.agent_version, &mut s.reported_at] {
+        cut(t, 1024);
+    }
+    if let Some(d) = &mut s.dataplane {
+        cut(&mut d.error, 1024);
+        cut(&mut d.driver, 64);
+        cut(&mut d.state, 64);
+    }
+    let sessions = s.bgp.as_ref().map_or(0, |b| b.sessions.len());
+    if let Some(b) = &mut s.bgp {
+        cut(&mut b.error, 1024);
+        cut(&mut b.bird_version, 128);
+        for x in &mut b.sessions {
+            for t in [
+                &mut x.name,
+                &mut x.peer_address,
+                &mut x.peer_type,
+                &mut x.state,
+                &mut x.since,
+            ] {
+                cut(t, 128);
+            }
+            cut(&mut x.info, 256);
+        }
+    }
+    let mut keep = sessions;
+    while s.encoded_len() > MAX_REPORT_BYTES && keep > 0 {
+        keep = keep * 3 / 4;
+        if let Some(b) = &mut s.bgp {
+            b.sessions.truncate(keep);
+        }
+    }
+}
+
 impl StatusHub {
     pub fn new(store: Store, controller_id: String, max_writes_per_sec: u32) -> Arc<StatusHub> {
         Arc::new(StatusHub {
@@ -89,8 +144,10 @@ impl StatusHub {
         format!("{}{node}", self.store.internal_prefix("connections"))
     }
 
-    /// Record a report; it reaches etcd on the node's next turn.
+    /// Record a report; it reaches etcd on the node's next turn. Oversized reports are
+    /// cut (sessions beyond what fits are dropped, long texts shortened).
     pub fn report(&self, node: &str, mut status: proto::NodeStatus) {
+        bound_report(&mut status);
         status.node = node.to_string();
         status.controller = self.controller_id.clone();
         if status.reported_at.is_empty() {
@@ -160,11 +217,17 @@ impl StatusHub {
     }
 
     /// Mark a node connected to this replica.
-    pub async fn connected(&self, node: &str, agent_version: &str) -> Result<(), StoreError> {
+    pub async fn connected(
+        &self,
+        node: &str,
+        agent_version: &str,
+        stream: u64,
+    ) -> Result<(), StoreError> {
         let c = Connection {
             controller: self.controller_id.clone(),
             since: tern::util::now_rfc3339(),
             agent_version: agent_version.to_string(),
+            stream,
         };
         self.connections.lock().insert(node.to_string(), c.clone());
         self.put_connection(node, &c).await
@@ -183,8 +246,16 @@ impl StatusHub {
     }
 
     /// Mark a node disconnected, unless another replica has taken it over meanwhile.
-    pub async fn disconnected(&self, node: &str) {
-        let Some(c) = self.connections.lock().remove(node) else {
+    pub async fn disconnected(&self, node: &str, stream: u64) {
+        let c = {
+            let mut conns = self.connections.lock();
+            match conns.get(node) {
+                Some(c) if c.stream == stream => conns.remove(node),
+                // A newer stream of this node owns the record now.
+                _ => None,
+            }
+        };
+        let Some(c) = c else {
             return;
         };
         self.latest.lock().remove(node);
@@ -273,12 +344,14 @@ impl StatusHub {
                 let batch: Vec<(String, proto::NodeStatus)> = {
                     let mut p = self.pending.lock();
                     let mut out = Vec::new();
-                    while out.len() < BATCH {
+                    let mut bytes = 0;
+                    while out.len() < BATCH && bytes < MAX_BATCH_BYTES {
                         let Some(node) = p.queue.pop_front() else {
                             break;
                         };
                         p.queued.remove(&node);
                         if let Some(s) = p.latest.remove(&node) {
+                            bytes += s.encoded_len() + node.len() + 64;
                             out.push((node, s));
                         }
                     }
@@ -299,14 +372,49 @@ impl StatusHub {
                     .txn(Txn::new().and_then(ops))
                     .await
                 {
-                    warn!(error = %e, reports = n, "writing status reports failed; will retry");
-                    self.requeue(batch);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match crate::store::classify(e) {
+                        StoreError::Unavailable(msg) => {
+                            warn!(error = %msg, reports = n, "writing status reports failed; will retry");
+                            self.requeue(batch);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        other => {
+                            // A request etcd refused would be refused again forever.
+                            warn!(error = %other, reports = n, "status reports dropped: etcd refused them");
+                        }
+                    }
                     continue;
                 }
                 let pause = Duration::from_secs_f64(n as f64 / f64::from(self.max_writes_per_sec));
                 tokio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_reports_are_cut_to_fit() {
+        let mut s = proto::NodeStatus {
+            last_error: "e".repeat(10_000),
+            bgp: Some(proto::BgpStatus {
+                sessions: (0..5000)
+                    .map(|i| proto::BgpSession {
+                        name: format!("Mesh_10_0_{}_{}", i / 250, i % 250),
+                        info: "Established".repeat(50),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        bound_report(&mut s);
+        assert!(s.encoded_len() <= MAX_REPORT_BYTES, "{}", s.encoded_len());
+        assert_eq!(s.last_error.len(), 1024);
+        assert!(s.bgp.as_ref().is_some_and(|b| !b.sessions.is_empty()));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use tern::model::{FieldError, Kind, Resource, resource_key};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Store errors, each mapped to one gRPC status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +37,8 @@ pub enum StoreError {
     Invalid(FieldError),
     #[error("etcd is unreachable: {0}")]
     Unavailable(String),
-    #[error("the requested revision {0} has been compacted")]
-    Compacted(i64),
+    #[error("the requested revision has been compacted")]
+    Compacted,
     #[error("stored object {key} cannot be read: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("too much write contention on {0}; retry")]
@@ -63,9 +63,7 @@ pub fn classify(e: etcd_client::Error) -> StoreError {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 StoreError::Unavailable(s.message().to_string())
             }
-            tonic::Code::OutOfRange if s.message().contains("compacted") => {
-                StoreError::Compacted(0)
-            }
+            tonic::Code::OutOfRange if s.message().contains("compacted") => StoreError::Compacted,
             tonic::Code::Unknown if s.message().contains("transport") => {
                 StoreError::Unavailable(s.message().to_string())
             }
@@ -140,7 +138,12 @@ impl Store {
     /// a replica's cache writes it to learn when its watch has delivered everything
     /// up to a revision.
     pub fn cache_marker_key(&self, replica: &str) -> String {
-        format!("{}/zz-cache-marker/{replica}", self.prefix)
+        format!("{}{replica}", self.cache_marker_prefix())
+    }
+
+    /// Where every replica's marker key lives.
+    pub fn cache_marker_prefix(&self) -> String {
+        format!("{}/zz-cache-marker/", self.prefix)
     }
 
     /// `<prefix>/_<what>/`: internal keys, outside the resource range.
@@ -304,13 +307,14 @@ impl Store {
     }
 
     /// Delete iff the mod revision is `expected` (or unconditionally with `None`).
-    /// Returns the deleted object.
+    /// Returns the deleted object; None when it was deleted but could not be read (a
+    /// corrupt document is deleted all the same).
     pub async fn delete(
         &self,
         kind: Kind,
         name: &str,
         expected: Option<i64>,
-    ) -> Result<Resource, StoreError> {
+    ) -> Result<Option<Resource>, StoreError> {
         let key = self.key(kind, name);
         let cmp = match expected {
             Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
@@ -330,7 +334,13 @@ impl Store {
                 if let TxnOpResponse::Delete(d) = op
                     && let Some(prev) = d.prev_kvs().first()
                 {
-                    return Ok(self.decode(prev)?.resource);
+                    return Ok(match self.decode(prev) {
+                        Ok(s) => Some(s.resource),
+                        Err(e) => {
+                            warn!(error = %e, "deleted an unreadable object");
+                            None
+                        }
+                    });
                 }
             }
             return Err(StoreError::NotFound {

@@ -165,9 +165,14 @@ pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
         None => return Err(FieldError::new("metadata.name", "required")),
     };
     let mut data = std::collections::HashMap::new();
+    let text = |field: String, v: &Value| -> Result<String, FieldError> {
+        v.as_str().map(str::to_string).ok_or_else(|| {
+            FieldError::new(field, "must be a string (quote numbers and yes/no/on/off)")
+        })
+    };
     if let Some(Value::Object(d)) = map.get("data") {
         for (k, v) in d {
-            let raw = v.as_str().unwrap_or_default();
+            let raw = text(format!("data.{k}"), v)?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(raw.trim())
                 .map_err(|_| {
@@ -183,7 +188,7 @@ pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
     }
     if let Some(Value::Object(d)) = map.get("stringData") {
         for (k, v) in d {
-            data.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            data.insert(k.clone(), text(format!("stringData.{k}"), v)?);
         }
     }
     let spec = match map.get("spec") {
@@ -250,6 +255,20 @@ mod tests {
         let p = to_proto(&r, false);
         let back = from_proto(&p).expect("back");
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn manifest_secret_values_must_be_strings() {
+        let v: Value = serde_json::json!({
+            "apiVersion": "tern.dev/v1", "kind": "Secret", "metadata": {"name": "s"},
+            "stringData": {"pw": 12345678}
+        });
+        let e = value_to_proto(&v).expect_err("a number is not a password");
+        assert_eq!(e.field, "stringData.pw");
+        assert!(
+            !e.to_string().contains("12345678"),
+            "the value is not echoed: {e}"
+        );
     }
 
     #[test]

@@ -145,7 +145,8 @@ impl FromStr for GoDuration {
                 _ => return Err(bad()),
             };
             rest = &rest[unit_len..];
-            total += Duration::from_secs_f64(value * scale);
+            let part = Duration::try_from_secs_f64(value * scale).map_err(|_| bad())?;
+            total = total.checked_add(part).ok_or_else(bad)?;
         }
         Ok(GoDuration(total))
     }
@@ -457,7 +458,15 @@ mod tests {
             "500ms".parse::<GoDuration>().map(|d| d.0),
             Ok(Duration::from_millis(500))
         );
-        for bad in ["", "10", "s", "10x", "1.2.3s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "1.2.3s",
+            "99999999999999999999999h",
+            "10000000000000000000s10000000000000000000s",
+        ] {
             assert!(bad.parse::<GoDuration>().is_err(), "{bad}");
         }
     }

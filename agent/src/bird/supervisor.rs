@@ -254,12 +254,32 @@ impl Supervisor {
                 Ok(true)
             }
             Proc::Adopted(Some(pid)) => {
-                terminate_pid(pid, grace);
-                Ok(true)
+                // The pid may have been reused since we adopted it: signal it only while
+                // it is still the BIRD serving our socket.
+                if still_our_bird(pid, &self.shared.cfg.socket_path) {
+                    terminate_pid(pid, grace);
+                    Ok(true)
+                } else {
+                    Ok(false)
+                }
             }
             Proc::Adopted(None) => Ok(false),
         }
     }
+}
+
+/// True while `pid` is a `bird` whose command line serves `socket`.
+fn still_our_bird(pid: u32, socket: &std::path::Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_bird = args
+        .first()
+        .and_then(|a| a.rsplit(|b| *b == b'/').next())
+        .is_some_and(|a| a == b"bird");
+    let socket = socket.as_os_str().as_encoded_bytes();
+    is_bird && args.windows(2).any(|w| w[0] == b"-s" && w[1] == socket)
 }
 
 impl Drop for Supervisor {
@@ -425,13 +445,5 @@ pub(crate) fn pid_from_file(pid_file: &std::path::Path, socket: &std::path::Path
     if !process_alive(pid) {
         return None;
     }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_bird = args
-        .first()
-        .and_then(|a| a.rsplit(|b| *b == b'/').next())
-        .is_some_and(|a| a == b"bird");
-    let socket = socket.as_os_str().as_encoded_bytes();
-    let serves = args.windows(2).any(|w| w[0] == b"-s" && w[1] == socket);
-    (is_bird && serves).then_some(pid)
+    still_our_bird(pid, socket).then_some(pid)
 }

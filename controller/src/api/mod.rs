@@ -38,7 +38,7 @@ impl From<StoreError> for Status {
             StoreError::Conflict { .. } => Status::aborted(msg),
             StoreError::Invalid(fe) => invalid(&[fe]),
             StoreError::Unavailable(_) => Status::unavailable(msg),
-            StoreError::Compacted(_) => Status::out_of_range(msg),
+            StoreError::Compacted => Status::out_of_range(msg),
             StoreError::Contention(_) => Status::aborted(msg),
             StoreError::Corrupt { .. } | StoreError::Etcd(_) => Status::internal(msg),
         }

@@ -30,6 +30,8 @@ const MAX_CAS_RETRIES: usize = 8;
 #[derive(Debug, Clone)]
 pub struct ResourceApi {
     store: Store,
+    /// Ends Watch streams when the replica shuts down.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 fn parse_kind(field: &str, s: &str) -> Result<Kind, Status> {
@@ -70,7 +72,16 @@ fn carry_server_fields(new: &mut Resource, old: &Resource) {
 
 impl ResourceApi {
     pub fn new(store: Store) -> Self {
-        ResourceApi { store }
+        ResourceApi {
+            store,
+            shutdown: Default::default(),
+        }
+    }
+
+    /// Watch streams end when `token` is cancelled.
+    pub fn with_shutdown(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = token;
+        self
     }
 
     /// Create-if-absent with the cross-resource checks.
@@ -263,7 +274,18 @@ impl ResourceService for ResourceApi {
         let precondition = parse_rv("resourceVersion", &req.resource_version)?;
         let out = self.store.delete(kind, &req.name, precondition).await?;
         info!(%kind, name = %req.name, "deleted");
-        Ok(Response::new(to_proto(&out, false)))
+        Ok(Response::new(match out {
+            Some(r) => to_proto(&r, false),
+            None => proto::Resource {
+                api_version: tern::model::API_VERSION.into(),
+                kind: kind.as_str().into(),
+                metadata: Some(proto::ObjectMeta {
+                    name: req.name,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }))
     }
 
     async fn apply(
@@ -363,6 +385,7 @@ impl ResourceService for ResourceApi {
             .await
             .map_err(|e| Status::from(StoreError::from(e)))?;
         let may_see = move |k: Kind| authz::may_list_kind(&id, k);
+        let shutdown = self.shutdown.clone();
         tokio::spawn(
             async move {
                 for s in initial {
@@ -382,6 +405,10 @@ impl ResourceService for ResourceApi {
                     let msg = tokio::select! {
                         m = stream.message() => m,
                         () = tx.closed() => break,
+                        () = shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                            break;
+                        }
                     };
                     let resp = match msg {
                         Ok(Some(r)) => r,

@@ -56,7 +56,12 @@ pub struct SyncApi {
     metrics: Arc<Metrics>,
     /// Cancelled when the replica shuts down: every stream ends (agents reconnect).
     shutdown: CancellationToken,
+    /// The live stream of each node on this replica: a new stream of a node ends the
+    /// previous one (one stream per node).
+    streams: Arc<parking_lot::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>>,
 }
+
+static STREAM_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl SyncApi {
     pub fn new(
@@ -76,6 +81,7 @@ impl SyncApi {
             controller_id,
             metrics,
             shutdown,
+            streams: Arc::default(),
         }
     }
 }
@@ -88,6 +94,35 @@ type SyncStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
 
 fn msg(m: controller_message::Msg) -> Out {
     Ok(proto::ControllerMessage { msg: Some(m) })
+}
+
+/// Most labels an agent may register, and their total size.
+const MAX_AGENT_LABELS: usize = 64;
+const MAX_AGENT_LABEL_BYTES: usize = 16 * 1024;
+
+/// The annotation listing the label keys the node's agent registered.
+pub const AGENT_LABELS_ANNOTATION: &str = "tern.dev/agent-labels";
+
+fn agent_labels(meta: &tern::model::ObjectMeta) -> std::collections::BTreeSet<String> {
+    meta.annotations
+        .get(AGENT_LABELS_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set_agent_labels(meta: &mut tern::model::ObjectMeta, keys: std::collections::BTreeSet<String>) {
+    if keys.is_empty() {
+        meta.annotations.remove(AGENT_LABELS_ANNOTATION);
+    } else {
+        let v = keys.into_iter().collect::<Vec<_>>().join(",");
+        meta.annotations
+            .insert(AGENT_LABELS_ANNOTATION.to_string(), v);
+    }
 }
 
 /// Create or update the node's Node resource from its Hello. Returns the revision
@@ -113,6 +148,22 @@ async fn register(
         None => (None, None),
     };
     let labels = reg.map(|r| r.labels.clone()).unwrap_or_default();
+    if labels.len() > MAX_AGENT_LABELS {
+        return Err(invalid_field(
+            "hello.registration.labels",
+            format!(
+                "{} labels; an agent may set at most {MAX_AGENT_LABELS}",
+                labels.len()
+            ),
+        ));
+    }
+    let size: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_AGENT_LABEL_BYTES {
+        return Err(invalid_field(
+            "hello.registration.labels",
+            format!("{size} bytes; at most {MAX_AGENT_LABEL_BYTES}"),
+        ));
+    }
     for _ in 0..8 {
         match store.get_opt(Kind::Node, node).await? {
             None => {
@@ -135,6 +186,7 @@ async fn register(
                     },
                 ));
                 r.metadata_mut().labels = labels.clone().into_iter().collect();
+                set_agent_labels(r.metadata_mut(), labels.keys().cloned().collect());
                 r.normalize();
                 validate(&r).map_err(|e| invalid(&e.0))?;
                 match ResourceApi::new(store.clone()).create_resource(r).await {
@@ -157,9 +209,19 @@ async fn register(
                 if v6.is_some() {
                     bgp.ipv6_address = v6;
                 }
+                // The agent may set the labels it set before and new ones; a label an
+                // administrator set is never overwritten by an agent (so selecting
+                // peers by admin-set labels cannot be subverted from a node).
+                let mut owned = agent_labels(&n.metadata);
                 for (k, v) in &labels {
-                    n.metadata.labels.insert(k.clone(), v.clone());
+                    if owned.contains(k) || !n.metadata.labels.contains_key(k) {
+                        n.metadata.labels.insert(k.clone(), v.clone());
+                        owned.insert(k.clone());
+                    } else if n.metadata.labels.get(k) != Some(v) {
+                        debug!(node, label = %k, "not overriding a label set by an administrator");
+                    }
                 }
+                set_agent_labels(&mut n.metadata, owned);
                 let new = Resource::Node(n);
                 if new == cur.resource {
                     return Ok(cur.mod_revision);
@@ -191,7 +253,9 @@ struct Producer {
     last_pong: Arc<AtomicU64>,
     started: Instant,
     metrics: Arc<Metrics>,
+    /// Cancelled by a replica shutdown or by a newer stream of the node.
     shutdown: CancellationToken,
+    replica_shutdown: CancellationToken,
 }
 
 /// Why a stream ends.
@@ -199,6 +263,7 @@ struct Producer {
 enum End {
     ClientGone,
     Shutdown,
+    Replaced,
     TooSlow,
     FellBehind,
     NoPong,
@@ -212,8 +277,13 @@ impl Producer {
                 Ok(Err(_)) => Err(End::ClientGone),
                 Err(_) => Err(End::TooSlow),
             },
-            () = self.shutdown.cancelled() => Err(End::Shutdown),
+            () = self.shutdown.cancelled() => Err(if self.replaced() { End::Replaced } else { End::Shutdown }),
         }
+    }
+
+    /// True when this stream was ended by a newer stream of the same node.
+    fn replaced(&self) -> bool {
+        self.shutdown.is_cancelled() && !self.replica_shutdown.is_cancelled()
     }
 
     async fn run(self, last_revision: i64) -> End {
@@ -227,11 +297,11 @@ impl Producer {
         let mut head = self.cache.subscribe();
         if last_revision > 0 {
             // A replica that just started may still be reading its history back, or be
-            // a moment behind the replica the agent came from.
+            // behind the replica the agent came from: catch up with etcd first.
             self.cache.wait_history(Duration::from_secs(5)).await;
-            self.cache
-                .wait_for(last_revision, Duration::from_secs(2))
-                .await;
+            if last_revision > self.cache.revision() {
+                self.cache.barrier(Duration::from_secs(3)).await;
+            }
         }
         // Resume within history, else a snapshot.
         let resumed = (last_revision > 0)
@@ -305,6 +375,8 @@ impl Producer {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut nonce = 0u64;
+        // When the oldest unanswered ping was sent (ms since the stream started).
+        let mut unanswered: Option<u64> = None;
         loop {
             tokio::select! {
                 changed = head.changed() => {
@@ -334,10 +406,21 @@ impl Producer {
                     }
                 }
                 _ = ping.tick() => {
-                    let idle = self.started.elapsed().as_millis() as u64
-                        - self.last_pong.load(Ordering::Relaxed).min(self.started.elapsed().as_millis() as u64);
-                    if Duration::from_millis(idle) > self.tuning.pong_timeout {
+                    // The agent is dead when a ping stays unanswered for pong_timeout;
+                    // the clock starts with the first ping, not with the stream (a long
+                    // snapshot to a slow agent is not silence).
+                    let now = self.started.elapsed().as_millis() as u64;
+                    let pong = self.last_pong.load(Ordering::Relaxed);
+                    if unanswered.is_some_and(|t| pong >= t) {
+                        unanswered = None;
+                    }
+                    if let Some(t) = unanswered
+                        && Duration::from_millis(now.saturating_sub(t)) > self.tuning.pong_timeout
+                    {
                         return Err(End::NoPong);
+                    }
+                    if unanswered.is_none() {
+                        unanswered = Some(now);
                     }
                     // A bookmark: the view is consistent at the cursor even if nothing
                     // in it changed, so a reconnect can resume from here.
@@ -352,7 +435,9 @@ impl Producer {
                     self.send(msg(controller_message::Msg::Ping(proto::Ping { nonce }))).await?;
                 }
                 () = self.tx.closed() => return Err(End::ClientGone),
-                () = self.shutdown.cancelled() => return Err(End::Shutdown),
+                () = self.shutdown.cancelled() => {
+                    return Err(if self.replaced() { End::Replaced } else { End::Shutdown });
+                }
             }
         }
     }
@@ -396,7 +481,20 @@ impl SyncService for SyncApi {
                 "the controller cache is behind etcd; retry",
             ));
         }
-        if let Err(e) = self.status.connected(&node, &hello.agent_version).await {
+        let stream_id = STREAM_IDS.fetch_add(1, Ordering::Relaxed);
+        let stream_cancel = self.shutdown.child_token();
+        if let Some((_, older)) = self
+            .streams
+            .lock()
+            .insert(node.clone(), (stream_id, stream_cancel.clone()))
+        {
+            older.cancel();
+        }
+        if let Err(e) = self
+            .status
+            .connected(&node, &hello.agent_version, stream_id)
+            .await
+        {
             warn!(parent: &span, error = %e, "could not record the connection");
         }
         span.in_scope(|| {
@@ -415,8 +513,10 @@ impl SyncService for SyncApi {
             last_pong: last_pong.clone(),
             started,
             metrics: self.metrics.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: stream_cancel,
+            replica_shutdown: self.shutdown.clone(),
         };
+        let streams = self.streams.clone();
         let status = self.status.clone();
         let metrics = self.metrics.clone();
         metrics.agents_connected.inc();
@@ -449,6 +549,12 @@ impl SyncService for SyncApi {
                 inbound_task.abort();
                 match end {
                     End::ClientGone => info!("agent disconnected"),
+                    End::Replaced => {
+                        let _ = tx.try_send(Err(Status::aborted(
+                            "a newer stream of this node replaced this one",
+                        )));
+                        info!("stream replaced by a newer one of the same node");
+                    }
                     End::Shutdown => {
                         let _ = tx.try_send(Err(Status::unavailable(
                             "controller shutting down; reconnect",
@@ -471,7 +577,13 @@ impl SyncService for SyncApi {
                     }
                 }
                 metrics.agents_connected.dec();
-                status.disconnected(&node).await;
+                {
+                    let mut live = streams.lock();
+                    if live.get(&node).is_some_and(|(id, _)| *id == stream_id) {
+                        live.remove(&node);
+                    }
+                }
+                status.disconnected(&node, stream_id).await;
             }
             .instrument(span),
         );

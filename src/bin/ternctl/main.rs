@@ -578,6 +578,25 @@ async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow
             Some((n, i))
         })
         .collect();
+    // Nodes without an AS of their own use the cluster's, shown in parentheses as
+    // calicoctl shows it.
+    let default_as = if wide {
+        ResourceServiceClient::new(ctx.channel().await?)
+            .get(proto::GetRequest {
+                kind: "BGPConfiguration".into(),
+                name: "default".into(),
+                show_secrets: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| {
+                let sp = spec_of(&r.into_inner());
+                sp.get("asNumber").map(|v| s(Some(v)))
+            })
+            .unwrap_or_else(|| "64512".into())
+    } else {
+        String::new()
+    };
     let mut header = vec!["NAME", "CONNECTED", "CONTROLLER", "REVISION"];
     if wide {
         header = vec![
@@ -606,9 +625,14 @@ async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow
                 .unwrap_or_else(|| "-".into());
             if wide {
                 let st = info.and_then(|i| i.status.as_ref());
+                let asn = if base[1].is_empty() {
+                    format!("({default_as})")
+                } else {
+                    base[1].clone()
+                };
                 vec![
                     base[0].clone(),
-                    base[1].clone(),
+                    asn,
                     base[2].clone(),
                     base[3].clone(),
                     connected,
