@@ -73,6 +73,8 @@ pub struct State {
     pub history: VecDeque<Arc<Event>>,
     /// Events after this revision are all in `history`.
     pub floor: i64,
+    /// Stored bytes of the versions the history holds (bounded, like its length).
+    pub history_bytes: usize,
     /// True once the first list is in.
     pub ready: bool,
 }
@@ -106,13 +108,28 @@ impl State {
                 self.objects.remove(&ev.key);
             }
         }
+        self.history_bytes += event_bytes(&ev);
         self.history.push_back(ev);
-        while self.history.len() > max_history {
-            if let Some(old) = self.history.pop_front() {
-                self.floor = old.revision;
-            }
+        self.trim(max_history);
+    }
+
+    /// Drop the oldest events beyond `max_events` or [`MAX_HISTORY_BYTES`].
+    fn trim(&mut self, max_events: usize) {
+        while self.history.len() > max_events || self.history_bytes > MAX_HISTORY_BYTES {
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes = self.history_bytes.saturating_sub(event_bytes(&old));
+            self.floor = old.revision;
         }
     }
+}
+
+/// Upper bound on the bytes of the versions kept in the history.
+pub const MAX_HISTORY_BYTES: usize = 256 * 1024 * 1024;
+
+fn event_bytes(ev: &Event) -> usize {
+    ev.new.as_ref().map_or(0, |e| e.bytes.len()) + ev.key.1.len() + 64
 }
 
 /// The shared cache.
@@ -289,20 +306,18 @@ impl Cache {
                 // Already covered by events applied after the list; keep order.
                 continue;
             }
-            st.history.push_front(Arc::new(Event {
+            let ev = Arc::new(Event {
                 revision,
                 at: now,
                 key,
                 prev,
                 new,
-            }));
+            });
+            st.history_bytes += event_bytes(&ev);
+            st.history.push_front(ev);
         }
         st.floor = floor;
-        while st.history.len() > self.max_history {
-            if let Some(old) = st.history.pop_front() {
-                st.floor = old.revision;
-            }
-        }
+        st.trim(self.max_history);
         debug!(events = n, floor = st.floor, "history backfilled from etcd");
     }
 
