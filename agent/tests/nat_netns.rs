@@ -12,11 +12,14 @@
 //! host, so without NAT it sees pod addresses, and with NAT the host's.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use tern::model::DataplaneKind;
+use tern::model::{DataplaneKind, PortRange};
 use tern::view::View;
 use tern_agent::calc::nat::{NatState, desired};
+use tern_agent::dataplane::bench::pool_state;
+use tern_agent::dataplane::nft::session::{NftSession, SessionError};
 use tern_agent::dataplane::{
     self, ApplyOutcome, IptablesBackend, IptablesDriver, NatDriver, NftDriver,
 };
@@ -202,6 +205,8 @@ fn state(nat: bool, agent_config: &str, extra: &str) -> anyhow::Result<NatState>
 #[derive(Debug, Clone, Copy)]
 enum Which {
     Nft,
+    /// The nftables driver without its nft -i session (one-shot nft only).
+    NftOneShot,
     Iptables(IptablesBackend),
 }
 
@@ -209,6 +214,7 @@ impl Which {
     fn make(self, exec: Exec) -> Box<dyn NatDriver> {
         match self {
             Which::Nft => Box::new(NftDriver::new(exec)),
+            Which::NftOneShot => Box::new(NftDriver::without_session(exec)),
             Which::Iptables(b) => Box::new(IptablesDriver::new(exec, b)),
         }
     }
@@ -321,7 +327,7 @@ fn delete_iptables_jump(lab: &Lab, which: Which) -> anyhow::Result<()> {
 /// Break tern's objects by hand in two ways and check reconcile repairs them.
 fn drift(lab: &Lab, which: Which, d: &mut dyn NatDriver, on: &NatState) -> anyhow::Result<()> {
     let hand: Vec<Vec<String>> = match which {
-        Which::Nft => vec![
+        Which::Nft | Which::NftOneShot => vec![
             vec!["nft", "delete table inet tern"],
             vec!["nft", "flush chain inet tern postrouting"],
             vec![
@@ -411,7 +417,7 @@ fn driver_scenario(which: Which) -> anyhow::Result<()> {
         // natOutgoing off: the outside sees the pod again.
         d.apply(&off)?;
         lab.expect_nat(POD4, POD6, "natOutgoing off")?;
-        if let Which::Nft = which {
+        if let Which::Nft | Which::NftOneShot = which {
             ensure!(
                 nft_table_handle(lab)? == handle,
                 "a pool change must only change set elements"
@@ -585,7 +591,8 @@ fn sequence_scenario(which: Which) -> anyhow::Result<()> {
 
 #[test]
 fn nftables_state_sequences() -> anyhow::Result<()> {
-    sequence_scenario(Which::Nft)
+    sequence_scenario(Which::Nft)?;
+    sequence_scenario(Which::NftOneShot)
 }
 
 #[test]
@@ -661,4 +668,378 @@ fn bench_helper_runs_and_cleans_up() -> anyhow::Result<()> {
     result?;
     ensure!(!netns::exists(&name), "namespace {name} left behind");
     Ok(())
+}
+
+// ---- The nftables driver's nft -i session ----
+
+/// Run `f` in a fresh namespace; afterwards no process may be left in it (sessions are
+/// killed when dropped) and the namespace is removed.
+fn with_netns(
+    role: &str,
+    f: impl FnOnce(&Netns, Exec) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    netns::require_root()?;
+    let ns = Netns::new(role)?;
+    let name = ns.name().to_string();
+    let result = f(&ns, Exec::in_netns(ns.name()));
+    let left = ns.pids();
+    drop(ns);
+    result?;
+    ensure!(left.is_empty(), "processes left in the namespace: {left:?}");
+    ensure!(!netns::exists(&name), "namespace {name} left behind");
+    Ok(())
+}
+
+/// Send a signal (`KILL`, `STOP`) to a process.
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()?
+        .success();
+    ensure!(ok, "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+/// Wait until a process is stopped (state T), so it reads nothing more.
+fn wait_stopped(pid: u32) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_default();
+        if state == "T" {
+            return Ok(());
+        }
+        ensure!(Instant::now() < until, "{pid} did not stop (state {state})");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn list_set(ns: &Netns, set: &str) -> anyhow::Result<String> {
+    ns.run("nft", &["list", "set", "inet", "t", set])
+}
+
+fn refused(r: Result<String, SessionError>, needle: &str) -> anyhow::Result<String> {
+    match r {
+        Err(SessionError::Refused(msg)) if msg.contains(needle) => Ok(msg),
+        other => bail!("expected nft to refuse the line with {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn nft_session_runs_each_line_as_one_transaction() -> anyhow::Result<()> {
+    with_netns("session", |ns, exec| {
+        let t = Duration::from_secs(10);
+        let mut s = NftSession::start(&exec)?;
+        let out = s.run(
+            "add table inet t; add set inet t s { type ipv4_addr; flags interval; }; \
+             add set inet t plain { type ipv4_addr; }",
+            t,
+        )?;
+        ensure!(out.is_empty(), "{out}");
+
+        // nft refuses the second command (no such set): the first is not applied either.
+        refused(
+            s.run(
+                "add element inet t s { 10.0.0.0/24 }; add element inet t nosuch { 10.1.0.0/24 }",
+                t,
+            ),
+            "nosuch",
+        )?;
+        ensure!(
+            !list_set(ns, "s")?.contains("10.0.0.0"),
+            "half a line applied"
+        );
+
+        // The kernel refuses the second command (nft does not check elements of a plain
+        // set): the batch is rolled back, the first command with it.
+        refused(
+            s.run(
+                "add element inet t s { 10.0.0.0/24 }; delete element inet t plain { 192.0.2.1 }",
+                t,
+            ),
+            "Could not process rule",
+        )?;
+        ensure!(
+            !list_set(ns, "s")?.contains("10.0.0.0"),
+            "half a batch applied"
+        );
+
+        // The session goes on, and every answer belongs to its own line.
+        let out = s.run(
+            "add element inet t s { 10.0.0.0/24 }; add element inet t plain { 192.0.2.1 }",
+            t,
+        )?;
+        ensure!(out.is_empty(), "{out}");
+        let e = s
+            .run("delete element inet t plain { 192.0.2.99 }", t)
+            .expect_err("no such element");
+        ensure!(!e.is_fatal(), "{e}");
+        let listing = s.run("list set inet t s", t)?;
+        ensure!(
+            listing.starts_with('{') && listing.contains("10.0.0.0") && !listing.contains("Error"),
+            "{listing}"
+        );
+        let listing = s.run("list set inet t plain", t)?;
+        ensure!(listing.contains("192.0.2.1"), "{listing}");
+
+        // A line that nft -i would not read as one line is not sent.
+        for bad in [
+            "list tables\nflush ruleset",
+            "add table inet u \\",
+            "quit",
+            "",
+        ] {
+            ensure!(
+                matches!(s.run(bad, t), Err(SessionError::BadLine(_))),
+                "{bad:?} was sent"
+            );
+        }
+        ensure!(ns.run("nft", &["list", "tables"])?.contains("table inet t"));
+
+        // An included file joins the line's batch: all of it or nothing.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("txn.nft");
+        let include = format!("include \"{}\"", path.display());
+        std::fs::write(
+            &path,
+            "add element inet t s { 10.5.0.0/24 }\nadd element inet t nosuch { 10.6.0.0/24 }\n",
+        )?;
+        refused(s.run(&include, t), "nosuch")?;
+        ensure!(
+            !list_set(ns, "s")?.contains("10.5.0.0"),
+            "half a file applied"
+        );
+        std::fs::write(
+            &path,
+            "add element inet t s { 10.5.0.0/24 }\nadd element inet t s { 10.6.0.0/24 }\n",
+        )?;
+        s.run(&include, t)?;
+        let set = list_set(ns, "s")?;
+        ensure!(
+            set.contains("10.5.0.0") && set.contains("10.6.0.0"),
+            "{set}"
+        );
+
+        // A long answer (5,000 elements, ~300 kB of JSON) arrives whole.
+        let elems: Vec<String> = (0..5000u32)
+            .map(|i| format!("10.{}.{}.0/24", 100 + i / 128, (i % 128) * 2))
+            .collect();
+        std::fs::write(
+            &path,
+            format!("add element inet t s {{ {} }}\n", elems.join(", ")),
+        )?;
+        s.run(&include, t)?;
+        let listing = s.run("list set inet t s", t)?;
+        let v: serde_json::Value = serde_json::from_str(&listing)?;
+        let n = v["nftables"][1]["set"]["elem"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_default();
+        ensure!(n == 5003, "{n} elements listed");
+        ensure!(s.run("list tables", t)?.contains("\"name\": \"t\""));
+        ensure!(s.lines() > 10 && s.is_running());
+        Ok(())
+    })
+}
+
+#[test]
+fn nft_session_death_timeout_and_drop() -> anyhow::Result<()> {
+    with_netns("session-end", |ns, exec| {
+        let t = Duration::from_secs(10);
+
+        // Killed from outside: the next line reports the end; the process is reaped.
+        let mut s = NftSession::start(&exec)?;
+        s.run("list tables", t)?;
+        let pid = s.pid();
+        signal(pid, "KILL")?;
+        let e = s.run("list tables", t).expect_err("the session is gone");
+        ensure!(matches!(e, SessionError::Ended(_)) && e.is_fatal(), "{e}");
+        ensure!(!s.is_running() && !netns::process_alive(pid));
+        ensure!(matches!(
+            s.run("list tables", t),
+            Err(SessionError::Ended(_))
+        ));
+
+        // Stuck: the line times out, nft is killed (before it read the line, so nothing
+        // of it was applied) and reaped.
+        let mut s = NftSession::start(&exec)?;
+        s.run("list tables", t)?;
+        let pid = s.pid();
+        signal(pid, "STOP")?;
+        wait_stopped(pid)?;
+        let start = Instant::now();
+        let e = s
+            .run("add table inet late", Duration::from_millis(300))
+            .expect_err("a stopped nft does not answer");
+        let took = start.elapsed();
+        ensure!(matches!(e, SessionError::Timeout(_)) && e.is_fatal(), "{e}");
+        ensure!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "timed out after {took:?}"
+        );
+        ensure!(!s.is_running() && !netns::process_alive(pid));
+        ensure!(!ns.run("nft", &["list", "tables"])?.contains("late"));
+
+        // Dropped: killed and reaped.
+        let s = NftSession::start(&exec)?;
+        let pid = s.pid();
+        drop(s);
+        ensure!(!netns::process_alive(pid), "{pid} survived the drop");
+
+        // nft never runs (ip netns exec into a namespace that does not exist).
+        let nowhere = Exec::in_netns(format!("{}nowhere", netns::process_prefix()));
+        let mut s = NftSession::start(&nowhere)?;
+        let e = s.run("list tables", t).expect_err("no nft");
+        ensure!(matches!(e, SessionError::Ended(_)), "{e}");
+        Ok(())
+    })
+}
+
+/// The kernel holds what was applied: a read-back finds nothing to repair.
+fn check(d: &mut NftDriver, s: &NatState) -> anyhow::Result<()> {
+    let r = d.reconcile(s)?;
+    ensure!(
+        r.repairs == 0 && r.outcome == ApplyOutcome::Unchanged,
+        "the kernel differs from what was applied: {r:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn nftables_driver_survives_a_broken_session() -> anyhow::Result<()> {
+    with_netns("broken", |ns, exec| {
+        let states: Vec<NatState> = (1..=4).map(pool_state).collect();
+        let mut d = NftDriver::new(exec);
+        d.apply(&states[0])?;
+        let p1 = d.session_pid().context("a session after the first apply")?;
+
+        // Killed: the apply reads the table back and writes with nft -f; the next call
+        // starts a new session.
+        signal(p1, "KILL")?;
+        d.apply(&states[1])?;
+        check(&mut d, &states[1])?;
+        let p2 = d.session_pid().context("a new session")?;
+        ensure!(p2 != p1 && !netns::process_alive(p1));
+
+        // Stuck: killed after the timeout; the apply still succeeds.
+        d.set_session_timeout(Duration::from_millis(300));
+        signal(p2, "STOP")?;
+        wait_stopped(p2)?;
+        let start = Instant::now();
+        d.apply(&states[2])?;
+        ensure!(start.elapsed() >= Duration::from_millis(300));
+        ensure!(!netns::process_alive(p2), "the stuck session survived");
+        d.set_session_timeout(Duration::from_secs(10));
+        check(&mut d, &states[2])?;
+        let p3 = d.session_pid().context("a session after the timeout")?;
+        ensure!(p3 != p2);
+
+        // An element change nft refuses (one of the elements was deleted by hand) becomes
+        // a replacement; a refused line keeps the session.
+        ns.run(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "inet",
+                "tern",
+                "nat-pools-v4",
+                "{ 10.0.4.0/24 }",
+            ],
+        )?;
+        let r = d.apply(&states[1])?;
+        ensure!(r.outcome == ApplyOutcome::Replaced, "{r:?}");
+        ensure!(
+            d.session_pid() == Some(p3),
+            "a refused line ended the session"
+        );
+        check(&mut d, &states[1])?;
+
+        d.cleanup()?;
+        ensure!(!ns.run("nft", &["list", "tables"])?.contains("tern"));
+        Ok(())
+    })
+}
+
+#[test]
+fn nftables_driver_pauses_a_failing_session() -> anyhow::Result<()> {
+    with_netns("pause", |ns, exec| {
+        let s = pool_state(3);
+        let mut d = NftDriver::new(exec);
+        // No time at all: every read-back in a session times out, and each call goes
+        // on with one-shot nft.
+        d.set_session_timeout(Duration::ZERO);
+        d.apply(&s)?;
+        for _ in 0..2 {
+            let r = d.reconcile(&s)?;
+            ensure!(r.repairs == 0, "{r:?}");
+        }
+        // Three failures in a row: one-shot nft only for a while.
+        ensure!(d.session_pid().is_none());
+        d.reconcile(&s)?;
+        ensure!(d.session_pid().is_none(), "a paused session was started");
+        d.apply(&pool_state(4))?;
+        ensure!(d.session_pid().is_none());
+        ensure!(list_table(ns)?.contains("10.0.6.0/24"));
+        d.cleanup()?;
+        Ok(())
+    })
+}
+
+fn list_table(ns: &Netns) -> anyhow::Result<String> {
+    ns.run("nft", &["list", "table", "inet", "tern"])
+}
+
+#[test]
+fn nftables_long_transactions_go_through_an_included_file() -> anyhow::Result<()> {
+    with_netns("long", |ns, exec| {
+        let (big, small) = (pool_state(600), pool_state(300));
+        let mut d = NftDriver::new(exec);
+        let r = d.apply(&big)?;
+        ensure!(r.outcome == ApplyOutcome::Replaced, "{r:?}");
+        let pid = d.session_pid().context("a session")?;
+        check(&mut d, &big)?;
+        let table = list_table(ns)?;
+        ensure!(table.contains("10.4.174.0/24"), "pool 599 is missing");
+
+        // 300 pools fewer, and back: element changes of ~5 kB.
+        let r = d.apply(&small)?;
+        ensure!(
+            r.outcome == ApplyOutcome::Updated && r.elements_removed == 600,
+            "{r:?}"
+        );
+        check(&mut d, &small)?;
+        let r = d.apply(&big)?;
+        ensure!(
+            r.outcome == ApplyOutcome::Updated && r.elements_added == 600,
+            "{r:?}"
+        );
+        check(&mut d, &big)?;
+
+        // A configuration change replaces the table.
+        let mut ported = big.clone();
+        ported.port_range = Some(PortRange { lo: 1000, hi: 2000 });
+        let r = d.apply(&ported)?;
+        ensure!(r.outcome == ApplyOutcome::Replaced, "{r:?}");
+        check(&mut d, &ported)?;
+        ensure!(list_table(ns)?.contains("1000-2000"));
+
+        ensure!(
+            d.session_pid() == Some(pid) && d.includes_files(),
+            "the session should have run every transaction"
+        );
+        // No temporary script is left behind.
+        let mine = format!("tern-nft-{}-", std::process::id());
+        let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&mine))
+            .collect();
+        ensure!(left.is_empty(), "left in the temporary directory: {left:?}");
+        d.cleanup()?;
+        Ok(())
+    })
 }

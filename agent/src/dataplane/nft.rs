@@ -785,6 +785,12 @@ impl NftDriver {
             .map(NftSession::pid)
     }
 
+    /// False once the session could not include a temporary file that nft -f could
+    /// run (long transactions then go through nft -f); diagnostics, tests.
+    pub fn includes_files(&self) -> bool {
+        self.include_ok
+    }
+
     /// The session to use now, started if needed; None for one-shot nft.
     fn session(&mut self) -> Option<&mut NftSession> {
         if !self.use_session || self.oneshot_only {
