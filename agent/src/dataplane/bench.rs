@@ -1,6 +1,8 @@
 //! Apply timings of the real drivers, for the benchmark binary: N pools, a full
 //! apply on a host without tern's objects (read-back included, as on an agent's
-//! start), and adding / removing one pool on top of N pools.
+//! start: a fresh driver, so the nftables driver starts its nft -i session too),
+//! adding / removing one pool on top of N pools, and a configuration change that
+//! replaces everything (a full resync's write).
 //! Point `exec` at a network namespace made for the purpose: the functions program it
 //! and clean it up.
 
@@ -8,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
+use tern::model::PortRange;
 
 use super::{DataplaneError, IptablesBackend, IptablesDriver, NatDriver, NftDriver};
 use crate::calc::nat::NatState;
@@ -20,6 +23,8 @@ pub const MAX_POOLS: usize = 32_767;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchDriver {
     Nftables,
+    /// The nftables driver without its nft -i session (one `nft -f -` per write).
+    NftablesOneShot,
     Iptables(IptablesBackend),
 }
 
@@ -27,6 +32,7 @@ impl BenchDriver {
     pub fn name(self) -> &'static str {
         match self {
             BenchDriver::Nftables => "nftables",
+            BenchDriver::NftablesOneShot => "nftables (nft -f)",
             BenchDriver::Iptables(b) => b.driver_name(),
         }
     }
@@ -34,6 +40,7 @@ impl BenchDriver {
     fn make(self, exec: &Exec) -> Box<dyn NatDriver> {
         match self {
             BenchDriver::Nftables => Box::new(NftDriver::new(exec.clone())),
+            BenchDriver::NftablesOneShot => Box::new(NftDriver::without_session(exec.clone())),
             BenchDriver::Iptables(b) => Box::new(IptablesDriver::new(exec.clone(), b)),
         }
     }
@@ -51,6 +58,9 @@ pub struct BenchResult {
     pub add_one: Duration,
     /// Removing that pool again.
     pub remove_one: Duration,
+    /// Changing natPortRange on top of `pools` pools (and back): every object of tern's
+    /// rewritten in one transaction (nftables: the table replaced).
+    pub replace: Duration,
 }
 
 /// A state with `n` natOutgoing IPv4 /24 pools that nftables cannot merge (every other
@@ -104,6 +114,19 @@ pub fn bench_apply(
             d.apply(&base)?;
             remove.push(start.elapsed());
         }
+        let mut ported = base.clone();
+        ported.port_range = Some(PortRange {
+            lo: 1024,
+            hi: 65535,
+        });
+        let mut replace = Vec::with_capacity(2 * runs);
+        for _ in 0..runs {
+            for s in [&ported, &base] {
+                let start = Instant::now();
+                d.apply(s)?;
+                replace.push(start.elapsed());
+            }
+        }
         Ok(BenchResult {
             driver: driver.name(),
             pools,
@@ -111,6 +134,7 @@ pub fn bench_apply(
             full: median(full),
             add_one: median(add),
             remove_one: median(remove),
+            replace: median(replace),
         })
     })();
     let cleaned = driver.make(exec).cleanup();
