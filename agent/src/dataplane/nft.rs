@@ -1028,6 +1028,11 @@ impl NatDriver for NftDriver {
 
     fn apply(&mut self, desired: &NatState) -> Result<ApplyReport, DataplaneError> {
         let start = Instant::now();
+        if self.programmed.is_none() {
+            // The kernel is read back first: nft -i starts (~3 ms) while the layout is
+            // computed.
+            let _ = self.session();
+        }
         let l = layout(desired);
         if self.programmed.as_ref() == Some(&l) {
             return Ok(ApplyReport {
@@ -1059,6 +1064,7 @@ impl NatDriver for NftDriver {
 
     fn reconcile(&mut self, desired: &NatState) -> Result<ApplyReport, DataplaneError> {
         let start = Instant::now();
+        let _ = self.session();
         let l = layout(desired);
         let result = self.with_fallback(|d| {
             let observed = d.read_back()?;
