@@ -33,8 +33,9 @@
 //! that releasing a netlink socket costs after a transaction that deleted something. A
 //! session that breaks (times out, dies, answers nonsense) is killed; the call in flight
 //! then reads the table back and finishes with one-shot `nft -f -`, and the next call
-//! starts a new session. After three failures in a row the driver uses `nft -f` for a
-//! minute. Sessions are replaced after 1,000 lines (nft -i keeps a history).
+//! starts a new session. After three failures in a row, or one of a session that never
+//! answered (an nft built without its interactive CLI), the driver uses `nft -f` for a
+//! minute, then longer. Sessions are replaced after 1,000 lines (nft -i keeps a history).
 //!
 //! The driver remembers what it last wrote. When it does not know (first call,
 //! failed write, broken session) and on `reconcile`, it reads the table back
@@ -77,9 +78,13 @@ const INLINE_MAX: usize = 2048;
 /// A session is replaced after this many lines or bytes (nft -i keeps a history).
 const SESSION_MAX_LINES: u64 = 1000;
 const SESSION_MAX_BYTES: u64 = 8 << 20;
-/// After this many session failures in a row, one-shot nft for [`SESSION_PAUSE`].
+/// After this many session failures in a row (or one of a session that never answered:
+/// an nft without the interactive CLI, or one that answers in a way this driver does not
+/// understand), one-shot nft for [`SESSION_PAUSE`], doubled at each pause in a row up to
+/// [`SESSION_MAX_PAUSE`].
 const SESSION_MAX_FAILURES: u32 = 3;
 const SESSION_PAUSE: Duration = Duration::from_secs(60);
+const SESSION_MAX_PAUSE: Duration = Duration::from_secs(3600);
 /// How long a session may take for a transaction: this, plus 1 ms per 100 bytes of
 /// it; read-backs get three times this.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -740,6 +745,8 @@ pub struct NftDriver {
     /// Session failures in a row, and until when the session is not used after too many.
     session_failures: u32,
     session_paused_until: Option<Instant>,
+    /// Pauses since a session last answered.
+    session_pauses: u32,
     /// False once nft -i could not include a temporary file that nft -f could run.
     include_ok: bool,
     /// Set while a call is retried after its session broke.
@@ -757,6 +764,7 @@ impl NftDriver {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             session_failures: 0,
             session_paused_until: None,
+            session_pauses: 0,
             include_ok: true,
             oneshot_only: false,
         }
@@ -801,7 +809,6 @@ impl NftDriver {
                 return None;
             }
             self.session_paused_until = None;
-            self.session_failures = 0;
         }
         let worn = self.session.as_ref().is_some_and(|s| {
             !s.is_running() || s.lines() >= SESSION_MAX_LINES || s.bytes_sent() >= SESSION_MAX_BYTES
@@ -813,7 +820,7 @@ impl NftDriver {
             match NftSession::start(&self.exec) {
                 Ok(s) => self.session = Some(s),
                 Err(e) => {
-                    self.session_failed(&e);
+                    self.session_failed(&e, true);
                     return None;
                 }
             }
@@ -827,28 +834,39 @@ impl NftDriver {
         line: &str,
         timeout: Duration,
     ) -> Option<Result<String, SessionError>> {
-        let r = self.session()?.run(line, timeout);
+        let session = self.session()?;
+        let r = session.run(line, timeout);
+        let never_answered = session.answers() == 0;
         match &r {
-            Err(e) if e.is_fatal() => self.session_failed(e),
-            _ => self.session_failures = 0,
+            Err(e) if e.is_fatal() => self.session_failed(e, never_answered),
+            _ => {
+                self.session_failures = 0;
+                self.session_pauses = 0;
+            }
         }
         Some(r)
     }
 
-    fn session_failed(&mut self, e: &SessionError) {
+    /// Drop the session after `e`; pause sessions after too many failures in a row, or
+    /// at once (`at_once`) when the session never answered.
+    fn session_failed(&mut self, e: &SessionError, at_once: bool) {
         self.session = None;
         self.session_failures += 1;
-        if self.session_failures >= SESSION_MAX_FAILURES {
-            self.session_paused_until = Some(Instant::now() + SESSION_PAUSE);
-            tracing::warn!(
-                driver = DRIVER,
-                error = %e,
-                failures = self.session_failures,
-                "nft -i keeps failing; using one-shot nft for {SESSION_PAUSE:?}"
-            );
-        } else {
+        if !at_once && self.session_failures < SESSION_MAX_FAILURES {
             tracing::warn!(driver = DRIVER, error = %e, "nft -i session failed");
+            return;
         }
+        let pause = SESSION_PAUSE
+            .saturating_mul(1 << self.session_pauses.min(6))
+            .min(SESSION_MAX_PAUSE);
+        self.session_pauses = self.session_pauses.saturating_add(1);
+        self.session_failures = 0;
+        self.session_paused_until = Some(Instant::now() + pause);
+        tracing::warn!(
+            driver = DRIVER,
+            error = %e,
+            "nft -i does not work here; using one-shot nft for {pause:?}"
+        );
     }
 
     fn timeout_for(&self, bytes: usize) -> Duration {
@@ -922,7 +940,12 @@ impl NftDriver {
         let line = format!("list table {TABLE_FAMILY} {TABLE_NAME}");
         let timeout = self.session_timeout.saturating_mul(3);
         match self.session_run(&line, timeout) {
-            Some(Ok(out)) => return Ok(Observed::parse(&out)?),
+            // The listing is one line of JSON (a CLI built with readline may echo the
+            // command before it).
+            Some(Ok(out)) => {
+                let json = out.lines().find(|l| l.starts_with('{')).unwrap_or(&out);
+                return Ok(Observed::parse(json)?);
+            }
             Some(Err(SessionError::Refused(msg))) if msg.contains("No such file or directory") => {
                 return Ok(Observed::default());
             }

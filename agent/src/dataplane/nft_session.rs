@@ -89,6 +89,7 @@ pub struct NftSession {
     scanned: usize,
     nonce: u64,
     lines: u64,
+    answers: u64,
     bytes_sent: u64,
     stopped: bool,
     status: Option<ExitStatus>,
@@ -125,6 +126,7 @@ impl NftSession {
             scanned: 0,
             nonce: rand::random::<u64>(),
             lines: 0,
+            answers: 0,
             bytes_sent: 0,
             stopped: false,
             status: None,
@@ -157,6 +159,11 @@ impl NftSession {
     /// Lines sent so far.
     pub fn lines(&self) -> u64 {
         self.lines
+    }
+
+    /// Lines answered so far (run or refused by nft).
+    pub fn answers(&self) -> u64 {
+        self.answers
     }
 
     /// Bytes sent so far (lines and sentinels).
@@ -197,6 +204,7 @@ impl NftSession {
                     let out = String::from_utf8_lossy(&self.buf[..output_end]).into_owned();
                     self.buf.drain(..end);
                     self.scanned = 0;
+                    self.answers += 1;
                     return if has_error(&out) {
                         Err(SessionError::Refused(summarize(&out)))
                     } else {
