@@ -895,8 +895,11 @@ impl NftDriver {
             match self.session_run(&line, timeout) {
                 Some(Ok(_)) => return Ok(()),
                 Some(Err(e)) if e.is_fatal() => return Err(Failure::Broken(e)),
-                Some(Err(e)) => return Err(Failure::Refused(session_error(action, e))),
-                None => {}
+                Some(Err(e @ SessionError::Refused(_))) => {
+                    return Err(Failure::Refused(session_error(action, e)));
+                }
+                // Not sent (the lines made here are always fit to send): nft -f then.
+                Some(Err(_)) | None => {}
             }
             return Ok(self.oneshot(action, &txn.script())?);
         }
@@ -929,8 +932,10 @@ impl NftDriver {
                 self.include_ok = false;
                 Ok(())
             }
-            Some(Err(e)) => Err(Failure::Refused(session_error(action, e))),
-            None => Ok(self.oneshot(action, &script)?),
+            Some(Err(e @ SessionError::Refused(_))) => {
+                Err(Failure::Refused(session_error(action, e)))
+            }
+            Some(Err(_)) | None => Ok(self.oneshot(action, &script)?),
         }
     }
 
@@ -950,8 +955,10 @@ impl NftDriver {
                 return Ok(Observed::default());
             }
             Some(Err(e)) if e.is_fatal() => return Err(Failure::Broken(e)),
-            Some(Err(e)) => return Err(Failure::Refused(session_error(ACTION, e))),
-            None => {}
+            Some(Err(e @ SessionError::Refused(_))) => {
+                return Err(Failure::Refused(session_error(ACTION, e)));
+            }
+            Some(Err(_)) | None => {}
         }
         match self.exec.run(
             "nft",
