@@ -345,23 +345,23 @@ enum Scan {
 /// (searching from `from`): nft's error about the sentinel, that is an `Error:` line,
 /// the sentinel echoed on a line of its own, and a line of carets under it.
 fn find_answer(buf: &[u8], from: usize, token: &[u8]) -> Scan {
-    let mut i = from.min(buf.len());
-    while let Some(off) = find(&buf[i..], token) {
-        let p = i + off;
-        let after = p + token.len();
-        let own_line = (p == 0 || buf[p - 1] == b'\n') && buf.get(after) == Some(&b'\n');
-        if !own_line {
-            if after >= buf.len() {
-                // The token's line is not complete yet.
-                return Scan::Pending { resume: p };
-            }
-            i = p + 1;
-            continue;
-        }
-        let Some(nl) = buf[after + 1..].iter().position(|&b| b == b'\n') else {
+    // Only line starts can hold the echo: walk from one to the next.
+    let mut at = line_start_from(buf, from.min(buf.len()));
+    while let Some(p) = at {
+        let rest = &buf[p..];
+        let Some(len) = rest.iter().position(|&b| b == b'\n') else {
+            // The last line is not complete yet.
             return Scan::Pending { resume: p };
         };
-        let end = after + 1 + nl + 1;
+        if &rest[..len] != token {
+            at = line_start_from(buf, p + len + 1);
+            continue;
+        }
+        let after = p + len + 1;
+        let Some(nl) = buf[after..].iter().position(|&b| b == b'\n') else {
+            return Scan::Pending { resume: p };
+        };
+        let end = after + nl + 1;
         if p == 0 {
             return Scan::Bad("the sentinel was echoed without an error".into());
         }
@@ -387,19 +387,17 @@ fn find_answer(buf: &[u8], from: usize, token: &[u8]) -> Scan {
         let output_end = if glued { line_start + e } else { line_start };
         return Scan::Found { output_end, end };
     }
-    Scan::Pending {
-        resume: buf
-            .len()
-            .saturating_sub(token.len())
-            .max(from.min(buf.len())),
-    }
+    Scan::Pending { resume: buf.len() }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
+/// The first line start at or after `from` (0, or just after a line break), if the
+/// buffer reaches it.
+fn line_start_from(buf: &[u8], from: usize) -> Option<usize> {
+    if from == 0 {
+        return Some(0);
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    let k = buf.get(from - 1..)?.iter().position(|&b| b == b'\n')?;
+    Some(from + k).filter(|&q| q <= buf.len())
 }
 
 fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -507,6 +505,31 @@ mod tests {
             find_answer(&b, resume, TOKEN),
             Scan::Found { end, .. } if end == b.len()
         ));
+    }
+
+    #[test]
+    fn answers_arriving_in_pieces_are_found_once_whole() {
+        let out = "{\"nftables\": []}\nWarning: x\n";
+        let b = answer(out);
+        for piece in [1, 2, 7, 64] {
+            let mut resume = 0;
+            let mut found = None;
+            for end in (piece..b.len() + piece).step_by(piece) {
+                let end = end.min(b.len());
+                match find_answer(&b[..end], resume, TOKEN) {
+                    Scan::Pending { resume: r } => {
+                        assert!(r >= resume && r <= end, "{r} {resume} {end}");
+                        resume = r;
+                    }
+                    Scan::Found { output_end, end: e } => {
+                        assert_eq!(end, b.len(), "found before the answer was whole");
+                        found = Some((output_end, e));
+                    }
+                    Scan::Bad(why) => panic!("{why}"),
+                }
+            }
+            assert_eq!(found, Some((out.len(), b.len())), "pieces of {piece}");
+        }
     }
 
     #[test]
