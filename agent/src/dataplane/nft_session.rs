@@ -197,7 +197,8 @@ impl NftSession {
             self.stop();
             return Err(SessionError::Ended(self.ended_detail("")));
         }
-        let deadline = Instant::now() + timeout;
+        // None: too far to represent, so no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             match find_answer(&self.buf, self.scanned, token.as_bytes()) {
                 Scan::Found { output_end, end } => {
@@ -217,7 +218,9 @@ impl NftSession {
                     return Err(SessionError::Protocol(why));
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 self.stop();
                 return Err(SessionError::Timeout(timeout));
