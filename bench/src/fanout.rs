@@ -464,6 +464,8 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
             .await;
     }
     let (cpu1, _) = proc_usage(pid)?;
+    // The observer tasks record an apply a moment after the agent publishes it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (lat, lat_issued, missing) = latencies(&applied, &sent);
     for o in observers {
         o.abort();
