@@ -1,4 +1,6 @@
-//! `tern-bench nat`: NAT apply time for N pools, in a throwaway network namespace.
+//! `tern-bench nat`: NAT apply time for N pools (full apply, one pool added and removed,
+//! a configuration change that rewrites everything), nftables with its nft -i session and
+//! with one-shot `nft -f`, and iptables-restore, in a throwaway network namespace.
 
 use tern_agent::dataplane::IptablesBackend;
 use tern_agent::dataplane::bench::{BenchDriver, bench_apply};
@@ -35,23 +37,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "median of {} runs per cell, inside a network namespace",
         a.runs
     );
-    println!("| driver | pools | full apply | add one pool | remove one pool |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| driver | pools | full apply | add one pool | remove one pool | replace (config change) |"
+    );
+    println!("|---|---|---|---|---|---|");
     let exec = Exec::host();
     for driver in [
         BenchDriver::Nftables,
+        BenchDriver::NftablesOneShot,
         BenchDriver::Iptables(IptablesBackend::Default),
         BenchDriver::Iptables(IptablesBackend::Legacy),
     ] {
         for &n in &a.pools {
             let r = bench_apply(&exec, driver, n, a.runs)?;
             println!(
-                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
                 r.driver,
                 n,
                 r.full.as_secs_f64() * 1e3,
                 r.add_one.as_secs_f64() * 1e3,
-                r.remove_one.as_secs_f64() * 1e3
+                r.remove_one.as_secs_f64() * 1e3,
+                r.replace.as_secs_f64() * 1e3
             );
         }
     }
