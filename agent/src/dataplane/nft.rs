@@ -2,12 +2,25 @@
 //!
 //! ```text
 //! table inet tern
-//!   set all-pools-v4 / nat-pools-v4 / hosts-v4   (ipv4_addr, flags interval)
-//!   set all-pools-v6 / nat-pools-v6 / hosts-v6   (ipv6_addr, flags interval)
+//!   set nat-pools-v4 / other-pools-v4 / hosts-v4   (ipv4_addr, flags interval)
+//!   set nat-pools-v6 / other-pools-v6 / hosts-v6   (ipv6_addr, flags interval)
 //!   chain postrouting  (type nat hook postrouting priority srcnat + 10: after kube-proxy)
-//!     ip saddr @nat-pools-v4 ip daddr != @all-pools-v4 ip daddr != @hosts-v4 masquerade fully-random
+//!     ip saddr @nat-pools-v4 ip daddr != @nat-pools-v4 ip daddr != @other-pools-v4
+//!        ip daddr != @hosts-v4 masquerade fully-random
 //!     ip6 ...
 //! ```
+//!
+//! Each pool CIDR is in exactly one set of its family: `nat-pools` (natOutgoing) or
+//! `other-pools` (every other pool, disabled ones included). "Destination in no pool" is
+//! "in neither set", so the kernel stores and nft parses each pool once (a set of all
+//! pools next to the NAT pools held every NAT pool twice). Each set's elements are its
+//! own CIDRs merged into disjoint ranges ([`intervals`]): pools that touch merge only
+//! with pools of the same set, and a pool nested in one of the other set (possible in
+//! files `render` reads, never in a validated store) stays in its own set, which the
+//! rule reads the same way. A pool whose natOutgoing flips leaves one set and joins the
+//! other in one transaction. A table of an older layout (with `all-pools-*`) differs in
+//! its sets and rules, so the first apply after an upgrade replaces it in one
+//! transaction, like any structural difference.
 //!
 //! The rules depend only on the AgentConfiguration (SNAT address, port range, interface
 //! filter); pools and host addresses are set elements. So a pool change is a set
@@ -92,18 +105,21 @@ pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// What kind of addresses a set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SetKind {
-    AllPools,
+    /// Pools with natOutgoing.
     NatPools,
+    /// Every other pool (disabled pools included).
+    OtherPools,
+    /// Node addresses exempt from NAT (IPPoolsAndHostIPs).
     Hosts,
 }
 
 impl SetKind {
-    const ALL: [SetKind; 3] = [SetKind::AllPools, SetKind::NatPools, SetKind::Hosts];
+    const ALL: [SetKind; 3] = [SetKind::NatPools, SetKind::OtherPools, SetKind::Hosts];
 
     fn base(self) -> &'static str {
         match self {
-            SetKind::AllPools => "all-pools",
             SetKind::NatPools => "nat-pools",
+            SetKind::OtherPools => "other-pools",
             SetKind::Hosts => "hosts",
         }
     }
@@ -155,10 +171,12 @@ struct Layout {
     rules: Vec<RuleLayout>,
 }
 
+/// The canonical elements of one set. A pool CIDR goes to `nat-pools` or to
+/// `other-pools`, never to both; each set is merged on its own.
 fn elements_of(kind: SetKind, fam: &FamilyNat) -> Vec<Interval> {
     match kind {
-        SetKind::AllPools => intervals::of_nets(&fam.all_pools),
         SetKind::NatPools => intervals::of_nets(&fam.nat_pools),
+        SetKind::OtherPools => intervals::of_nets(fam.all_pools.difference(&fam.nat_pools)),
         SetKind::Hosts => intervals::of_addrs(&fam.host_addresses),
     }
 }
@@ -175,8 +193,11 @@ fn rules_of(state: &NatState, f: Family) -> Vec<String> {
     let fam = state.family(f);
     let p = proto(f);
     let s = suffix(f);
-    let mut m =
-        format!("{p} saddr @nat-pools-{s} {p} daddr != @all-pools-{s} {p} daddr != @hosts-{s}");
+    // Source in a NAT pool, destination in no pool (neither set) and no exempt host.
+    let mut m = format!(
+        "{p} saddr @nat-pools-{s} {p} daddr != @nat-pools-{s} {p} daddr != @other-pools-{s} \
+         {p} daddr != @hosts-{s}"
+    );
     if let Some(filter) = &state.interface_filter {
         // InterfaceFilter only admits characters that need no escaping.
         let _ = write!(m, " oifname \"{}\"", filter.nft());
@@ -1174,26 +1195,25 @@ mod tests {
         assert_eq!(a.rules, b.rules);
         let d = diff(&b, &Observed::of_layout(&a));
         assert!(d.structural.is_empty(), "{:?}", d.structural);
-        assert_eq!(d.counts(), (2, 0));
-        // Only additions: the sets are declared again with the new elements.
+        // A pool is one element, in one set.
+        assert_eq!(d.counts(), (1, 0));
+        // Only additions: the set is declared again with the new elements.
         let txn = Txn::Elements {
             l: &b,
             changes: &d.elements,
         };
         assert_eq!(
             txn.script(),
-            "add set inet tern all-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }\n\
-             add set inet tern nat-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }\n"
+            "add set inet tern nat-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }\n"
         );
         assert_eq!(
             txn.short_line().as_deref(),
             Some(
-                "add set inet tern all-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }; \
-                 add set inet tern nat-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }"
+                "add set inet tern nat-pools-v6 { type ipv6_addr; flags interval; elements = { fd00::/48 }; }"
             )
         );
         let d = diff(&a, &Observed::of_layout(&b));
-        assert_eq!(d.counts(), (0, 2));
+        assert_eq!(d.counts(), (0, 1));
         assert_eq!(
             Txn::Elements {
                 l: &a,
@@ -1201,10 +1221,7 @@ mod tests {
             }
             .short_line()
             .as_deref(),
-            Some(
-                "delete element inet tern all-pools-v6 { fd00::/48 }; \
-                 delete element inet tern nat-pools-v6 { fd00::/48 }"
-            )
+            Some("delete element inet tern nat-pools-v6 { fd00::/48 }")
         );
         assert!(diff(&a, &Observed::of_layout(&a)).is_empty());
     }
@@ -1222,10 +1239,156 @@ mod tests {
         .script();
         assert_eq!(
             script,
-            "delete element inet tern all-pools-v4 { 10.244.0.0/16 }\n\
-             delete element inet tern nat-pools-v4 { 10.244.0.0/16 }\n\
-             add element inet tern all-pools-v4 { 10.244.0.0/15 }\n\
+            "delete element inet tern nat-pools-v4 { 10.244.0.0/16 }\n\
              add element inet tern nat-pools-v4 { 10.244.0.0/15 }\n"
+        );
+    }
+
+    fn elements(l: &Layout, name: &str) -> Vec<String> {
+        let set = l.sets.iter().find(|s| s.name == name).expect("set exists");
+        set.elements.iter().map(|i| i.render(set.family)).collect()
+    }
+
+    #[test]
+    fn every_pool_is_in_exactly_one_set() {
+        // Adjacent pools merge only with pools of their own set; a disabled pool nested
+        // in a NAT pool stays in other-pools (the rule reads "in neither set" the same).
+        let l = layout(&state(
+            &["10.244.0.0/16", "10.245.0.0/16", "fd00:1::/64"],
+            &[
+                "10.246.0.0/16",
+                "10.247.0.0/16",
+                "10.244.128.0/20",
+                "fd00:2::/64",
+            ],
+        ));
+        let names: Vec<&str> = l.sets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "nat-pools-v4",
+                "other-pools-v4",
+                "hosts-v4",
+                "nat-pools-v6",
+                "other-pools-v6",
+                "hosts-v6"
+            ]
+        );
+        assert_eq!(elements(&l, "nat-pools-v4"), ["10.244.0.0/15"]);
+        assert_eq!(
+            elements(&l, "other-pools-v4"),
+            ["10.244.128.0/20", "10.246.0.0/15"]
+        );
+        assert_eq!(elements(&l, "nat-pools-v6"), ["fd00:1::/64"]);
+        assert_eq!(elements(&l, "other-pools-v6"), ["fd00:2::/64"]);
+        assert!(l.rules.iter().all(|r| !r.text.contains("all-pools")));
+        assert_eq!(
+            l.rules[0].text,
+            "ip saddr @nat-pools-v4 ip daddr != @nat-pools-v4 ip daddr != @other-pools-v4 \
+             ip daddr != @hosts-v4 masquerade fully-random"
+        );
+        // A pool listed as NAT pool only (not among all pools) is still in one set.
+        let mut s = NatState::default();
+        s.v4.nat_pools.insert("10.1.0.0/16".parse().expect("cidr"));
+        let l = layout(&s);
+        assert_eq!(elements(&l, "nat-pools-v4"), ["10.1.0.0/16"]);
+        assert!(elements(&l, "other-pools-v4").is_empty());
+    }
+
+    #[test]
+    fn a_pool_changing_natoutgoing_moves_sets_in_one_transaction() {
+        // 10.245.0.0/16 was merged with its NAT neighbour; off NAT it leaves that range
+        // and joins other-pools, where it merges with 10.246.0.0/16.
+        let before = layout(&state(
+            &["10.244.0.0/16", "10.245.0.0/16"],
+            &["10.246.0.0/16"],
+        ));
+        let after = layout(&state(
+            &["10.244.0.0/16"],
+            &["10.245.0.0/16", "10.246.0.0/16"],
+        ));
+        let d = diff(&after, &Observed::of_layout(&before));
+        assert!(d.structural.is_empty(), "{:?}", d.structural);
+        let txn = Txn::Elements {
+            l: &after,
+            changes: &d.elements,
+        };
+        // One line: one batch, so one kernel transaction; deletions first.
+        assert_eq!(
+            txn.short_line().as_deref(),
+            Some(
+                "delete element inet tern nat-pools-v4 { 10.244.0.0/15 }; \
+                 delete element inet tern other-pools-v4 { 10.246.0.0/16 }; \
+                 add element inet tern nat-pools-v4 { 10.244.0.0/16 }; \
+                 add element inet tern other-pools-v4 { 10.245.0.0-10.246.255.255 }"
+            )
+        );
+        // And back.
+        let d = diff(&before, &Observed::of_layout(&after));
+        let txn = Txn::Elements {
+            l: &before,
+            changes: &d.elements,
+        };
+        assert_eq!(
+            txn.short_line().as_deref(),
+            Some(
+                "delete element inet tern nat-pools-v4 { 10.244.0.0/16 }; \
+                 delete element inet tern other-pools-v4 { 10.245.0.0-10.246.255.255 }; \
+                 add element inet tern nat-pools-v4 { 10.244.0.0/15 }; \
+                 add element inet tern other-pools-v4 { 10.246.0.0/16 }"
+            )
+        );
+    }
+
+    #[test]
+    fn a_table_of_the_old_layout_is_replaced_in_one_transaction() {
+        // What an agent before the other-pools layout left behind.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"table": {"family": "inet", "name": "tern", "handle": 3}},
+          {"set": {"family": "inet", "name": "all-pools-v4", "table": "tern", "type": "ipv4_addr",
+                   "flags": ["interval"], "elem": [{"prefix": {"addr": "10.244.0.0", "len": 16}}]}},
+          {"set": {"family": "inet", "name": "nat-pools-v4", "table": "tern", "type": "ipv4_addr",
+                   "flags": ["interval"], "elem": [{"prefix": {"addr": "10.244.0.0", "len": 16}}]}},
+          {"set": {"family": "inet", "name": "hosts-v4", "table": "tern", "type": "ipv4_addr",
+                   "flags": ["interval"]}},
+          {"set": {"family": "inet", "name": "all-pools-v6", "table": "tern", "type": "ipv6_addr",
+                   "flags": ["interval"]}},
+          {"set": {"family": "inet", "name": "nat-pools-v6", "table": "tern", "type": "ipv6_addr",
+                   "flags": ["interval"]}},
+          {"set": {"family": "inet", "name": "hosts-v6", "table": "tern", "type": "ipv6_addr",
+                   "flags": ["interval"]}},
+          {"chain": {"family": "inet", "table": "tern", "name": "postrouting", "type": "nat",
+                     "hook": "postrouting", "prio": 110, "policy": "accept"}},
+          {"rule": {"family": "inet", "table": "tern", "chain": "postrouting", "comment": "tern:5b70ddf626c064b8"}},
+          {"rule": {"family": "inet", "table": "tern", "chain": "postrouting", "comment": "tern:9dd8e7f7c689403c"}}]}"#;
+        let old = Observed::parse(json).expect("parses");
+        let l = layout(&state(&["10.244.0.0/16"], &[]));
+        let d = diff(&l, &old);
+        assert!(d.table_present);
+        for finding in [
+            "set other-pools-v4 is missing",
+            "unexpected set all-pools-v4",
+            "unexpected set all-pools-v6",
+        ] {
+            assert!(
+                d.structural.iter().any(|f| f == finding),
+                "{finding}: {:?}",
+                d.structural
+            );
+        }
+        // The write replaces the table: add, delete and the new table in one script.
+        let txn = Txn::Full {
+            l: &l,
+            replace: d.table_present,
+        };
+        let line = txn.short_line().expect("a small table fits one line");
+        assert!(
+            line.starts_with("add table inet tern; delete table inet tern; table inet tern { "),
+            "{line}"
+        );
+        assert!(
+            txn.script()
+                .starts_with("add table inet tern\ndelete table inet tern\ntable inet tern {\n")
         );
     }
 
