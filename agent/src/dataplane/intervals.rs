@@ -3,8 +3,11 @@
 //! Pools may nest or touch (a disabled pool inside another, two adjacent /16s); an
 //! nftables interval set without auto-merge refuses overlapping elements, and one with
 //! auto-merge lists back something other than what was written. So the driver merges
-//! the CIDRs itself into sorted, disjoint, non-adjacent ranges, writes exactly those, and
-//! compares read-backs as ranges, whatever notation (`a/len`, `a-b`, `a`) nft prints.
+//! the CIDRs of each set itself into sorted, disjoint, non-adjacent ranges, writes
+//! exactly those, and compares read-backs as ranges, whatever notation (`a/len`, `a-b`,
+//! `a`) nft prints. Sets are merged and compared one by one: an element never spans two
+//! sets, and the same addresses may be in two sets (a pool nested in a pool of the other
+//! set).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

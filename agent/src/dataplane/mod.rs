@@ -5,12 +5,15 @@
 //!          └─► NatDriver::reconcile  (read back, repair drift, count repairs)
 //!              NatDriver::cleanup    (remove everything tern created, nothing else)
 //!
-//! drivers: nft::NftDriver        table inet tern, one `nft -f -` transaction per change
+//! drivers: nft::NftDriver        table inet tern, one transaction per change: one line
+//!                                  to a long-lived `nft -j -i` session (nft runs each
+//!                                  line as one batch), `nft -f -` when there is no session
 //!          iptables::IptablesDriver  TERN-* chains, one `*-restore --noflush` per family
 //!          recording::RecordingDriver  applies nothing, records states (tests, benchmarks)
 //! ```
 //!
-//! The methods are synchronous (they run `nft` / `iptables-restore`); the agent calls
+//! The methods are synchronous (they run `nft` / `iptables-restore`, or talk to the nft
+//! session and wait for its answer); the agent calls
 //! them from `spawn_blocking`. All of them are idempotent: replaying a desired state is
 //! always safe, and a driver that lost track of the kernel (a failed write, a restart)
 //! reads it back before the next write.
