@@ -497,6 +497,233 @@ fn iptables_legacy_driver_in_netns() -> anyhow::Result<()> {
     driver_scenario(Which::Iptables(IptablesBackend::Legacy))
 }
 
+/// The table an agent of the previous layout (a set of all pools next to the NAT pools)
+/// left for the lab's pools, all three with natOutgoing.
+const OLD_LAYOUT_NFT: &str = r#"table inet tern {
+	set all-pools-v4 {
+		type ipv4_addr
+		flags interval
+		elements = { 10.96.0.0/16, 10.244.0.0/16 }
+	}
+	set nat-pools-v4 {
+		type ipv4_addr
+		flags interval
+		elements = { 10.96.0.0/16, 10.244.0.0/16 }
+	}
+	set hosts-v4 {
+		type ipv4_addr
+		flags interval
+	}
+	set all-pools-v6 {
+		type ipv6_addr
+		flags interval
+		elements = { fd00:244::/48 }
+	}
+	set nat-pools-v6 {
+		type ipv6_addr
+		flags interval
+		elements = { fd00:244::/48 }
+	}
+	set hosts-v6 {
+		type ipv6_addr
+		flags interval
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat + 10; policy accept;
+		ip saddr @nat-pools-v4 ip daddr != @all-pools-v4 ip daddr != @hosts-v4 masquerade fully-random comment "tern:5b70ddf626c064b8"
+		ip6 saddr @nat-pools-v6 ip6 daddr != @all-pools-v6 ip6 daddr != @hosts-v6 masquerade fully-random comment "tern:9dd8e7f7c689403c"
+	}
+}
+"#;
+
+/// `nft monitor` in a namespace: the kernel's ruleset events, a line each, and a
+/// `# new generation N` line after each committed transaction. Killed on drop.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Marker tables made so far (`ip monmark<i>`).
+    marks: usize,
+}
+
+impl Monitor {
+    /// Start it, and return once it reports a transaction.
+    fn start(ns: &Netns) -> anyhow::Result<Monitor> {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "nft", "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nft monitor")?;
+        let out = child.stdout.take().context("nft monitor's stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut m = Monitor {
+            child,
+            lines,
+            reader: Some(reader),
+            marks: 0,
+        };
+        // nft monitor listens a moment after it starts: mark until it reports a mark.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let name = format!("monmark{}", m.marks);
+            m.marks += 1;
+            ns.run("nft", &["add", "table", "ip", &name])?;
+            if m.until(&format!("add table ip {name}"), Duration::from_millis(200))
+                .is_ok()
+            {
+                break;
+            }
+            ensure!(Instant::now() < until, "nft monitor reports nothing");
+        }
+        // The mark's own generation line.
+        let rest = m.until("# new generation", Duration::from_secs(5))?;
+        ensure!(rest.len() == 1, "{rest:?}");
+        Ok(m)
+    }
+
+    /// Lines up to and including the first that contains `needle`.
+    fn until(&self, needle: &str, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return Ok(seen);
+                    }
+                }
+                Err(e) => bail!("nft monitor: no {needle:?} ({e}); saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// Every event since the last call, up to a closing mark (the marks are removed).
+    fn events(&mut self, ns: &Netns) -> anyhow::Result<Vec<String>> {
+        let deletes: Vec<String> = (0..self.marks)
+            .map(|i| format!("delete table ip monmark{i}"))
+            .collect();
+        ns.run("nft", &[&deletes.join("; ")])?;
+        let last = deletes.last().context("a mark was made")?;
+        let mut seen = self.until(last, Duration::from_secs(10))?;
+        self.marks = 0;
+        let first_mark = seen
+            .iter()
+            .position(|l| l.starts_with("delete table ip monmark"))
+            .unwrap_or(seen.len());
+        seen.truncate(first_mark);
+        Ok(seen)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// An agent of the previous layout left its table (`all-pools-*`); the first apply of a
+/// new agent replaces it in one kernel transaction (so NAT never stops), and what it
+/// writes behaves as the old table did.
+fn old_layout_takeover(which: Which) -> anyhow::Result<()> {
+    in_lab(|lab| {
+        let on = state(true, "", "")?;
+        lab.host.run_stdin("nft", &["-f", "-"], OLD_LAYOUT_NFT)?;
+        lab.expect_nat(HOST_EXT4, HOST_EXT6, "the old layout")?;
+        let s = lab.pod.tcp_probe_ip(sock(OTHER4))?;
+        ensure!(s == ip(POD4), "old layout: pod -> other pool seen as {s}");
+
+        let mut monitor = Monitor::start(&lab.host)?;
+        let mut d = which.make(lab.exec());
+        let r = d.apply(&on)?;
+        ensure!(r.outcome == ApplyOutcome::Replaced, "{r:?}");
+        let events = monitor.events(&lab.host)?;
+        let generations = events
+            .iter()
+            .filter(|l| l.starts_with("# new generation"))
+            .count();
+        ensure!(
+            generations == 1,
+            "the takeover took {generations} transactions: {events:#?}"
+        );
+        for needle in [
+            "delete table inet tern",
+            "add table inet tern",
+            "add set inet tern other-pools-v4",
+            "add set inet tern nat-pools-v4",
+        ] {
+            ensure!(
+                events.iter().any(|l| l.starts_with(needle)),
+                "no {needle:?} in the takeover: {events:#?}"
+            );
+        }
+        ensure!(
+            events
+                .last()
+                .is_some_and(|l| l.starts_with("# new generation")),
+            "{events:#?}"
+        );
+        drop(monitor);
+
+        let table = lab.host.run("nft", &["list", "table", "inet", "tern"])?;
+        ensure!(
+            !table.contains("all-pools") && table.contains("other-pools-v4"),
+            "{table}"
+        );
+        lab.expect_nat(HOST_EXT4, HOST_EXT6, "after the takeover")?;
+        let s = lab.pod.tcp_probe_ip(sock(OTHER4))?;
+        ensure!(s == ip(POD4), "new layout: pod -> other pool seen as {s}");
+        let r = d.reconcile(&on)?;
+        ensure!(
+            r.repairs == 0 && r.outcome == ApplyOutcome::Unchanged,
+            "{r:?}"
+        );
+
+        // p1 off NAT: it moves from nat-pools to other-pools in one transaction.
+        let mut monitor = Monitor::start(&lab.host)?;
+        let off = state(false, "", "")?;
+        let r = d.apply(&off)?;
+        ensure!(r.outcome == ApplyOutcome::Updated, "{r:?}");
+        let events = monitor.events(&lab.host)?;
+        let generations = events
+            .iter()
+            .filter(|l| l.starts_with("# new generation"))
+            .count();
+        ensure!(generations == 1, "{events:#?}");
+        drop(monitor);
+        lab.expect_nat(POD4, POD6, "p1 and p6 without natOutgoing")?;
+        let s = lab.other.tcp_probe_ip(sock(EXT4))?;
+        ensure!(s == ip(HOST_EXT4), "p2 -> ext seen as {s}");
+        let s = lab.pod.tcp_probe_ip(sock(OTHER4))?;
+        ensure!(s == ip(POD4), "pod -> other pool seen as {s}");
+        d.cleanup()?;
+        Ok(())
+    })
+}
+
+#[test]
+fn nftables_takes_over_a_table_of_the_old_layout_in_one_transaction() -> anyhow::Result<()> {
+    old_layout_takeover(Which::Nft)?;
+    old_layout_takeover(Which::NftOneShot)
+}
+
 /// States for the sequence test: nested, adjacent and disabled pools, both families,
 /// rule parameters changing.
 fn sequence_states() -> anyhow::Result<Vec<NatState>> {
@@ -1005,15 +1232,16 @@ fn nftables_long_transactions_go_through_an_included_file() -> anyhow::Result<()
         ensure!(table.contains("10.4.174.0/24"), "pool 599 is missing");
 
         // 300 pools fewer, and back: element changes of ~5 kB.
+        // Each pool is one element (in nat-pools-v4).
         let r = d.apply(&small)?;
         ensure!(
-            r.outcome == ApplyOutcome::Updated && r.elements_removed == 600,
+            r.outcome == ApplyOutcome::Updated && r.elements_removed == 300,
             "{r:?}"
         );
         check(&mut d, &small)?;
         let r = d.apply(&big)?;
         ensure!(
-            r.outcome == ApplyOutcome::Updated && r.elements_added == 600,
+            r.outcome == ApplyOutcome::Updated && r.elements_added == 300,
             "{r:?}"
         );
         check(&mut d, &big)?;
