@@ -329,7 +329,7 @@ impl Diff {
 /// nothing to delete, each set is declared again with its new elements (`add set` of an
 /// existing set with the same declaration only adds the elements): unlike
 /// `add element`, nft 1.0.6 then does not dump every interval set of the host first,
-/// which costs time in proportion to their size (~3 ms at 1,000 pools, ~60 ms at
+/// which costs time in proportion to their size (a few ms at 1,000 pools, tens of ms at
 /// 10,000). The kernel still refuses an element that overlaps one it has.
 fn element_commands(l: &Layout, changes: &[ElementChange]) -> Vec<String> {
     let mut out = Vec::new();
