@@ -103,7 +103,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let dir = tempfile::Builder::new()
             .prefix("tern-bench-bird-")
             .tempdir_in("/dev/shm")?;
-        let mut mgr = BirdManager::new(BirdOptions::in_dir(dir.path(), BirdMode::Supervised))?;
+        let mut opts = BirdOptions::in_dir(dir.path(), BirdMode::Supervised);
+        // With a thousand sessions retrying their connections BIRD answers slowly.
+        opts.command_timeout = Duration::from_secs(120);
+        opts.start_timeout = Duration::from_secs(120);
+        let mut mgr = BirdManager::new(opts)?;
         let measured = measure_reloads(&mut mgr, &cfg, a.runs.max(1));
         // Stop BIRD whatever happened (a manager that is dropped leaves it running).
         let stopped = mgr.stop();
