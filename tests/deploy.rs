@@ -740,6 +740,7 @@ fn the_lab_script_is_executable_and_valid_bash() -> anyhow::Result<()> {
         Cli::of("ternctl", &["apply"])?,
         Cli::of("ternctl", &["patch"])?,
         Cli::of("ternctl", &["ipam", "show"])?,
+        Cli::of("ternctl", &["ipam", "assign"])?,
     ];
     for f in flags(&text) {
         let known =

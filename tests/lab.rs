@@ -356,6 +356,22 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
         );
     }
 
+    // IPAM counts the pods' addresses: each pod holds one, under its own handle, and no
+    // two pods share one.
+    let mut ips: Vec<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    ips.sort();
+    ips.dedup();
+    ensure!(ips.len() == pods.len(), "distinct pod addresses: {pods:?}");
+    let show = lab.ternctl(&["ipam", "show"])?;
+    // NAT_POOL holds five pods, PUBLIC_POOL one.
+    for (cidr, in_use) in [("10.244.0.0/16", 5), ("198.51.100.0/24", 1)] {
+        ensure!(
+            show.lines()
+                .any(|l| l.contains(&format!(" {cidr} ")) && l.contains(&format!("| {in_use} ("))),
+            "ipam show: {in_use} addresses of {cidr} in use:\n{show}"
+        );
+    }
+
     // The router: every block in its kernel table, learned by BIRD, towards its node.
     let router = lab.ns("router");
     for (n, b, _) in &blocks {

@@ -23,18 +23,25 @@ fn http_get(addr: &str) -> String {
     out
 }
 
+/// ternctl as a viewer; it must succeed.
 fn ternctl(c: &Cluster, args: &[&str]) -> String {
+    let (ok, out, err) = ternctl_as(c, &Role::Viewer, args);
+    assert!(ok, "{args:?}: {err}");
+    out
+}
+
+/// ternctl with a role: (success, stdout, stderr).
+fn ternctl_as(c: &Cluster, role: &Role, args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_ternctl"))
         .args(args)
-        .envs(c.ternctl_env(&Role::Viewer))
+        .envs(c.ternctl_env(role))
         .output()
         .expect("ternctl runs");
-    assert!(
+    (
         o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,5 +167,57 @@ async fn metrics_and_operator_views() {
     assert!(
         out.contains("| Block    | 10.244.0.0/26 |        64 | 0 (0%)     | 64 (100%)    | n1   |"),
         "{out}"
+    );
+
+    // What a CNI plugin does, from the command line: assign, show, release; claim a block.
+    let admin = |args: &[&str]| {
+        let (ok, out, err) = tokio::task::block_in_place(|| ternctl_as(&c, &Role::Admin, args));
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let assign = ["ipam", "assign", "--node", "n1", "--handle", "pod-1"];
+    assert_eq!(admin(&assign), "10.244.0.0 (block 10.244.0.0/26)\n");
+    assert_eq!(
+        admin(&assign),
+        "10.244.0.0 (block 10.244.0.0/26)\n",
+        "idempotent"
+    );
+    let out = tokio::task::block_in_place(|| ternctl(&c, &["ipam", "show", "--show-blocks"]));
+    assert!(
+        out.contains("| Block    | 10.244.0.0/26 |        64 | 1 (2%)     | 63 (98%)     | n1   |"),
+        "{out}"
+    );
+    let (ok, _, err) = tokio::task::block_in_place(|| ternctl_as(&c, &Role::Viewer, &assign));
+    assert!(
+        !ok && err.contains("Failed to assign an address: "),
+        "{err}"
+    );
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        ternctl_as(
+            &c,
+            &Role::Admin,
+            &[
+                "ipam", "assign", "--node", "n1", "--handle", "x", "--family", "5",
+            ],
+        )
+    });
+    assert!(
+        !ok && err.contains("Failed to assign an address: family: "),
+        "{err}"
+    );
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        ternctl_as(
+            &c,
+            &Role::Admin,
+            &["ipam", "assign", "--node", "nobody", "--handle", "x"],
+        )
+    });
+    assert!(!ok && err.contains("nobody"), "{err}");
+    let release = ["ipam", "release", "--node", "n1", "--handle", "pod-1"];
+    assert_eq!(admin(&release), "Released 10.244.0.0\n");
+    assert_eq!(admin(&release), "Handle pod-1 holds no address\n");
+    assert_eq!(
+        admin(&["ipam", "claim-block", "--node", "n1", "--pool", "pods"]),
+        "Claimed block 10.244.0.64/26 of pool pods for node n1 (confirmed)\n"
     );
 }

@@ -156,6 +156,41 @@ enum IpamCommand {
         #[arg(long)]
         show_blocks: bool,
     },
+    /// Assign one address to HANDLE from NODE's blocks (claiming a block when they are
+    /// full), as a CNI plugin does; prints the address. Idempotent per node, handle and
+    /// family.
+    Assign {
+        #[arg(long)]
+        node: String,
+        /// The owner of the address, e.g. a container ID.
+        #[arg(long)]
+        handle: String,
+        /// Take the address from this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// 4 or 6: any pool of the family that selects the node (default 4 without
+        /// --pool).
+        #[arg(long)]
+        family: Option<u32>,
+    },
+    /// Release every address HANDLE holds on NODE; prints them.
+    Release {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        handle: String,
+    },
+    /// Claim one more block for NODE from a pool that selects it; prints the block.
+    ClaimBlock {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        pool: Option<String>,
+        /// 4 or 6: the first pool of the family that selects the node (default 4
+        /// without --pool).
+        #[arg(long)]
+        family: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,9 +307,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::Status { node },
         } => node_status(&ctx, node).await,
-        Command::Ipam {
-            command: IpamCommand::Show { node, show_blocks },
-        } => ipam_show(&ctx, node, show_blocks).await,
+        Command::Ipam { command } => match command {
+            IpamCommand::Show { node, show_blocks } => ipam_show(&ctx, node, show_blocks).await,
+            IpamCommand::Assign {
+                node,
+                handle,
+                pool,
+                family,
+            } => ipam_assign(&ctx, node, handle, pool, family).await,
+            IpamCommand::Release { node, handle } => ipam_release(&ctx, node, handle).await,
+            IpamCommand::ClaimBlock { node, pool, family } => {
+                ipam_claim_block(&ctx, node, pool, family).await
+            }
+        },
         Command::Certs { command } => certs(command),
         Command::Completion { shell } => {
             clap_complete::generate(
@@ -1053,6 +1098,83 @@ async fn ipam_show(ctx: &Ctx, node: Option<String>, show_blocks: bool) -> anyhow
         Align::Left,
     ];
     print!("{}", boxed(&header, &rows, &align));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The family sent with a request: as given (the controller checks it); else 4 when no
+/// pool is named (with a pool, 0 lets the controller take the pool's family).
+fn ipam_family(pool: &Option<String>, family: Option<u32>) -> u32 {
+    match family {
+        Some(f) => f,
+        None if pool.is_some() => 0,
+        None => 4,
+    }
+}
+
+async fn ipam_assign(
+    ctx: &Ctx,
+    node: String,
+    handle: String,
+    pool: Option<String>,
+    family: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let family = ipam_family(&pool, family);
+    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let r = ipam
+        .assign_address(proto::AssignAddressRequest {
+            node,
+            handle,
+            family,
+            pool: pool.unwrap_or_default(),
+        })
+        .await
+        .map_err(|e| anyhow!("Failed to assign an address: {}", status_msg(&e)))?
+        .into_inner();
+    println!("{} (block {})", r.address, r.block);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ipam_release(ctx: &Ctx, node: String, handle: String) -> anyhow::Result<ExitCode> {
+    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let r = ipam
+        .release_address(proto::ReleaseAddressRequest {
+            node,
+            handle: handle.clone(),
+        })
+        .await
+        .map_err(|e| anyhow!("Failed to release addresses: {}", status_msg(&e)))?
+        .into_inner();
+    if r.addresses.is_empty() {
+        println!("Handle {handle} holds no address");
+    } else {
+        for a in &r.addresses {
+            println!("Released {a}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ipam_claim_block(
+    ctx: &Ctx,
+    node: String,
+    pool: Option<String>,
+    family: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let family = ipam_family(&pool, family);
+    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let b = ipam
+        .claim_block(proto::ClaimBlockRequest {
+            node,
+            pool: pool.unwrap_or_default(),
+            family,
+        })
+        .await
+        .map_err(|e| anyhow!("Failed to claim a block: {}", status_msg(&e)))?
+        .into_inner();
+    println!(
+        "Claimed block {} of pool {} for node {} ({})",
+        b.cidr, b.pool, b.node, b.state
+    );
     Ok(ExitCode::SUCCESS)
 }
 
