@@ -41,8 +41,10 @@ enum Expr {
     StartsWith(String, String),
     EndsWith(String, String),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// `a && b && ...`, flat: a long chain costs no recursion.
+    And(Vec<Expr>),
+    /// `a || b || ...`, flat.
+    Or(Vec<Expr>),
 }
 
 impl Expr {
@@ -59,8 +61,8 @@ impl Expr {
             Expr::StartsWith(k, v) => labels.get(k).is_some_and(|l| l.starts_with(v.as_str())),
             Expr::EndsWith(k, v) => labels.get(k).is_some_and(|l| l.ends_with(v.as_str())),
             Expr::Not(e) => !e.eval(labels),
-            Expr::And(a, b) => a.eval(labels) && b.eval(labels),
-            Expr::Or(a, b) => a.eval(labels) || b.eval(labels),
+            Expr::And(es) => es.iter().all(|e| e.eval(labels)),
+            Expr::Or(es) => es.iter().any(|e| e.eval(labels)),
         }
     }
 }
@@ -75,6 +77,16 @@ pub struct Selector {
 impl Selector {
     /// Parse a selector. Empty or blank text means `all()`.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        if text.len() > MAX_SELECTOR_LEN {
+            return Err(SelectorError {
+                source_text: shown(text),
+                message: format!(
+                    "longer than {MAX_SELECTOR_LEN} bytes ({} bytes)",
+                    text.len()
+                ),
+                position: MAX_SELECTOR_LEN,
+            });
+        }
         let expr = if text.trim().is_empty() {
             Expr::All
         } else {
@@ -181,10 +193,35 @@ enum Tok {
     End,
 }
 
+/// The longest selector accepted, in bytes (Calico sets none; this bounds the work a
+/// request can cause).
+pub const MAX_SELECTOR_LEN: usize = 16 * 1024;
+
+/// The deepest nesting of `!` and `( )` accepted: the parser recurses once per level.
+pub const MAX_SELECTOR_DEPTH: usize = 64;
+
+/// How much of a selector an error quotes: errors travel in gRPC status headers, which
+/// peers limit (16 KiB by default), so a long selector is quoted up to this many bytes.
+const MAX_QUOTED: usize = 128;
+
+/// The selector as an error quotes it: whole, or its start and "...".
+fn shown(s: &str) -> String {
+    if s.len() <= MAX_QUOTED {
+        return s.to_string();
+    }
+    let mut end = MAX_QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
     peeked: Option<(Tok, usize, usize)>,
+    /// Current nesting of `!` and `(`.
+    depth: usize,
 }
 
 fn is_label_char(c: char) -> bool {
@@ -197,12 +234,13 @@ impl<'a> Parser<'a> {
             src,
             pos: 0,
             peeked: None,
+            depth: 0,
         }
     }
 
     fn err<T>(&self, message: impl Into<String>, position: usize) -> Result<T, SelectorError> {
         Err(SelectorError {
-            source_text: self.src.to_string(),
+            source_text: shown(self.src),
             message: message.into(),
             position,
         })
@@ -295,34 +333,58 @@ impl<'a> Parser<'a> {
     }
 
     fn parse_or(&mut self) -> Result<Expr, SelectorError> {
-        let mut left = self.parse_and()?;
+        let mut terms = vec![self.parse_and()?];
         while self.peek()?.0 == Tok::Or {
             self.next()?;
-            let right = self.parse_and()?;
-            left = Expr::Or(Box::new(left), Box::new(right));
+            terms.push(self.parse_and()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.pop().expect("one term")
+        } else {
+            Expr::Or(terms)
+        })
     }
 
     fn parse_and(&mut self) -> Result<Expr, SelectorError> {
-        let mut left = self.parse_unary()?;
+        let mut terms = vec![self.parse_unary()?];
         while self.peek()?.0 == Tok::And {
             self.next()?;
-            let right = self.parse_unary()?;
-            left = Expr::And(Box::new(left), Box::new(right));
+            terms.push(self.parse_unary()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.pop().expect("one term")
+        } else {
+            Expr::And(terms)
+        })
+    }
+
+    /// Enter one level of `!` or `(`, refusing to go deeper than the limit.
+    fn nested<T>(
+        &mut self,
+        at: usize,
+        f: impl FnOnce(&mut Self) -> Result<T, SelectorError>,
+    ) -> Result<T, SelectorError> {
+        if self.depth >= MAX_SELECTOR_DEPTH {
+            return self.err(
+                format!("nested deeper than {MAX_SELECTOR_DEPTH} levels of '!' and '('"),
+                at,
+            );
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
     }
 
     fn parse_unary(&mut self) -> Result<Expr, SelectorError> {
         let (t, s, _) = self.next()?;
         match t {
-            Tok::Not => Ok(Expr::Not(Box::new(self.parse_unary()?))),
-            Tok::LParen => {
-                let e = self.parse_or()?;
-                self.expect(Tok::RParen, "')'")?;
+            Tok::Not => self.nested(s, |p| Ok(Expr::Not(Box::new(p.parse_unary()?)))),
+            Tok::LParen => self.nested(s, |p| {
+                let e = p.parse_or()?;
+                p.expect(Tok::RParen, "')'")?;
                 Ok(e)
-            }
+            }),
             Tok::Ident(id) => self.parse_term(id, s),
             Tok::End => self.err("expected an expression", s),
             _ => self.err("expected a label, has(), all() or '!'", s),
@@ -476,6 +538,52 @@ mod tests {
             assert!(e.message.starts_with(msg), "{text}: {e}");
             assert!(e.to_string().contains(&format!("at position {pos}")));
         }
+    }
+
+    #[test]
+    fn hostile_selectors_are_refused_not_overflowing_the_stack() {
+        // Nesting: 64 levels parse, 65 do not; far more is refused at the limit.
+        let ok = format!("{}has(a){}", "(".repeat(64), ")".repeat(64));
+        assert!(
+            Selector::parse(&ok)
+                .expect("64 levels")
+                .matches(&labels(&[("a", "")]))
+        );
+        let bangs = format!("{}has(a)", "!".repeat(64));
+        assert!(
+            Selector::parse(&bangs)
+                .expect("64 levels")
+                .matches(&labels(&[("a", "")]))
+        );
+        for deep in [
+            format!("{}has(a){}", "(".repeat(65), ")".repeat(65)),
+            format!("{}has(a)", "!(".repeat(5000)),
+        ] {
+            let e = Selector::parse(&deep).expect_err("too deep");
+            assert!(e.message.starts_with("nested deeper than 64"), "{e}");
+            assert_eq!(e.position, 64, "{e}");
+        }
+        // Length: refused before parsing, and the error does not echo it all.
+        let long = "(".repeat(200_000);
+        let e = Selector::parse(&long).expect_err("too long");
+        assert!(
+            e.message.contains("longer than 16384 bytes"),
+            "{}",
+            e.message
+        );
+        assert!(e.to_string().len() < 300);
+        // A long flat chain (within the length limit) parses and evaluates.
+        let chain = vec!["has(x)"; 1500].join(" || ") + " || has(a)";
+        assert!(chain.len() < MAX_SELECTOR_LEN);
+        let s = Selector::parse(&chain).expect("a flat chain");
+        assert!(s.matches(&labels(&[("a", "")])));
+        assert!(!s.matches(&labels(&[("b", "")])));
+        let chain = vec!["!has(x)"; 1000].join(" && ");
+        assert!(
+            Selector::parse(&chain)
+                .expect("a flat chain")
+                .matches(&labels(&[]))
+        );
     }
 
     #[test]

@@ -485,6 +485,25 @@ async fn bad_input_gets_a_precise_error_and_changes_nothing() {
         .expect_err("bad selector");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("position"), "{e}");
+    // Selectors built to exhaust the parser's stack are refused, and the replica lives.
+    for hostile in ["!".repeat(10_000) + "has(a)", "(".repeat(200_000)] {
+        let e = api
+            .list(proto::ListRequest {
+                kind: "ippool".into(),
+                label_selector: hostile,
+                show_secrets: false,
+            })
+            .await
+            .expect_err("hostile selector");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    }
+    api.list(proto::ListRequest {
+        kind: "ippool".into(),
+        label_selector: String::new(),
+        show_secrets: false,
+    })
+    .await
+    .expect("the controller still answers");
     let e = api
         .create(proto::CreateRequest {
             resource: Some(pool("big", "10.77.0.0/16")).map(|mut r| {
