@@ -77,12 +77,26 @@ pub struct State {
     pub history_bytes: usize,
     /// True once the first list is in.
     pub ready: bool,
+    /// The revision of the first list (the floor before any trimming or backfill).
+    pub listed_at: i64,
+    /// Relists after a lost watch: (cache revision before, list revision). The events
+    /// between them are not in the history, only their net effect (recorded at the list
+    /// revision), so no reader may start strictly inside one. Gaps at or below the
+    /// floor are dropped.
+    pub gaps: Vec<(i64, i64)>,
 }
 
 impl State {
     /// Events with revision > `after`, or None when some of them are no longer kept.
     pub fn events_after(&self, after: i64) -> Option<impl Iterator<Item = &Arc<Event>>> {
         if after < self.floor {
+            return None;
+        }
+        if self
+            .gaps
+            .iter()
+            .any(|&(from, to)| from < after && after < to)
+        {
             return None;
         }
         let start = self.history.partition_point(|e| e.revision <= after);
@@ -122,6 +136,8 @@ impl State {
             self.history_bytes = self.history_bytes.saturating_sub(event_bytes(&old));
             self.floor = old.revision;
         }
+        let floor = self.floor;
+        self.gaps.retain(|&(_, to)| to > floor);
     }
 }
 
@@ -246,6 +262,7 @@ impl Cache {
             st.objects = objects;
             st.revision = revision;
             st.floor = revision;
+            st.listed_at = revision;
             st.ready = true;
         } else {
             let mut changes = Vec::new();
@@ -265,6 +282,10 @@ impl Cache {
             }
             let n = changes.len();
             let rev = revision.max(st.revision);
+            if rev > st.revision {
+                let gap = (st.revision, rev);
+                st.gaps.push(gap);
+            }
             for (key, prev, new) in changes {
                 st.push(
                     Event {
@@ -296,7 +317,7 @@ impl Cache {
         // More events than the history holds arrived between the list and the marker:
         // the history was trimmed above the list revision, so older events cannot join
         // it without a gap.
-        if st.history.len() >= self.max_history {
+        if st.history.len() >= self.max_history || st.floor > st.listed_at {
             return;
         }
         let n = events.len();
@@ -324,8 +345,11 @@ impl Cache {
     /// Apply a batch of watch events (all with revisions after the cache's).
     pub fn apply(&self, events: Vec<(i64, Key, Option<Arc<Entry>>)>, header_revision: i64) {
         let mut st = self.state.write();
+        // Several events may share a revision (one transaction, a prefix delete): compare
+        // with the revision before this batch, not the one the batch has reached.
+        let base = st.revision;
         for (revision, key, new) in events {
-            if revision <= st.revision {
+            if revision <= base {
                 continue; // already in (e.g. seen by the list)
             }
             let prev = st.objects.get(&key).cloned();
@@ -565,6 +589,59 @@ mod tests {
                 .map(|e| e.revision)
                 .collect();
             assert_eq!(revs, [7, 9]);
+        });
+    }
+
+    #[test]
+    fn events_of_one_revision_are_all_applied() {
+        let c = Cache::new(100);
+        let mut objs = HashMap::new();
+        for n in ["a", "b", "c"] {
+            objs.insert(key(n), entry(n, 5));
+        }
+        c.install_list(5, objs);
+        // One transaction (e.g. `etcdctl del --prefix`) deletes three keys at revision 6.
+        c.apply(
+            vec![
+                (6, key("a"), None),
+                (6, key("b"), None),
+                (6, key("c"), None),
+            ],
+            6,
+        );
+        c.read(|st| {
+            assert_eq!(st.objects.len(), 0, "every key of revision 6 is deleted");
+            assert_eq!(st.events_after(5).map(|e| e.count()), Some(3));
+        });
+        // A batch that repeats an applied revision is still skipped.
+        c.apply(vec![(6, key("a"), Some(entry("a", 6)))], 0);
+        assert!(c.read(|st| st.objects.is_empty()));
+    }
+
+    #[test]
+    fn no_reader_starts_inside_a_relist_gap() {
+        let c = Cache::new(100);
+        c.install_list(100, HashMap::new());
+        // The watch was lost at 100; the relist at 170 no longer sees an object created
+        // at 120 and deleted at 160. A reader at 150 (which may hold it) must resync.
+        c.install_list(170, HashMap::new());
+        c.apply(vec![(171, key("d"), Some(entry("d", 171)))], 0);
+        c.read(|st| {
+            assert!(st.events_after(100).is_some(), "from the start of the gap");
+            assert!(st.events_after(150).is_none(), "inside the gap");
+            assert!(st.events_after(170).is_some(), "from its end");
+        });
+    }
+
+    #[test]
+    fn backfill_after_trimming_by_bytes_is_refused() {
+        let c = Cache::new(100);
+        c.install_list(10, HashMap::new());
+        c.state.write().floor = 12; // as if the byte bound had trimmed above the list
+        c.backfill(vec![(9, key("a"), None, Some(entry("a", 9)))], 5);
+        c.read(|st| {
+            assert_eq!(st.floor, 12);
+            assert!(st.history.is_empty());
         });
     }
 
