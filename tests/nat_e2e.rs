@@ -89,6 +89,16 @@ async fn seen(h: &Hosts, target: &str) -> anyhow::Result<IpAddr> {
 }
 
 async fn agent(c: &Cluster, h: &Hosts, kind: DataplaneKind, backend: IptablesBackend) -> Agent {
+    agent_with(c, h, Some(kind), backend).await
+}
+
+/// An agent whose dataplane comes from the flag, else from AgentConfiguration.
+async fn agent_with(
+    c: &Cluster,
+    h: &Hosts,
+    kind: Option<DataplaneKind>,
+    backend: IptablesBackend,
+) -> Agent {
     let tls = c.client_tls(&Role::Node("host-1".into()));
     let mut sync = SyncConfig::new("host-1".into(), vec![c.server()], tls);
     sync.registration.ipv4_address = "203.0.113.1/24".into();
@@ -98,7 +108,7 @@ async fn agent(c: &Cluster, h: &Hosts, kind: DataplaneKind, backend: IptablesBac
         sync,
         exec: Exec::in_netns(h.host.name()),
         nat: NatChoice::Select {
-            flag: Some(kind),
+            flag: kind,
             backend,
         },
         bgp: None,
@@ -276,6 +286,58 @@ async fn nat_follows_the_api_with_iptables_legacy() -> anyhow::Result<()> {
 /// The agent restarts while the pod talks to the outside: no packet is lost and every
 /// new connection is NATed (the external host cannot route the pod network back, so a
 /// single un-NATed packet would go unanswered).
+/// AgentConfiguration's `dataplane` moves NAT from nftables to iptables and back: the
+/// new driver is programmed before the old one is removed, and traffic stays NATed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataplane_switches_with_agent_configuration() -> anyhow::Result<()> {
+    netns::require_root()?;
+    let c = Cluster::start().await;
+    let h = hosts(true)?;
+    let dataplane = async |kind: &str| {
+        apply_docs(
+            &c,
+            &format!(
+                "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {{name: default}}\nspec: {{dataplane: {kind}}}\n"
+            ),
+        )
+        .await
+    };
+    set_nat(&c, true).await;
+    dataplane("nftables").await;
+    let a = agent_with(&c, &h, None, IptablesBackend::Default).await;
+    expect_seen(&h, HOST, "nftables NAT").await?;
+    let programmed = |nft: bool| -> anyhow::Result<bool> {
+        let ruleset = h.host.run("nft", &["list", "ruleset"])?;
+        let saved = h.host.run("iptables-save", &["-t", "nat"])?;
+        Ok(ruleset.contains("table inet tern") == nft && saved.contains(":TERN-") == !nft)
+    };
+    ensure!(programmed(true)?, "only the nftables table");
+
+    let mut applied = a.applied.clone();
+    let rev = dataplane("iptables").await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|x| x.revision >= rev && x.last_error.is_empty()),
+    )
+    .await
+    .context("the switch to iptables was applied")??;
+    ensure!(programmed(false)?, "only the TERN chains after the switch");
+    expect_seen(&h, HOST, "iptables NAT").await?;
+
+    let rev = dataplane("nftables").await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|x| x.revision >= rev && x.last_error.is_empty()),
+    )
+    .await
+    .context("the switch back was applied")??;
+    ensure!(programmed(true)?, "only the nftables table again");
+    expect_seen(&h, HOST, "nftables NAT again").await?;
+    a.stop();
+    tern_agent::dataplane::cleanup_all(&Exec::in_netns(h.host.name())).context("cleanup")?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_while_the_agent_restarts() -> anyhow::Result<()> {
     netns::require_root()?;

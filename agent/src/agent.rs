@@ -331,7 +331,16 @@ impl ApplyLoop {
             warn!(warning = %w, "NAT setting ignored");
         }
         let revision = revision.max(view_rev);
-        self.ensure_driver(agent_cfg.dataplane).await?;
+        if let Err(e) = self.ensure_driver(agent_cfg.dataplane).await {
+            let dp = self.status.dataplane.get_or_insert_with(Default::default);
+            dp.state = "error".into();
+            dp.error = e.clone();
+            self.status.last_error = format!("NAT: {e}");
+            self.metrics.apply_errors.inc();
+            self.applied
+                .send_modify(|a| a.last_error = self.status.last_error.clone());
+            return Err(self.status.last_error.clone());
+        }
         let nat = self
             .nat
             .take()
@@ -474,7 +483,15 @@ impl ApplyLoop {
             );
             let desired = self.desired_nat();
             let (new, r) = blocking(new, move |d| d.apply(&desired)).await;
-            r.map_err(|e| e.to_string())?;
+            if let Err(e) = r {
+                // The old driver stays in charge: its state is still on the host and
+                // keeps following the view; the switch is retried with the next apply.
+                let (from, to) = (old.driver.name(), new.name());
+                self.nat = Some(old);
+                return Err(format!(
+                    "switching the NAT dataplane from {from} to {to}: {e}"
+                ));
+            }
             let (_, r) = blocking(old.driver, |d| d.cleanup()).await;
             if let Err(e) = r {
                 warn!(error = %e, "cleaning up the previous NAT dataplane failed");
