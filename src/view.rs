@@ -85,6 +85,28 @@ impl View {
         }
     }
 
+    /// A copy of one resource, if the view has it.
+    pub fn get(&self, kind: Kind, name: &str) -> Option<Resource> {
+        match kind {
+            Kind::IPPool => self.pools.get(name).cloned().map(Resource::IPPool),
+            Kind::BGPPeer => self.peers.get(name).cloned().map(Resource::BGPPeer),
+            Kind::BGPConfiguration => self
+                .bgp_configs
+                .get(name)
+                .cloned()
+                .map(Resource::BGPConfiguration),
+            Kind::BGPFilter => self.filters.get(name).cloned().map(Resource::BGPFilter),
+            Kind::Node => self.nodes.get(name).cloned().map(Resource::Node),
+            Kind::BlockAffinity => self.blocks.get(name).cloned().map(Resource::BlockAffinity),
+            Kind::AgentConfiguration => self
+                .agent_configs
+                .get(name)
+                .cloned()
+                .map(Resource::AgentConfiguration),
+            Kind::Secret => self.secrets.get(name).cloned().map(Resource::Secret),
+        }
+    }
+
     /// Number of resources in the view.
     pub fn len(&self) -> usize {
         self.pools.len()

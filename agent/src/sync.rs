@@ -113,6 +113,29 @@ pub fn spawn(cfg: SyncConfig) -> (SyncHandle, tokio::task::JoinHandle<()>) {
     )
 }
 
+/// A snapshot being received: the view so far and the items that could not be read.
+#[derive(Debug, Default)]
+struct Pending {
+    view: View,
+    unreadable: Vec<(Kind, String)>,
+}
+
+impl Pending {
+    /// The view that replaces `old` at InSync. An item this agent cannot read (e.g. a
+    /// newer controller's field) keeps the version the agent had, as a delta does: a
+    /// snapshot after a reconnect must not drop the NAT or sessions it stands for.
+    fn finish(self, old: &View, revision: i64) -> View {
+        let mut fresh = self.view;
+        for (kind, name) in self.unreadable {
+            if let Some(r) = old.get(kind, &name) {
+                fresh.upsert(r);
+            }
+        }
+        fresh.revision = revision;
+        fresh
+    }
+}
+
 struct Client {
     cfg: SyncConfig,
     view: SharedView,
@@ -216,7 +239,7 @@ impl Client {
         let mut inbound = client.sync(ReceiverStream::new(rx)).await?.into_inner();
         info!(last_revision, "stream open");
 
-        let mut pending: Option<View> = None;
+        let mut pending: Option<Pending> = None;
         let mut last_report: Option<Instant> = None;
         let mut report_due = false;
         let mut report_timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
@@ -266,16 +289,16 @@ impl Client {
     async fn handle(
         &mut self,
         m: proto::ControllerMessage,
-        pending: &mut Option<View>,
+        pending: &mut Option<Pending>,
         tx: &mpsc::Sender<proto::AgentMessage>,
     ) -> Result<(), StreamError> {
         let Some(m) = m.msg else { return Ok(()) };
         match m {
             controller_message::Msg::Snapshot(chunk) => {
                 if chunk.first {
-                    *pending = Some(View::default());
+                    *pending = Some(Pending::default());
                 }
-                let Some(view) = pending.as_mut() else {
+                let Some(p) = pending.as_mut() else {
                     return Err(StreamError::Protocol(
                         "snapshot chunk without a first chunk".into(),
                     ));
@@ -283,23 +306,28 @@ impl Client {
                 let mut bad = 0;
                 for item in &chunk.items {
                     match decode(item) {
-                        Ok(r) => view.upsert(r),
+                        Ok(r) => p.view.upsert(r),
                         Err(e) => {
                             bad += 1;
-                            warn!(kind = %item.kind, name = %item.name, error = %e, "cannot read an item of the view; skipping it");
+                            warn!(kind = %item.kind, name = %item.name, error = %e, "cannot read an item of the view; keeping the previous version");
+                            if let Ok(kind) = item.kind.parse::<Kind>() {
+                                p.unreadable.push((kind, item.name.clone()));
+                            }
                         }
                     }
                 }
-                view.revision = chunk.revision;
+                p.view.revision = chunk.revision;
                 if bad > 0 {
                     self.state.send_modify(|s| s.bad_items += bad);
                 }
             }
             controller_message::Msg::InSync(s) => {
-                if let Some(mut fresh) = pending.take() {
-                    fresh.revision = s.revision;
+                if let Some(p) = pending.take() {
+                    let mut view = self.view.write();
+                    let fresh = p.finish(&view, s.revision);
                     let n = fresh.len();
-                    *self.view.write() = fresh;
+                    *view = fresh;
+                    drop(view);
                     info!(revision = s.revision, resources = n, controller = %s.controller, "in sync (snapshot)");
                 } else {
                     info!(revision = s.revision, controller = %s.controller, "in sync (resumed)");
@@ -355,5 +383,60 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: &str, name: &str, json: &str) -> proto::Item {
+        proto::Item {
+            kind: kind.into(),
+            name: name.into(),
+            value: json.as_bytes().to_vec().into(),
+            revision: 7,
+        }
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_item_keeps_the_version_the_agent_had() {
+        let pool = |name: &str, cidr: &str, extra: &str| {
+            format!(
+                r#"{{"apiVersion":"tern.dev/v1","kind":"IPPool","metadata":{{"name":"{name}"}},"spec":{{"cidr":"{cidr}","natOutgoing":true{extra}}}}}"#
+            )
+        };
+        let old = View::from_resources([
+            decode(&item("IPPool", "a", &pool("a", "10.1.0.0/16", ""))).expect("readable"),
+            decode(&item("IPPool", "gone", &pool("gone", "10.3.0.0/16", ""))).expect("readable"),
+        ]);
+        let mut p = Pending::default();
+        for it in [
+            // A newer controller added a field this agent does not know.
+            item(
+                "IPPool",
+                "a",
+                &pool("a", "10.1.0.0/16", r#","futureField":1"#),
+            ),
+            item("IPPool", "b", &pool("b", "10.2.0.0/16", "")),
+            item(
+                "IPPool",
+                "c",
+                &pool("c", "10.4.0.0/16", r#","futureField":1"#),
+            ),
+        ] {
+            match decode(&it) {
+                Ok(r) => p.view.upsert(r),
+                Err(_) => p.unreadable.push((Kind::IPPool, it.name.clone())),
+            }
+        }
+        assert_eq!(p.unreadable.len(), 2);
+        let v = p.finish(&old, 9);
+        assert_eq!(v.revision, 9);
+        assert_eq!(
+            v.pools.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b"],
+            "a kept from before, b new, c unknown before and unreadable now, gone deleted"
+        );
     }
 }
