@@ -309,7 +309,7 @@ async fn dataplane_switches_with_agent_configuration() -> anyhow::Result<()> {
     let programmed = |nft: bool| -> anyhow::Result<bool> {
         let ruleset = h.host.run("nft", &["list", "ruleset"])?;
         let saved = h.host.run("iptables-save", &["-t", "nat"])?;
-        Ok(ruleset.contains("table inet tern") == nft && saved.contains(":TERN-") == !nft)
+        Ok(ruleset.contains("table inet tern") == nft && saved.contains(":TERN-") != nft)
     };
     ensure!(programmed(true)?, "only the nftables table");
 
