@@ -184,7 +184,11 @@ impl Client {
         let mut backoff = self.cfg.backoff_min;
         let mut idx = 0usize;
         loop {
-            let addr = self.cfg.controllers[idx % self.cfg.controllers.len()].clone();
+            let n = self.cfg.controllers.len().max(1);
+            let Some(addr) = self.cfg.controllers.get(idx % n).cloned() else {
+                tracing::error!("no controller address configured; not syncing");
+                return;
+            };
             let span = info_span!("sync", controller = %addr, node = %self.cfg.node);
             let started = Instant::now();
             let result = self.stream(&addr).instrument(span.clone()).await;

@@ -533,6 +533,42 @@ fn external_bird_is_only_written_and_reloaded() -> Result<()> {
     Ok(())
 }
 
+/// An external BIRD that reads another file than ours: every apply says so, also once
+/// our live file already holds the config (it is not what BIRD runs).
+#[test]
+fn external_bird_on_another_file_stays_an_error() -> Result<()> {
+    let ns = Ns::new()?;
+    let dir = tempfile::tempdir()?;
+    let opts = options(&ns, dir.path(), BirdMode::External);
+    let socket = opts.socket_path.clone();
+    let other = dir.path().join("other.conf");
+    std::fs::write(&other, config("10.0.0.4", ""))?;
+    let mut bird: Child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
+        .arg(&other)
+        .arg("-s")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for("external BIRD", Duration::from_secs(5), || {
+        bird_status(&ns, &socket).ok()
+    })?;
+    let cfg = config("10.0.0.3", &bgp("Global_192_0_2_1", "192.0.2.1", ""));
+    let mut m = BirdManager::new(opts)?;
+    for attempt in 0..3 {
+        let err = m.apply(&cfg).err();
+        ensure!(
+            matches!(err, Some(BirdError::WrongConfigFile { .. })),
+            "attempt {attempt}: {err:?}"
+        );
+    }
+    sh("kill", &["-TERM", &bird.id().to_string()])?;
+    bird.wait()?;
+    Ok(())
+}
+
 fn wait_session(
     m: &BirdManager,
     name: &str,

@@ -271,6 +271,9 @@ pub struct BirdManager {
     sup: Option<Supervisor>,
     adopted: bool,
     loaded: Option<Loaded>,
+    /// BIRD's last `configure` named another file than ours: until one names ours, an
+    /// equal live file proves nothing, so every apply asks BIRD again.
+    wrong_file: bool,
     stats: BirdStats,
 }
 
@@ -302,6 +305,7 @@ impl BirdManager {
             sup,
             adopted: false,
             loaded: None,
+            wrong_file: false,
             stats: BirdStats::default(),
         };
         if let Probe::Running(st) = m.probe()? {
@@ -383,6 +387,7 @@ impl BirdManager {
         let now = SystemTime::now();
         let probe = self.probe()?;
         if let Probe::Running(st) = &probe
+            && !self.wrong_file
             && let Some(mtime) = self.live_mtime_if_equal(config)?
             && self.bird_has_live(hash, st, mtime, now)
         {
@@ -610,12 +615,15 @@ impl BirdManager {
         if let Some(file) = &reply.file
             && !same_file(file, &self.opts.config_path)
         {
+            self.wrong_file = true;
+            self.loaded = None;
             return Err(BirdError::WrongConfigFile {
                 socket: self.opts.socket_path.clone(),
                 bird_reads: file.clone(),
                 ours: self.opts.config_path.clone(),
             });
         }
+        self.wrong_file = false;
         self.stats.reloads += 1;
         self.stats.last_reload = Some(SystemTime::now());
         self.loaded = Some(Loaded {
@@ -1004,6 +1012,7 @@ pub fn cleanup(opts: &BirdOptions) -> Result<CleanupReport, CleanupError> {
                 sup: None,
                 adopted: false,
                 loaded: None,
+                wrong_file: false,
                 stats: BirdStats::default(),
             };
             match probe.probe() {
