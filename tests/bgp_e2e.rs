@@ -316,7 +316,11 @@ fn bird_pid(dir: &Path) -> anyhow::Result<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
     netns::require_root()?;
-    let c = Cluster::start().await;
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    // The agents label their nodes with their rack (as `--labels rack=r1` does).
+    cfg.sync.agent_label_keys = vec!["rack".into()];
+    c.add_controller_with(cfg).await;
     let t = topology()?;
     apply(
         &c,

@@ -51,9 +51,14 @@ fn hello(node: &str) -> proto::AgentMessage {
 
 /// Open a sync stream and read it until InSync; returns every message's encoded bytes.
 async fn sync_as(ch: Channel, node: &str) -> Result<Vec<u8>, tonic::Status> {
+    sync_with(ch, hello(node)).await
+}
+
+/// Like [`sync_as`], with a given Hello.
+async fn sync_with(ch: Channel, hello: proto::AgentMessage) -> Result<Vec<u8>, tonic::Status> {
     let mut client = SyncServiceClient::new(ch);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello(node)).await.expect("send");
+    tx.send(hello).await.expect("send");
     let mut s = client.sync(ReceiverStream::new(rx)).await?.into_inner();
     let mut bytes = Vec::new();
     loop {
@@ -281,6 +286,85 @@ async fn every_identity_gets_exactly_its_rights() {
 }
 
 /// Secret values never travel to a node whose sessions do not use them.
+/// Node labels choose peerings (and their passwords) and route reflectors, so an agent
+/// sets only the label keys the controller allows; the rest are an administrator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_set_only_the_label_keys_the_controller_allows() {
+    let hello_labels = |labels: &[(&str, &str)]| {
+        let mut h = hello("n1");
+        if let Some(agent_message::Msg::Hello(h)) = h.msg.as_mut() {
+            h.registration.as_mut().expect("registration").labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        }
+        h
+    };
+    let node_labels = async |c: &Cluster| {
+        let r = c
+            .admin()
+            .await
+            .get(proto::GetRequest {
+                kind: "Node".into(),
+                name: "n1".into(),
+                show_secrets: false,
+            })
+            .await
+            .expect("node n1")
+            .into_inner();
+        r.metadata.expect("metadata").labels
+    };
+
+    // By default an agent sets no labels at all.
+    let c = Cluster::start().await;
+    let e = sync_with(
+        c.channel(&Role::Node("n1".into())).await,
+        hello_labels(&[("rack", "r1")]),
+    )
+    .await
+    .expect_err("no label keys allowed");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(
+        e.message().contains("may not set \"rack\"") && e.message().contains("allowed keys: none"),
+        "{e}"
+    );
+    sync_with(c.channel(&Role::Node("n1".into())).await, hello_labels(&[]))
+        .await
+        .expect("no labels: registers");
+    drop(c);
+
+    // Allowed: a key and a prefix.
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.sync.agent_label_keys = vec!["rack".into(), "topology.kubernetes.io/".into()];
+    c.add_controller_with(cfg).await;
+    let ch = c.channel(&Role::Node("n1".into())).await;
+    sync_with(
+        ch.clone(),
+        hello_labels(&[("rack", "r1"), ("topology.kubernetes.io/zone", "z1")]),
+    )
+    .await
+    .expect("allowed labels");
+    let labels = node_labels(&c).await;
+    assert_eq!(labels.get("rack").map(String::as_str), Some("r1"));
+    assert_eq!(
+        labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
+        Some("z1")
+    );
+    // A node making itself a route reflector (or joining a peering) is refused, and its
+    // Node stays as it was.
+    let e = sync_with(ch, hello_labels(&[("rack", "r2"), ("rr", "true")]))
+        .await
+        .expect_err("rr is not allowed");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("may not set \"rr\""), "{e}");
+    assert!(e.message().contains("rack,topology.kubernetes.io/"), "{e}");
+    let after = node_labels(&c).await;
+    assert_eq!(after, labels, "a refused Hello changes nothing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_never_reaches_another_nodes_stream() {
     let c = Cluster::start().await;

@@ -60,6 +60,17 @@ pub struct SyncTuning {
     pub pong_timeout: Duration,
     /// An agent whose stream has not drained for this long is disconnected.
     pub send_timeout: Duration,
+    /// The label keys an agent may set on its own Node (see [`label_allowed`]). Empty:
+    /// none; node labels are then set by administrators only.
+    pub agent_label_keys: Vec<String>,
+}
+
+/// Whether `key` matches an entry of `--agent-label-keys`: the key itself, a prefix
+/// ending in `/` (e.g. `topology.kubernetes.io/`), or `*` for any key.
+pub fn label_allowed(allowed: &[String], key: &str) -> bool {
+    allowed
+        .iter()
+        .any(|a| a == "*" || a == key || (a.ends_with('/') && key.starts_with(a.as_str())))
 }
 
 impl Default for SyncTuning {
@@ -70,6 +81,7 @@ impl Default for SyncTuning {
             ping_interval: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
+            agent_label_keys: Vec::new(),
         }
     }
 }
@@ -98,6 +110,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub status_writes_per_sec: Option<u32>,
     pub ipam_auto_blocks: Option<bool>,
+    pub agent_label_keys: Option<Vec<String>>,
 }
 
 /// A configuration error: what is wrong, in words an operator can act on.
@@ -209,5 +222,22 @@ impl ControllerConfig {
             return bad("--controller-id must not be empty".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_allowed;
+
+    #[test]
+    fn agent_label_keys_match_keys_prefixes_or_anything() {
+        let allowed = ["rack".to_string(), "topology.kubernetes.io/".to_string()];
+        assert!(label_allowed(&allowed, "rack"));
+        assert!(label_allowed(&allowed, "topology.kubernetes.io/zone"));
+        assert!(!label_allowed(&allowed, "rack2"));
+        assert!(!label_allowed(&allowed, "rr"));
+        assert!(!label_allowed(&allowed, "topology.kubernetes.io"));
+        assert!(!label_allowed(&[], "rack"));
+        assert!(label_allowed(&["*".to_string()], "anything/at-all"));
     }
 }

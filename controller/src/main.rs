@@ -82,6 +82,11 @@ struct Cli {
     /// [default: true]
     #[arg(long, env = "TERN_IPAM_AUTO_BLOCKS")]
     ipam_auto_blocks: Option<bool>,
+    /// Label keys agents may set on their own Node (--labels), comma separated: a key,
+    /// a prefix ending in `/`, or `*` for any. Other labels are an administrator's, and a
+    /// Hello that sets one is refused [default: none]
+    #[arg(long, env = "TERN_AGENT_LABEL_KEYS", value_delimiter = ',')]
+    agent_label_keys: Vec<String>,
 }
 
 fn hostname() -> String {
@@ -159,7 +164,18 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
             .status_writes_per_sec
             .or(file.status_writes_per_sec)
             .unwrap_or(500),
-        sync: SyncTuning::default(),
+        sync: SyncTuning {
+            agent_label_keys: if cli.agent_label_keys.is_empty() {
+                file.agent_label_keys.unwrap_or_default()
+            } else {
+                cli.agent_label_keys
+            }
+            .into_iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect(),
+            ..SyncTuning::default()
+        },
         ipam: tern_controller::ipam::IpamTuning {
             auto_blocks: cli
                 .ipam_auto_blocks

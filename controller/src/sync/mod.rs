@@ -131,6 +131,7 @@ async fn register(
     store: &Store,
     node: &str,
     reg: Option<&proto::NodeRegistration>,
+    allowed_labels: &[String],
 ) -> Result<i64, Status> {
     let parse = |field: &str, s: &str| -> Result<Option<IfAddr>, Status> {
         if s.is_empty() {
@@ -156,6 +157,31 @@ async fn register(
                 labels.len()
             ),
         ));
+    }
+    // Labels decide which peerings (and their passwords) a node gets, and whether it
+    // is a route reflector: an agent sets only the keys the controller allows.
+    let mut refused: Vec<&str> = labels
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !crate::config::label_allowed(allowed_labels, k))
+        .collect();
+    if !refused.is_empty() {
+        refused.sort_unstable();
+        warn!(node, labels = ?refused, "registration refused: the agent sets labels it may not");
+        return Err(Status::permission_denied(format!(
+            "hello.registration.labels: an agent may not set {} on its Node; allowed keys: {} \
+             (tern-controller --agent-label-keys); an administrator can set them with ternctl",
+            refused
+                .iter()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if allowed_labels.is_empty() {
+                "none".to_string()
+            } else {
+                allowed_labels.join(",")
+            }
+        )));
     }
     let size: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_AGENT_LABEL_BYTES {
@@ -209,9 +235,10 @@ async fn register(
                 if v6.is_some() {
                     bgp.ipv6_address = v6;
                 }
-                // The agent may set the labels it set before and new ones; a label an
-                // administrator set is never overwritten by an agent (so selecting
-                // peers by admin-set labels cannot be subverted from a node).
+                // The agent may set (allowed keys, checked above) the labels it set
+                // before and new ones; a label an administrator set is never overwritten
+                // by an agent (so selecting peers by admin-set labels cannot be subverted
+                // from a node).
                 let mut owned = agent_labels(&n.metadata);
                 for (k, v) in &labels {
                     if owned.contains(k) || !n.metadata.labels.contains_key(k) {
@@ -469,9 +496,14 @@ impl SyncService for SyncApi {
             ));
         }
         let span = info_span!("sync", node = %node);
-        let registered = register(&self.store, &node, hello.registration.as_ref())
-            .instrument(span.clone())
-            .await?;
+        let registered = register(
+            &self.store,
+            &node,
+            hello.registration.as_ref(),
+            &self.tuning.agent_label_keys,
+        )
+        .instrument(span.clone())
+        .await?;
         if !self
             .cache
             .wait_for(registered, Duration::from_secs(5))
