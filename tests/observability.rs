@@ -220,4 +220,41 @@ async fn metrics_and_operator_views() {
         admin(&["ipam", "claim-block", "--node", "n1", "--pool", "pods"]),
         "Claimed block 10.244.0.64/26 of pool pods for node n1 (confirmed)\n"
     );
+
+    // Deleting a node takes its last status report with it.
+    let status_key = format!("{}/_status/n1", c.prefix);
+    let mut etcd = c.etcd.client().await.expect("etcd client");
+    assert_eq!(
+        etcd.get(status_key.clone(), None)
+            .await
+            .expect("get")
+            .count(),
+        1,
+        "the agent's report is stored"
+    );
+    agent.stop();
+    c.admin()
+        .await
+        .delete(proto::DeleteRequest {
+            kind: "Node".into(),
+            name: "n1".into(),
+            resource_version: String::new(),
+        })
+        .await
+        .expect("delete node n1");
+    assert_eq!(
+        etcd.get(status_key.clone(), None)
+            .await
+            .expect("get")
+            .count(),
+        0,
+        "the report went with the node"
+    );
+    // A report still queued in the controller is not written for a node that is gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        etcd.get(status_key, None).await.expect("get").count(),
+        0,
+        "no report comes back"
+    );
 }

@@ -87,15 +87,20 @@ fn bound_report(s: &mut proto::NodeStatus) {
     for t in [&mut s.last_error, &mut s.agent_version, &mut s.reported_at] {
         cut(t, 1024);
     }
+    cut(&mut s.node, 253);
+    cut(&mut s.controller, 253);
     if let Some(d) = &mut s.dataplane {
         cut(&mut d.error, 1024);
         cut(&mut d.driver, 64);
         cut(&mut d.state, 64);
+        cut(&mut d.last_apply, 64);
     }
     let sessions = s.bgp.as_ref().map_or(0, |b| b.sessions.len());
     if let Some(b) = &mut s.bgp {
         cut(&mut b.error, 1024);
         cut(&mut b.bird_version, 128);
+        cut(&mut b.state, 64);
+        cut(&mut b.last_reload, 64);
         for x in &mut b.sessions {
             for t in [
                 &mut x.name,
@@ -115,6 +120,14 @@ fn bound_report(s: &mut proto::NodeStatus) {
         if let Some(b) = &mut s.bgp {
             b.sessions.truncate(keep);
         }
+    }
+    // Every field is bounded above, so this cannot happen; should a new field be
+    // forgotten, the report is kept but emptied rather than refused by etcd.
+    if s.encoded_len() > MAX_REPORT_BYTES {
+        let size = s.encoded_len();
+        s.dataplane = None;
+        s.bgp = None;
+        s.last_error = format!("status report too large ({size} bytes); dropped");
     }
 }
 
@@ -137,7 +150,18 @@ impl StatusHub {
     }
 
     fn status_key(&self, node: &str) -> String {
-        format!("{}{node}", self.store.internal_prefix("status"))
+        self.store.status_key(node)
+    }
+
+    /// A transaction writing a node's report if (and only if) its Node exists.
+    fn put_if_node_exists(&self, node: &str, s: &proto::NodeStatus) -> Txn {
+        Txn::new()
+            .when([Compare::create_revision(
+                self.store.key(tern::model::Kind::Node, node),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then([TxnOp::put(self.status_key(node), s.encode_to_vec(), None)])
     }
 
     fn connection_key(&self, node: &str) -> String {
@@ -361,9 +385,11 @@ impl StatusHub {
                     break;
                 }
                 let n = batch.len();
+                // Each report is written only while its Node exists, so a report still
+                // queued when the Node is deleted cannot bring its status back.
                 let ops: Vec<TxnOp> = batch
                     .iter()
-                    .map(|(node, s)| TxnOp::put(self.status_key(node), s.encode_to_vec(), None))
+                    .map(|(node, s)| TxnOp::txn(self.put_if_node_exists(node, s)))
                     .collect();
                 if let Err(e) = self
                     .store
@@ -378,9 +404,25 @@ impl StatusHub {
                             self.requeue(batch);
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
+                        other if n > 1 => {
+                            // One bad report must not take the others down with it:
+                            // write them one by one, dropping only what etcd refuses.
+                            warn!(error = %other, reports = n, "etcd refused a batch of status reports; writing them one by one");
+                            for (node, s) in batch {
+                                if let Err(e) = self
+                                    .store
+                                    .client()
+                                    .kv_client()
+                                    .txn(self.put_if_node_exists(&node, &s))
+                                    .await
+                                {
+                                    warn!(node, error = %crate::store::classify(e), "status report dropped: etcd refused it");
+                                }
+                            }
+                        }
                         other => {
                             // A request etcd refused would be refused again forever.
-                            warn!(error = %other, reports = n, "status reports dropped: etcd refused them");
+                            warn!(error = %other, "status report dropped: etcd refused it");
                         }
                     }
                     continue;
@@ -416,5 +458,35 @@ mod tests {
         assert!(s.encoded_len() <= MAX_REPORT_BYTES, "{}", s.encoded_len());
         assert_eq!(s.last_error.len(), 1024);
         assert!(s.bgp.as_ref().is_some_and(|b| !b.sessions.is_empty()));
+    }
+
+    #[test]
+    fn every_free_text_is_bounded() {
+        let big = "x".repeat(4 << 20);
+        let mut s = proto::NodeStatus {
+            node: big.clone(),
+            agent_version: big.clone(),
+            reported_at: big.clone(),
+            last_error: big.clone(),
+            controller: big.clone(),
+            dataplane: Some(proto::DataplaneStatus {
+                driver: big.clone(),
+                state: big.clone(),
+                last_apply: big.clone(),
+                error: big.clone(),
+                ..Default::default()
+            }),
+            bgp: Some(proto::BgpStatus {
+                state: big.clone(),
+                bird_version: big.clone(),
+                last_reload: big.clone(),
+                error: big,
+                sessions: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        bound_report(&mut s);
+        assert!(s.encoded_len() <= MAX_REPORT_BYTES, "{}", s.encoded_len());
+        assert!(s.bgp.is_some() && s.dataplane.is_some(), "kept, shortened");
     }
 }

@@ -151,6 +151,11 @@ impl Store {
         format!("{}/_{what}/", self.prefix)
     }
 
+    /// Where a node's last status report is kept (outside the resource range).
+    pub fn status_key(&self, node: &str) -> String {
+        format!("{}{node}", self.internal_prefix("status"))
+    }
+
     /// GetOptions for a kind's prefix, or the whole resource range.
     pub fn range_of(&self, kind: Option<Kind>) -> (String, GetOptions) {
         match kind {
@@ -320,12 +325,18 @@ impl Store {
             Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
             None => Compare::create_revision(key.clone(), CompareOp::Greater, 0),
         };
+        let mut ops = vec![TxnOp::delete(
+            key.clone(),
+            Some(etcd_client::DeleteOptions::new().with_prev_key()),
+        )];
+        if kind == Kind::Node {
+            // The node's last status report goes with it (a node re-created under the
+            // name starts without its predecessor's status).
+            ops.push(TxnOp::delete(self.status_key(name), None));
+        }
         let txn = Txn::new()
             .when([cmp])
-            .and_then([TxnOp::delete(
-                key.clone(),
-                Some(etcd_client::DeleteOptions::new().with_prev_key()),
-            )])
+            .and_then(ops)
             .or_else([TxnOp::get(key.clone(), None)]);
         let mut kv = self.client.kv_client();
         let resp = kv.txn(txn).await?;
