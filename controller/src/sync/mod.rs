@@ -522,13 +522,8 @@ impl SyncService for SyncApi {
         {
             older.cancel();
         }
-        if let Err(e) = self
-            .status
-            .connected(&node, &hello.agent_version, stream_id)
-            .await
-        {
-            warn!(parent: &span, error = %e, "could not record the connection");
-        }
+        // From here to the spawn below nothing awaits: once the stream is registered,
+        // the task that unregisters it is sure to run, even if this request is dropped.
         span.in_scope(|| {
             info!(agent_version = %hello.agent_version, last_revision = hello.last_revision, identity = %id, "agent connected")
         });
@@ -575,8 +570,12 @@ impl SyncService for SyncApi {
             }
             .instrument(span.clone()),
         );
+        let agent_version = hello.agent_version.clone();
         tokio::spawn(
             async move {
+                if let Err(e) = status.connected(&node, &agent_version, stream_id).await {
+                    warn!(error = %e, "could not record the connection");
+                }
                 let end = producer.run(hello.last_revision).await;
                 inbound_task.abort();
                 match end {
