@@ -18,7 +18,7 @@ use common::{Cluster, eventually, res};
 use tern::model::DataplaneKind;
 use tern::pki::Role;
 use tern::proto;
-use tern_agent::agent::{Agent, AgentConfig, NatChoice};
+use tern_agent::agent::{Agent, AgentConfig, BgpDataplane, BgpSettings, NatChoice};
 use tern_agent::dataplane::IptablesBackend;
 use tern_agent::exec::Exec;
 use tern_agent::sync::SyncConfig;
@@ -89,7 +89,7 @@ async fn seen(h: &Hosts, target: &str) -> anyhow::Result<IpAddr> {
 }
 
 async fn agent(c: &Cluster, h: &Hosts, kind: DataplaneKind, backend: IptablesBackend) -> Agent {
-    agent_with(c, h, Some(kind), backend).await
+    agent_with(c, h, Some(kind), backend, None).await
 }
 
 /// An agent whose dataplane comes from the flag, else from AgentConfiguration.
@@ -98,6 +98,7 @@ async fn agent_with(
     h: &Hosts,
     kind: Option<DataplaneKind>,
     backend: IptablesBackend,
+    bgp: Option<BgpSettings>,
 ) -> Agent {
     let tls = c.client_tls(&Role::Node("host-1".into()));
     let mut sync = SyncConfig::new("host-1".into(), vec![c.server()], tls);
@@ -111,7 +112,7 @@ async fn agent_with(
             flag: kind,
             backend,
         },
-        bgp: None,
+        bgp,
         resync_interval: Duration::from_secs(1),
         status_interval: Duration::from_secs(1),
         metrics_listen: None,
@@ -304,7 +305,7 @@ async fn dataplane_switches_with_agent_configuration() -> anyhow::Result<()> {
     };
     set_nat(&c, true).await;
     dataplane("nftables").await;
-    let a = agent_with(&c, &h, None, IptablesBackend::Default).await;
+    let a = agent_with(&c, &h, None, IptablesBackend::Default, None).await;
     expect_seen(&h, HOST, "nftables NAT").await?;
     let programmed = |nft: bool| -> anyhow::Result<bool> {
         let ruleset = h.host.run("nft", &["list", "ruleset"])?;
@@ -333,6 +334,62 @@ async fn dataplane_switches_with_agent_configuration() -> anyhow::Result<()> {
     .context("the switch back was applied")??;
     ensure!(programmed(true)?, "only the nftables table again");
     expect_seen(&h, HOST, "nftables NAT again").await?;
+    a.stop();
+    tern_agent::dataplane::cleanup_all(&Exec::in_netns(h.host.name())).context("cleanup")?;
+    Ok(())
+}
+
+/// A BGP dataplane that refuses every configuration (as a BIRD that is down would).
+#[derive(Debug)]
+struct RefusingBgp;
+
+impl BgpDataplane for RefusingBgp {
+    fn apply(&mut self, _: &str) -> Result<bool, String> {
+        Err("BIRD is not running".into())
+    }
+    fn status(&mut self) -> proto::BgpStatus {
+        proto::BgpStatus::default()
+    }
+    fn cleanup(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// While BGP keeps failing (and is retried), NAT drift is still repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_drift_is_repaired_while_bgp_fails() -> anyhow::Result<()> {
+    netns::require_root()?;
+    let c = Cluster::start().await;
+    let h = hosts(true)?;
+    set_nat(&c, true).await;
+    let bgp = BgpSettings {
+        render: Default::default(),
+        dataplane: Box::new(RefusingBgp),
+    };
+    let a = agent_with(
+        &c,
+        &h,
+        Some(DataplaneKind::Nftables),
+        IptablesBackend::Default,
+        Some(bgp),
+    )
+    .await;
+    expect_seen(&h, HOST, "NAT is programmed before BGP").await?;
+    let mut applied = a.applied.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|x| x.last_error.starts_with("BGP: ")),
+    )
+    .await
+    .context("the BGP error is reported")??;
+    h.host.run("nft", &["delete", "table", "inet", "tern"])?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|x| x.drift_repairs > 0),
+    )
+    .await
+    .context("the flushed NAT table was repaired while BGP failed")??;
+    expect_seen(&h, HOST, "after the repair").await?;
     a.stop();
     tern_agent::dataplane::cleanup_all(&Exec::in_netns(h.host.name())).context("cleanup")?;
     Ok(())

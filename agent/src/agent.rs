@@ -252,6 +252,8 @@ impl ApplyLoop {
         let mut dirty = true;
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut backoff = Duration::from_millis(200);
+        // The generation of the view last tried (applied or not).
+        let mut attempted = 0u64;
         let mut resync = tokio::time::interval(self.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
@@ -260,6 +262,7 @@ impl ApplyLoop {
         loop {
             if dirty {
                 let st = state.borrow_and_update().clone();
+                attempted = st.generation;
                 match self.apply_once(st.revision, st.generation).await {
                     Ok(()) => {
                         dirty = false;
@@ -268,6 +271,7 @@ impl ApplyLoop {
                     }
                     Err(e) => {
                         warn!(error = %e, retry_in = ?backoff, "apply failed; the host keeps its last applied state");
+                        self.applied.send_modify(|a| a.last_error = e.clone());
                         // Retried when the backoff expires, or earlier for a new view.
                         dirty = false;
                         retry_at = Some(tokio::time::Instant::now() + backoff);
@@ -287,7 +291,11 @@ impl ApplyLoop {
                         (s.generation, s.revision)
                     };
                     if gen_now != self.applied.borrow().generation {
-                        dirty = true;
+                        // A view that already failed waits for its backoff; a new one
+                        // is tried at once.
+                        if gen_now != attempted || retry_at.is_none() {
+                            dirty = true;
+                        }
                     } else {
                         self.applied.send_modify(|a| a.revision = a.revision.max(rev));
                     }
@@ -301,7 +309,9 @@ impl ApplyLoop {
                     dirty = true;
                 }
                 _ = resync.tick() => {
-                    if !dirty && retry_at.is_none() {
+                    // Drift repair needs only NAT to be healthy: a BGP error being
+                    // retried must not leave a flushed NAT table unrepaired.
+                    if !dirty && self.nat_programmed() {
                         self.reconcile().await;
                         self.publish_status();
                     }
@@ -536,6 +546,14 @@ impl ApplyLoop {
                 self.status.last_error = format!("NAT reconcile: {e}");
             }
         }
+    }
+
+    /// Whether the last NAT apply succeeded (BGP may still be failing).
+    fn nat_programmed(&self) -> bool {
+        self.status
+            .dataplane
+            .as_ref()
+            .is_some_and(|d| d.state == "programmed")
     }
 
     fn desired_nat(&self) -> calc::nat::NatState {
