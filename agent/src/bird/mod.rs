@@ -661,7 +661,8 @@ impl BirdManager {
                     if !sup.is_alive() {
                         let exit = sup.last_exit().unwrap_or_else(|| "exited".into());
                         return Err(BirdError::StartFailed {
-                            message: truncate(&format!("{exit}{}", self.log_tail())),
+                            // BIRD's log may quote the configuration.
+                            message: redact(&format!("{exit}{}", self.log_tail()), config),
                         });
                     }
                     if Instant::now() >= deadline {
