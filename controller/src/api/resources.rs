@@ -397,7 +397,7 @@ impl ResourceService for ResourceApi {
                         revision: s.mod_revision,
                         resource: Some(to_proto(&s.resource, false)),
                     };
-                    if tx.send(Ok(ev)).await.is_err() {
+                    if !send_unless_shutdown(&tx, Ok(ev), &shutdown).await {
                         return;
                     }
                 }
@@ -406,7 +406,7 @@ impl ResourceService for ResourceApi {
                         m = stream.message() => m,
                         () = tx.closed() => break,
                         () = shutdown.cancelled() => {
-                            let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                            let _ = tx.try_send(Err(Status::unavailable("controller shutting down")));
                             break;
                         }
                     };
@@ -414,7 +414,7 @@ impl ResourceService for ResourceApi {
                         Ok(Some(r)) => r,
                         Ok(None) => break,
                         Err(e) => {
-                            let _ = tx.send(Err(Status::from(StoreError::from(e)))).await;
+                            send_unless_shutdown(&tx, Err(Status::from(StoreError::from(e))), &shutdown).await;
                             break;
                         }
                     };
@@ -427,7 +427,7 @@ impl ResourceService for ResourceApi {
                         } else {
                             Status::unavailable(format!("watch canceled: {}", resp.cancel_reason()))
                         };
-                        let _ = tx.send(Err(reason)).await;
+                        send_unless_shutdown(&tx, Err(reason), &shutdown).await;
                         break;
                     }
                     for ev in resp.events() {
@@ -463,7 +463,7 @@ impl ResourceService for ResourceApi {
                             revision,
                             resource: Some(to_proto(&item.resource, false)),
                         };
-                        if tx.send(Ok(ev)).await.is_err() {
+                        if !send_unless_shutdown(&tx, Ok(ev), &shutdown).await {
                             return;
                         }
                     }
@@ -473,5 +473,18 @@ impl ResourceService for ResourceApi {
             .instrument(info_span!("watch")),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Send to a Watch client unless the replica shuts down first (a client that stops
+/// reading must not keep the task and its etcd watch alive). False when not sent.
+async fn send_unless_shutdown<T>(
+    tx: &tokio::sync::mpsc::Sender<T>,
+    item: T,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        r = tx.send(item) => r.is_ok(),
+        () = shutdown.cancelled() => false,
     }
 }
