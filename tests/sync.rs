@@ -684,3 +684,53 @@ async fn a_failed_apply_is_retried_and_reported() {
         "the error clears"
     );
 }
+
+/// A NAT driver with a bug: it panics when asked to apply.
+#[derive(Debug)]
+struct PanickingDriver;
+
+impl tern_agent::dataplane::NatDriver for PanickingDriver {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn apply(
+        &mut self,
+        _: &tern_agent::calc::nat::NatState,
+    ) -> Result<tern_agent::dataplane::ApplyReport, tern_agent::dataplane::DataplaneError> {
+        panic!("a driver bug")
+    }
+    fn reconcile(
+        &mut self,
+        _: &tern_agent::calc::nat::NatState,
+    ) -> Result<tern_agent::dataplane::ApplyReport, tern_agent::dataplane::DataplaneError> {
+        panic!("a driver bug")
+    }
+    fn cleanup(&mut self) -> Result<(), tern_agent::dataplane::DataplaneError> {
+        Ok(())
+    }
+}
+
+/// A panic in the apply task is not swallowed: `Agent::ended` reports it, and the
+/// binary exits on it (so its supervisor restarts it) instead of looking healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_apply_task_ends_the_agent() {
+    let c = Cluster::start().await;
+    let tls = c.client_tls(&Role::Node("n1".into()));
+    let mut sync = tern_agent::sync::SyncConfig::new("n1".into(), vec![c.server()], tls);
+    sync.registration.ipv4_address = "10.0.0.1/24".into();
+    let mut agent = tern_agent::agent::start(tern_agent::agent::AgentConfig {
+        sync,
+        exec: tern_agent::exec::Exec::host(),
+        nat: tern_agent::agent::NatChoice::Driver(Box::new(PanickingDriver)),
+        bgp: None,
+        resync_interval: Duration::from_secs(3600),
+        status_interval: Duration::from_secs(1),
+        metrics_listen: None,
+    })
+    .await
+    .expect("agent starts");
+    let why = tokio::time::timeout(Duration::from_secs(10), agent.ended())
+        .await
+        .expect("the agent ends once its apply task panics");
+    assert_eq!(why, "an agent task panicked");
+}

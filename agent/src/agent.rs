@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future as _;
 use tern::model::DataplaneKind;
 use tern::proto;
 use tokio::sync::watch;
@@ -105,6 +106,27 @@ impl Agent {
     pub fn stop(mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+    }
+
+    /// Resolves when one of the agent's tasks ends by itself. They run until stopped, so
+    /// this is a bug (a panic) the process should not outlive: the caller exits and its
+    /// supervisor restarts it, rather than a node reporting healthy while nothing is
+    /// applied. The text says how the task ended.
+    pub async fn ended(&mut self) -> String {
+        let r = std::future::poll_fn(|cx| {
+            for t in &mut self.tasks {
+                if let std::task::Poll::Ready(r) = std::pin::Pin::new(t).poll(cx) {
+                    return std::task::Poll::Ready(r);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        match r {
+            Ok(()) => "an agent task returned".to_string(),
+            Err(e) if e.is_panic() => "an agent task panicked".to_string(),
+            Err(e) => format!("an agent task ended: {e}"),
         }
     }
 

@@ -320,9 +320,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
-        let agent = tern_agent::agent::start(cfg).await?;
+        let mut agent = tern_agent::agent::start(cfg).await?;
         tracing::info!(node = %node, controllers = ?a.controllers, "agent started");
-        tern::util::shutdown_signal().await?;
+        tokio::select! {
+            r = tern::util::shutdown_signal() => r?,
+            why = agent.ended() => {
+                tracing::error!(reason = %why, "exiting so that the agent is restarted; the host keeps its NAT and BGP state");
+                anyhow::bail!("{why}");
+            }
+        }
         tracing::info!(
             "stopping; the host keeps its NAT and BGP state (run `tern-agent cleanup` to remove it)"
         );
