@@ -281,9 +281,7 @@ impl Client {
                         let m = proto::AgentMessage {
                             msg: Some(agent_message::Msg::Status(proto::StatusReport { status: Some(status) })),
                         };
-                        if tx.send(m).await.is_err() {
-                            return Err(StreamError::Closed);
-                        }
+                        self.send(&tx, m).await?;
                     }
                 }
             }
@@ -381,12 +379,25 @@ impl Client {
                 let pong = proto::AgentMessage {
                     msg: Some(agent_message::Msg::Pong(proto::Pong { nonce: p.nonce })),
                 };
-                if tx.send(pong).await.is_err() {
-                    return Err(StreamError::Closed);
-                }
+                self.send(tx, pong).await?;
             }
         }
         Ok(())
+    }
+
+    /// Send to the controller. A controller that keeps the connection but stops reading
+    /// would block this forever (and with it the silence timer): after the silence
+    /// timeout the stream is given up, as for a silent controller.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<proto::AgentMessage>,
+        m: proto::AgentMessage,
+    ) -> Result<(), StreamError> {
+        match tokio::time::timeout(self.cfg.silence_timeout, tx.send(m)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StreamError::Closed),
+            Err(_) => Err(StreamError::Silent(self.cfg.silence_timeout)),
+        }
     }
 }
 
