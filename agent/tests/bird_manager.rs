@@ -493,18 +493,7 @@ fn external_bird_is_only_written_and_reloaded() -> Result<()> {
     ensure!(m.status()?.state == "not running");
 
     // "Someone else" starts BIRD on our file.
-    let mut bird: Child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
-        .arg(&live)
-        .arg("-s")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    wait_for("external BIRD", Duration::from_secs(5), || {
-        bird_status(&ns, &socket).ok()
-    })?;
+    let mut bird = external_bird(&ns, &live, &socket)?;
     // It read the installed file at start: nothing to reload.
     ensure!(m.apply(&cfg)? == ApplyOutcome::Unchanged);
     let cfg2 = format!("{cfg}{}", bgp("Node_192_0_2_2", "192.0.2.2", ""));
@@ -543,18 +532,7 @@ fn external_bird_on_another_file_stays_an_error() -> Result<()> {
     let socket = opts.socket_path.clone();
     let other = dir.path().join("other.conf");
     std::fs::write(&other, config("10.0.0.4", ""))?;
-    let mut bird: Child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
-        .arg(&other)
-        .arg("-s")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    wait_for("external BIRD", Duration::from_secs(5), || {
-        bird_status(&ns, &socket).ok()
-    })?;
+    let mut bird = external_bird(&ns, &other, &socket)?;
     let cfg = config("10.0.0.3", &bgp("Global_192_0_2_1", "192.0.2.1", ""));
     let mut m = BirdManager::new(opts)?;
     for attempt in 0..3 {
@@ -567,6 +545,23 @@ fn external_bird_on_another_file_stays_an_error() -> Result<()> {
     sh("kill", &["-TERM", &bird.id().to_string()])?;
     bird.wait()?;
     Ok(())
+}
+
+/// A BIRD that "someone else" runs in `ns` on `config`, answering on `socket`.
+fn external_bird(ns: &Ns, config: &std::path::Path, socket: &std::path::Path) -> Result<Child> {
+    let bird = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
+        .arg(config)
+        .arg("-s")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for("external BIRD", Duration::from_secs(5), || {
+        bird_status(ns, socket).ok()
+    })?;
+    Ok(bird)
 }
 
 fn wait_session(
