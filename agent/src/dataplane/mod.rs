@@ -227,6 +227,26 @@ pub(crate) fn rule_id(text: &str) -> String {
     format!("tern:{h:016x}")
 }
 
+/// A NAT state for driver unit tests: every CIDR is a pool, those in `nat` with
+/// natOutgoing.
+#[cfg(test)]
+pub(crate) fn test_state(nat: &[&str], other: &[&str]) -> NatState {
+    let mut s = NatState::default();
+    for c in nat.iter().chain(other) {
+        let n: ipnet::IpNet = c.parse().expect("cidr");
+        let fam = if n.addr().is_ipv4() {
+            &mut s.v4
+        } else {
+            &mut s.v6
+        };
+        fam.all_pools.insert(n);
+        if nat.contains(c) {
+            fam.nat_pools.insert(n);
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

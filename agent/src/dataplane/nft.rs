@@ -1171,22 +1171,7 @@ mod tests {
     use crate::calc::nat::InterfaceFilter;
     use tern::model::PortRange;
 
-    fn state(nat: &[&str], other: &[&str]) -> NatState {
-        let mut s = NatState::default();
-        for c in nat.iter().chain(other) {
-            let n: ipnet::IpNet = c.parse().expect("cidr");
-            let fam = if n.addr().is_ipv4() {
-                &mut s.v4
-            } else {
-                &mut s.v6
-            };
-            fam.all_pools.insert(n);
-            if nat.contains(c) {
-                fam.nat_pools.insert(n);
-            }
-        }
-        s
-    }
+    use crate::dataplane::test_state as state;
 
     #[test]
     fn pool_changes_only_change_elements() {

@@ -218,11 +218,7 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<proto::ListResponse>, Status> {
         let id = caller(&req)?;
         let req = req.into_inner();
-        let kind = if req.kind.is_empty() {
-            None
-        } else {
-            Some(parse_kind("kind", &req.kind)?)
-        };
+        let kind = optional_kind(&req.kind)?;
         authz::check_read(&id, kind, req.show_secrets)?;
         let selector = Selector::parse(&req.label_selector)
             .map_err(|e| invalid_field("labelSelector", e.to_string()))?;
@@ -344,11 +340,7 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let id = caller(&req)?;
         let req = req.into_inner();
-        let kind = if req.kind.is_empty() {
-            None
-        } else {
-            Some(parse_kind("kind", &req.kind)?)
-        };
+        let kind = optional_kind(&req.kind)?;
         authz::check_read(&id, kind, false)?;
         if req.start_revision < 0 {
             return Err(invalid_field("startRevision", "must not be negative"));
@@ -486,5 +478,14 @@ async fn send_unless_shutdown<T>(
     tokio::select! {
         r = tx.send(item) => r.is_ok(),
         () = shutdown.cancelled() => false,
+    }
+}
+
+/// A request's optional `kind`: empty means every kind.
+fn optional_kind(kind: &str) -> Result<Option<Kind>, Status> {
+    if kind.is_empty() {
+        Ok(None)
+    } else {
+        parse_kind("kind", kind).map(Some)
     }
 }
