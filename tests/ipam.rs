@@ -493,6 +493,51 @@ async fn claim_assign_release_show() {
         .into_inner();
     assert_eq!(a.address, again.address);
 
+    // ListHandles: every handle of the node with its addresses, or those under a prefix
+    // (a CNI plugin's garbage collection lists its network's handles).
+    api.assign_address(assign("n1", "cni/net/c1/eth0", 6, ""))
+        .await
+        .expect("assign v6 under a prefix");
+    let list = |prefix: &str| proto::ListHandlesRequest {
+        node: "n1".into(),
+        prefix: prefix.into(),
+    };
+    let all = api.list_handles(list("")).await.expect("list").into_inner();
+    assert_eq!(
+        all.handles.len(),
+        33,
+        "h0..h31 but h3, then new and the prefixed one"
+    );
+    let new = all.handles.iter().find(|h| h.handle == "new").expect("new");
+    assert_eq!(new.addresses, vec![a.address.clone()]);
+    let under = api
+        .list_handles(list("cni/net/"))
+        .await
+        .expect("list prefix")
+        .into_inner();
+    assert_eq!(under.handles.len(), 1);
+    assert_eq!(under.handles[0].handle, "cni/net/c1/eth0");
+    assert!(under.handles[0].addresses[0].starts_with("fd00:50::"));
+    expect_status(
+        api.list_handles(proto::ListHandlesRequest {
+            node: "ghost".into(),
+            prefix: String::new(),
+        })
+        .await,
+        Code::NotFound,
+        "",
+        "unknown node",
+    );
+    expect_status(
+        api.list_handles(list("a\u{7}b")).await,
+        Code::InvalidArgument,
+        "prefix",
+        "control character",
+    );
+    api.release_address(release("n1", "cni/net/c1/eth0"))
+        .await
+        .expect("release the prefixed handle");
+
     // Show for one node, and for a node that does not exist.
     create(&c, node("n2", "")).await;
     wait_blocks(&c, &set(&[("n1", "small"), ("n1", "v6"), ("n2", "v6")]), 10).await;

@@ -9,8 +9,8 @@ use common::{Cluster, eventually, pool, recording_agent};
 use tern::client::ClientTls;
 use tern::pki::{CertFiles, Pki, Role, Validity};
 use tern::proto::{
-    self, agent_message, controller_message, resource_service_client::ResourceServiceClient,
-    sync_service_client::SyncServiceClient,
+    self, agent_message, controller_message, ipam_service_client::IpamServiceClient,
+    resource_service_client::ResourceServiceClient, sync_service_client::SyncServiceClient,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -83,6 +83,11 @@ enum Call {
     DeletePool,
     ListNodes,
     SyncAs(&'static str),
+    AssignFor(&'static str),
+    ReleaseFor(&'static str),
+    ClaimBlockFor(&'static str),
+    ListHandlesOf(&'static str),
+    IpamShow,
 }
 
 async fn call(ch: Channel, what: Call) -> Result<(), tonic::Status> {
@@ -122,6 +127,41 @@ async fn call(ch: Channel, what: Call) -> Result<(), tonic::Status> {
             .await
             .map(|_| ()),
         Call::SyncAs(node) => sync_as(ch, node).await.map(|_| ()),
+        Call::AssignFor(node) => IpamServiceClient::new(ch)
+            .assign_address(proto::AssignAddressRequest {
+                node: node.into(),
+                handle: "cni/t/c1/eth0".into(),
+                family: 4,
+                pool: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        Call::ReleaseFor(node) => IpamServiceClient::new(ch)
+            .release_address(proto::ReleaseAddressRequest {
+                node: node.into(),
+                handle: "cni/t/c1/eth0".into(),
+            })
+            .await
+            .map(|_| ()),
+        Call::ClaimBlockFor(node) => IpamServiceClient::new(ch)
+            .claim_block(proto::ClaimBlockRequest {
+                node: node.into(),
+                pool: "p".into(),
+                family: 0,
+            })
+            .await
+            .map(|_| ()),
+        Call::ListHandlesOf(node) => IpamServiceClient::new(ch)
+            .list_handles(proto::ListHandlesRequest {
+                node: node.into(),
+                prefix: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        Call::IpamShow => IpamServiceClient::new(ch)
+            .show(proto::IpamShowRequest::default())
+            .await
+            .map(|_| ()),
     }
 }
 
@@ -260,6 +300,87 @@ async fn every_identity_gets_exactly_its_rights() {
             "agent reading its own view",
             Some(&node_f),
             SyncAs("n1"),
+            None,
+        ),
+        // A node's CNI plugin holds the node's certificate: IPAM for its own node
+        // (n1 is registered by the row above), nothing for another, no usage reads.
+        (
+            "agent assigning an address on its own node",
+            Some(&node_f),
+            AssignFor("n1"),
+            None,
+        ),
+        (
+            "agent assigning an address on another node",
+            Some(&node_f),
+            AssignFor("n2"),
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "agent listing its own node's handles",
+            Some(&node_f),
+            ListHandlesOf("n1"),
+            None,
+        ),
+        (
+            "agent listing another node's handles",
+            Some(&node_f),
+            ListHandlesOf("n2"),
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "agent releasing an address of its own node",
+            Some(&node_f),
+            ReleaseFor("n1"),
+            None,
+        ),
+        (
+            "agent releasing an address of another node",
+            Some(&node_f),
+            ReleaseFor("n2"),
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "agent claiming a block for itself",
+            Some(&node_f),
+            ClaimBlockFor("n1"),
+            None,
+        ),
+        (
+            "agent claiming a block for another node",
+            Some(&node_f),
+            ClaimBlockFor("n2"),
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "agent reading IPAM usage",
+            Some(&node_f),
+            IpamShow,
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "viewer assigning an address",
+            Some(&viewer_f),
+            AssignFor("n1"),
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "viewer releasing an address",
+            Some(&viewer_f),
+            ReleaseFor("n1"),
+            Some(Code::PermissionDenied),
+        ),
+        (
+            "viewer listing handles",
+            Some(&viewer_f),
+            ListHandlesOf("n1"),
+            None,
+        ),
+        ("viewer reading IPAM usage", Some(&viewer_f), IpamShow, None),
+        (
+            "admin assigning on any node",
+            Some(&admin_f),
+            AssignFor("n1"),
             None,
         ),
         (

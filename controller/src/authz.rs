@@ -22,6 +22,13 @@ pub enum Access {
     Write,
     /// The agent's sync stream.
     Sync,
+    /// IPAM writes a node makes for its own containers (its CNI plugin, with the node's
+    /// certificate): `AssignAddress`, `ReleaseAddress`, `ClaimBlock`. Administrators,
+    /// and a node for itself (checked by the handler with [`check_ipam_node`]).
+    NodeIpamWrite,
+    /// IPAM reads a node makes for its own containers: `ListHandles` (a CNI plugin's
+    /// garbage collection). Administrators and viewers, and a node for itself.
+    NodeIpamRead,
     /// Health checks: open to anyone who completes a TLS handshake.
     Health,
 }
@@ -43,6 +50,7 @@ pub const METHODS: &[&str] = &[
     "/tern.v1.IpamService/ClaimBlock",
     "/tern.v1.IpamService/AssignAddress",
     "/tern.v1.IpamService/ReleaseAddress",
+    "/tern.v1.IpamService/ListHandles",
     "/tern.v1.SyncService/Sync",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
@@ -79,6 +87,8 @@ pub fn classify(path: &str) -> Access {
         "tern.v1.NodeService" => Access::Read,
         "tern.v1.IpamService" => match method {
             "Show" => Access::Read,
+            "AssignAddress" | "ReleaseAddress" | "ClaimBlock" => Access::NodeIpamWrite,
+            "ListHandles" => Access::NodeIpamRead,
             _ => Access::Write,
         },
         _ => Access::Write,
@@ -100,8 +110,11 @@ pub fn authorize_method(identity: Option<&Identity>, path: &str) -> Result<(), S
     let allowed = matches!(
         (id, access),
         (Identity::Admin | Identity::Insecure, _)
-            | (Identity::Viewer, Access::Read)
-            | (Identity::Node(_), Access::Sync)
+            | (Identity::Viewer, Access::Read | Access::NodeIpamRead)
+            | (
+                Identity::Node(_),
+                Access::Sync | Access::NodeIpamWrite | Access::NodeIpamRead
+            )
     );
     if allowed {
         Ok(())
@@ -160,6 +173,22 @@ pub fn check_node(id: &Identity, node: &str) -> Result<(), Status> {
     }
 }
 
+/// May `id` make an IPAM call about `node`'s addresses? A node only about itself: its
+/// CNI plugin holds the node's certificate, so a compromised host can take and free
+/// addresses of its own blocks, never another node's. Administrators (and viewers, who
+/// only reach the reads) name any node.
+pub fn check_ipam_node(id: &Identity, node: &str) -> Result<(), Status> {
+    match id {
+        Identity::Node(n) if n != node => {
+            warn!(identity = %id, node, "denied: IPAM call for another node");
+            Err(Status::permission_denied(format!(
+                "{id} may only manage IPAM addresses of its own node, not of node {node:?}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +241,33 @@ mod tests {
                 "/tern.v1.Future/Thing",
                 Some(tonic::Code::PermissionDenied),
             ),
+            // A node's CNI plugin: its own IPAM writes and handle list, nothing else.
+            (Some(&node), "/tern.v1.IpamService/AssignAddress", None),
+            (Some(&node), "/tern.v1.IpamService/ReleaseAddress", None),
+            (Some(&node), "/tern.v1.IpamService/ClaimBlock", None),
+            (Some(&node), "/tern.v1.IpamService/ListHandles", None),
+            (
+                Some(&node),
+                "/tern.v1.IpamService/Show",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (
+                Some(&node),
+                "/tern.v1.IpamService/Future",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (Some(&viewer), "/tern.v1.IpamService/ListHandles", None),
+            (
+                Some(&viewer),
+                "/tern.v1.IpamService/ClaimBlock",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (
+                Some(&viewer),
+                "/tern.v1.IpamService/ReleaseAddress",
+                Some(tonic::Code::PermissionDenied),
+            ),
+            (Some(&admin), "/tern.v1.IpamService/AssignAddress", None),
         ];
         for (id, path, want) in rows {
             let got = authorize_method(*id, path).err().map(|s| s.code());
@@ -236,5 +292,12 @@ mod tests {
             check_node(&node, "n2").map_err(|s| s.code()),
             Err(tonic::Code::PermissionDenied)
         );
+        assert!(check_ipam_node(&node, "n1").is_ok());
+        assert_eq!(
+            check_ipam_node(&node, "n2").map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert!(check_ipam_node(&admin, "n2").is_ok());
+        assert!(check_ipam_node(&viewer, "n2").is_ok());
     }
 }

@@ -273,6 +273,25 @@ pub fn encode_handle(handle: &str) -> String {
     out
 }
 
+/// The handle a key segment names (the inverse of [`encode_handle`]); None for a
+/// segment [`encode_handle`] cannot have written.
+pub fn decode_handle(seg: &str) -> Option<String> {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = seg.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Longest handle accepted, in bytes.
 pub const MAX_HANDLE_BYTES: usize = 256;
 
@@ -1387,6 +1406,53 @@ impl Ipam {
         )))
     }
 
+    /// The handles holding addresses on `node` that start with `prefix`, each with
+    /// its addresses (IPv4 first), sorted by handle. Both families are read at one
+    /// revision.
+    pub async fn list_handles(
+        &self,
+        node: &str,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, Vec<IpAddr>>, IpamError> {
+        let under = |f: Family| {
+            format!(
+                "{}{}/{}",
+                self.node_handles_prefix(node),
+                f.number(),
+                encode_handle(prefix)
+            )
+        };
+        let resp = self
+            .txn(Txn::new().and_then([
+                TxnOp::get(self.node_key(node), None),
+                TxnOp::get(under(Family::V4), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(under(Family::V6), Some(GetOptions::new().with_prefix())),
+            ]))
+            .await?;
+        let g = gets(&resp);
+        if g.first().is_none_or(|n| n.kvs().is_empty()) {
+            return Err(IpamError::NodeNotFound(node.to_string()));
+        }
+        let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for (f, got) in [Family::V4, Family::V6].into_iter().zip(g.iter().skip(1)) {
+            let family_prefix = format!("{}{}/", self.node_handles_prefix(node), f.number());
+            for kv in got.kvs() {
+                let handle = kv
+                    .key_str()
+                    .ok()
+                    .and_then(|k| k.strip_prefix(&family_prefix))
+                    .and_then(decode_handle)
+                    .ok_or_else(|| IpamError::Corrupt {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        reason: "the key names no handle".into(),
+                    })?;
+                let rec = self.decode_handle(kv)?;
+                out.entry(handle).or_default().push(rec.address);
+            }
+        }
+        Ok(out)
+    }
+
     /// Pools with their usage, and every block (or the blocks of one node).
     pub async fn show(
         &self,
@@ -2303,6 +2369,12 @@ mod tests {
         assert_eq!(encode_handle("k8s-pod.network_1"), "k8s-pod.network_1");
         assert_eq!(encode_handle("a/b c%"), "a%2Fb%20c%25");
         assert_eq!(encode_handle("é"), "%C3%A9");
+        for h in ["cni/tern/abc123/eth0", "a/b c%", "é", "plain"] {
+            assert_eq!(decode_handle(&encode_handle(h)).as_deref(), Some(h), "{h}");
+        }
+        for bad in ["%", "%4", "%zz", "%FF"] {
+            assert_eq!(decode_handle(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -15,8 +15,10 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, info, info_span};
 
 use super::invalid_field;
+use crate::authz::{caller, check_ipam_node};
 use crate::ipam::{
-    BlockRecord, Ipam, IpamError, check_handle, check_node, check_pool, parse_family, size_of,
+    BlockRecord, Ipam, IpamError, MAX_HANDLE_BYTES, check_handle, check_node, check_pool,
+    parse_family, size_of,
 };
 
 impl From<IpamError> for Status {
@@ -82,8 +84,10 @@ impl IpamService for IpamApi {
         &self,
         req: Request<proto::ClaimBlockRequest>,
     ) -> Result<Response<proto::Block>, Status> {
+        let id = caller(&req)?;
         let req = req.into_inner();
         check_node(&req.node)?;
+        check_ipam_node(&id, &req.node)?;
         let pool = check_pool(&req.pool)?;
         let family = parse_family(req.family)?;
         let span =
@@ -101,8 +105,10 @@ impl IpamService for IpamApi {
         &self,
         req: Request<proto::AssignAddressRequest>,
     ) -> Result<Response<proto::AssignAddressResponse>, Status> {
+        let id = caller(&req)?;
         let req = req.into_inner();
         check_node(&req.node)?;
+        check_ipam_node(&id, &req.node)?;
         check_handle(&req.handle)?;
         let pool = check_pool(&req.pool)?;
         let family = parse_family(req.family)?;
@@ -123,8 +129,10 @@ impl IpamService for IpamApi {
         &self,
         req: Request<proto::ReleaseAddressRequest>,
     ) -> Result<Response<proto::ReleaseAddressResponse>, Status> {
+        let id = caller(&req)?;
         let req = req.into_inner();
         check_node(&req.node)?;
+        check_ipam_node(&id, &req.node)?;
         check_handle(&req.handle)?;
         let span = info_span!("ipam.release", node = %req.node);
         let addresses = self
@@ -134,6 +142,32 @@ impl IpamService for IpamApi {
             .await?;
         Ok(Response::new(proto::ReleaseAddressResponse {
             addresses: addresses.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn list_handles(
+        &self,
+        req: Request<proto::ListHandlesRequest>,
+    ) -> Result<Response<proto::ListHandlesResponse>, Status> {
+        let id = caller(&req)?;
+        let req = req.into_inner();
+        check_node(&req.node)?;
+        check_ipam_node(&id, &req.node)?;
+        if req.prefix.len() > MAX_HANDLE_BYTES || req.prefix.chars().any(char::is_control) {
+            return Err(invalid_field(
+                "prefix",
+                format!("at most {MAX_HANDLE_BYTES} bytes, no control characters"),
+            ));
+        }
+        let handles = self.ipam.list_handles(&req.node, &req.prefix).await?;
+        Ok(Response::new(proto::ListHandlesResponse {
+            handles: handles
+                .into_iter()
+                .map(|(handle, addrs)| proto::HandleAddresses {
+                    handle,
+                    addresses: addrs.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
         }))
     }
 }
