@@ -178,17 +178,17 @@ fn mesh(
         for f in &families {
             out.note(
                 *f,
-                format!(
-                    "This node is a route reflector with cluster ID {id}: it takes no part \
-                     in the node-to-node mesh."
-                ),
+                format!("Route reflector of cluster ID {id}: not in the node-to-node mesh."),
             );
         }
         return Ok(());
     }
     if !config.node_to_node_mesh_enabled.unwrap_or(true) {
         for f in &families {
-            out.note(*f, "Node-to-node mesh disabled.".to_string());
+            out.note(
+                *f,
+                "No node-to-node mesh (BGPConfiguration nodeToNodeMeshEnabled: false).".to_string(),
+            );
         }
         return Ok(());
     }
@@ -209,7 +209,7 @@ fn mesh(
                 out.note(
                     family,
                     format!(
-                        "Mesh: skipping {ip} ({}), a route reflector with cluster ID {id}.",
+                        "Not in the mesh: {ip} ({}), route reflector of cluster ID {id}.",
                         n.name
                     ),
                 );
@@ -219,7 +219,7 @@ fn mesh(
                 out.note(
                     family,
                     format!(
-                        "Mesh: skipping {ip} ({}): another node has that address.",
+                        "Not in the mesh: {ip} ({}), an address another node has too.",
                         n.name
                     ),
                 );

@@ -306,8 +306,7 @@ pub(super) fn build(view: &View, node: &str, opts: &BirdOptions) -> Result<Plan,
         let mut notes = all.notes.remove(&family).unwrap_or_default();
         if me.addr(family).is_none() && !sessions.is_empty() {
             notes.push(format!(
-                "IPv{} disabled on this node (it has no IPv{} address): {} session(s) left out.",
-                family.number(),
+                "The node has no IPv{} address: {} session(s) of that family not configured.",
                 family.number(),
                 sessions.len()
             ));
@@ -505,12 +504,9 @@ fn family_plan(
             ProgramClusterRoutes::EnabledNoEncapOnly => !ipip,
         };
         if vxlan {
-            kernel_rejected_pools.push((pool, "VXLAN routes are not programmed by BIRD."));
+            kernel_rejected_pools.push((pool, "VXLAN pool, Felix routes it"));
         } else if !bird_programs {
-            kernel_rejected_pools.push((
-                pool,
-                "Cluster routes are not programmed by BIRD (programClusterRoutes).",
-            ));
+            kernel_rejected_pools.push((pool, "programClusterRoutes leaves its routes to Felix"));
         }
     }
     // Felix's tunnel devices; tunl0 too unless BIRD programs the IPIP routes.

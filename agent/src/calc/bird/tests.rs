@@ -111,7 +111,7 @@ fn route_reflectors_take_no_part_in_the_mesh() {
     assert_eq!(names(&build(&v, "a")), ["Mesh_10_0_0_2"]);
     let rr = build(&v, "rr");
     assert!(names(&rr).is_empty());
-    assert!(rr.families[0].notes[0].contains("route reflector"));
+    assert!(rr.families[0].notes[0].contains("Route reflector"));
 }
 
 #[test]
@@ -278,11 +278,11 @@ fn pools_export_and_kernel_programming() {
     assert_eq!(kernel, ["ipip", "vx"]);
     let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
     let export = text
-        .split("function calico_export_to_bgp_peers_v4")
+        .split("function tern_export_v4")
         .nth(1)
         .expect("export function");
     let reject = export.find("192.168.2.0/24").expect("disabled pool");
-    let aggr = export.find("calico_aggr_v4();").expect("aggregation");
+    let aggr = export.find("tern_blocks_v4();").expect("aggregation");
     assert!(
         reject < aggr,
         "disabled pools are rejected before the blocks are accepted"
@@ -489,10 +489,10 @@ fn bind_mode_and_listen_port_go_to_the_templates() {
     let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
     assert!(text.contains("local port 1790;"));
     assert!(text.contains(
-        "template bgp bgp_template_v4 from bgp_template {\n  local 10.0.0.1;\n  strict bind on;\n}"
+        "template bgp tern_bgp_v4 from tern_bgp {\n  local 10.0.0.1;\n  strict bind on;\n}"
     ));
-    assert!(text.contains("template bgp bgp_template_v6 from bgp_template {\n  local fd00::1;"));
-    assert!(text.contains("protocol bgp Global_192_0_2_1 from bgp_template_v4 {"));
+    assert!(text.contains("template bgp tern_bgp_v6 from tern_bgp {\n  local fd00::1;"));
+    assert!(text.contains("protocol bgp Global_192_0_2_1 from tern_bgp_v4 {"));
 }
 
 #[test]
@@ -645,7 +645,7 @@ fn names_cannot_break_out_of_comments() {
            spec: {peerIP: 192.0.2.1, asNumber: 65000}\n";
     let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
     assert!(
-        text.contains("# BGPPeer x protocol device evil {}"),
+        text.contains("description \"BGPPeer x protocol device evil {}\";"),
         "{text}"
     );
     assert!(!text.lines().any(|l| l.starts_with("protocol device evil")));

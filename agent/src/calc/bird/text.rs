@@ -1,10 +1,16 @@
 //! BIRD 2 syntax: writes a [`Plan`] out as one configuration file.
 //!
-//! Layout, top to bottom (BIRD wants functions defined before they are used):
-//! router id; device and direct protocols; per family (IPv4, then IPv6): communities,
-//! static routes, block aggregation, the export function, the kernel filter and
-//! protocol; the BGP template; BGPFilter functions; the BGP sessions of each family.
-//! Names and comments follow Calico's confd templates where they have a counterpart.
+//! The file reads top to bottom in three parts, each under a banner:
+//! 1. identity and interfaces: router id, `device`, `direct`;
+//! 2. per family (IPv4, then IPv6): what the node originates (`static`), the
+//!    functions that decide what it advertises, and what BIRD writes to the kernel;
+//! 3. BGP: the priority functions every session calls, the session templates, the
+//!    BGPFilter functions, then the sessions of each family.
+//!
+//! BIRD needs a function defined before its first use, which fixes the order within
+//! each part. Helper functions and templates carry a `tern_` prefix; BGP sessions keep
+//! Calico's names (`Mesh_`, `Global_`, `Node_`), the only names an operator sees in
+//! `birdc show protocols` that Calico also uses.
 
 use std::net::IpAddr;
 
@@ -36,8 +42,26 @@ impl Out {
         self.text.push('\n');
     }
 
+    /// Comment lines at `indent`, one `# ` line each.
+    fn comment(&mut self, indent: usize, lines: &[&str]) {
+        for l in lines {
+            if l.is_empty() {
+                self.line(indent, "#");
+            } else {
+                self.line(indent, &format!("# {l}"));
+            }
+        }
+    }
+
     fn blank(&mut self) {
         self.text.push('\n');
+    }
+
+    /// A part's banner.
+    fn banner(&mut self, title: &str) {
+        let rule = "=".repeat(78usize.saturating_sub(title.len() + 7));
+        self.line(0, &format!("# ==== {title} {rule}"));
+        self.blank();
     }
 }
 
@@ -47,6 +71,12 @@ fn c(text: &str) -> String {
     text.chars()
         .map(|ch| if ch.is_control() { ' ' } else { ch })
         .collect()
+}
+
+/// Text for a BIRD string literal: as [`c`], and without the characters that would
+/// end the string or escape.
+fn q(text: &str) -> String {
+    c(text).replace(['"', '\\'], "")
 }
 
 fn v(family: Family) -> &'static str {
@@ -69,10 +99,17 @@ pub(super) fn write(plan: &Plan) -> String {
         text: String::with_capacity(8192),
     };
     header(&mut o, plan);
-    device_and_direct(&mut o, plan);
+    o.banner("1. Identity and interfaces");
+    identity_and_interfaces(&mut o, plan);
     for f in &plan.families {
+        o.banner(&format!(
+            "2. IPv{}: origination, advertisement, kernel",
+            f.family.number()
+        ));
         family_routing(&mut o, f);
     }
+    o.banner("3. BGP");
+    priority_functions(&mut o);
     bgp_templates(&mut o, plan);
     bgp_filters(&mut o, plan);
     for f in &plan.families {
@@ -82,48 +119,50 @@ pub(super) fn write(plan: &Plan) -> String {
 }
 
 fn header(o: &mut Out, plan: &Plan) {
-    o.line(
+    o.comment(
         0,
-        &format!(
-            "# BIRD 2 configuration of node {}, rendered by tern-agent. Do not edit: tern",
-            c(&plan.node)
-        ),
-    );
-    o.line(0, "# rewrites this file whenever the node's view changes.");
-    o.line(0, "#");
-    o.line(
-        0,
-        "# IPv4 and IPv6 share this file: every protocol has an ipv4 or an ipv6 channel.",
-    );
-    o.line(
-        0,
-        "# BGP sessions are named as Calico names them: Mesh_<ip> (node-to-node mesh),",
-    );
-    o.line(
-        0,
-        "# Global_<ip> (global BGPPeer), Node_<ip> (node-specific or selected BGPPeer).",
+        &[
+            &format!(
+                "BIRD 2 configuration for node {}, written by tern-agent.",
+                c(&plan.node)
+            ),
+            "",
+            "tern-agent renders this file from the node's view (Nodes, IPPools,",
+            "BlockAffinities, BGPConfigurations, BGPPeers, BGPFilters, Secrets) and",
+            "replaces it on every change: change those resources, not this file.",
+            "Both address families share it; each protocol has an ipv4 or ipv6 channel.",
+            "",
+            "Session names use Calico's scheme, so birdc output reads the same on both:",
+            "Mesh_<peer> for the node-to-node mesh, Global_<peer> for a BGPPeer that",
+            "applies to every node, Node_<peer> for any other BGPPeer; <peer> is the",
+            "address with its dots or colons as underscores, plus _port_<n> when the",
+            "peer listens elsewhere than on 179.",
+        ],
     );
     o.blank();
+}
+
+fn debug_line(o: &mut Out, indent: usize, debug: DebugLevel) {
+    match debug {
+        DebugLevel::Off => {}
+        DebugLevel::States => o.line(indent, "debug { states };"),
+        DebugLevel::All => o.line(indent, "debug all;"),
+    }
+}
+
+fn identity_and_interfaces(o: &mut Out, plan: &Plan) {
     o.line(
         0,
         &format!("router id {};  # {}", plan.router_id, plan.router_id_source),
     );
     o.blank();
-}
-
-fn debug_line(o: &mut Out, indent: usize, debug: DebugLevel, states: &str) {
-    match debug {
-        DebugLevel::Off => {}
-        DebugLevel::States => o.line(indent, &format!("debug {states};")),
-        DebugLevel::All => o.line(indent, "debug all;"),
-    }
-}
-
-fn device_and_direct(o: &mut Out, plan: &Plan) {
-    o.line(0, "# Watch interface up/down events.");
+    o.comment(
+        0,
+        &["The host's links and addresses; every other protocol depends on them."],
+    );
     o.line(0, "protocol device {");
-    debug_line(o, 1, plan.debug, "{ states }");
-    o.line(1, "scan time 2;  # Scan interfaces every 2 seconds");
+    debug_line(o, 1, plan.debug);
+    o.line(1, "scan time 2;  # also re-read them every 2 s");
     o.line(0, "}");
     o.blank();
     if plan.families.is_empty() {
@@ -135,26 +174,20 @@ fn device_and_direct(o: &mut Out, plan: &Plan) {
         .map(|i| format!("-\"{i}\""))
         .collect();
     patterns.extend(["-\"cali*\"", "-\"kube-ipvs*\"", "\"*\""].map(String::from));
-    o.line(
+    o.comment(
         0,
-        "# Routes of the host's interfaces, for recursive next hops. cali* and kube-ipvs*",
-    );
-    o.line(
-        0,
-        "# are left out: kube-proxy in IPVS mode gives kube-ipvs0 an address for every",
-    );
-    o.line(
-        0,
-        "# cluster IP in use; Service addresses are advertised with static routes instead.",
+        &[
+            "Connected networks, so that next hops of multihop sessions resolve.",
+            "Workload interfaces (cali*) are not connected networks; kube-ipvs0 holds",
+            "an address for every cluster IP of kube-proxy's IPVS mode, and Services",
+            "are advertised as ranges from the static protocol instead.",
+        ],
     );
     if !plan.ignored_interfaces.is_empty() {
-        o.line(
-            0,
-            "# The BGPConfiguration's ignoredInterfaces are left out too.",
-        );
+        o.comment(0, &["BGPConfiguration ignoredInterfaces come first."]);
     }
     o.line(0, "protocol direct {");
-    debug_line(o, 1, plan.debug, "{ states }");
+    debug_line(o, 1, plan.debug);
     for f in &plan.families {
         o.line(1, &format!("{};", channel(f.family)));
     }
@@ -163,30 +196,72 @@ fn device_and_direct(o: &mut Out, plan: &Plan) {
     o.blank();
 }
 
-fn state_comment(state: AffinityState) -> &'static str {
+fn affinity(state: AffinityState) -> &'static str {
     match state {
-        AffinityState::Unset => "is implicitly confirmed",
-        _ => "is confirmed",
+        AffinityState::Unset => "affinity without state, taken as confirmed",
+        _ => "affinity confirmed",
     }
 }
 
 fn family_routing(o: &mut Out, f: &FamilyPlan) {
     let fam = v(f.family);
-    o.line(
+
+    // Origination.
+    o.comment(
         0,
-        &format!(
-            "# ==================== IPv{} ====================",
-            f.family.number()
-        ),
+        &[
+            "What this node originates: its address blocks (blackholed, so each block is",
+            "advertised whole while the pod routes inside it stay local), the Service",
+            "ranges it announces, and routes to peers behind a gateway (reachableBy).",
+        ],
     );
+    o.line(0, &format!("protocol static static_{fam} {{"));
+    o.line(1, &format!("{};", channel(f.family)));
+    if f.blocks.is_empty() && f.service_routes.is_empty() && f.peer_routes.is_empty() {
+        o.comment(1, &["nothing to originate"]);
+    }
+    for b in &f.blocks {
+        if b.blackhole() {
+            o.line(
+                1,
+                &format!(
+                    "route {} blackhole;  # block, {}",
+                    b.cidr,
+                    affinity(b.state)
+                ),
+            );
+        } else {
+            o.comment(
+                1,
+                &[&format!(
+                    "block {} holds one address, whose own route stands for it",
+                    b.cidr
+                )],
+            );
+        }
+    }
+    for net in &f.service_routes {
+        o.line(1, &format!("route {net} blackhole;  # Service range"));
+    }
+    for (peer, via) in &f.peer_routes {
+        let host = match peer {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        o.line(
+            1,
+            &format!("route {peer}/{host} via {via};  # BGP peer, reachableBy"),
+        );
+    }
+    o.line(0, "}");
     o.blank();
 
     // Communities.
-    o.line(
+    o.comment(
         0,
-        "# Prefix advertisements: communities added to the routes exported in a CIDR.",
+        &["Communities that prefixAdvertisements attach, by destination."],
     );
-    o.line(0, &format!("function apply_communities_{fam}()"));
+    o.line(0, &format!("function tern_communities_{fam}()"));
     o.line(0, "{");
     for (net, communities) in &f.communities {
         o.line(1, &format!("if ( net ~ {net} ) then {{"));
@@ -198,78 +273,22 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     o.line(0, "}");
     o.blank();
 
-    // Static routes.
-    o.line(
-        0,
-        "# Static routes: this node's address blocks, Service addresses, BGP peers behind",
-    );
-    o.line(0, "# a next hop.");
-    o.line(0, &format!("protocol static static_{fam} {{"));
-    o.line(1, &format!("{};", channel(f.family)));
-    if f.blocks.is_empty() && f.service_routes.is_empty() && f.peer_routes.is_empty() {
-        o.line(1, "# No IP blocks or static routes for this host.");
-    }
-    if !f.blocks.is_empty() {
-        o.line(1, "# IP blocks for this host.");
-        for b in &f.blocks {
-            if b.blackhole() {
-                o.line(1, &format!("route {} blackhole;", b.cidr));
-            } else {
-                o.line(
-                    1,
-                    &format!(
-                        "# {}: a single-address block needs no blackhole route.",
-                        b.cidr
-                    ),
-                );
-            }
-        }
-    }
-    if !f.service_routes.is_empty() {
-        o.line(
-            1,
-            "# Service addresses (serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs).",
-        );
-        for net in &f.service_routes {
-            o.line(1, &format!("route {net} blackhole;"));
-        }
-    }
-    if !f.peer_routes.is_empty() {
-        o.line(1, "# Static routes needed for BGP peers (reachableBy).");
-        for (peer, via) in &f.peer_routes {
-            let host = match peer {
-                IpAddr::V4(_) => 32,
-                IpAddr::V6(_) => 128,
-            };
-            o.line(1, &format!("route {peer}/{host} via {via};"));
-        }
-    }
-    o.line(0, "}");
-    o.blank();
-
     // Aggregation.
-    o.line(
+    o.comment(
         0,
-        "# Aggregation of routes on this host; export the block, nothing beneath it.",
+        &[
+            "Each block of this node leaves as one route: the block itself is advertised,",
+            &format!(
+                "a route inside it only with an elevated priority (kernel metric 1 to {}:",
+                NORMAL_ROUTE_PRIORITY - 1
+            ),
+            "an IPv4 route without a metric reads as 0), nothing else inside it.",
+        ],
     );
-    o.line(
-        0,
-        "# Routes inside a block escape aggregation only with an elevated priority (a kernel",
-    );
-    o.line(
-        0,
-        &format!(
-            "# metric from 1 to {}; 0 is an IPv4 route with no metric set).",
-            NORMAL_ROUTE_PRIORITY - 1
-        ),
-    );
-    o.line(0, &format!("function calico_aggr_{fam}()"));
+    o.line(0, &format!("function tern_blocks_{fam}()"));
     o.line(0, "{");
     for b in &f.blocks {
-        o.line(
-            1,
-            &format!("# Block {} {}.", b.cidr, state_comment(b.state)),
-        );
+        o.comment(1, &[&format!("{}, {}", b.cidr, affinity(b.state))]);
         o.line(1, &format!("if ( net = {} ) then {{ accept; }}", b.cidr));
         o.line(
             1,
@@ -284,30 +303,37 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     o.blank();
 
     // Export to BGP peers.
-    o.line(0, "# What this node advertises to its BGP peers.");
+    o.comment(
+        0,
+        &[
+            &format!(
+                "What this node advertises to an IPv{} peer. The first accept or reject",
+                f.family.number()
+            ),
+            "settles a route (also from inside a called function); a route nothing",
+            "settles comes back to the session's filter, which rejects it.",
+            "internal_peer: the peer is in this node's AS.",
+        ],
+    );
     o.line(
         0,
-        &format!("function calico_export_to_bgp_peers_{fam}(bool internal_peer)"),
+        &format!("function tern_export_{fam}(bool internal_peer)"),
     );
     o.line(0, "{");
-    o.line(
-        1,
-        "# filter code terminates when it calls `accept;` or `reject;`",
-    );
     for p in &f.export_disabled_pools {
         o.line(
             1,
             &format!(
-                "if ( net ~ {} ) then {{ reject; }}  # IPPool {}: BGP export is disabled.",
+                "if ( net ~ {} ) then {{ reject; }}  # IPPool {}, disableBGPExport",
                 p.cidr,
                 c(&p.name)
             ),
         );
     }
     o.line(1, "if (internal_peer) then {");
-    o.line(
+    o.comment(
         2,
-        "# Routes through tunnel devices are the other nodes' own to advertise.",
+        &["A route over one of Felix's tunnels is for the node at its far end to tell."],
     );
     o.line(2, "if (defined(ifname)) then {");
     let ifaces: Vec<String> = f
@@ -321,41 +347,46 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     );
     o.line(2, "}");
     o.line(1, "}");
-    o.line(1, &format!("apply_communities_{fam}();"));
-    o.line(1, &format!("calico_aggr_{fam}();"));
-    if !f.service_routes.is_empty() {
-        o.line(1, "# Service addresses.");
-        for net in &f.service_routes {
-            o.line(1, &format!("if ( net ~ {net} ) then {{ accept; }}"));
-        }
+    o.line(1, &format!("tern_communities_{fam}();"));
+    o.line(1, &format!("tern_blocks_{fam}();"));
+    for net in &f.service_routes {
+        o.line(
+            1,
+            &format!("if ( net ~ {net} ) then {{ accept; }}  # Service range"),
+        );
     }
-    if !f.export_enabled_pools.is_empty() {
-        o.line(1, "# IP pools.");
-        for p in &f.export_enabled_pools {
-            o.line(
-                1,
-                &format!(
-                    "if ( net ~ {} ) then {{ accept; }}  # IPPool {}",
-                    p.cidr,
-                    c(&p.name)
-                ),
-            );
-        }
+    for p in &f.export_enabled_pools {
+        o.line(
+            1,
+            &format!(
+                "if ( net ~ {} ) then {{ accept; }}  # IPPool {}",
+                p.cidr,
+                c(&p.name)
+            ),
+        );
     }
     o.line(0, "}");
     o.blank();
 
     // Kernel.
-    o.line(0, "# The routes BIRD programs into the kernel.");
-    o.line(0, &format!("filter calico_kernel_programming_{fam}"));
+    o.comment(
+        0,
+        &[
+            "What BIRD writes into the kernel, and with which metric: a route learned",
+            "over BGP gets its priority back from its local preference.",
+        ],
+    );
+    o.line(0, &format!("filter tern_kernel_{fam}"));
     o.line(0, "{");
-    o.line(1, "# Routes of the host's interfaces are the kernel's own.");
-    o.line(1, "if ( source = RTS_DEVICE ) then { reject; }");
-    if !f.service_routes.is_empty() {
-        o.line(1, "# Don't program Service address routes into the kernel.");
-        for net in &f.service_routes {
-            o.line(1, &format!("if ( net ~ {net} ) then {{ reject; }}"));
-        }
+    o.line(
+        1,
+        "if ( source = RTS_DEVICE ) then { reject; }  # connected networks are the kernel's own",
+    );
+    for net in &f.service_routes {
+        o.line(
+            1,
+            &format!("if ( net ~ {net} ) then {{ reject; }}  # Service range: announced only"),
+        );
     }
     o.line(
         1,
@@ -387,63 +418,96 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     o.line(0, "}");
     o.blank();
 
-    o.line(
-        0,
-        "# Configure synchronization between routing tables and kernel.",
-    );
+    o.comment(0, &["BIRD and the kernel's main routing table, both ways."]);
     o.line(0, &format!("protocol kernel kernel_{fam} {{"));
     o.line(1, &format!("{} {{", channel(f.family)));
     o.line(2, "import all;");
-    o.line(
-        2,
-        &format!("export filter calico_kernel_programming_{fam};  # Default is export none"),
-    );
+    o.line(2, &format!("export filter tern_kernel_{fam};"));
     o.line(1, "};");
     o.line(
         1,
-        "learn;             # Learn all alien routes from the kernel",
+        "learn;             # take in routes other programs (Felix) put in the kernel",
     );
     o.line(
         1,
-        "persist;           # Don't remove routes on bird shutdown",
+        "persist;           # our routes stay in the kernel while BIRD is stopped",
+    );
+    o.line(1, "scan time 2;       # re-read the kernel table every 2 s");
+    o.line(
+        1,
+        "graceful restart;  # after a start, replace kernel routes only once BGP has converged",
     );
     o.line(
         1,
-        "scan time 2;       # Scan kernel routing table every 2 seconds",
+        "merge paths on;    # equal-cost routes become one multipath route",
     );
     o.line(
         1,
-        "graceful restart;  # Reduce route flaps when BIRD restarts or reloads.",
+        "metric 0;          # krt_metric (the priority) is the kernel metric",
+    );
+    o.line(0, "}");
+    o.blank();
+}
+
+/// The two functions that carry a route's priority over BGP.
+fn priority_functions(o: &mut Out) {
+    let elevated = BIRD_INT_MAX - NORMAL_ROUTE_PRIORITY;
+    o.comment(
+        0,
+        &[
+            "A route's priority is its kernel metric; between nodes it travels as local",
+            &format!("preference: bgp_local_pref = {BIRD_INT_MAX} - priority. Every import filter"),
+            "calls tern_priority_in, every export filter tern_priority_out.",
+        ],
+    );
+    o.line(0, "function tern_priority_in()");
+    o.line(0, "{");
+    o.comment(
+        1,
+        &["An elevated priority (below the normal one) wins over other protocols' routes."],
     );
     o.line(
         1,
-        "merge paths on;    # Allow export multipath routes (ECMP)",
+        &format!(
+            "if (defined(bgp_local_pref) && (bgp_local_pref > {elevated})) then preference = 200;"
+        ),
     );
+    o.line(0, "}");
+    o.blank();
+    o.line(0, "function tern_priority_out()");
+    o.line(0, "{");
     o.line(
         1,
-        "metric 0;          # Program krt_metric (the route priority) as the kernel metric",
+        "if (defined(source) && source = RTS_BGP && defined(bgp_local_pref)) then {",
     );
+    o.line(2, &format!("krt_metric = {BIRD_INT_MAX} - bgp_local_pref;"));
+    o.line(1, "} else {");
+    o.line(
+        2,
+        &format!("if (!defined(krt_metric)) then {{ krt_metric = {NORMAL_ROUTE_PRIORITY}; }}"),
+    );
+    o.line(2, &format!("bgp_local_pref = {BIRD_INT_MAX} - krt_metric;"));
+    o.line(1, "}");
     o.line(0, "}");
     o.blank();
 }
 
 fn template_name(plan: &Plan, family: Family) -> String {
     if plan.bind_node_ip {
-        format!("bgp_template_{}", v(family))
+        format!("tern_bgp_{}", v(family))
     } else {
-        "bgp_template".to_string()
+        "tern_bgp".to_string()
     }
 }
 
 fn bgp_templates(o: &mut Out, plan: &Plan) {
-    o.line(0, "# Template for all BGP clients");
-    o.line(0, "template bgp bgp_template {");
-    // Calico logs routes, filters and events of every session at its default level;
-    // with hundreds of peers retrying their connections that alone keeps BIRD busy
-    // (a thousand peers: ~90% CPU, 2.5 s per reconfigure). tern logs session states
-    // at Info and everything at Debug (logSeverityScreen).
-    debug_line(o, 1, plan.debug, "{ states }");
-    o.line(1, "description \"Connection to BGP peer\";");
+    o.comment(0, &["What every BGP session of this node has in common."]);
+    o.line(0, "template bgp tern_bgp {");
+    // Logging every route and filter decision of every session (as Calico does at its
+    // default level) keeps BIRD busy with hundreds of peers retrying their connections
+    // (a thousand peers: ~90% CPU, 2.5 s per reconfigure). tern logs session states at
+    // Info and everything at Debug (logSeverityScreen).
+    debug_line(o, 1, plan.debug);
     o.line(1, &format!("local as {};", plan.local_as));
     if let Some(port) = plan.listen_port {
         o.line(
@@ -451,27 +515,35 @@ fn bgp_templates(o: &mut Out, plan: &Plan) {
             &format!("local port {port};  # BGPConfiguration listenPort"),
         );
     }
-    o.line(1, "graceful restart;  # See the kernel protocol.");
-    o.line(1, "connect delay time 2;");
+    o.line(
+        1,
+        "graceful restart;       # peers keep our routes while BIRD restarts",
+    );
+    o.line(1, "connect delay time 2;   # first attempt 2 s after start");
     o.line(1, "connect retry time 5;");
-    o.line(1, "error wait time 5,30;");
+    o.line(
+        1,
+        "error wait time 5,30;   # after an error wait 5 s, doubling up to 30 s",
+    );
     o.line(0, "}");
     o.blank();
     if plan.bind_node_ip {
         for f in &plan.families {
             let Some(ip) = f.node_ip else { continue };
-            o.line(
+            o.comment(
                 0,
-                &format!(
-                    "# bindMode NodeIP: BIRD listens on the node's IPv{} address only, and every",
-                    f.family.number()
-                ),
+                &[
+                    &format!(
+                        "bindMode NodeIP: IPv{} sessions use the node's address and BIRD",
+                        f.family.number()
+                    ),
+                    "accepts connections on that address only.",
+                ],
             );
-            o.line(0, "# session of this family uses it as its local address.");
             o.line(
                 0,
                 &format!(
-                    "template bgp {} from bgp_template {{",
+                    "template bgp {} from tern_bgp {{",
                     template_name(plan, f.family)
                 ),
             );
@@ -484,25 +556,30 @@ fn bgp_templates(o: &mut Out, plan: &Plan) {
 }
 
 fn bgp_filters(o: &mut Out, plan: &Plan) {
-    o.line(0, "# -------------- BGP Filters ------------------");
     if plan.filters.is_empty() {
-        o.line(0, "# No BGPFilters in use.");
+        o.comment(0, &["BGPFilters: none in use by this node's sessions."]);
         o.blank();
         return;
     }
+    o.comment(
+        0,
+        &[
+            "BGPFilters in use, one function per filter, family and direction. A session",
+            "calls its peer's filters in order; the first rule that matches settles the route.",
+        ],
+    );
     for func in &plan.filters {
-        let (field, dir) = match func.direction {
-            Direction::Import => ("import", "import"),
-            Direction::Export => ("export", "export"),
+        let field = match func.direction {
+            Direction::Import => "import",
+            Direction::Export => "export",
         };
-        o.line(
+        o.comment(
             0,
-            &format!(
-                "# BGPFilter {}, {field}V{} ({dir} rules for IPv{} sessions)",
+            &[&format!(
+                "BGPFilter {}, {field}V{}",
                 c(&func.filter),
-                func.family.number(),
                 func.family.number()
-            ),
+            )],
         );
         let args = if func.peer_type_arg {
             "bool is_same_as"
@@ -520,18 +597,12 @@ fn bgp_filters(o: &mut Out, plan: &Plan) {
 }
 
 fn sessions(o: &mut Out, plan: &Plan, f: &FamilyPlan) {
-    o.line(
-        0,
-        &format!(
-            "# -------------- IPv{} BGP sessions --------------",
-            f.family.number()
-        ),
-    );
+    o.line(0, &format!("# ---- IPv{} sessions", f.family.number()));
     for note in &f.notes {
-        o.line(0, &format!("# {}", c(note)));
+        o.comment(0, &[&c(note)]);
     }
     if f.sessions.is_empty() {
-        o.line(0, &format!("# No IPv{} BGP sessions.", f.family.number()));
+        o.comment(0, &["(none)"]);
     }
     o.blank();
     for s in &f.sessions {
@@ -551,9 +622,8 @@ fn calls(o: &mut Out, indent: usize, calls: &[super::plan::FilterCall], same_as:
 
 fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
     let fam = v(f.family);
-    o.line(0, &format!("# {}", c(&s.origin)));
     for note in &s.notes {
-        o.line(0, &format!("# {}", c(note)));
+        o.comment(0, &[&c(note)]);
     }
     o.line(
         0,
@@ -563,16 +633,14 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
             template_name(plan, f.family)
         ),
     );
+    o.line(1, &format!("description \"{}\";", q(&s.origin)));
     if let Some(local_as) = s.local_as {
         o.line(1, &format!("local as {local_as};"));
     }
     let port = s.port.map(|p| format!(" port {p}")).unwrap_or_default();
     o.line(1, &format!("neighbor {}{port} as {};", s.ip, s.as_number));
     if let Some(src) = s.source_address {
-        o.line(
-            1,
-            &format!("source address {src};  # The local address we use for the TCP connection"),
-        );
+        o.line(1, &format!("source address {src};"));
     }
     match s.ttl_security {
         Some(hops) => {
@@ -585,12 +653,15 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
         }
     }
     if s.passive {
-        let why = if s.kind == SessionKind::Mesh {
-            "Mesh is unidirectional, peer will connect to us."
+        let who = if s.kind == SessionKind::Mesh {
+            "of each mesh pair"
         } else {
-            "The peer is a node with a higher address: it connects to us."
+            "of two nodes"
         };
-        o.line(1, &format!("passive on;  # {why}"));
+        o.line(
+            1,
+            &format!("passive on;  # {who}, the one with the lower address connects"),
+        );
     }
     if let Password::Value(pw) = &s.password {
         o.line(1, &format!("password \"{}\";", pw.expose()));
@@ -608,7 +679,7 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
             o.line(
                 1,
                 &format!(
-                    "hold time {};  # BIRD wants a keepalive time below the hold time.",
+                    "hold time {};  # three keepalives: BIRD needs the hold time above the keepalive time",
                     (k * 3).min(u64::from(u16::MAX))
                 ),
             );
@@ -624,38 +695,18 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
     o.line(1, &format!("{} {{", channel(f.family)));
     o.line(2, "import filter {");
     calls(o, 3, &s.import_calls, s.same_as);
-    o.line(
-        3,
-        &format!(
-            "if (defined(bgp_local_pref) && (bgp_local_pref > {})) then preference = 200;",
-            BIRD_INT_MAX - NORMAL_ROUTE_PRIORITY
-        ),
-    );
+    o.line(3, "tern_priority_in();");
     o.line(3, "accept;");
     o.line(2, "};");
     o.line(2, "export filter {");
-    o.line(
-        3,
-        "if (defined(source) && source = RTS_BGP && defined(bgp_local_pref)) then {",
-    );
-    o.line(4, &format!("krt_metric = {BIRD_INT_MAX} - bgp_local_pref;"));
-    o.line(3, "} else {");
-    o.line(
-        4,
-        &format!("if (!defined(krt_metric)) then {{ krt_metric = {NORMAL_ROUTE_PRIORITY}; }}"),
-    );
-    o.line(4, &format!("bgp_local_pref = {BIRD_INT_MAX} - krt_metric;"));
-    o.line(3, "}");
+    o.line(3, "tern_priority_out();");
     calls(o, 3, &s.export_calls, s.same_as);
-    o.line(
-        3,
-        &format!("calico_export_to_bgp_peers_{fam}({});", s.same_as),
-    );
+    o.line(3, &format!("tern_export_{fam}({});", s.same_as));
     o.line(3, "reject;");
-    o.line(2, "};  # Only want to export routes for workloads.");
+    o.line(2, "};");
     o.line(
         2,
-        "gateway recursive;  # This should be the default, but just in case.",
+        "gateway recursive;  # next hops resolve through the routing table",
     );
     o.line(2, "add paths on;");
     match s.next_hop {
