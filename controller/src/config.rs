@@ -45,6 +45,38 @@ pub struct ControllerConfig {
     pub status_writes_per_sec: u32,
     pub sync: SyncTuning,
     pub ipam: crate::ipam::IpamTuning,
+    pub connections: ConnectionLimits,
+}
+
+/// Bounds on the connections of the gRPC listener, so that clients that never
+/// authenticate, never speak or never leave cannot hold the replica's file descriptors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections at most in the TLS handshake or established without a verified client
+    /// certificate. A new one beyond this closes the oldest of them.
+    pub max_unauthenticated: usize,
+    /// From accept to the end of the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// From the end of the TLS handshake to the client's HTTP/2 preface.
+    pub preface_timeout: Duration,
+    /// A connection without an open call for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 pings to an idle client, and how long an answer may take.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_unauthenticated: 256,
+            handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Knobs of the sync fan-out.
@@ -111,6 +143,12 @@ pub struct FileConfig {
     pub status_writes_per_sec: Option<u32>,
     pub ipam_auto_blocks: Option<bool>,
     pub agent_label_keys: Option<Vec<String>>,
+    pub max_unauthenticated_connections: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub preface_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub http2_keepalive_interval: Option<String>,
+    pub http2_keepalive_timeout: Option<String>,
 }
 
 /// A configuration error: what is wrong, in words an operator can act on.
@@ -155,6 +193,7 @@ impl ControllerConfig {
             status_writes_per_sec: 500,
             sync: SyncTuning::default(),
             ipam: crate::ipam::IpamTuning::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -220,6 +259,21 @@ impl ControllerConfig {
         }
         if self.controller_id.is_empty() {
             return bad("--controller-id must not be empty".into());
+        }
+        let c = &self.connections;
+        if c.max_unauthenticated == 0 {
+            return bad("--max-unauthenticated-connections must be at least 1".into());
+        }
+        for (flag, d) in [
+            ("--handshake-timeout", c.handshake_timeout),
+            ("--preface-timeout", c.preface_timeout),
+            ("--idle-timeout", c.idle_timeout),
+            ("--http2-keepalive-interval", c.keepalive_interval),
+            ("--http2-keepalive-timeout", c.keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{flag} must be longer than 0"));
+            }
         }
         Ok(())
     }

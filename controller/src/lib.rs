@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cache;
 pub mod config;
 pub mod ipam;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod status;

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tern_controller::config::{ControllerConfig, FileConfig, LogFormat, SyncTuning};
+use tern::model::GoDuration;
+use tern_controller::config::{
+    ConnectionLimits, ControllerConfig, FileConfig, LogFormat, SyncTuning,
+};
 use tern_controller::store::EtcdOptions;
 use tern_controller::tls::TlsPaths;
 
@@ -87,6 +90,43 @@ struct Cli {
     /// Hello that sets one is refused [default: none]
     #[arg(long, env = "TERN_AGENT_LABEL_KEYS", value_delimiter = ',')]
     agent_label_keys: Vec<String>,
+    /// Connections at most in the TLS handshake or without a verified client
+    /// certificate; a new one beyond this closes the oldest of them [default: 256]
+    #[arg(long, env = "TERN_MAX_UNAUTHENTICATED_CONNECTIONS")]
+    max_unauthenticated_connections: Option<usize>,
+    /// Time a client has to complete the TLS handshake [default: 10s]
+    #[arg(long, env = "TERN_HANDSHAKE_TIMEOUT")]
+    handshake_timeout: Option<GoDuration>,
+    /// Time a client has, after the TLS handshake, to send the HTTP/2 preface
+    /// [default: 10s]
+    #[arg(long, env = "TERN_PREFACE_TIMEOUT")]
+    preface_timeout: Option<GoDuration>,
+    /// A connection without an open call for this long is closed [default: 5m]
+    #[arg(long, env = "TERN_IDLE_TIMEOUT")]
+    idle_timeout: Option<GoDuration>,
+    /// Interval of HTTP/2 pings to a client that sends nothing [default: 30s]
+    #[arg(long, env = "TERN_HTTP2_KEEPALIVE_INTERVAL")]
+    http2_keepalive_interval: Option<GoDuration>,
+    /// A client that does not answer a ping within this is disconnected [default: 10s]
+    #[arg(long, env = "TERN_HTTP2_KEEPALIVE_TIMEOUT")]
+    http2_keepalive_timeout: Option<GoDuration>,
+}
+
+/// A duration from a flag, else from the config file, else the default.
+fn duration(
+    flag: Option<GoDuration>,
+    file: Option<String>,
+    name: &str,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d.0),
+        (None, Some(s)) => s
+            .parse::<GoDuration>()
+            .map(|d| d.0)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        (None, None) => Ok(default),
+    }
 }
 
 fn hostname() -> String {
@@ -130,6 +170,43 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
                 .map_err(|e: String| anyhow::anyhow!("--default-ipv4-pool: {e}"))?,
         ),
         None => None,
+    };
+    let defaults = ConnectionLimits::default();
+    let connections = ConnectionLimits {
+        max_unauthenticated: cli
+            .max_unauthenticated_connections
+            .or(file.max_unauthenticated_connections)
+            .unwrap_or(defaults.max_unauthenticated),
+        handshake_timeout: duration(
+            cli.handshake_timeout,
+            file.handshake_timeout,
+            "handshakeTimeout",
+            defaults.handshake_timeout,
+        )?,
+        preface_timeout: duration(
+            cli.preface_timeout,
+            file.preface_timeout,
+            "prefaceTimeout",
+            defaults.preface_timeout,
+        )?,
+        idle_timeout: duration(
+            cli.idle_timeout,
+            file.idle_timeout,
+            "idleTimeout",
+            defaults.idle_timeout,
+        )?,
+        keepalive_interval: duration(
+            cli.http2_keepalive_interval,
+            file.http2_keepalive_interval,
+            "http2KeepaliveInterval",
+            defaults.keepalive_interval,
+        )?,
+        keepalive_timeout: duration(
+            cli.http2_keepalive_timeout,
+            file.http2_keepalive_timeout,
+            "http2KeepaliveTimeout",
+            defaults.keepalive_timeout,
+        )?,
     };
     let config = ControllerConfig {
         listen: cli
@@ -183,6 +260,7 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
                 .unwrap_or(true),
             ..Default::default()
         },
+        connections,
     };
     let level = cli
         .log_level

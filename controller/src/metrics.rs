@@ -19,6 +19,12 @@ pub struct RequestLabels {
     pub code: String,
 }
 
+/// Labels of the connections closed by the listener's bounds.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub reason: &'static str,
+}
+
 /// Every metric of the controller.
 #[derive(Debug)]
 pub struct Metrics {
@@ -33,6 +39,8 @@ pub struct Metrics {
     pub etcd_watch_healthy: Gauge,
     pub cache_relists: Counter,
     pub api_requests: Family<RequestLabels, Counter>,
+    pub connections_unauthenticated: Gauge,
+    pub connections_closed: Family<CloseLabels, Counter>,
     registry: parking_lot::Mutex<Registry>,
 }
 
@@ -50,6 +58,8 @@ impl Metrics {
             etcd_watch_healthy: Gauge::default(),
             cache_relists: Counter::default(),
             api_requests: Family::default(),
+            connections_unauthenticated: Gauge::default(),
+            connections_closed: Family::default(),
             registry: parking_lot::Mutex::new(Registry::with_prefix("tern")),
         };
         {
@@ -109,6 +119,17 @@ impl Metrics {
                 "gRPC requests by method and status code",
                 m.api_requests.clone(),
             );
+            r.register(
+                "connections_unauthenticated",
+                "Connections in the TLS handshake or without a verified client certificate",
+                m.connections_unauthenticated.clone(),
+            );
+            r.register(
+                "connections_closed",
+                "Connections the listener closed, by reason (handshake_timeout, \
+                 handshake_failed, evicted, preface_timeout, idle)",
+                m.connections_closed.clone(),
+            );
         }
         Arc::new(m)
     }
@@ -128,6 +149,17 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 method: method.to_string(),
                 code: code.to_string(),
+            })
+            .inc();
+    }
+}
+
+impl Metrics {
+    /// Count a connection the listener closed.
+    pub fn connection_closed(&self, reason: crate::listener::CloseReason) {
+        self.connections_closed
+            .get_or_create(&CloseLabels {
+                reason: reason.as_str(),
             })
             .inc();
     }

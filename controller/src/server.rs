@@ -246,8 +246,8 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
     // ---- end IPAM ----
 
     let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(config.connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.connections.keepalive_timeout))
         .tcp_nodelay(true)
         .layer(AuthLayer::new(tls.clone(), metrics.clone()))
         .add_service(health_service)
@@ -264,11 +264,22 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
     };
     let server = match tls {
         Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-            crate::tls::tls_incoming(listener, tls, cancel.clone()),
+            crate::listener::tls_incoming(
+                listener,
+                tls,
+                config.connections.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ),
             shutdown,
         )),
         None => tokio::spawn(router.serve_with_incoming_shutdown(
-            crate::tls::tcp_incoming(listener, cancel.clone()),
+            crate::listener::tcp_incoming(
+                listener,
+                config.connections.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ),
             shutdown,
         )),
     };

@@ -3,7 +3,7 @@
 //! authenticated [`Identity`] and applies the method-level policy of [`crate::authz`].
 //!
 //! ```text
-//! TcpListener ─► accept task ─► TLS handshake (per connection, with a deadline)
+//! TcpListener ─► accept task ─► TLS handshake (crate::listener: bounded in time and number)
 //!                                    │ (client chain checked later, per request)
 //!                                    ▼
 //!                  tonic Server ─► AuthLayer: verify chain against the current CA,
@@ -30,13 +30,11 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tern::pki::{Identity, read_certs, read_key};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::authz;
+use crate::listener::{CallGuard, ConnInfo};
 use crate::metrics::Metrics;
 
 /// Where the controller's TLS material lives.
@@ -169,7 +167,7 @@ impl ReloadingTls {
         })
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.load().config.clone())
     }
 
@@ -233,82 +231,6 @@ impl ClientCertVerifier for DeferredClientVerifier {
     }
 }
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accept TCP connections and complete TLS handshakes concurrently (a slow client
-/// never blocks the accept loop). Yields established TLS streams.
-pub fn tls_incoming(
-    listener: TcpListener,
-    tls: Arc<ReloadingTls>,
-    cancel: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                // Dropping the listener frees the port.
-                () = cancel.cancelled() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off a little instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let out = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = out.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-            if tx.is_closed() {
-                break;
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// Plain TCP incoming stream for `--insecure` mode.
-pub fn tcp_incoming(
-    listener: TcpListener,
-    cancel: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TcpStream, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = cancel.cancelled() => break,
-            };
-            match accepted {
-                Ok((tcp, _)) => {
-                    let _ = tcp.set_nodelay(true);
-                    if tx.send(Ok(tcp)).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 /// True for loopback listen addresses (plaintext is allowed there with `--insecure`).
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
@@ -356,6 +278,42 @@ fn header_code<B>(resp: &http::Response<B>) -> String {
         .to_string()
 }
 
+/// A response body that keeps its call open (see [`CallGuard`]) until it is done.
+struct Tracked {
+    inner: tonic::body::Body,
+    _call: CallGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn tracked(
+    resp: http::Response<tonic::body::Body>,
+    call: Option<CallGuard>,
+) -> http::Response<tonic::body::Body> {
+    match call {
+        Some(call) => resp.map(|inner| tonic::body::Body::new(Tracked { inner, _call: call })),
+        None => resp,
+    }
+}
+
 type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -377,12 +335,21 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_string();
+        // The connection counts as busy (not idle) until the response is done.
+        let ext = req.extensions();
+        let call = ext
+            .get::<ConnInfo<TlsConnectInfo<TcpConnectInfo>>>()
+            .map(|i| i.state.call())
+            .or_else(|| {
+                ext.get::<ConnInfo<TcpConnectInfo>>()
+                    .map(|i| i.state.call())
+            });
         let identity: Result<Option<Identity>, String> = match &self.tls {
             None => Ok(Some(Identity::Insecure)),
             Some(tls) => match req
                 .extensions()
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|i| i.peer_certs())
+                .get::<ConnInfo<TlsConnectInfo<TcpConnectInfo>>>()
+                .and_then(|i| i.transport.peer_certs())
             {
                 Some(certs) if !certs.is_empty() => tls.authenticate(&certs).map(Some),
                 _ => Ok(None),
@@ -413,14 +380,14 @@ where
                     if let Ok(r) = &resp {
                         metrics.request(authz::method_label(&path), &header_code(r));
                     }
-                    resp
+                    resp.map(|r| tracked(r, call))
                 })
             }
             Err(status) => {
                 let resp = status.into_http();
                 self.metrics
                     .request(authz::method_label(&path), &header_code(&resp));
-                Box::pin(async move { Ok(resp) })
+                Box::pin(async move { Ok(tracked(resp, call)) })
             }
         }
     }

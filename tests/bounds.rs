@@ -1,0 +1,236 @@
+//! Bounds against abusive clients: each bound is hit for real (real etcd, TLS over
+//! loopback, the controller in-process) and answered precisely, and what a refused
+//! write would have touched is unchanged in etcd.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Cluster;
+use tern::pki::Role;
+use tern::proto;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+
+/// Wait until the peer closes `s` (end of file or an error). False when it is still
+/// open after the fail-safe `secs`.
+async fn closed_by_peer<S: tokio::io::AsyncRead + Unpin>(s: &mut S, secs: u64) -> bool {
+    let mut buf = [0u8; 256];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .is_ok()
+}
+
+/// A TLS client (rustls) that trusts the cluster CA and presents the admin certificate.
+fn tls_connector(c: &Cluster) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in tern::pki::read_certs(&c.pki.ca_cert()).expect("CA") {
+        roots.add(ca).expect("CA certificate");
+    }
+    let files = c.pki.files(&Role::Admin);
+    let certs = tern::pki::read_certs(&files.cert).expect("admin certificate");
+    let key = tern::pki::read_key(&files.key).expect("admin key");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .expect("client certificate");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// A channel that trusts the CA but presents no client certificate: it completes the
+/// TLS handshake and stays unauthenticated.
+async fn channel_without_certificate(c: &Cluster) -> tonic::transport::Channel {
+    let ca = std::fs::read(c.pki.ca_cert()).expect("CA");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    tonic::transport::Endpoint::from_shared(format!("https://{}", c.server()))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("the TLS handshake completes without a client certificate")
+}
+
+async fn list_pools(
+    client: &mut proto::resource_service_client::ResourceServiceClient<tonic::transport::Channel>,
+) -> Result<(), tonic::Status> {
+    client
+        .list(proto::ListRequest {
+            kind: "IPPool".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_connections_leaves_authenticated_clients_served() {
+    const CAP: usize = 16;
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.connections.max_unauthenticated = CAP;
+    // The flood would hold its handshakes for as long as this: only the cap bounds it.
+    cfg.connections.handshake_timeout = Duration::from_secs(3600);
+    c.add_controller_with(cfg).await;
+    let mut before = c.admin().await;
+    list_pools(&mut before)
+        .await
+        .expect("an authenticated client is served");
+
+    // Far more connections than the cap: some never start the TLS handshake, the
+    // later ones complete it without a client certificate and keep HTTP/2 open.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(c.addr()).await.expect("connect"));
+    }
+    let mut no_certificate = Vec::new();
+    for _ in 0..40 {
+        no_certificate.push(channel_without_certificate(&c).await);
+    }
+    let denied = proto::resource_service_client::ResourceServiceClient::new(
+        no_certificate.last().expect("one").clone(),
+    )
+    .list(proto::ListRequest::default())
+    .await
+    .expect_err("no certificate, no call");
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated, "{denied:?}");
+
+    // Both the client connected before the flood and a new one are served.
+    list_pools(&mut before)
+        .await
+        .expect("an established authenticated connection is untouched");
+    let mut after = c.admin().await;
+    list_pools(&mut after)
+        .await
+        .expect("a new authenticated client is served during the flood");
+
+    // The oldest unauthenticated connections made room: every silent one is closed.
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_by_peer(s, 30).await,
+            "silent connection {i} is still open"
+        );
+    }
+    let metrics = c.controllers[0].metrics().encode();
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_connections_unauthenticated "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .expect("the gauge of unauthenticated connections");
+    assert!(gauge <= CAP, "{gauge} unauthenticated connections held");
+    assert!(
+        metrics.contains("tern_connections_closed_total{reason=\"evicted\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_handshake_or_never_speak_http2_are_closed() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.connections.handshake_timeout = Duration::from_millis(500);
+    cfg.connections.preface_timeout = Duration::from_millis(500);
+    c.add_controller_with(cfg).await;
+
+    // No TLS handshake at all.
+    let mut silent = TcpStream::connect(c.addr()).await.expect("connect");
+    assert!(
+        closed_by_peer(&mut silent, 60).await,
+        "a connection without a handshake is closed"
+    );
+
+    // A complete mutual-TLS handshake (an authenticated connection), then nothing.
+    let tcp = TcpStream::connect(c.addr()).await.expect("connect");
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tls_connector(&c)
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert!(
+        closed_by_peer(&mut tls, 60).await,
+        "a connection without the HTTP/2 preface is closed"
+    );
+
+    let metrics = c.controllers[0].metrics().encode();
+    for reason in ["handshake_timeout", "preface_timeout"] {
+        assert!(
+            metrics.contains(&format!(
+                "tern_connections_closed_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    // A client that speaks is still served.
+    list_pools(&mut c.admin().await)
+        .await
+        .expect("an authenticated client is served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.connections.idle_timeout = Duration::from_millis(300);
+    c.add_controller_with(cfg).await;
+    // A Watch open for longer than the idle timeout keeps its connection.
+    let mut admin = c.admin().await;
+    let mut watch = admin
+        .watch(proto::WatchRequest {
+            kind: "IPPool".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    admin
+        .create(proto::CreateRequest {
+            resource: Some(common::pool("p1", "10.10.0.0/16")),
+        })
+        .await
+        .expect("create");
+    let mut seen = false;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .expect("the watch is alive")
+    {
+        if ev
+            .resource
+            .is_some_and(|r| r.metadata.is_some_and(|m| m.name == "p1"))
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the watch outlived the idle timeout");
+    drop(watch);
+    // Without a call, the connection is closed; the channel reconnects by itself.
+    assert!(
+        common::eventually(60, async || {
+            c.controllers[0]
+                .metrics()
+                .encode()
+                .contains("tern_connections_closed_total{reason=\"idle\"}")
+        })
+        .await,
+        "an idle connection is closed"
+    );
+    list_pools(&mut admin)
+        .await
+        .expect("the client reconnects after an idle close");
+}
