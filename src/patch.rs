@@ -6,6 +6,12 @@
 //! validates it like any write. A patch may not change `apiVersion`, `kind` or
 //! `metadata.name`. Errors say where: the position of a JSON syntax error, the index,
 //! op and path of a JSON patch operation that fails.
+//!
+//! The patched document is bounded like a document in a request: its size (compact
+//! JSON) and its nesting. A JSON patch can grow a document exponentially (`copy` a
+//! value into itself, again and again), so the size and depth an operation leads to
+//! are worked out from the document before the operation runs, and the first one that
+//! would exceed a bound stops the patch: the document never grows past it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,6 +94,26 @@ pub enum PatchError {
         path: String,
         reason: String,
     },
+    #[error("a JSON patch may have at most {limit} operations; this one has {count}")]
+    TooManyOperations { count: usize, limit: usize },
+    /// The document would grow past the size limit (at this operation of a JSON patch).
+    #[error("{}the patched document would be {size} bytes; the limit is {limit} bytes", at_op(*.index, op, path))]
+    TooLarge {
+        index: Option<usize>,
+        op: &'static str,
+        path: String,
+        size: usize,
+        limit: usize,
+    },
+    /// The document would nest deeper than the limit.
+    #[error("{}the patched document would nest {depth} levels deep; the limit is {limit}", at_op(*.index, op, path))]
+    TooDeep {
+        index: Option<usize>,
+        op: &'static str,
+        path: String,
+        depth: usize,
+        limit: usize,
+    },
     /// The patch changes `apiVersion`, `kind` or `metadata.name`.
     #[error("{field}: cannot be changed by a patch (was {old}, the patch makes it {new})")]
     Immutable {
@@ -118,8 +144,30 @@ impl PatchError {
     }
 }
 
-/// Apply `patch` (JSON text) to `doc`; `doc` itself is left as it is.
-pub fn apply_patch(doc: &Value, patch: &str, ty: PatchType) -> Result<Value, PatchError> {
+fn at_op(index: Option<usize>, op: &str, path: &str) -> String {
+    match index {
+        Some(i) => format!("operation {i} ({op} {path}): "),
+        None => String::new(),
+    }
+}
+
+/// Most operations in one JSON patch (as the Kubernetes API server allows).
+pub const MAX_PATCH_OPERATIONS: usize = 10_000;
+
+/// Deepest nesting of arrays and objects in a patched document. Resources nest a few
+/// levels; the bound keeps every later step (parsing, dropping) clear of deep recursion.
+pub const MAX_DEPTH: usize = 64;
+
+/// Apply `patch` (JSON text) to `doc`; `doc` itself is left as it is. The patched
+/// document may be at most `max_bytes` long as compact JSON, and nest at most
+/// [`MAX_DEPTH`] levels; a JSON patch stops at the first operation that would go past
+/// either, before it runs.
+pub fn apply_patch(
+    doc: &Value,
+    patch: &str,
+    ty: PatchType,
+    max_bytes: usize,
+) -> Result<Value, PatchError> {
     if patch.trim().is_empty() {
         return Err(PatchError::Empty);
     }
@@ -132,7 +180,28 @@ pub fn apply_patch(doc: &Value, patch: &str, ty: PatchType) -> Result<Value, Pat
                     found: type_name(&p),
                 });
             }
+            // A merge patch adds at most itself to the document: no blow-up to stop
+            // on the way, only the result to check.
             json_patch::merge(&mut out, &p);
+            let m = measure(&out);
+            if m.len > max_bytes {
+                return Err(PatchError::TooLarge {
+                    index: None,
+                    op: "merge",
+                    path: String::new(),
+                    size: m.len,
+                    limit: max_bytes,
+                });
+            }
+            if m.depth > MAX_DEPTH {
+                return Err(PatchError::TooDeep {
+                    index: None,
+                    op: "merge",
+                    path: String::new(),
+                    depth: m.depth,
+                    limit: MAX_DEPTH,
+                });
+            }
         }
         PatchType::Json => {
             let Value::Array(items) = p else {
@@ -140,6 +209,12 @@ pub fn apply_patch(doc: &Value, patch: &str, ty: PatchType) -> Result<Value, Pat
                     found: type_name(&p),
                 });
             };
+            if items.len() > MAX_PATCH_OPERATIONS {
+                return Err(PatchError::TooManyOperations {
+                    count: items.len(),
+                    limit: MAX_PATCH_OPERATIONS,
+                });
+            }
             let ops = items
                 .into_iter()
                 .enumerate()
@@ -152,9 +227,37 @@ pub fn apply_patch(doc: &Value, patch: &str, ty: PatchType) -> Result<Value, Pat
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            // `patch_unsafe` leaves a half-patched document on error; we work on a
-            // copy, and it has no undo path that could panic.
-            json_patch::patch_unsafe(&mut out, &ops).map_err(|e| op_error(&ops, e))?;
+            let start = measure(&out);
+            let (mut size, mut depth) = (start.len, start.depth);
+            for (index, op) in ops.iter().enumerate() {
+                let (next_size, next_depth) = bounds_after(&out, op, size, depth);
+                let path = pointer_text(op_path(op));
+                if next_size > max_bytes {
+                    return Err(PatchError::TooLarge {
+                        index: Some(index),
+                        op: op_name(op),
+                        path,
+                        size: next_size,
+                        limit: max_bytes,
+                    });
+                }
+                if next_depth > MAX_DEPTH {
+                    return Err(PatchError::TooDeep {
+                        index: Some(index),
+                        op: op_name(op),
+                        path,
+                        depth: next_depth,
+                        limit: MAX_DEPTH,
+                    });
+                }
+                // `patch_unsafe` leaves a half-patched document on error; we work on a
+                // copy, and it has no undo path that could panic.
+                json_patch::patch_unsafe(&mut out, std::slice::from_ref(op)).map_err(|mut e| {
+                    e.operation = index;
+                    op_error(&ops, e)
+                })?;
+                (size, depth) = (next_size, next_depth);
+            }
         }
     }
     for (field, pointer) in IDENTITY_FIELDS {
@@ -168,6 +271,207 @@ pub fn apply_patch(doc: &Value, patch: &str, ty: PatchType) -> Result<Value, Pat
         }
     }
     Ok(out)
+}
+
+/// Size (compact JSON bytes) and nesting depth of a value; a scalar has depth 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Measure {
+    len: usize,
+    depth: usize,
+}
+
+/// Counts what serde_json writes.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compact JSON length of a scalar or a key, escapes included.
+fn scalar_len(v: &impl serde::Serialize) -> usize {
+    let mut c = Counter(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        // Writing to a counter does not fail; should it, count nothing rather than panic.
+        Err(_) => 0,
+    }
+}
+
+/// Measure a value. Its nesting is bounded (parsed JSON nests at most 128 levels, the
+/// document at most [`MAX_DEPTH`]), so the recursion is too.
+fn measure(v: &Value) -> Measure {
+    match v {
+        Value::Array(a) => {
+            let mut m = Measure {
+                len: 2 + a.len().saturating_sub(1),
+                depth: 1,
+            };
+            for x in a {
+                let e = measure(x);
+                m.len += e.len;
+                m.depth = m.depth.max(e.depth + 1);
+            }
+            m
+        }
+        Value::Object(o) => {
+            let mut m = Measure {
+                len: 2 + o.len().saturating_sub(1),
+                depth: 1,
+            };
+            for (k, x) in o {
+                let e = measure(x);
+                m.len += scalar_len(k) + 1 + e.len;
+                m.depth = m.depth.max(e.depth + 1);
+            }
+            m
+        }
+        scalar => Measure {
+            len: scalar_len(scalar),
+            depth: 0,
+        },
+    }
+}
+
+fn op_path(op: &PatchOperation) -> &str {
+    match op {
+        PatchOperation::Add(o) => o.path.as_str(),
+        PatchOperation::Remove(o) => o.path.as_str(),
+        PatchOperation::Replace(o) => o.path.as_str(),
+        PatchOperation::Move(o) => o.path.as_str(),
+        PatchOperation::Copy(o) => o.path.as_str(),
+        PatchOperation::Test(o) => o.path.as_str(),
+    }
+}
+
+/// A pointer's parent pointer and last token (decoded); None for the root.
+fn split(pointer: &str) -> Option<(&str, String)> {
+    let at = pointer.rfind('/')?;
+    let token = pointer[at + 1..].replace("~1", "/").replace("~0", "~");
+    Some((&pointer[..at], token))
+}
+
+/// How many levels deep a pointer points.
+fn pointer_depth(pointer: &str) -> usize {
+    pointer.matches('/').count()
+}
+
+/// Bytes that leave the document when the value at `pointer` is removed (its key and a
+/// comma included); 0 when there is nothing to remove (the operation will fail).
+fn removal(doc: &Value, pointer: &str) -> usize {
+    let Some((parent, token)) = split(pointer) else {
+        return 0;
+    };
+    match doc.pointer(parent) {
+        Some(Value::Object(o)) => o.get(&token).map_or(0, |v| {
+            scalar_len(&token) + 1 + measure(v).len + usize::from(o.len() > 1)
+        }),
+        Some(Value::Array(a)) => token
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| a.get(i))
+            .map_or(0, |v| measure(v).len + usize::from(a.len() > 1)),
+        _ => 0,
+    }
+}
+
+/// The document's size after a value of `len` bytes is put at `pointer` (as `add`
+/// does: a new member or element, or in place of the member there). `removed` is the
+/// pointer of a value taken out first (`move`) and the bytes that left with it, which
+/// `size` no longer counts.
+fn size_after_insert(
+    doc: &Value,
+    pointer: &str,
+    len: usize,
+    size: usize,
+    removed: Option<(&str, usize)>,
+) -> usize {
+    let Some((parent, token)) = split(pointer) else {
+        return len; // the root: the value is the whole document
+    };
+    // The container loses an element first when the value leaves the same one.
+    let removed_here =
+        removed.is_some_and(|(from, _)| split(from).is_some_and(|(p, _)| p == parent));
+    let framing = |count: usize| usize::from(count.saturating_sub(usize::from(removed_here)) > 0);
+    match doc.pointer(parent) {
+        Some(Value::Object(o)) => match o.get(&token) {
+            Some(old) => {
+                let mut old_len = measure(old).len;
+                // The member replaced contains the value moved out of it.
+                if let Some((from, gone)) = removed
+                    && from.starts_with(pointer)
+                    && from.as_bytes().get(pointer.len()) == Some(&b'/')
+                {
+                    old_len = old_len.saturating_sub(gone);
+                }
+                (size + len).saturating_sub(old_len)
+            }
+            None => size + scalar_len(&token) + 1 + len + framing(o.len()),
+        },
+        Some(Value::Array(a)) => size + len + framing(a.len()),
+        // The operation will fail: nothing changes.
+        _ => size,
+    }
+}
+
+/// Size and depth of the document after `op`, worked out before it runs. Exact for the
+/// size; the depth is an upper bound (a removal does not lower it).
+fn bounds_after(doc: &Value, op: &PatchOperation, size: usize, depth: usize) -> (usize, usize) {
+    let placed = |pointer: &str, m: Measure| depth.max(pointer_depth(pointer) + m.depth);
+    match op {
+        PatchOperation::Test(_) => (size, depth),
+        PatchOperation::Remove(o) => (size.saturating_sub(removal(doc, o.path.as_str())), depth),
+        PatchOperation::Add(o) => {
+            let m = measure(&o.value);
+            (
+                size_after_insert(doc, o.path.as_str(), m.len, size, None),
+                placed(o.path.as_str(), m),
+            )
+        }
+        PatchOperation::Replace(o) => {
+            let m = measure(&o.value);
+            let path = o.path.as_str();
+            let size = match doc.pointer(path) {
+                _ if path.is_empty() => m.len,
+                Some(old) => (size + m.len).saturating_sub(measure(old).len),
+                None => size,
+            };
+            (size, placed(path, m))
+        }
+        PatchOperation::Copy(o) => match doc.pointer(o.from.as_str()) {
+            Some(v) => {
+                let m = measure(v);
+                (
+                    size_after_insert(doc, o.path.as_str(), m.len, size, None),
+                    placed(o.path.as_str(), m),
+                )
+            }
+            None => (size, depth),
+        },
+        PatchOperation::Move(o) => {
+            let (from, path) = (o.from.as_str(), o.path.as_str());
+            match doc.pointer(from) {
+                Some(v) if from != path => {
+                    let m = measure(v);
+                    let gone = removal(doc, from);
+                    let size = size_after_insert(
+                        doc,
+                        path,
+                        m.len,
+                        size.saturating_sub(gone),
+                        Some((from, gone)),
+                    );
+                    (size, placed(path, m))
+                }
+                _ => (size, depth),
+            }
+        }
+    }
 }
 
 fn syntax_error(e: serde_json::Error) -> PatchError {
@@ -262,6 +566,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const LIMIT: usize = 512 * 1024;
+
+    fn apply(doc: &Value, patch: &str, ty: PatchType) -> Result<Value, PatchError> {
+        apply_patch(doc, patch, ty, LIMIT)
+    }
+
     fn doc() -> Value {
         json!({
             "apiVersion": "tern.dev/v1",
@@ -277,7 +587,7 @@ mod tests {
 
     #[test]
     fn merge_patch_sets_and_removes_fields() {
-        let out = apply_patch(
+        let out = apply(
             &doc(),
             r#"{"spec":{"natOutgoing": true}, "metadata": {"labels": {"zone": null, "rack": "1"}}}"#,
             PatchType::Merge,
@@ -287,7 +597,7 @@ mod tests {
         assert_eq!(out["spec"]["cidr"], "192.168.0.0/16");
         assert_eq!(out["metadata"]["labels"], json!({"rack": "1"}));
         // Lists are replaced whole.
-        let out = apply_patch(
+        let out = apply(
             &doc(),
             r#"{"spec":{"allowedUses":["Tunnel"]}}"#,
             PatchType::Merge,
@@ -298,7 +608,7 @@ mod tests {
 
     #[test]
     fn json_patch_applies_operations_in_order() {
-        let out = apply_patch(
+        let out = apply(
             &doc(),
             r#"[{"op":"test","path":"/spec/natOutgoing","value":false},
                 {"op":"replace","path":"/spec/natOutgoing","value":true},
@@ -320,7 +630,7 @@ mod tests {
     #[test]
     fn the_input_document_is_left_alone() {
         let d = doc();
-        let _ = apply_patch(
+        let _ = apply(
             &d,
             r#"[{"op":"replace","path":"/spec/natOutgoing","value":true},{"op":"test","path":"/spec/cidr","value":"x"}]"#,
             PatchType::Json,
@@ -401,7 +711,7 @@ mod tests {
             ),
         ];
         for (patch, ty, want) in cases {
-            let e = apply_patch(&doc(), patch, *ty).expect_err(patch);
+            let e = apply(&doc(), patch, *ty).expect_err(patch);
             assert!(
                 e.to_string().starts_with(want),
                 "{patch}: got {e:?} / {e}, want {want}"
@@ -450,13 +760,13 @@ mod tests {
             ),
         ];
         for (patch, ty, want) in cases {
-            let e = apply_patch(&doc(), patch, *ty).expect_err(patch);
+            let e = apply(&doc(), patch, *ty).expect_err(patch);
             assert!(e.to_string().starts_with(want), "{patch}: got {e}");
             assert_ne!(e.field(), "patch", "{patch}");
             assert!(e.reason().starts_with("cannot be changed"), "{patch}");
         }
         // Writing the same value is not a change.
-        let out = apply_patch(
+        let out = apply(
             &doc(),
             r#"{"kind":"IPPool","metadata":{"name":"default-ipv4-ippool"}}"#,
             PatchType::Merge,
@@ -493,10 +803,178 @@ mod tests {
         ];
         for p in odd {
             for ty in [PatchType::Merge, PatchType::Json] {
-                let _ = apply_patch(&doc(), p, ty);
-                let _ = apply_patch(&Value::Null, p, ty);
-                let _ = apply_patch(&json!([1, 2]), p, ty);
+                let _ = apply(&doc(), p, ty);
+                let _ = apply(&Value::Null, p, ty);
+                let _ = apply(&json!([1, 2]), p, ty);
             }
         }
+    }
+
+    /// Patches of `n` operations that copy the spec into itself: each doubles it.
+    fn self_copies(n: usize) -> String {
+        let ops: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"op":"copy","from":"/spec","path":"/spec/c{i}"}}"#))
+            .collect();
+        format!("[{}]", ops.join(","))
+    }
+
+    #[test]
+    fn measure_is_the_compact_json_length() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(-12.5e3),
+            json!(18446744073709551615u64),
+            json!("plain"),
+            json!("quote \" backslash \\ tab \t control \u{1} unicode é ☃"),
+            json!([]),
+            json!({}),
+            json!([1, [2, [3, {}]], {"a": []}]),
+            json!({"k\"ey": {"nested": {"deeper": [null, "x"]}}, "": 0}),
+            doc(),
+        ];
+        for v in values {
+            let m = measure(&v);
+            assert_eq!(m.len, serde_json::to_vec(&v).expect("json").len(), "{v}");
+        }
+        assert_eq!(measure(&json!(1)).depth, 0);
+        assert_eq!(measure(&json!([])).depth, 1);
+        assert_eq!(measure(&json!({"a": [1, {"b": {}}]})).depth, 4);
+    }
+
+    #[test]
+    fn the_size_an_operation_leads_to_is_exact() {
+        let start = json!({
+            "a": {"b": {"c": [1, 2, 3], "d": "x"}, "e": {}},
+            "f": [],
+            "g~/h": {"i\"j": [true]},
+            "k": [{"l": 1}]
+        });
+        let ops = [
+            r#"{"op":"add","path":"/f/-","value":"first"}"#,
+            r#"{"op":"add","path":"/f/0","value":{"z":[1]}}"#,
+            r#"{"op":"add","path":"/a/e/new","value":1}"#,
+            r#"{"op":"add","path":"/a/e/more","value":"é"}"#,
+            r#"{"op":"add","path":"/a/b/d","value":["replaces", "x"]}"#,
+            r#"{"op":"remove","path":"/a/e/new"}"#,
+            r#"{"op":"remove","path":"/a/b/c/1"}"#,
+            r#"{"op":"replace","path":"/g~0~1h/i\"j/0","value":{"deep":[[]]}}"#,
+            r#"{"op":"copy","from":"/a/b","path":"/k/0/copied"}"#,
+            r#"{"op":"copy","from":"/a/b","path":"/a/e/more"}"#,
+            r#"{"op":"copy","from":"/f","path":"/f/1"}"#,
+            r#"{"op":"move","from":"/a/b/c","path":"/a/b/c2"}"#,
+            r#"{"op":"move","from":"/f/0","path":"/f/-"}"#,
+            r#"{"op":"move","from":"/k/0","path":"/a/e/more"}"#,
+            r#"{"op":"move","from":"/a/b/c2/0","path":"/a/b"}"#,
+            r#"{"op":"move","from":"/k","path":"/f/0"}"#,
+            r#"{"op":"move","from":"/a/e/more/copied","path":"/a/e/more"}"#,
+            r#"{"op":"move","from":"/g~0~1h","path":"/g~0~1h"}"#,
+            r#"{"op":"move","from":"/g~0~1h/i\"j","path":"/g~0~1h/k~1l"}"#,
+            r#"{"op":"test","path":"/a/b","value":1}"#,
+            r#"{"op":"remove","path":"/f/0"}"#,
+            r#"{"op":"remove","path":"/f/0"}"#,
+            r#"{"op":"remove","path":"/f/0"}"#,
+            r#"{"op":"add","path":"/f/-","value":null}"#,
+            r#"{"op":"move","from":"/f","path":"/f2"}"#,
+            r#"{"op":"replace","path":"","value":{"all":"new"}}"#,
+            r#"{"op":"add","path":"","value":[1,2]}"#,
+        ];
+        let mut d = start;
+        let mut failed = 0;
+        for text in ops {
+            let op: PatchOperation = serde_json::from_str(text).expect(text);
+            let before = measure(&d);
+            let (size, depth) = bounds_after(&d, &op, before.len, before.depth);
+            if let Err(e) = json_patch::patch_unsafe(&mut d, std::slice::from_ref(&op)) {
+                eprintln!("{text}: {e} on {d}");
+                failed += 1;
+                continue;
+            }
+            let after = measure(&d);
+            assert_eq!(size, after.len, "{text}: the document is now {d}");
+            assert!(depth >= after.depth, "{text}: {depth} < {}", after.depth);
+        }
+        assert_eq!(failed, 0, "every operation of the sequence applies");
+    }
+
+    #[test]
+    fn a_patch_of_self_copies_stops_at_the_limit() {
+        let patch = self_copies(40);
+        assert!(patch.len() < 2100, "a 2 KB patch: {}", patch.len());
+        let e = apply_patch(&doc(), &patch, PatchType::Json, LIMIT).expect_err("too large");
+        let PatchError::TooLarge {
+            index: Some(i),
+            size,
+            limit,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}");
+        };
+        assert_eq!(*limit, LIMIT);
+        assert!(*size > LIMIT && *size <= 2 * LIMIT + 64, "{size}");
+        // The spec doubles with every copy: the limit is reached after a dozen or so.
+        assert!((10..20).contains(i), "stopped at operation {i}");
+        assert!(
+            e.to_string()
+                .ends_with(&format!("; the limit is {LIMIT} bytes")),
+            "{e}"
+        );
+        assert_eq!(e.field(), "patch");
+        // Below the limit the same kind of patch applies.
+        let out = apply_patch(&doc(), &self_copies(3), PatchType::Json, LIMIT).expect("small");
+        assert!(out["spec"]["c2"]["c1"]["c0"].is_object());
+    }
+
+    #[test]
+    fn merge_patches_and_nesting_are_bounded_too() {
+        let big = format!(
+            r#"{{"metadata":{{"annotations":{{"a":"{}"}}}}}}"#,
+            "x".repeat(2000)
+        );
+        let e = apply_patch(&doc(), &big, PatchType::Merge, 1000).expect_err("too large");
+        assert!(
+            e.to_string().starts_with("the patched document would be ")
+                && e.to_string().ends_with("; the limit is 1000 bytes"),
+            "{e}"
+        );
+        assert!(apply_patch(&doc(), &big, PatchType::Merge, LIMIT).is_ok());
+
+        // Moving a branch under a deeper path, again and again, nests without growing.
+        let mut ops =
+            vec![r#"{"op":"add","path":"/spec/n","value":{"a":{"b":{"c":{}}}}}"#.to_string()];
+        for _ in 0..30 {
+            ops.push(r#"{"op":"move","from":"/spec/n","path":"/spec/allowedUses/0"}"#.into());
+            ops.push(r#"{"op":"add","path":"/spec/n","value":{"a":{"b":{"c":{}}}}}"#.into());
+            ops.push(
+                r#"{"op":"move","from":"/spec/allowedUses/0","path":"/spec/n/a/b/c/d"}"#.into(),
+            );
+        }
+        let patch = format!("[{}]", ops.join(","));
+        let e = apply_patch(&doc(), &patch, PatchType::Json, LIMIT).expect_err("too deep");
+        assert!(
+            matches!(
+                e,
+                PatchError::TooDeep {
+                    limit: MAX_DEPTH,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+
+        let many = format!(
+            "[{}]",
+            vec![r#"{"op":"test","path":"/kind","value":"IPPool"}"#; MAX_PATCH_OPERATIONS + 1]
+                .join(",")
+        );
+        let e = apply_patch(&doc(), &many, PatchType::Json, LIMIT).expect_err("too many");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "a JSON patch may have at most {MAX_PATCH_OPERATIONS} operations; this one has {}",
+                MAX_PATCH_OPERATIONS + 1
+            )
+        );
     }
 }

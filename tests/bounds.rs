@@ -234,3 +234,92 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
         .await
         .expect("the client reconnects after an idle close");
 }
+
+/// The process's peak resident memory so far (kB), from /proc.
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_bomb_is_refused_before_it_grows() {
+    let c = Cluster::start().await;
+    let mut admin = c.admin().await;
+    admin
+        .create(proto::CreateRequest {
+            resource: Some(common::pool("bomb", "10.20.0.0/16")),
+        })
+        .await
+        .expect("create");
+    let before = c.etcd_dump().await;
+    let peak_before = peak_rss_kb();
+    // 2 KB of `copy` operations, each doubling the spec: 2^40 times its size if run.
+    let ops: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"op":"copy","from":"/spec","path":"/spec/c{i}"}}"#))
+        .collect();
+    let bomb = format!("[{}]", ops.join(","));
+    assert!(bomb.len() < 2100, "{}", bomb.len());
+    let err = admin
+        .patch(proto::PatchRequest {
+            kind: "IPPool".into(),
+            name: "bomb".into(),
+            r#type: proto::PatchType::Json as i32,
+            patch: bomb,
+            resource_version: String::new(),
+        })
+        .await
+        .expect_err("the bomb is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let limit = tern_controller::store::MAX_RESOURCE_BYTES;
+    assert!(
+        err.message().starts_with("patch: operation ")
+            && err.message().contains("(copy /spec/c")
+            && err
+                .message()
+                .ends_with(&format!("; the limit is {limit} bytes")),
+        "{}",
+        err.message()
+    );
+    let grown_mib = (peak_rss_kb().saturating_sub(peak_before)) / 1024;
+    assert!(
+        grown_mib < 64,
+        "the replica's peak memory grew by {grown_mib} MiB"
+    );
+    assert_eq!(
+        c.etcd_dump().await,
+        before,
+        "a refused patch changes nothing"
+    );
+
+    // A merge patch whose result is too large is refused the same way.
+    let big = format!(
+        r#"{{"metadata":{{"annotations":{{"a":"{}"}}}}}}"#,
+        "x".repeat(limit)
+    );
+    let err = admin
+        .patch(proto::PatchRequest {
+            kind: "IPPool".into(),
+            name: "bomb".into(),
+            r#type: proto::PatchType::Merge as i32,
+            patch: big,
+            resource_version: String::new(),
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .ends_with(&format!("; the limit is {limit} bytes")),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        c.etcd_dump().await,
+        before,
+        "a refused patch changes nothing"
+    );
+}

@@ -161,7 +161,8 @@ impl ResourceApi {
             // The patch sees the object as `get -o json` shows it.
             doc["metadata"]["resourceVersion"] =
                 serde_json::Value::String(current.mod_revision.to_string());
-            let patched = apply_patch(&doc, &req.patch, ty)
+            // The patched document is bounded like a request's, while it is being made.
+            let patched = apply_patch(&doc, &req.patch, ty, crate::store::MAX_RESOURCE_BYTES)
                 .map_err(|e| invalid_field(e.field(), e.reason()))?;
             let mut new = admit_value(patched)?;
             validate_update(&current.resource, &new).map_err(|e| invalid(&e.0))?;
