@@ -183,25 +183,7 @@ pub fn apply_patch(
             // A merge patch adds at most itself to the document: no blow-up to stop
             // on the way, only the result to check.
             json_patch::merge(&mut out, &p);
-            let m = measure(&out);
-            if m.len > max_bytes {
-                return Err(PatchError::TooLarge {
-                    index: None,
-                    op: "merge",
-                    path: String::new(),
-                    size: m.len,
-                    limit: max_bytes,
-                });
-            }
-            if m.depth > MAX_DEPTH {
-                return Err(PatchError::TooDeep {
-                    index: None,
-                    op: "merge",
-                    path: String::new(),
-                    depth: m.depth,
-                    limit: MAX_DEPTH,
-                });
-            }
+            within_bounds(measure(&out), max_bytes, None, "merge", "")?;
         }
         PatchType::Json => {
             let Value::Array(items) = p else {
@@ -231,25 +213,11 @@ pub fn apply_patch(
             let (mut size, mut depth) = (start.len, start.depth);
             for (index, op) in ops.iter().enumerate() {
                 let (next_size, next_depth) = bounds_after(&out, op, size, depth);
-                let path = pointer_text(op_path(op));
-                if next_size > max_bytes {
-                    return Err(PatchError::TooLarge {
-                        index: Some(index),
-                        op: op_name(op),
-                        path,
-                        size: next_size,
-                        limit: max_bytes,
-                    });
-                }
-                if next_depth > MAX_DEPTH {
-                    return Err(PatchError::TooDeep {
-                        index: Some(index),
-                        op: op_name(op),
-                        path,
-                        depth: next_depth,
-                        limit: MAX_DEPTH,
-                    });
-                }
+                let next = Measure {
+                    len: next_size,
+                    depth: next_depth,
+                };
+                within_bounds(next, max_bytes, Some(index), op_name(op), op_path(op))?;
                 // `patch_unsafe` leaves a half-patched document on error; we work on a
                 // copy, and it has no undo path that could panic.
                 json_patch::patch_unsafe(&mut out, std::slice::from_ref(op)).map_err(|mut e| {
@@ -271,6 +239,40 @@ pub fn apply_patch(
         }
     }
     Ok(out)
+}
+
+/// Refuse a document (or the one an operation would lead to) past a bound.
+fn within_bounds(
+    m: Measure,
+    max_bytes: usize,
+    index: Option<usize>,
+    op: &'static str,
+    path: &str,
+) -> Result<(), PatchError> {
+    let path = if index.is_some() {
+        pointer_text(path)
+    } else {
+        String::new()
+    };
+    if m.len > max_bytes {
+        return Err(PatchError::TooLarge {
+            index,
+            op,
+            path,
+            size: m.len,
+            limit: max_bytes,
+        });
+    }
+    if m.depth > MAX_DEPTH {
+        return Err(PatchError::TooDeep {
+            index,
+            op,
+            path,
+            depth: m.depth,
+            limit: MAX_DEPTH,
+        });
+    }
+    Ok(())
 }
 
 /// Size (compact JSON bytes) and nesting depth of a value; a scalar has depth 0.
