@@ -21,7 +21,8 @@
 mod filters;
 mod peers;
 mod plan;
-mod sha256;
+// Also the CNI plugin's digest of an attachment (its veth name).
+pub(crate) mod sha256;
 mod text;
 
 use std::net::Ipv4Addr;

@@ -19,7 +19,7 @@ const H0: [u32; 8] = [
 ];
 
 /// The SHA-256 digest of `data`.
-pub(super) fn digest(data: &[u8]) -> [u8; 32] {
+pub(crate) fn digest(data: &[u8]) -> [u8; 32] {
     // Padding: 0x80, zeros up to 56 mod 64, then the bit length as a big-endian u64.
     let mut msg = data.to_vec();
     let bit_len = (data.len() as u64).wrapping_mul(8);

@@ -1,0 +1,664 @@
+//! The CNI plugin `tern-cni`, driven as a runtime drives it: the `CNI_*` variables and
+//! the configuration on stdin, the binary run inside a host network namespace the test
+//! makes, against a real controller and etcd over mutual TLS with the node's own
+//! certificate. Every verb, every error path, "nothing left half-made", GC, chaining
+//! with the reference plugins (portmap, bandwidth, tuning), and podman with its CNI
+//! backend running a container on a tern network.
+//!
+//! ```text
+//!   controller (this process, 127.0.0.1:port) ◄── unix socket ◄── socat 127.0.0.1:5443
+//!                                                                  │ (host namespace)
+//!   tern-cni (in the host namespace) ──veth cali…── container namespaces
+//! ```
+//!
+//! The host namespace reaches the controller through a unix socket (a path is visible
+//! in every network namespace), so nothing is added to the machine's own namespace.
+//! Needs root, socat, iproute2, util-linux (nsenter), containernetworking-plugins,
+//! podman, runc and busybox-static (tests/run installs them), and the workspace's
+//! `tern-cni` binary next to the test's `ternctl` (`cargo nextest run --workspace`
+//! builds both).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use common::{Cluster, res};
+use serde_json::{Value, json};
+use tern::pki::Role;
+use tern::proto::{self, ipam_service_client::IpamServiceClient};
+use tern_testkit::netns::Netns;
+
+/// The workspace's `tern-cni`, next to this package's `ternctl`.
+fn plugin_path() -> anyhow::Result<PathBuf> {
+    let ternctl = PathBuf::from(env!("CARGO_BIN_EXE_ternctl"));
+    let p = ternctl.with_file_name("tern-cni");
+    ensure!(
+        p.exists(),
+        "{} is missing: build the workspace (`cargo build -p tern-agent`, or \
+         `cargo nextest run --workspace`)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// The controller as the host namespace sees it.
+const CONTROLLER: &str = "127.0.0.1:5443";
+const NODE: &str = "cni-node";
+
+/// A controller and etcd, a host namespace that reaches the controller, and the node's
+/// certificate.
+struct Host {
+    c: Cluster,
+    ns: Netns,
+    plugin: PathBuf,
+    conf_dir: tempfile::TempDir,
+    _forward: tokio::task::JoinHandle<()>,
+}
+
+/// Forward connections on a unix socket to the controller (in this namespace).
+async fn forward_unix(path: &Path, to: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(path).expect("bind the unix socket");
+    tokio::spawn(async move {
+        while let Ok((mut unix, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut tcp) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut unix, &mut tcp).await;
+                }
+            });
+        }
+    })
+}
+
+impl Host {
+    async fn start() -> anyhow::Result<Host> {
+        let c = Cluster::start().await;
+        let plugin = plugin_path()?;
+        let ns = Netns::new("cnihost")?;
+        let conf_dir = tempfile::tempdir()?;
+        let sock = conf_dir.path().join("controller.sock");
+        let forward = forward_unix(&sock, c.addr()).await;
+        // socat in the host namespace: 127.0.0.1:5443 -> the unix socket. It goes with
+        // the namespace.
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), "socat"])
+            .arg(format!(
+                "TCP-LISTEN:{},bind=127.0.0.1,fork,reuseaddr",
+                CONTROLLER.rsplit(':').next().unwrap_or("5443")
+            ))
+            .arg(format!("UNIX-CONNECT:{}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("socat (apt-get install socat)")?;
+        // The node the plugin acts for, a pool per family, and the node's certificate.
+        let mut admin = c.admin().await;
+        for r in [
+            format!("apiVersion: tern.dev/v1\nkind: Node\nmetadata: {{name: {NODE}}}\nspec: {{}}\n"),
+            "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: v4}\nspec: {cidr: 10.60.0.0/24, blockSize: 28, natOutgoing: true}\n".to_string(),
+            "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00:60::/120', blockSize: 124}\n".to_string(),
+            // A pool of one address, for exhaustion.
+            "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: tiny}\nspec: {cidr: 10.61.0.0/32, blockSize: 32}\n".to_string(),
+        ] {
+            admin
+                .create(proto::CreateRequest {
+                    resource: Some(res(&r)),
+                })
+                .await
+                .context("seed")?;
+        }
+        c.client_tls(&Role::Node(NODE.into()));
+        c.client_tls(&Role::Node("other-node".into()));
+        ns.sysctl("net.ipv4.ip_forward", "1")?;
+        // The host's own addresses (a node has some): the source of its pings.
+        // (A veth pair inside the namespace: this kernel has no dummy links.)
+        ns.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink-peer",
+        ])?;
+        ns.ip(&["link", "set", "uplink-peer", "up"])?;
+        ns.add_addr("uplink", "192.0.2.1/32")?;
+        ns.add_addr("uplink", "fd00:99::1/128")?;
+        // Proxy ARP answers for 169.254.1.1 only when the host routes it elsewhere: a
+        // node has a default route.
+        ns.ip(&["route", "add", "default", "dev", "uplink"])?;
+        ns.ip(&["-6", "route", "add", "default", "dev", "uplink"])?;
+        let h = Host {
+            c,
+            ns,
+            plugin,
+            conf_dir,
+            _forward: forward,
+        };
+        // The socat listener is up when STATUS answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = h.cni("STATUS", None, &h.conf("1.1.0", json!({})))?;
+            if r.ok() {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "STATUS never succeeded: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(h)
+    }
+
+    /// The network configuration, with `extra` keys laid over the defaults.
+    fn conf(&self, version: &str, extra: Value) -> Value {
+        self.conf_for(NODE, version, extra)
+    }
+
+    fn conf_for(&self, node_cert: &str, version: &str, extra: Value) -> Value {
+        let files = self.c.pki.files(&Role::Node(node_cert.into()));
+        let mut v = json!({
+            "cniVersion": version,
+            "name": "tern-test",
+            "type": "tern",
+            "nodeName": NODE,
+            "controllers": [CONTROLLER],
+            "tls": {
+                "ca": self.c.pki.ca_cert(),
+                "cert": files.cert,
+                "key": files.key,
+            },
+            "ipam": {"assign_ipv4": true, "assign_ipv6": true, "ipv4_pools": ["v4"]},
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+
+    /// Run the plugin in the host namespace with VERB and the attachment (container
+    /// id, ifname, netns path).
+    fn cni(
+        &self,
+        verb: &str,
+        att: Option<(&str, &str, &str)>,
+        conf: &Value,
+    ) -> anyhow::Result<Run> {
+        let mut env: Vec<(&str, String)> = vec![("CNI_COMMAND", verb.into())];
+        if let Some((id, ifname, netns)) = att {
+            env.push(("CNI_CONTAINERID", id.into()));
+            env.push(("CNI_IFNAME", ifname.into()));
+            if !netns.is_empty() {
+                env.push(("CNI_NETNS", netns.into()));
+            }
+        }
+        env.push(("CNI_PATH", "/usr/lib/cni".into()));
+        self.exec(&self.plugin, &env, &conf.to_string())
+    }
+
+    /// Run a plugin binary in the host namespace with exactly `env` and `stdin`.
+    fn exec(&self, bin: &Path, env: &[(&str, String)], stdin: &str) -> anyhow::Result<Run> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns.name()])
+            .arg(bin)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn ipam(&self) -> IpamServiceClient<tonic::transport::Channel> {
+        self.c.ipam(&Role::Admin).await
+    }
+
+    /// The handles of the node (all of them), as the controller has them.
+    async fn handles(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let r = self
+            .ipam()
+            .await
+            .list_handles(proto::ListHandlesRequest {
+                node: NODE.into(),
+                prefix: String::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.handles
+            .into_iter()
+            .map(|h| (h.handle, h.addresses))
+            .collect())
+    }
+
+    /// The `cali*` links of the host namespace.
+    fn host_veths(&self) -> anyhow::Result<BTreeSet<String>> {
+        let out = self.ns.ip(&["-br", "link"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("cali"))
+            .collect())
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("stdout is not JSON: {self:?}"))
+    }
+
+    /// Success; the result document (or Null when there is none).
+    fn expect_ok(&self, what: &str) -> anyhow::Result<Value> {
+        ensure!(self.ok(), "{what}: {self:?}");
+        if self.stdout.trim().is_empty() {
+            Ok(Value::Null)
+        } else {
+            self.json()
+        }
+    }
+
+    /// A CNI error with `code` whose text names `named`.
+    fn expect_err(&self, what: &str, code: u64, named: &str) -> anyhow::Result<Value> {
+        ensure!(!self.ok(), "{what}: succeeded: {self:?}");
+        let v = self.json()?;
+        ensure!(
+            v["code"] == code,
+            "{what}: code {} (want {code}): {v}",
+            v["code"]
+        );
+        let text = format!("{} {}", v["msg"], v["details"]);
+        ensure!(text.contains(named), "{what}: {text:?} names {named:?}");
+        ensure!(v["cniVersion"].is_string(), "{what}: cniVersion in {v}");
+        Ok(v)
+    }
+}
+
+fn addresses(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|i| i["address"].as_str())
+                .filter_map(|a| a.split('/').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_verb_and_error_path() -> anyhow::Result<()> {
+    let h = Host::start().await?;
+    let conf = h.conf("1.0.0", json!({}));
+
+    // VERSION.
+    let v = h
+        .cni("VERSION", None, &json!({"cniVersion": "1.0.0"}))?
+        .expect_ok("VERSION")?;
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+
+    // ADD: a dual-stack attachment.
+    let c1 = Netns::new("c1")?;
+    let c1_path = format!("/run/netns/{}", c1.name());
+    let att = ("c1-0123456789", "eth0", c1_path.as_str());
+    let result = h.cni("ADD", Some(att), &conf)?.expect_ok("ADD")?;
+    let addrs = addresses(&result);
+    ensure!(addrs.len() == 2, "one address per family: {result}");
+    ensure!(
+        addrs[0].to_string().starts_with("10.60.0.")
+            && addrs[1].to_string().starts_with("fd00:60::"),
+        "{addrs:?}"
+    );
+    assert_eq!(result["cniVersion"], "1.0.0");
+    assert_eq!(result["interfaces"][1]["name"], "eth0");
+    assert_eq!(result["interfaces"][1]["sandbox"], c1_path.as_str());
+    assert_eq!(result["ips"][0]["gateway"], "169.254.1.1");
+    assert_eq!(result["ips"][1]["gateway"], "fe80::ecee:eeff:feee:eeee");
+    let veth = result["interfaces"][0]["name"]
+        .as_str()
+        .context("host veth")?
+        .to_string();
+    ensure!(veth.starts_with("cali") && veth.len() == 15, "{veth}");
+    // The kernel: the host routes each address to the veth; the container has its
+    // addresses and default routes; traffic flows both ways in both families.
+    let routes = h.ns.ip(&["route", "show", "dev", &veth])?;
+    ensure!(routes.contains(&addrs[0].to_string()), "{routes}");
+    let routes6 = h.ns.ip(&["-6", "route", "show", "dev", &veth])?;
+    ensure!(routes6.contains(&addrs[1].to_string()), "{routes6}");
+    let inside = c1.ip(&["addr", "show", "dev", "eth0"])?;
+    ensure!(
+        inside.contains(&format!("{}/32", addrs[0]))
+            && inside.contains(&format!("{}/128", addrs[1])),
+        "{inside}"
+    );
+    let def = c1.ip(&["route", "show", "default"])?;
+    ensure!(def.contains("via 169.254.1.1 dev eth0"), "{def}");
+    h.ns.run("ping", &["-c", "1", "-W", "2", &addrs[0].to_string()])
+        .context("host -> container (IPv4)")?;
+    h.ns.run("ping", &["-c", "1", "-W", "2", &addrs[1].to_string()])
+        .context("host -> container (IPv6)")?;
+    // IPAM holds both under the attachment's handle.
+    let handles = h.handles().await?;
+    let handle = "cni/tern-test/c1-0123456789/eth0";
+    let held = handles
+        .iter()
+        .find(|(n, _)| n == handle)
+        .context("the handle")?;
+    let want: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    assert_eq!(held.1, want);
+
+    // CHECK with the result: fine.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result.clone();
+    let r = h.cni("CHECK", Some(att), &with_prev)?;
+    ensure!(r.ok() && r.stdout.trim().is_empty(), "CHECK: {r:?}");
+    // CHECK without prevResult: invalid configuration.
+    h.cni("CHECK", Some(att), &conf)?
+        .expect_err("CHECK without prevResult", 7, "prevResult")?;
+
+    // ADD again for the same attachment: refused, and nothing changes.
+    h.cni("ADD", Some(att), &conf)?
+        .expect_err("ADD twice", 100, "already exists")?;
+    ensure!(
+        h.host_veths()?.contains(&veth),
+        "the first ADD's veth stays"
+    );
+    assert_eq!(h.handles().await?, handles, "IPAM unchanged");
+    h.cni("CHECK", Some(att), &with_prev)?
+        .expect_ok("CHECK after a refused ADD")?;
+
+    // Drift: each found by CHECK (code 101) and named.
+    c1.ip(&["route", "del", "default"])?;
+    h.cni("CHECK", Some(att), &with_prev)?.expect_err(
+        "CHECK without the default route",
+        101,
+        "default route",
+    )?;
+    c1.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])?;
+    c1.ip(&["addr", "del", &format!("{}/128", addrs[1]), "dev", "eth0"])?;
+    h.cni("CHECK", Some(att), &with_prev)?.expect_err(
+        "CHECK without an address",
+        101,
+        &addrs[1].to_string(),
+    )?;
+    c1.ip(&[
+        "addr",
+        "add",
+        &format!("{}/128", addrs[1]),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    h.ns.ip(&["route", "del", &format!("{}/32", addrs[0])])?;
+    h.cni("CHECK", Some(att), &with_prev)?.expect_err(
+        "CHECK without the host route",
+        101,
+        "no route",
+    )?;
+    h.ns.ip(&["route", "add", &format!("{}/32", addrs[0]), "dev", &veth])?;
+    h.cni("CHECK", Some(att), &with_prev)?
+        .expect_ok("CHECK repaired")?;
+    h.ipam()
+        .await
+        .release_address(proto::ReleaseAddressRequest {
+            node: NODE.into(),
+            handle: handle.into(),
+        })
+        .await?;
+    h.cni("CHECK", Some(att), &with_prev)?.expect_err(
+        "CHECK after IPAM lost the address",
+        101,
+        "IPAM no longer holds",
+    )?;
+
+    // DEL: the veth and the handle go; again is fine, and so is a DEL without the
+    // namespace.
+    h.cni("DEL", Some(att), &conf)?.expect_ok("DEL")?;
+    ensure!(!h.host_veths()?.contains(&veth), "veth removed");
+    ensure!(
+        !h.handles().await?.iter().any(|(n, _)| n == handle),
+        "handle released"
+    );
+    h.cni("DEL", Some(att), &conf)?.expect_ok("DEL again")?;
+    h.cni("DEL", Some(("c1-0123456789", "eth0", "")), &conf)?
+        .expect_ok("DEL without CNI_NETNS")?;
+
+    // Errors of the environment and the configuration: the code, the thing named.
+    let netns_of = |n: &Netns| format!("/run/netns/{}", n.name());
+    let c2 = Netns::new("c2")?;
+    let c2_path = netns_of(&c2);
+    let a2 = ("c2", "eth0", c2_path.as_str());
+    for (missing, vars) in [
+        ("CNI_CONTAINERID", ("", "eth0", c2_path.as_str())),
+        ("CNI_IFNAME", ("c2", "", c2_path.as_str())),
+        ("CNI_NETNS", ("c2", "eth0", "")),
+    ] {
+        h.cni("ADD", Some(vars), &conf)?.expect_err(
+            &format!("ADD without {missing}"),
+            4,
+            missing,
+        )?;
+    }
+    h.cni("BOGUS", Some(a2), &conf)?
+        .expect_err("unknown verb", 4, "CNI_COMMAND")?;
+    let r = h.exec(&h.plugin, &[("CNI_COMMAND", "ADD".into())], "{not json")?;
+    r.expect_err("bad JSON", 4, "CNI_CONTAINERID")?;
+    let r = h.exec(
+        &h.plugin,
+        &[
+            ("CNI_COMMAND", "ADD".into()),
+            ("CNI_CONTAINERID", "c2".into()),
+            ("CNI_IFNAME", "eth0".into()),
+            ("CNI_NETNS", c2_path.clone()),
+        ],
+        "{not json",
+    )?;
+    r.expect_err("bad JSON", 6, "")?;
+    h.cni("ADD", Some(a2), &h.conf("1.0.0", json!({"bridge": "cni0"})))?
+        .expect_err("unknown key", 2, "bridge")?;
+    h.cni("ADD", Some(a2), &h.conf("0.4.0", json!({})))?
+        .expect_err("old version", 1, "0.4.0")?;
+    h.cni(
+        "GC",
+        None,
+        &h.conf("1.0.0", json!({"cni.dev/valid-attachments": []})),
+    )?
+    .expect_err("GC with a 1.0.0 configuration", 1, "1.1.0")?;
+    h.cni("ADD", Some(("c2", "eth0", "/run/netns/no-such-ns")), &conf)?
+        .expect_err("a namespace that does not exist", 3, "no-such-ns")?;
+    let missing_cert = h.conf("1.0.0", json!({"tls": {"ca": "/nonexistent/ca.pem"}}));
+    h.cni("ADD", Some(a2), &missing_cert)?.expect_err(
+        "unreadable certificate",
+        7,
+        "/nonexistent/ca.pem",
+    )?;
+
+    // Failures after the start leave nothing behind: no veth, no handle.
+    let before = (h.host_veths()?, h.handles().await?);
+    let unreachable = h.conf(
+        "1.0.0",
+        json!({"controllers": ["127.0.0.1:1"], "timeoutSeconds": 2}),
+    );
+    h.cni("ADD", Some(a2), &unreachable)?
+        .expect_err("controller down", 11, "127.0.0.1:1")?;
+    let exhausted = h.conf("1.0.0", json!({"ipam": {"ipv4_pools": ["tiny"]}}));
+    // The pool's only address goes to c3, then c2 finds none.
+    let c3 = Netns::new("c3")?;
+    let c3_path = netns_of(&c3);
+    let a3 = ("c3", "eth0", c3_path.as_str());
+    let r3 = h
+        .cni("ADD", Some(a3), &exhausted)?
+        .expect_ok("ADD from tiny")?;
+    assert_eq!(addresses(&r3), vec!["10.61.0.0".parse::<IpAddr>()?]);
+    let mid = (h.host_veths()?, h.handles().await?);
+    h.cni("ADD", Some(a2), &exhausted)?
+        .expect_err("pool exhausted", 103, "tiny")?;
+    // Dual stack where IPv6 fails after IPv4 was assigned: both undone.
+    let no_v6 = h.conf(
+        "1.0.0",
+        json!({"ipam": {"assign_ipv6": true, "ipv6_pools": ["v4"]}}),
+    );
+    h.cni("ADD", Some(a2), &no_v6)?
+        .expect_err("IPv6 from an IPv4 pool", 103, "IPv6")?;
+    // Another node's name with this node's certificate: refused by the controller.
+    let foreign = h.conf("1.0.0", json!({"nodeName": "other-node"}));
+    h.cni("ADD", Some(a2), &foreign)?
+        .expect_err("another node", 103, "PermissionDenied")?;
+    ensure!(
+        (h.host_veths()?, h.handles().await?) == mid,
+        "failed ADDs left something behind"
+    );
+    h.cni("DEL", Some(a3), &exhausted)?.expect_ok("DEL c3")?;
+    ensure!(
+        (h.host_veths()?, h.handles().await?) == before,
+        "back to where we were"
+    );
+
+    // STATUS: fine, or 50 naming the controller.
+    h.cni("STATUS", None, &h.conf("1.1.0", json!({})))?
+        .expect_ok("STATUS")?;
+    h.cni(
+        "STATUS",
+        None,
+        &h.conf(
+            "1.1.0",
+            json!({"controllers": ["127.0.0.1:1"], "timeoutSeconds": 1}),
+        ),
+    )?
+    .expect_err("STATUS, controller down", 50, "127.0.0.1:1")?;
+
+    // GC: attachments the runtime no longer lists are released (veth and handle);
+    // listed ones and handles that are not this network's are kept.
+    let c4 = Netns::new("c4")?;
+    let c4_path = netns_of(&c4);
+    let conf11 = h.conf("1.1.0", json!({"mtu": 1400}));
+    let r2 = h.cni("ADD", Some(a2), &conf11)?.expect_ok("ADD c2")?;
+    assert_eq!(
+        r2["interfaces"][1]["mtu"], 1400,
+        "1.1 results carry the MTU"
+    );
+    let r4 = h
+        .cni("ADD", Some(("c4", "eth0", c4_path.as_str())), &conf11)?
+        .expect_ok("ADD c4")?;
+    let veth4 = r4["interfaces"][0]["name"]
+        .as_str()
+        .context("veth")?
+        .to_string();
+    h.ipam()
+        .await
+        .assign_address(proto::AssignAddressRequest {
+            node: NODE.into(),
+            handle: "somebody-else".into(),
+            family: 4,
+            pool: String::new(),
+        })
+        .await?;
+    let mut gc = h.conf("1.1.0", json!({}));
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c2", "ifname": "eth0"}]);
+    h.cni("GC", None, &gc)?.expect_ok("GC")?;
+    let left: BTreeSet<String> = h.handles().await?.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        left,
+        BTreeSet::from([
+            "cni/tern-test/c2/eth0".to_string(),
+            "somebody-else".to_string()
+        ])
+    );
+    ensure!(
+        !h.host_veths()?.contains(&veth4),
+        "GC removed the stale veth"
+    );
+    let r = h.cni("DEL", Some(a2), &conf11)?;
+    r.expect_ok("DEL c2")?;
+    ensure!(
+        h.host_veths()?.is_empty(),
+        "no veth left: {:?}",
+        h.host_veths()?
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_adds_never_share_an_address() -> anyhow::Result<()> {
+    let h = Host::start().await?;
+    let conf = h.conf("1.0.0", json!({"ipam": {"ipv4_pools": ["v4"]}}));
+    let nss: Vec<Netns> = (0..8)
+        .map(|i| Netns::new(&format!("p{i}")))
+        .collect::<Result<_, _>>()?;
+    let results: Vec<anyhow::Result<Value>> = std::thread::scope(|s| {
+        let hs = &h;
+        let conf = &conf;
+        let joins: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                s.spawn(move || {
+                    let path = format!("/run/netns/{}", n.name());
+                    hs.cni("ADD", Some((&format!("par{i}"), "eth0", &path)), conf)?
+                        .expect_ok("parallel ADD")
+                })
+            })
+            .collect();
+        joins
+            .into_iter()
+            .map(|j| j.join().unwrap_or_else(|_| bail!("thread panicked")))
+            .collect()
+    });
+    let mut all = BTreeSet::new();
+    for r in results {
+        for a in addresses(&r?) {
+            ensure!(all.insert(a), "{a} given twice");
+        }
+    }
+    assert_eq!(all.len(), 8);
+    for i in 0..8 {
+        h.cni("DEL", Some((&format!("par{i}"), "eth0", "")), &conf)?
+            .expect_ok("DEL")?;
+    }
+    ensure!(h.handles().await?.is_empty(), "every address released");
+    Ok(())
+}
