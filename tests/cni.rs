@@ -34,6 +34,11 @@ use tern::pki::Role;
 use tern::proto::{self, ipam_service_client::IpamServiceClient};
 use tern_testkit::netns::Netns;
 
+#[test]
+fn netns_helper() {
+    tern_testkit::netns::helper_entry();
+}
+
 /// The workspace's `tern-cni`, next to this package's `ternctl`.
 fn plugin_path() -> anyhow::Result<PathBuf> {
     let ternctl = PathBuf::from(env!("CARGO_BIN_EXE_ternctl"));
@@ -660,5 +665,403 @@ async fn parallel_adds_never_share_an_address() -> anyhow::Result<()> {
             .expect_ok("DEL")?;
     }
     ensure!(h.handles().await?.is_empty(), "every address released");
+    Ok(())
+}
+
+/// tern first in a chain with Debian's reference plugins, as libcni runs a conflist:
+/// each plugin gets the previous result as `prevResult`; CHECK and DEL (in reverse)
+/// go through all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_with_portmap_bandwidth_and_tuning() -> anyhow::Result<()> {
+    let h = Host::start().await?;
+    let c = Netns::new("chain")?;
+    let path = format!("/run/netns/{}", c.name());
+    let att = ("chain-1", "eth0", path.as_str());
+    let plugins = [
+        h.conf("1.0.0", json!({})),
+        json!({"type": "portmap", "capabilities": {"portMappings": true},
+               "runtimeConfig": {"portMappings": [
+                   {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}),
+        // Ingress only: egress shaping needs the ifb module.
+        json!({"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 80_000}),
+        json!({"type": "tuning", "mtu": 1300, "sysctl": {"net.core.somaxconn": "512"}}),
+    ];
+    let with_common = |p: &Value, prev: Option<&Value>| {
+        let mut p = p.clone();
+        p["cniVersion"] = json!("1.0.0");
+        p["name"] = json!("tern-test");
+        if let Some(prev) = prev {
+            p["prevResult"] = prev.clone();
+        }
+        p
+    };
+    let run = |verb: &str, p: &Value, prev: Option<&Value>| -> anyhow::Result<Run> {
+        let ty = p["type"].as_str().context("type")?.to_string();
+        let conf = with_common(p, prev);
+        if ty == "tern" {
+            return h.cni(verb, Some(att), &conf);
+        }
+        let env = vec![
+            ("CNI_COMMAND", verb.to_string()),
+            ("CNI_CONTAINERID", att.0.to_string()),
+            ("CNI_IFNAME", att.1.to_string()),
+            ("CNI_NETNS", att.2.to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+        ];
+        h.exec(
+            &Path::new("/usr/lib/cni").join(&ty),
+            &env,
+            &conf.to_string(),
+        )
+    };
+    let mut result: Option<Value> = None;
+    for p in &plugins {
+        let r = run("ADD", p, result.as_ref())?;
+        result = Some(r.expect_ok(&format!("ADD {}", p["type"]))?);
+    }
+    let result = result.context("a result")?;
+    let addr = addresses(&result).first().copied().context("an address")?;
+    // The chain's result is tern's, passed through.
+    assert_eq!(result["interfaces"][1]["name"], "eth0");
+    let veth = result["interfaces"][0]["name"]
+        .as_str()
+        .context("veth")?
+        .to_string();
+
+    // portmap: the host's port 8080 reaches the container's port 80.
+    c.serve_tcp(std::net::SocketAddr::new(addr, 80))?;
+    let seen =
+        h.ns.tcp_probe(std::net::SocketAddr::new("192.0.2.1".parse()?, 8080))
+            .context("host:8080 -> container:80 through portmap")?;
+    eprintln!("through portmap the container saw {seen}");
+    // bandwidth: a token bucket on the host veth.
+    let qdisc = h.ns.run("tc", &["qdisc", "show", "dev", &veth])?;
+    ensure!(qdisc.contains("tbf"), "bandwidth shapes {veth}: {qdisc}");
+    // tuning: the container's MTU and sysctl.
+    let link = c.ip(&["link", "show", "dev", "eth0"])?;
+    ensure!(link.contains("mtu 1300"), "{link}");
+    let somaxconn = c.run("cat", &["/proc/sys/net/core/somaxconn"])?;
+    assert_eq!(somaxconn.trim(), "512");
+
+    // CHECK through the chain (tern allows the later plugins' changes). Debian 12's
+    // portmap fails its own CHECK (it looks for its IPv4 rules among the IPv6 ones:
+    // containernetworking/plugins#819), so it is left out.
+    for p in plugins.iter().filter(|p| p["type"] != "portmap") {
+        run("CHECK", p, Some(&result))?.expect_ok(&format!("CHECK {}", p["type"]))?;
+    }
+    // DEL in reverse: every plugin's leftovers go.
+    for p in plugins.iter().rev() {
+        run("DEL", p, Some(&result))?.expect_ok(&format!("DEL {}", p["type"]))?;
+    }
+    ensure!(h.host_veths()?.is_empty(), "veth removed");
+    let nat = h.ns.run("iptables-save", &["-t", "nat"])?;
+    ensure!(
+        !nat.contains(&addr.to_string()),
+        "portmap's rules removed: {nat}"
+    );
+    ensure!(h.handles().await?.is_empty(), "address released");
+    Ok(())
+}
+
+/// Podman (Debian 12's 4.3, CNI backend) in the test's host namespace, with its own
+/// storage, configuration and image, removed at the end.
+struct Podman<'a> {
+    h: &'a Host,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Podman<'a> {
+    /// The conflist `tern` (tern alone), a plugin directory holding `tern`, a
+    /// containers.conf selecting the CNI backend, and an image imported from a tarball
+    /// of busybox and its links (there is no registry to pull from).
+    fn new(h: &'a Host) -> anyhow::Result<Podman<'a>> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().to_path_buf();
+        for sub in ["cni-bin", "cni-conf", "root", "runroot", "tmp", "image/bin"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        std::os::unix::fs::symlink(&h.plugin, d.join("cni-bin/tern"))?;
+        let mut plugin = h.conf("1.0.0", json!({}));
+        let obj = plugin.as_object_mut().context("object")?;
+        obj.remove("cniVersion");
+        obj.remove("name");
+        let conflist = json!({"cniVersion": "1.0.0", "name": "tern", "plugins": [plugin]});
+        std::fs::write(d.join("cni-conf/tern.conflist"), conflist.to_string())?;
+        std::fs::write(
+            d.join("containers.conf"),
+            format!(
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{bin}\", \"/usr/lib/cni\"]\n\
+                 network_config_dir = \"{conf}\"\n[engine]\nruntime = \"runc\"\n\
+                 cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{events}\"\ntmp_dir = \"{tmp}\"\n",
+                bin = d.join("cni-bin").display(),
+                conf = d.join("cni-conf").display(),
+                events = d.join("events.log").display(),
+                tmp = d.join("tmp").display(),
+            ),
+        )?;
+        std::fs::copy("/bin/busybox", d.join("image/bin/busybox")).context("busybox-static")?;
+        let applets = Command::new("/bin/busybox").arg("--list").output()?;
+        for a in String::from_utf8_lossy(&applets.stdout).lines() {
+            if a != "busybox" {
+                std::os::unix::fs::symlink("busybox", d.join("image/bin").join(a))?;
+            }
+        }
+        let p = Podman { h, dir };
+        let tar = d.join("busybox.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(d.join("image"))
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()?;
+        ensure!(out.status.success(), "tar: {out:?}");
+        p.run(&[
+            "import",
+            &tar.display().to_string(),
+            "localhost/tern-busybox",
+        ])?;
+        Ok(p)
+    }
+
+    /// `podman ARGS` in the host namespace (only the network namespace changes, so
+    /// podman's mounts are the machine's and every call sees the same containers).
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let d = self.dir.path();
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.h.ns.name()))
+            .arg("podman")
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "podman {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `podman run -d --network tern NAME CMD...`: the container id.
+    fn start(&self, name: &str, cmd: &[&str]) -> anyhow::Result<String> {
+        // crun fails on this kernel's cgroups: runc and cgroupfs (containers.conf).
+        // `--ulimit host` asks runc for nofile=1048576, which a host without
+        // CAP_SYS_RESOURCE refuses: fixed limits below the hard ones instead.
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "tern",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "localhost/tern-busybox",
+        ];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    fn address(&self, name: &str) -> anyhow::Result<IpAddr> {
+        let v: Value = serde_json::from_str(&self.run(&[
+            "inspect",
+            name,
+            "--format",
+            "{{json .NetworkSettings.Networks}}",
+        ])?)?;
+        let a = v["tern"]["IPAddress"].as_str().unwrap_or_default();
+        a.parse().with_context(|| {
+            let state = self.run(&["ps", "-a"]).unwrap_or_default();
+            let logs = self.run(&["logs", name]).unwrap_or_default();
+            format!("{name}'s address in {v}; podman ps -a:\n{state}\nlogs: {logs}")
+        })
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.run(&["rm", "-af", "-t", "0"]) {
+            eprintln!("podman cleanup: {e:#}");
+        }
+        // A failed test can leave a container's mounts: none may outlive the test.
+        let dir = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&dir) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
+
+/// `ternctl ipam show`: the addresses in use of pool `cidr`.
+fn in_use(h: &Host, cidr: &str) -> anyhow::Result<u64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_ternctl"))
+        .args(["ipam", "show"])
+        .envs(h.c.ternctl_env(&Role::Admin))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" {cidr} ")))
+        .with_context(|| format!("ipam show has {cidr}:\n{text}"))?;
+    // "... | IN USE (x%) |": the number before the percentage.
+    let n = line
+        .split('|')
+        .filter_map(|f| {
+            f.trim()
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+                .filter(|_| f.contains('('))
+        })
+        .next()
+        .with_context(|| format!("in-use count in {line:?}"))?;
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_runs_containers_on_a_tern_network() -> anyhow::Result<()> {
+    let h = Host::start().await?;
+    let p = Podman::new(&h)?;
+    let base = in_use(&h, "10.60.0.0/24")?;
+
+    // A container on the tern network: a tern IPAM address, a web server the host
+    // reaches.
+    let id = p.start(
+        "web",
+        &["sh", "-c", "mkdir -p /www && echo hello from tern > /www/index.html && exec httpd -f -p 8080 -h /www"],
+    )?;
+    let addr = p.address("web")?;
+    ensure!(
+        addr.to_string().starts_with("10.60.0."),
+        "{addr} from pool v4"
+    );
+    let handle = format!("cni/tern/{id}/eth0");
+    let handles = h.handles().await?;
+    ensure!(
+        handles
+            .iter()
+            .any(|(n, a)| n == &handle && a.contains(&addr.to_string())),
+        "IPAM holds {addr} under {handle}: {handles:?}"
+    );
+    assert_eq!(
+        in_use(&h, "10.60.0.0/24")?,
+        base + 1,
+        "ternctl ipam show counts it"
+    );
+    let get = format!(
+        "exec 3<>/dev/tcp/{addr}/8080 && printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let mut got = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..50 {
+        got = h.ns.run("timeout", &["3", "bash", "-c", &get]);
+        if got.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let page = got.with_context(|| {
+        format!(
+            "the host reaches the container: podman ps -a:\n{}\nlogs: {}\nroutes: {}",
+            p.run(&["ps", "-a"]).unwrap_or_default(),
+            p.run(&["logs", "web"]).unwrap_or_default(),
+            h.ns.ip(&["route"]).unwrap_or_default()
+        )
+    })?;
+    ensure!(page.contains("hello from tern"), "{page}");
+
+    // podman rm releases the address.
+    p.run(&["rm", "-f", "-t", "0", "web"])?;
+    ensure!(
+        !h.handles().await?.iter().any(|(n, _)| n == &handle),
+        "released on rm"
+    );
+    assert_eq!(
+        in_use(&h, "10.60.0.0/24")?,
+        base,
+        "ternctl ipam show counts the release"
+    );
+    ensure!(h.host_veths()?.is_empty(), "veth removed");
+
+    // An unclean stop, as a crashed host has one: the containers' processes and
+    // network namespaces gone and podman's run-time state lost, so no DEL was ever
+    // made. Their addresses leak until GC, given what the runtime runs after the
+    // restart, releases them.
+    let before_crash = [
+        p.start("keep", &["sleep", "600"])?,
+        p.start("leak", &["sleep", "600"])?,
+    ];
+    for name in ["keep", "leak"] {
+        let st = p.run(&[
+            "inspect",
+            name,
+            "--format",
+            "{{.State.ConmonPid}} {{.State.Pid}} {{.NetworkSettings.SandboxKey}}",
+        ])?;
+        let f: Vec<&str> = st.split_whitespace().collect();
+        ensure!(f.len() == 3, "inspect {name}: {st:?}");
+        for pid in &f[..2] {
+            Command::new("kill").args(["-9", pid]).status()?;
+        }
+        let ns = Path::new(f[2]).file_name().context("netns name")?;
+        Command::new("ip")
+            .arg("netns")
+            .arg("del")
+            .arg(ns)
+            .status()?;
+    }
+    // What a reboot also takes: the containers' /dev/shm mounts.
+    for id in &before_crash {
+        let shm = p
+            .dir
+            .path()
+            .join(format!("root/vfs-containers/{id}/userdata/shm"));
+        Command::new("umount").arg("-l").arg(&shm).status()?;
+    }
+    for dir in ["runroot", "tmp"] {
+        let d = p.dir.path().join(dir);
+        std::fs::remove_dir_all(&d)?;
+        std::fs::create_dir(&d)?;
+    }
+    let leaked: BTreeSet<String> = before_crash
+        .iter()
+        .map(|id| format!("cni/tern/{id}/eth0"))
+        .collect();
+    let held: BTreeSet<String> = h.handles().await?.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        held, leaked,
+        "the crashed containers still hold their addresses"
+    );
+    // After the restart podman runs a new container, and GC is given its list.
+    let fresh = p.start("fresh", &["sleep", "600"])?;
+    let running = p.run(&["ps", "--no-trunc", "--format", "{{.ID}}"])?;
+    assert_eq!(running, fresh, "only the new container runs");
+    let mut gc = h.conf("1.1.0", json!({}));
+    gc["name"] = json!("tern");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": fresh, "ifname": "eth0"}]);
+    h.cni("GC", None, &gc)?.expect_ok("GC")?;
+    let left: Vec<String> = h.handles().await?.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        left,
+        vec![format!("cni/tern/{fresh}/eth0")],
+        "GC released the leak"
+    );
+    assert_eq!(in_use(&h, "10.60.0.0/24")?, base + 1);
+    // podman's own cleanup later (a DEL finding nothing left) is fine.
+    p.run(&["rm", "-f", "-t", "0", "leak", "keep", "fresh"])?;
+    ensure!(h.handles().await?.is_empty(), "all released");
+    ensure!(h.host_veths()?.is_empty(), "no veth left");
     Ok(())
 }
