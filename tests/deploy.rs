@@ -677,7 +677,7 @@ fn every_variable_mentioned_under_deploy_exists() -> anyhow::Result<()> {
 #[test]
 fn the_container_image_builds_both_binaries_with_the_agents_tools() -> anyhow::Result<()> {
     let c = read(&deploy("Containerfile"))?;
-    for bin in ["tern-controller", "tern-agent", "ternctl"] {
+    for bin in ["tern-controller", "tern-agent", "ternctl", "tern-cni"] {
         ensure!(
             c.contains(&format!("target/release/{bin}")),
             "Containerfile ships {bin}"
@@ -709,6 +709,29 @@ fn the_container_image_builds_both_binaries_with_the_agents_tools() -> anyhow::R
         ignore.lines().any(|l| l.trim() == "target"),
         "the build context leaves target/ out"
     );
+    Ok(())
+}
+
+/// The example conflist: every `tern` plugin in it is a configuration the plugin
+/// accepts (with what a runtime adds: the list's version and name).
+#[test]
+fn the_example_conflist_is_one_the_plugin_accepts() -> anyhow::Result<()> {
+    for f in files("cni", ".conflist")? {
+        let list: serde_json::Value = serde_json::from_str(&read(&f)?)?;
+        let plugins = list["plugins"].as_array().context("plugins")?;
+        let mut terns = 0;
+        for p in plugins {
+            let mut p = p.clone();
+            p["cniVersion"] = list["cniVersion"].clone();
+            p["name"] = list["name"].clone();
+            if p["type"] == "tern" {
+                tern_agent::cni::spec::parse_conf(p.to_string().as_bytes())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                terns += 1;
+            }
+        }
+        ensure!(terns == 1, "{}: one tern plugin", f.display());
+    }
     Ok(())
 }
 
