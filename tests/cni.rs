@@ -62,7 +62,7 @@ struct Host {
     c: Cluster,
     ns: Netns,
     plugin: PathBuf,
-    conf_dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     _forward: tokio::task::JoinHandle<()>,
 }
 
@@ -144,7 +144,7 @@ impl Host {
             c,
             ns,
             plugin,
-            conf_dir,
+            _dir: conf_dir,
             _forward: forward,
         };
         // The socat listener is up when STATUS answers.
@@ -285,7 +285,12 @@ impl Run {
     }
 
     fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_str(&self.stdout).with_context(|| format!("stdout is not JSON: {self:?}"))
+        serde_json::from_str(&self.stdout).with_context(|| {
+            format!(
+                "stdout is not JSON: {:?} (stderr: {})",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Success; the result document (or Null when there is none).
