@@ -5,6 +5,8 @@
 //! validation ([`validate`]), manifests ([`manifest`]), a node's view of the intent
 //! ([`view`]) and the generated gRPC types ([`proto`]).
 
+pub mod addr;
+pub mod backoff;
 pub mod client;
 pub mod logging;
 pub mod manifest;

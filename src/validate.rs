@@ -190,7 +190,7 @@ pub fn check_pool_overlap<'a>(
         if other.metadata.name == pool.metadata.name {
             continue;
         }
-        if overlaps(&net, &other.spec.cidr.net().trunc()) {
+        if crate::addr::overlaps(&net, &other.spec.cidr.net().trunc()) {
             return Err(FieldError::new(
                 "spec.cidr",
                 format!(
@@ -207,12 +207,6 @@ pub fn check_pool_overlap<'a>(
 
 // ---------------------------------------------------------------------------------
 // Shared checks
-
-/// Two networks overlap when one contains the other (networks of different families
-/// never overlap).
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(b) || b.contains(a)
-}
 
 fn link_local(family: Family) -> IpNet {
     match family {

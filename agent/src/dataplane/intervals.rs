@@ -1,4 +1,5 @@
-//! Address intervals: the canonical form of an nftables interval set's elements.
+//! Address intervals: the canonical form of an nftables interval set's elements (the
+//! arithmetic itself is `tern::addr`, shared with validation and IPAM).
 //!
 //! Pools may nest or touch (a disabled pool inside another, two adjacent /16s); an
 //! nftables interval set without auto-merge refuses overlapping elements, and one with
@@ -9,98 +10,11 @@
 //! sets, and the same addresses may be in two sets (a pool nested in a pool of the other
 //! set).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
-use tern::model::Family;
-
-/// An inclusive range of addresses of one family (IPv4 in the low 32 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Interval {
-    pub lo: u128,
-    pub hi: u128,
-}
-
-fn max_of(family: Family) -> u128 {
-    match family {
-        Family::V4 => u128::from(u32::MAX),
-        Family::V6 => u128::MAX,
-    }
-}
-
-fn to_u128(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-fn to_addr(family: Family, v: u128) -> IpAddr {
-    match family {
-        // Values of an IPv4 interval never exceed u32::MAX (see max_of).
-        Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX))),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
-    }
-}
-
-impl Interval {
-    pub fn of_net(net: &IpNet) -> Interval {
-        let net = net.trunc();
-        Interval {
-            lo: to_u128(net.network()),
-            hi: to_u128(net.broadcast()),
-        }
-    }
-
-    pub fn of_addr(a: IpAddr) -> Interval {
-        let v = to_u128(a);
-        Interval { lo: v, hi: v }
-    }
-
-    /// The prefix length when the range is exactly one CIDR.
-    fn prefix_len(&self, family: Family) -> Option<u8> {
-        let bits = u32::from(family.max_prefix());
-        let max = max_of(family);
-        if self.lo > self.hi || self.hi > max {
-            return None;
-        }
-        if self.lo == 0 && self.hi == max {
-            return Some(0);
-        }
-        let size = self.hi - self.lo + 1;
-        if !size.is_power_of_two() || !self.lo.is_multiple_of(size) {
-            return None;
-        }
-        let host_bits = size.trailing_zeros();
-        u8::try_from(bits - host_bits).ok()
-    }
-
-    /// nft notation: `10.0.0.1`, `10.0.0.0/16` or `10.0.0.0-10.0.2.255`.
-    pub fn render(&self, family: Family) -> String {
-        let lo = to_addr(family, self.lo);
-        match self.prefix_len(family) {
-            Some(len) if len == family.max_prefix() => lo.to_string(),
-            Some(len) => format!("{lo}/{len}"),
-            None => format!("{lo}-{}", to_addr(family, self.hi)),
-        }
-    }
-}
-
-/// Sort and merge overlapping or adjacent intervals.
-pub(crate) fn canonical(items: impl IntoIterator<Item = Interval>) -> Vec<Interval> {
-    let mut v: Vec<Interval> = items.into_iter().collect();
-    v.sort();
-    let mut out: Vec<Interval> = Vec::with_capacity(v.len());
-    for iv in v {
-        match out.last_mut() {
-            Some(last) if iv.lo <= last.hi.saturating_add(1) => {
-                last.hi = last.hi.max(iv.hi);
-            }
-            _ => out.push(iv),
-        }
-    }
-    out
-}
+use tern::addr::ordinal;
+pub(crate) use tern::addr::{Interval, canonical};
 
 pub(crate) fn of_nets<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Vec<Interval> {
     canonical(nets.into_iter().map(Interval::of_net))
@@ -130,8 +44,8 @@ pub(crate) fn parse_json_elem(v: &serde_json::Value) -> Option<Interval> {
                     return None;
                 }
                 Some(Interval {
-                    lo: to_u128(lo),
-                    hi: to_u128(hi),
+                    lo: ordinal(lo),
+                    hi: ordinal(hi),
                 })
             } else if let Some(e) = m.get("elem") {
                 parse_json_elem(e.get("val")?)
@@ -146,38 +60,10 @@ pub(crate) fn parse_json_elem(v: &serde_json::Value) -> Option<Interval> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern::model::Family;
 
     fn iv(s: &str) -> Interval {
         Interval::of_net(&s.parse().expect("net"))
-    }
-
-    #[test]
-    fn merges_nested_and_adjacent() {
-        let c = canonical([
-            iv("10.1.0.0/16"),
-            iv("10.0.0.0/16"),
-            iv("10.0.5.0/24"),
-            iv("10.9.0.0/16"),
-        ]);
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0].render(Family::V4), "10.0.0.0/15");
-        assert_eq!(c[1].render(Family::V4), "10.9.0.0/16");
-        let c = canonical([iv("10.1.0.0/16"), iv("10.2.0.0/16")]);
-        assert_eq!(c[0].render(Family::V4), "10.1.0.0-10.2.255.255");
-    }
-
-    #[test]
-    fn renders_edges() {
-        assert_eq!(iv("0.0.0.0/0").render(Family::V4), "0.0.0.0/0");
-        assert_eq!(iv("::/0").render(Family::V6), "::/0");
-        assert_eq!(iv("10.0.0.1/32").render(Family::V4), "10.0.0.1");
-        assert_eq!(iv("fd00::/48").render(Family::V6), "fd00::/48");
-        assert_eq!(
-            iv("255.255.255.255/32").render(Family::V4),
-            "255.255.255.255"
-        );
-        let c = canonical([iv("ffff::/16"), iv("::/1")]);
-        assert_eq!(c.len(), 2);
     }
 
     #[test]
