@@ -591,8 +591,8 @@ async fn nothing_before_the_first_sync_and_fail_static_after() {
     );
 }
 
-/// etcd restarts under a running controller: its watch is re-established from a fresh
-/// list, and the agents' streams stay up (no reconnect, no snapshot).
+/// etcd restarts under a running controller: its watch is re-established from the
+/// cache's revision, and the agents' streams stay up (no reconnect, no snapshot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_watch_is_relisted_without_dropping_agent_streams() {
     let mut c = Cluster::start().await;
@@ -601,14 +601,14 @@ async fn a_lost_watch_is_relisted_without_dropping_agent_streams() {
     let r = patch_nat(&c, "a", true).await;
     assert!(agent.wait_applied(r, Duration::from_secs(10)).await);
     let snapshots = c.controllers[0].metrics().sync_snapshots.get();
-    let relists = c.controllers[0].metrics().cache_relists.get();
+    let resumes = c.controllers[0].metrics().cache_watch_resumes.get();
     c.etcd.restart().expect("etcd restarts");
     let m = c.controllers[0].metrics().clone();
     assert!(
-        eventually(20, async || m.cache_relists.get() > relists
+        eventually(20, async || m.cache_watch_resumes.get() > resumes
             && m.etcd_watch_healthy.get() == 1)
         .await,
-        "the cache relisted"
+        "the cache watch was resumed"
     );
     let r = loop {
         match c

@@ -1,31 +1,37 @@
 //! The replica's in-memory copy of every resource, fed by one etcd watch, with a
-//! bounded history of recent events. Sync streams read it at their own pace.
+//! history of recent events bounded in events and in bytes. Sync streams and Watch
+//! RPCs read it at their own pace.
 //!
-//! The watcher is a state machine (as kube-rs' watcher):
+//! The watcher is an explicit state machine (as kube-rs' watcher), [`Phase`]:
 //!
 //! ```text
-//!   Listing ──list at rev R──► Watching(R+1) ──events──► Watching
-//!      ▲                            │
-//!      └── compacted / canceled / error (back off, relist) ◄┘
+//!            ┌───────────── compacted (relist) ◄──────────────┐
+//!            ▼                                                │
+//!   Listing ──paged list at rev R──► Watching{from: R+1} ──events──► Watching
+//!      ▲  │                              │   (first list only: etcd's recent history
+//!      │  └─ error: Backoff ─┐           │    is read back until our marker arrives)
+//!      └─────────────────────┘           └─ stream lost: Backoff ─► Watching{from: head+1}
+//!                                           (resumed on a healthy member, no relist)
 //! ```
 //!
 //! A relist does not drop agent streams: the difference between the old cache and
 //! the fresh list is appended to the history as synthetic events at the list
 //! revision, so every stream can still move its cursor forward.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use parking_lot::RwLock;
+use tern::backoff::Backoff;
 use tern::model::{Kind, Resource};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::watch::WatchMessage;
+use crate::store::{Kv, Store, StoreError};
 
 /// A resource as cached: parsed once, with the stored JSON bytes shared by every
 /// stream that sends it. Its Debug leaves the bytes out (a Secret's values are in them).
@@ -68,7 +74,8 @@ pub type OldEvent = (i64, Key, Option<Arc<Entry>>, Option<Arc<Entry>>);
 pub struct State {
     /// Every event up to and including this revision is applied.
     pub revision: i64,
-    pub objects: HashMap<Key, Arc<Entry>>,
+    /// In key order (kind, then name), so readers can page through them.
+    pub objects: BTreeMap<Key, Arc<Entry>>,
     /// Recent events in revision order.
     pub history: VecDeque<Arc<Event>>,
     /// Events after this revision are all in `history`.
@@ -107,12 +114,15 @@ impl State {
         self.objects.get(&(kind, Arc::from(name)))
     }
 
-    /// Objects of one kind (unordered).
+    /// Objects of one kind, by name.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&Key, &Arc<Entry>)> {
-        self.objects.iter().filter(move |(k, _)| k.0 == kind)
+        let from: Key = (kind, Arc::from(""));
+        self.objects
+            .range(from..)
+            .take_while(move |(k, _)| k.0 == kind)
     }
 
-    fn push(&mut self, ev: Event, max_history: usize) {
+    fn push(&mut self, ev: Event, bounds: Bounds) {
         let ev = Arc::new(ev);
         match &ev.new {
             Some(e) => {
@@ -124,12 +134,12 @@ impl State {
         }
         self.history_bytes += event_bytes(&ev);
         self.history.push_back(ev);
-        self.trim(max_history);
+        self.trim(bounds);
     }
 
-    /// Drop the oldest events beyond `max_events` or [`MAX_HISTORY_BYTES`].
-    fn trim(&mut self, max_events: usize) {
-        while self.history.len() > max_events || self.history_bytes > MAX_HISTORY_BYTES {
+    /// Drop the oldest events beyond the bounds.
+    fn trim(&mut self, bounds: Bounds) {
+        while self.history.len() > bounds.events || self.history_bytes > bounds.bytes {
             let Some(old) = self.history.pop_front() else {
                 break;
             };
@@ -141,11 +151,23 @@ impl State {
     }
 }
 
-/// Upper bound on the bytes of the versions kept in the history.
-pub const MAX_HISTORY_BYTES: usize = 256 * 1024 * 1024;
+/// Default bound on the bytes of the versions kept in the history.
+pub const DEFAULT_HISTORY_BYTES: usize = 256 * 1024 * 1024;
+
+/// How much history a cache keeps: at most `events` events and `bytes` bytes of the
+/// versions they hold, whichever is reached first, always (backfill included).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub events: usize,
+    pub bytes: usize,
+}
 
 fn event_bytes(ev: &Event) -> usize {
     ev.new.as_ref().map_or(0, |e| e.bytes.len()) + ev.key.1.len() + 64
+}
+
+fn old_event_bytes(ev: &OldEvent) -> usize {
+    ev.3.as_ref().map_or(0, |e| e.bytes.len()) + ev.1.1.len() + 64
 }
 
 /// The shared cache.
@@ -158,32 +180,77 @@ pub struct Cache {
     history_ready: watch::Sender<bool>,
     /// The cache revision, for streams to wait on.
     head: watch::Sender<i64>,
-    max_history: usize,
+    bounds: Bounds,
 }
 
-fn decode(store: &Store, kv: &etcd_client::KeyValue) -> Option<(Key, Arc<Entry>)> {
-    let (kind, name) = store.parse_key(kv.key())?;
-    match Resource::from_json_bytes(kv.value()) {
+fn decode(store: &Store, kv: Kv) -> Option<(Key, Arc<Entry>)> {
+    let (kind, name) = store.parse_key(&kv.key)?;
+    match Resource::from_json_bytes(&kv.value) {
         Ok(mut resource) => {
-            resource.metadata_mut().resource_version = kv.mod_revision().to_string();
+            resource.metadata_mut().resource_version = kv.mod_revision.to_string();
             Some((
                 (kind, Arc::from(name.as_str())),
                 Arc::new(Entry {
                     resource,
-                    bytes: Bytes::copy_from_slice(kv.value()),
-                    mod_revision: kv.mod_revision(),
+                    bytes: Bytes::from(kv.value),
+                    mod_revision: kv.mod_revision,
                 }),
             ))
         }
         Err(e) => {
-            warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring unreadable stored object");
+            warn!(key = %kv.key, error = %e, "ignoring unreadable stored object");
             None
         }
     }
 }
 
+/// Why the watcher left a phase.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("list: {0}")]
+    List(#[source] StoreError),
+    #[error("watch: {0}")]
+    Watch(#[source] StoreError),
+    #[error("writing the history marker: {0}")]
+    Marker(#[source] StoreError),
+    #[error("etcd ended the watch stream")]
+    Ended,
+    #[error("etcd canceled the watch: {0}")]
+    Canceled(String),
+    /// The revision to watch from is compacted: only a relist can catch up.
+    #[error("revision {from} is compacted (etcd keeps from {compact_revision})")]
+    Compacted { from: i64, compact_revision: i64 },
+}
+
+/// The phases of the watcher (see the module documentation).
+#[derive(Debug)]
+pub enum Phase {
+    Listing,
+    Watching {
+        from: i64,
+        /// Reading etcd's history before the first list back into ours.
+        backfill: Option<Backfill>,
+    },
+}
+
+/// The first watch starts before the first list, to read back the recent history.
+#[derive(Debug)]
+pub struct Backfill {
+    /// The first list's revision: events up to it are history, after it news.
+    list_rev: i64,
+}
+
 impl Cache {
     pub fn new(max_history: usize) -> Arc<Cache> {
+        Cache::with_bounds(Bounds {
+            events: max_history,
+            bytes: DEFAULT_HISTORY_BYTES,
+        })
+    }
+
+    /// A cache whose history holds at most `bounds.events` events and `bounds.bytes`
+    /// bytes of object versions.
+    pub fn with_bounds(bounds: Bounds) -> Arc<Cache> {
         let (head, _) = watch::channel(0);
         let (history_ready, _) = watch::channel(false);
         Arc::new(Cache {
@@ -191,7 +258,10 @@ impl Cache {
             marker: std::sync::OnceLock::new(),
             history_ready,
             head,
-            max_history: max_history.max(16),
+            bounds: Bounds {
+                events: bounds.events.max(16),
+                bytes: bounds.bytes.max(64 * 1024),
+            },
         })
     }
 
@@ -229,16 +299,8 @@ impl Cache {
         let Some((store, key)) = self.marker.get() else {
             return false;
         };
-        let put = store
-            .client()
-            .kv_client()
-            .put(key.as_str(), "cache barrier", None)
-            .await;
-        match put {
-            Ok(r) => {
-                let rev = r.header().map_or(0, |h| h.revision());
-                self.wait_for(rev, timeout).await
-            }
+        match store.put(key, b"cache barrier".to_vec(), 0).await {
+            Ok(rev) => self.wait_for(rev, timeout).await,
             Err(e) => {
                 debug!(error = %e, "cache barrier: cannot write the marker");
                 false
@@ -256,7 +318,12 @@ impl Cache {
 
     /// Install a fresh list taken at `revision`. The first one fills the cache; later
     /// ones append the difference to the history as events at `revision`.
-    pub fn install_list(&self, revision: i64, objects: HashMap<Key, Arc<Entry>>) {
+    pub fn install_list(
+        &self,
+        revision: i64,
+        objects: impl IntoIterator<Item = (Key, Arc<Entry>)>,
+    ) {
+        let objects: BTreeMap<Key, Arc<Entry>> = objects.into_iter().collect();
         let mut st = self.state.write();
         if !st.ready {
             st.objects = objects;
@@ -295,7 +362,7 @@ impl Cache {
                         prev,
                         new,
                     },
-                    self.max_history,
+                    self.bounds,
                 );
             }
             st.revision = rev;
@@ -308,25 +375,46 @@ impl Cache {
 
     /// Prepend events from before the first list (read back from etcd's history), so
     /// that agents can resume from revisions older than this replica's start. `floor`
-    /// is the revision after which every event is now kept.
+    /// is the revision after which the given events are complete. Events are taken
+    /// newest first, whole revisions at a time, as far as the history's bounds allow.
     pub fn backfill(&self, events: Vec<OldEvent>, floor: i64) {
         let mut st = self.state.write();
-        if floor >= st.floor {
+        // The history was trimmed above the list revision (more news arrived than it
+        // holds): older events cannot join it without a hole.
+        if floor >= st.floor || st.floor > st.listed_at {
             return;
         }
-        // More events than the history holds arrived between the list and the marker:
-        // the history was trimmed above the list revision, so older events cannot join
-        // it without a gap.
-        if st.history.len() >= self.max_history || st.floor > st.listed_at {
-            return;
-        }
-        let n = events.len();
-        let now = std::time::Instant::now();
-        for (revision, key, prev, new) in events.into_iter().rev() {
-            if revision > st.floor {
-                // Already covered by events applied after the list; keep order.
-                continue;
+        let mut room_events = self.bounds.events.saturating_sub(st.history.len());
+        let mut room_bytes = self.bounds.bytes.saturating_sub(st.history_bytes);
+        let older: Vec<&OldEvent> = events
+            .iter()
+            .filter(|e| floor < e.0 && e.0 <= st.floor)
+            .collect();
+        // Keep a suffix of whole revisions that fits.
+        let mut keep = older.len();
+        let mut new_floor = floor;
+        let mut i = older.len();
+        while i > 0 {
+            let rev = older[i - 1].0;
+            let mut j = i;
+            let (mut n, mut bytes) = (0, 0);
+            while j > 0 && older[j - 1].0 == rev {
+                n += 1;
+                bytes += old_event_bytes(older[j - 1]);
+                j -= 1;
             }
+            if n > room_events || bytes > room_bytes {
+                new_floor = rev;
+                break;
+            }
+            room_events -= n;
+            room_bytes -= bytes;
+            keep = j;
+            i = j;
+        }
+        let now = std::time::Instant::now();
+        let kept = older.len() - keep;
+        for (revision, key, prev, new) in older[keep..].iter().rev().map(|e| (*e).clone()) {
             let ev = Arc::new(Event {
                 revision,
                 at: now,
@@ -337,9 +425,13 @@ impl Cache {
             st.history_bytes += event_bytes(&ev);
             st.history.push_front(ev);
         }
-        st.floor = floor;
-        st.trim(self.max_history);
-        debug!(events = n, floor = st.floor, "history backfilled from etcd");
+        // Every event after `new_floor` is now in the history.
+        st.floor = new_floor;
+        debug!(
+            events = kept,
+            floor = st.floor,
+            "history backfilled from etcd"
+        );
     }
 
     /// Apply a batch of watch events (all with revisions after the cache's).
@@ -361,7 +453,7 @@ impl Cache {
                     prev,
                     new,
                 },
-                self.max_history,
+                self.bounds,
             );
             st.revision = revision;
         }
@@ -377,148 +469,202 @@ impl Cache {
         });
     }
 
-    /// Run the list+watch loop forever (abort the task to stop it).
+    /// Run the watcher forever (abort the task to stop it): the state machine of the
+    /// module documentation.
     pub async fn run(self: Arc<Self>, store: Store, metrics: Arc<Metrics>, replica: String) {
-        let mut backoff = Duration::from_millis(100);
         let marker = store.cache_marker_key(&replica);
         let _ = self.marker.set((store.clone(), marker.clone()));
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut phase = Phase::Listing;
         loop {
-            let result = self.list_and_watch(&store, &metrics, &marker).await;
-            metrics.etcd_watch_healthy.set(0);
-            metrics.cache_relists.inc();
-            match result {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => {
-                    warn!(error = %e, "cache watch interrupted; relisting");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+            phase = match phase {
+                Phase::Listing => match self.list(&store).await {
+                    Ok((rev, first)) => {
+                        backoff.reset();
+                        metrics.cache_relists.inc();
+                        if first {
+                            // Start the first watch far enough back to read the recent
+                            // history in too.
+                            let from = (rev + 1 - self.bounds.events as i64).max(1);
+                            Phase::Watching {
+                                from,
+                                backfill: Some(Backfill { list_rev: rev }),
+                            }
+                        } else {
+                            Phase::Watching {
+                                from: rev + 1,
+                                backfill: None,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cache list failed; retrying");
+                        backoff.wait().await;
+                        Phase::Listing
+                    }
+                },
+                Phase::Watching { from, backfill } => {
+                    let err = self
+                        .watch(&store, &metrics, &marker, from, backfill, &mut backoff)
+                        .await;
+                    metrics.etcd_watch_healthy.set(0);
+                    self.history_ready.send_replace(true);
+                    match err {
+                        WatchError::Compacted { .. } => {
+                            warn!(error = %err, "cache watch compacted; relisting");
+                            Phase::Listing
+                        }
+                        err => {
+                            warn!(error = %err, "cache watch interrupted; resuming");
+                            metrics.cache_watch_resumes.inc();
+                            backoff.wait().await;
+                            Phase::Watching {
+                                from: self.revision() + 1,
+                                backfill: None,
+                            }
+                        }
+                    }
                 }
-            }
+            };
         }
     }
 
-    async fn list_and_watch(
+    /// Listing: read every resource at one revision (paged) and install it. Returns
+    /// the revision and whether it was the first list.
+    async fn list(&self, store: &Store) -> Result<(i64, bool), WatchError> {
+        let mut objects = Vec::new();
+        let rev = store
+            .range_with(&store.resources_range(), None, false, |kv| {
+                if let Some(o) = decode(store, kv) {
+                    objects.push(o);
+                }
+            })
+            .await
+            .map_err(WatchError::List)?;
+        debug!(revision = rev, objects = objects.len(), "listed");
+        let first = !self.is_ready();
+        self.install_list(rev, objects);
+        if !first {
+            self.history_ready.send_replace(true);
+        }
+        Ok((rev, first))
+    }
+
+    /// Watching: apply events until the watch fails; the error says how it ended.
+    async fn watch(
         &self,
         store: &Store,
         metrics: &Metrics,
         marker: &str,
-    ) -> Result<(), String> {
-        let mut client = store.client();
-        let (start, end) = store.resources_range();
-        let resp = client
-            .kv_client()
-            .get(
-                start.clone(),
-                Some(GetOptions::new().with_range(end.clone())),
-            )
-            .await
-            .map_err(|e| format!("list: {e}"))?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        let objects: HashMap<Key, Arc<Entry>> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| decode(store, kv))
-            .collect();
-        debug!(revision = rev, objects = objects.len(), "listed");
-        let first = !self.is_ready();
-        self.install_list(rev, objects);
+        mut from: i64,
+        mut backfill: Option<Backfill>,
+        backoff: &mut Backoff,
+    ) -> WatchError {
         let markers = store.cache_marker_prefix();
-
-        // On the first list, read the recent history back from etcd too (as far as it
-        // was not compacted), so agents can resume from revisions before our start.
-        // The history is complete once the watch delivers a marker we write after it
-        // is created: etcd sends events in revision order. (Progress notifications
-        // cannot tell: etcd 3.4 may send them ahead of pending events.)
-        let mut backfilling = first;
-        if !first {
-            self.history_ready.send_replace(true);
-        }
-        let mut from = if first {
-            (rev + 1 - self.max_history as i64).max(1)
-        } else {
-            rev + 1
-        };
         'watch: loop {
-            let mut stream = client
-                .watch(
-                    start.clone(),
-                    Some(
-                        WatchOptions::new()
-                            .with_range(end.clone())
-                            .with_start_revision(from)
-                            .with_prev_key(),
-                    ),
-                )
-                .await
-                .map_err(|e| format!("watch: {e}"))?;
-            let marker_rev = if backfilling {
-                client
-                    .kv_client()
-                    .put(marker, "cache history marker", None)
-                    .await
-                    .map_err(|e| format!("marker: {e}"))?
-                    .header()
-                    .map_or(0, |h| h.revision())
-            } else {
-                0
+            let mut stream = match store.watch(&store.resources_range(), from, true).await {
+                Ok(s) => s,
+                Err(e) => return WatchError::Watch(e),
+            };
+            // On the first watch, the history read back from etcd is complete once the
+            // watch delivers a marker written after the watch started: etcd sends
+            // events in revision order. (Progress notifications cannot tell: etcd 3.4
+            // may send them ahead of pending events.)
+            let marker_rev = match &backfill {
+                Some(_) => match store.put(marker, b"cache history marker".to_vec(), 0).await {
+                    Ok(r) => r,
+                    Err(e) => return WatchError::Marker(e),
+                },
+                None => 0,
             };
             metrics.etcd_watch_healthy.set(1);
-            let mut older = Vec::new();
+            let mut older: VecDeque<OldEvent> = VecDeque::new();
+            let mut older_bytes = 0usize;
+            // Every event read back after this revision is in `older`.
+            let mut older_floor = from - 1;
             loop {
-                let Some(resp) = stream.message().await.map_err(|e| format!("watch: {e}"))? else {
-                    return Err("watch stream ended".into());
-                };
-                if resp.canceled() {
-                    let c = resp.compact_revision();
-                    if backfilling && c > from && c <= rev + 1 {
-                        // Part of the history we wanted is compacted: take what is left.
-                        from = c;
-                        continue 'watch;
+                let (events, _header) = match stream.next().await {
+                    Err(e) => return WatchError::Watch(e),
+                    Ok(None) => return WatchError::Ended,
+                    Ok(Some(WatchMessage::Canceled {
+                        compact_revision,
+                        reason,
+                    })) => {
+                        if compact_revision > 0 {
+                            if let Some(b) = &backfill
+                                && compact_revision > from
+                                && compact_revision <= b.list_rev + 1
+                            {
+                                // Part of the history we wanted is compacted: take what
+                                // is left.
+                                from = compact_revision;
+                                continue 'watch;
+                            }
+                            return WatchError::Compacted {
+                                from,
+                                compact_revision,
+                            };
+                        }
+                        return WatchError::Canceled(reason);
                     }
-                    return Err(if c > 0 {
-                        format!("compacted at {c}")
-                    } else {
-                        format!("canceled: {}", resp.cancel_reason())
-                    });
-                }
-                let mut batch = Vec::with_capacity(resp.events().len());
+                    Ok(Some(WatchMessage::Events { events, header })) => (events, header),
+                };
+                backoff.reset();
+                let base = self.revision();
+                let mut batch = Vec::with_capacity(events.len());
                 // The highest marker revision in this message: etcd delivers in
                 // revision order, so every event up to it has been delivered.
                 let mut reached = 0;
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    if kv.key().starts_with(markers.as_bytes()) {
-                        reached = reached.max(kv.mod_revision());
-                        if backfilling
-                            && kv.key() == marker.as_bytes()
-                            && kv.mod_revision() >= marker_rev
+                for ev in events {
+                    if ev.kv.key.starts_with(&markers) {
+                        reached = reached.max(ev.kv.mod_revision);
+                        if backfill.is_some()
+                            && ev.kv.key == marker
+                            && ev.kv.mod_revision >= marker_rev
                         {
-                            self.backfill(std::mem::take(&mut older), from - 1);
-                            backfilling = false;
+                            self.backfill(std::mem::take(&mut older).into(), older_floor);
+                            backfill = None;
                             self.history_ready.send_replace(true);
                         }
                         continue;
                     }
-                    let Some((kind, name)) = store.parse_key(kv.key()) else {
+                    let Some((kind, name)) = store.parse_key(&ev.kv.key) else {
                         continue;
                     };
                     let key: Key = (kind, Arc::from(name.as_str()));
-                    let new = match ev.event_type() {
-                        EventType::Put => decode(store, kv).map(|(_, e)| e),
-                        EventType::Delete => None,
+                    let rev = ev.kv.mod_revision;
+                    let new = if ev.put {
+                        decode(store, ev.kv).map(|(_, e)| e)
+                    } else {
+                        None
                     };
-                    if kv.mod_revision() <= rev {
-                        if backfilling {
-                            let prev = ev.prev_kv().and_then(|p| decode(store, p)).map(|(_, e)| e);
-                            older.push((kv.mod_revision(), key, prev, new));
+                    if rev <= base {
+                        if backfill.is_some() {
+                            let prev = ev.prev.and_then(|p| decode(store, p)).map(|(_, e)| e);
+                            let old = (rev, key, prev, new);
+                            older_bytes += old_event_bytes(&old);
+                            older.push_back(old);
+                            // Only as much history as the cache may hold is kept.
+                            while older.len() > self.bounds.events
+                                || older_bytes > self.bounds.bytes
+                            {
+                                match older.pop_front() {
+                                    Some(o) => {
+                                        older_bytes =
+                                            older_bytes.saturating_sub(old_event_bytes(&o));
+                                        older_floor = older_floor.max(o.0);
+                                    }
+                                    None => break,
+                                }
+                            }
                         }
                         continue;
                     }
-                    batch.push((kv.mod_revision(), key, new));
+                    batch.push((rev, key, new));
                 }
                 // The cache revision moves with events and markers only: the header
                 // revision of a watch message may be ahead of events still to come.
-                self.apply(batch, if backfilling { 0 } else { reached });
+                self.apply(batch, if backfill.is_some() { 0 } else { reached });
                 let (r, n) = self.read(|st| (st.revision, st.objects.len()));
                 metrics.cache_revision.set(r);
                 metrics.cache_objects.set(n as i64);
@@ -529,6 +675,8 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use tern::model::{Object, SecretData};
 

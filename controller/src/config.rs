@@ -46,6 +46,10 @@ pub struct ControllerConfig {
     pub sync: SyncTuning,
     pub ipam: crate::ipam::IpamTuning,
     pub connections: ConnectionLimits,
+    /// Page size of etcd range reads (tests set a small one so paging runs).
+    pub store: crate::store::StoreTuning,
+    /// Bounds of the Watch RPC.
+    pub watch: crate::api::watch::WatchTuning,
 }
 
 /// Bounds on the connections of the gRPC listener, so that clients that never
@@ -84,6 +88,8 @@ impl Default for ConnectionLimits {
 pub struct SyncTuning {
     /// Events kept in memory for agents that reconnect or lag.
     pub history_events: usize,
+    /// Bytes of object versions the history may hold (bounds it from the first list).
+    pub history_bytes: usize,
     /// Items per snapshot chunk.
     pub snapshot_chunk_items: usize,
     /// Interval between pings on an idle stream.
@@ -109,6 +115,7 @@ impl Default for SyncTuning {
     fn default() -> Self {
         SyncTuning {
             history_events: 100_000,
+            history_bytes: crate::cache::DEFAULT_HISTORY_BYTES,
             snapshot_chunk_items: 500,
             ping_interval: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(30),
@@ -142,6 +149,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub status_writes_per_sec: Option<u32>,
     pub ipam_auto_blocks: Option<bool>,
+    pub max_watches_per_identity: Option<usize>,
     pub agent_label_keys: Option<Vec<String>>,
     pub max_unauthenticated_connections: Option<usize>,
     pub handshake_timeout: Option<String>,
@@ -194,6 +202,8 @@ impl ControllerConfig {
             sync: SyncTuning::default(),
             ipam: crate::ipam::IpamTuning::default(),
             connections: ConnectionLimits::default(),
+            store: crate::store::StoreTuning::default(),
+            watch: crate::api::watch::WatchTuning::default(),
         }
     }
 

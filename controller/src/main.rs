@@ -81,6 +81,9 @@ struct Cli {
     /// Upper bound on agent status writes to etcd per second [default: 500]
     #[arg(long, env = "TERN_STATUS_WRITES_PER_SEC")]
     status_writes_per_sec: Option<u32>,
+    /// Open ResourceService.Watch streams one identity may hold [default: 32]
+    #[arg(long, env = "TERN_MAX_WATCHES_PER_IDENTITY")]
+    max_watches_per_identity: Option<usize>,
     /// Give every node a block of every pool that selects it without being asked
     /// [default: true]
     #[arg(long, env = "TERN_IPAM_AUTO_BLOCKS")]
@@ -261,6 +264,14 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
             ..Default::default()
         },
         connections,
+        store: Default::default(),
+        watch: tern_controller::api::watch::WatchTuning {
+            max_per_identity: cli
+                .max_watches_per_identity
+                .or(file.max_watches_per_identity)
+                .unwrap_or(32),
+            ..Default::default()
+        },
     };
     let level = cli
         .log_level

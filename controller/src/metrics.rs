@@ -38,9 +38,14 @@ pub struct Metrics {
     pub cache_objects: Gauge,
     pub etcd_watch_healthy: Gauge,
     pub cache_relists: Counter,
+    pub cache_watch_resumes: Counter,
+    /// Per etcd member health, and pages split for size.
+    pub store: crate::store::StoreMetrics,
     pub api_requests: Family<RequestLabels, Counter>,
     pub connections_unauthenticated: Gauge,
     pub connections_closed: Family<CloseLabels, Counter>,
+    pub watch_streams: Gauge,
+    pub watch_disconnects_slow: Counter,
     registry: parking_lot::Mutex<Registry>,
 }
 
@@ -57,9 +62,13 @@ impl Metrics {
             cache_objects: Gauge::default(),
             etcd_watch_healthy: Gauge::default(),
             cache_relists: Counter::default(),
+            cache_watch_resumes: Counter::default(),
+            store: Default::default(),
             api_requests: Family::default(),
             connections_unauthenticated: Gauge::default(),
             connections_closed: Family::default(),
+            watch_streams: Gauge::default(),
+            watch_disconnects_slow: Counter::default(),
             registry: parking_lot::Mutex::new(Registry::with_prefix("tern")),
         };
         {
@@ -113,6 +122,31 @@ impl Metrics {
                 "cache_relists",
                 "Times the cache relisted after a lost or compacted watch",
                 m.cache_relists.clone(),
+            );
+            r.register(
+                "cache_watch_resumes",
+                "Times the cache's etcd watch was lost and resumed from its revision (no relist)",
+                m.cache_watch_resumes.clone(),
+            );
+            r.register(
+                "etcd_endpoint_healthy",
+                "1 while requests reach the etcd member, 0 while it is skipped as unhealthy",
+                m.store.endpoint_healthy.clone(),
+            );
+            r.register(
+                "etcd_pages_split",
+                "etcd range pages read again as smaller pages for exceeding the decode limit",
+                m.store.pages_split.clone(),
+            );
+            r.register(
+                "watch_streams",
+                "Open ResourceService.Watch streams",
+                m.watch_streams.clone(),
+            );
+            r.register(
+                "watch_disconnects_slow",
+                "Watch streams cut off for not taking events in time or falling out of the history",
+                m.watch_disconnects_slow.clone(),
             );
             r.register(
                 "api_requests",

@@ -138,8 +138,14 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         Some(paths) => Some(ReloadingTls::load(paths.clone())?),
         None => None,
     };
-    let client = crate::store::connect(&config.etcd).await?;
-    let store = Store::new(client, config.prefix.clone());
+    let metrics = Metrics::new();
+    let store = Store::new(
+        &config.etcd,
+        config.prefix.clone(),
+        &config.store,
+        &metrics.store,
+    )?;
+    store.check_credentials().await?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -157,7 +163,7 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
 
     let mut tasks = Vec::new();
     let cancel = CancellationToken::new();
-    let metrics = Metrics::new();
+    tasks.push(store.spawn_prober());
     if let Some(maddr) = config.metrics_listen {
         let t = crate::metrics::serve(maddr, metrics.clone())
             .await
@@ -167,7 +173,10 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
             })?;
         tasks.push(t);
     }
-    let cache = Cache::new(config.sync.history_events);
+    let cache = Cache::with_bounds(crate::cache::Bounds {
+        events: config.sync.history_events,
+        bytes: config.sync.history_bytes,
+    });
     tasks.push(tokio::spawn(cache.clone().run(
         store.clone(),
         metrics.clone(),
@@ -213,8 +222,12 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         .build_v1alpha()
         .map_err(|e| ConfigError::Invalid(format!("reflection: {e}")))?;
 
+    let watches =
+        crate::api::watch::Watches::new(cache.clone(), config.watch.clone(), metrics.clone());
     let resources = proto::resource_service_server::ResourceServiceServer::new(
-        ResourceApi::new(store.clone()).with_shutdown(cancel.clone()),
+        ResourceApi::new(store.clone())
+            .with_watches(watches)
+            .with_shutdown(cancel.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let nodes = proto::node_service_server::NodeServiceServer::new(NodeApi::new(
@@ -300,14 +313,14 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
 /// answers.
 async fn bootstrap(store: Store, default_pool: Option<String>) {
     let api = ResourceApi::new(store.clone());
-    let mut delay = Duration::from_millis(200);
+    let mut backoff =
+        tern::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match bootstrap_once(&store, &api, default_pool.as_deref()).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, "bootstrap failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                backoff.wait().await;
             }
         }
     }

@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -149,25 +148,6 @@ impl StatusHub {
         &self.controller_id
     }
 
-    fn status_key(&self, node: &str) -> String {
-        self.store.status_key(node)
-    }
-
-    /// A transaction writing a node's report if (and only if) its Node exists.
-    fn put_if_node_exists(&self, node: &str, s: &proto::NodeStatus) -> Txn {
-        Txn::new()
-            .when([Compare::create_revision(
-                self.store.key(tern::model::Kind::Node, node),
-                CompareOp::Greater,
-                0,
-            )])
-            .and_then([TxnOp::put(self.status_key(node), s.encode_to_vec(), None)])
-    }
-
-    fn connection_key(&self, node: &str) -> String {
-        format!("{}{node}", self.store.internal_prefix("connections"))
-    }
-
     /// Record a report; it reaches etcd on the node's next turn. Oversized reports are
     /// cut (sessions beyond what fits are dropped, long texts shortened).
     pub fn report(&self, node: &str, mut status: proto::NodeStatus) {
@@ -192,12 +172,11 @@ impl StatusHub {
         if let Some(s) = self.latest.lock().get(node).cloned() {
             return Ok(Some(s));
         }
-        let mut kv = self.store.client().kv_client();
-        let resp = kv.get(self.status_key(node), None).await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .and_then(|kv| proto::NodeStatus::decode(kv.value()).ok()))
+        Ok(self
+            .store
+            .status_report(node)
+            .await?
+            .and_then(|v| proto::NodeStatus::decode(v.as_slice()).ok()))
     }
 
     /// Every stored status and connection (for ListNodes), with this replica's fresher
@@ -211,29 +190,18 @@ impl StatusHub {
         ),
         StoreError,
     > {
-        let mut kv = self.store.client().kv_client();
-        let sp = self.store.internal_prefix("status");
-        let resp = kv
-            .get(sp.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
         let mut statuses = HashMap::new();
-        for item in resp.kvs() {
-            let node = String::from_utf8_lossy(&item.key()[sp.len()..]).into_owned();
-            if let Ok(s) = proto::NodeStatus::decode(item.value()) {
+        for (node, v) in self.store.status_reports().await? {
+            if let Ok(s) = proto::NodeStatus::decode(v.as_slice()) {
                 statuses.insert(node, s);
             }
         }
         for (n, s) in self.latest.lock().iter() {
             statuses.insert(n.clone(), s.clone());
         }
-        let cp = self.store.internal_prefix("connections");
-        let resp = kv
-            .get(cp.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
         let mut conns = HashMap::new();
-        for item in resp.kvs() {
-            let node = String::from_utf8_lossy(&item.key()[cp.len()..]).into_owned();
-            if let Ok(c) = serde_json::from_slice::<Connection>(item.value()) {
+        for (node, v) in self.store.connections().await? {
+            if let Ok(c) = serde_json::from_slice::<Connection>(&v) {
                 conns.insert(node, c);
             }
         }
@@ -259,14 +227,8 @@ impl StatusHub {
 
     async fn put_connection(&self, node: &str, c: &Connection) -> Result<(), StoreError> {
         let lease = *self.lease.lock();
-        let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
         let value = serde_json::to_vec(c).expect("a Connection always serializes");
-        self.store
-            .client()
-            .kv_client()
-            .put(self.connection_key(node), value, opts)
-            .await?;
-        Ok(())
+        self.store.put_connection(node, value, lease).await
     }
 
     /// Mark a node disconnected, unless another replica has taken it over meanwhile.
@@ -284,11 +246,7 @@ impl StatusHub {
         };
         self.latest.lock().remove(node);
         let value = serde_json::to_vec(&c).expect("a Connection always serializes");
-        let key = self.connection_key(node);
-        let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
-            .and_then([TxnOp::delete(key, None)]);
-        if let Err(e) = self.store.client().kv_client().txn(txn).await {
+        if let Err(e) = self.store.delete_connection_if(node, value).await {
             debug!(node, error = %e, "could not remove the connection key; the lease will");
         }
     }
@@ -303,9 +261,8 @@ impl StatusHub {
 
     async fn keep_lease(self: Arc<Self>) {
         loop {
-            let mut client = self.store.client();
-            let lease = match client.lease_grant(LEASE_TTL_SECS, None).await {
-                Ok(l) => l.id(),
+            let lease = match self.store.lease_grant(LEASE_TTL_SECS).await {
+                Ok(id) => id,
                 Err(e) => {
                     warn!(error = %e, "cannot get an etcd lease for agent liveness; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -324,22 +281,16 @@ impl StatusHub {
                 let _ = self.put_connection(&n, &c).await;
             }
             info!(lease, "liveness lease granted");
-            let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-                Ok(k) => k,
-                Err(e) => {
-                    warn!(error = %e, "lease keep-alive failed to start");
-                    continue;
-                }
-            };
             let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL_SECS / 3) as u64));
+            tick.tick().await;
             loop {
                 tick.tick().await;
-                if keeper.keep_alive().await.is_err() {
-                    break;
-                }
-                match responses.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
-                    _ => break,
+                // Renewed through any healthy etcd member; the lease survives a member
+                // failing as long as one renewal lands within its TTL.
+                match self.store.lease_keep_alive(lease).await {
+                    Ok(ttl) if ttl > 0 => {}
+                    Ok(_) => break,
+                    Err(e) => debug!(lease, error = %e, "lease renewal failed; trying again"),
                 }
             }
             warn!(lease, "liveness lease lost; granting a new one");
@@ -387,18 +338,12 @@ impl StatusHub {
                 let n = batch.len();
                 // Each report is written only while its Node exists, so a report still
                 // queued when the Node is deleted cannot bring its status back.
-                let ops: Vec<TxnOp> = batch
+                let encoded: Vec<(String, Vec<u8>)> = batch
                     .iter()
-                    .map(|(node, s)| TxnOp::txn(self.put_if_node_exists(node, s)))
+                    .map(|(node, s)| (node.clone(), s.encode_to_vec()))
                     .collect();
-                if let Err(e) = self
-                    .store
-                    .client()
-                    .kv_client()
-                    .txn(Txn::new().and_then(ops))
-                    .await
-                {
-                    match crate::store::classify(e) {
+                if let Err(e) = self.store.put_status_reports(&encoded).await {
+                    match e {
                         StoreError::Unavailable(msg) => {
                             warn!(error = %msg, reports = n, "writing status reports failed; will retry");
                             self.requeue(batch);
@@ -408,15 +353,9 @@ impl StatusHub {
                             // One bad report must not take the others down with it:
                             // write them one by one, dropping only what etcd refuses.
                             warn!(error = %other, reports = n, "etcd refused a batch of status reports; writing them one by one");
-                            for (node, s) in batch {
-                                if let Err(e) = self
-                                    .store
-                                    .client()
-                                    .kv_client()
-                                    .txn(self.put_if_node_exists(&node, &s))
-                                    .await
-                                {
-                                    warn!(node, error = %crate::store::classify(e), "status report dropped: etcd refused it");
+                            for one in encoded.chunks(1) {
+                                if let Err(e) = self.store.put_status_reports(one).await {
+                                    warn!(node = %one[0].0, error = %e, "status report dropped: etcd refused it");
                                 }
                             }
                         }

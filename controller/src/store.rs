@@ -1,5 +1,12 @@
-//! The intent store: one etcd key per resource, `<prefix>/<kind>/<name>`, holding
-//! the resource's canonical JSON. `metadata.resourceVersion` is the key's etcd mod
+//! The store: the one layer that talks to etcd. Everything the controller keeps in
+//! etcd goes through here: resources (this file), IPAM records ([`ipam`]), status
+//! reports and connection records ([`status`]), the cache's list and watch
+//! ([`watch`]). Requests are built in the store's own vocabulary ([`kv`]) and sent by
+//! [`endpoints::Endpoints::call`], which fails over between etcd members and decides
+//! when a failed request may be sent again.
+//!
+//! Resources: one etcd key per resource, `<prefix>/<kind>/<name>`, holding the
+//! resource's canonical JSON. `metadata.resourceVersion` is the key's etcd mod
 //! revision and never stored.
 //!
 //! Every write is one etcd transaction:
@@ -9,12 +16,29 @@
 //!   whole pool prefix, so that the overlap check made on the pools read at
 //!   `read_rev` still holds when the write lands: of two concurrent creates of
 //!   overlapping pools, at most one succeeds.
+//!
+//! Every range read is paginated: pages of at most `page_keys` keys, each continuing
+//! after the last key of the one before, all read at the revision of the first page,
+//! so the pages together are one consistent read of any size.
 
+mod endpoints;
+pub mod ipam;
+mod kv;
+pub mod status;
+pub mod watch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use etcd_client::GetOptions;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tern::model::{FieldError, Kind, Resource, resource_key};
 use tracing::{debug, warn};
+
+pub use endpoints::{Class, EndpointLabels, FAILOVER_WINDOW, MAX_DECODE_BYTES};
+pub use kv::{Cmp, Kv, Op, OpResult, Range, Txn, TxnOutcome};
 
 /// Store errors, each mapped to one gRPC status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +71,14 @@ pub enum StoreError {
     Etcd(String),
 }
 
-impl From<etcd_client::Error> for StoreError {
-    fn from(e: etcd_client::Error) -> Self {
-        classify(e)
-    }
-}
-
 /// Tell "etcd cannot be reached" apart from other etcd errors.
-pub fn classify(e: etcd_client::Error) -> StoreError {
+fn classify_ref(e: &etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     match e {
         E::TransportError(t) => StoreError::Unavailable(t.to_string()),
         E::IoError(io) => StoreError::Unavailable(io.to_string()),
+        E::WatchError(w) => StoreError::Unavailable(format!("watch: {w}")),
+        E::LeaseKeepAliveError(l) => StoreError::Unavailable(format!("lease: {l}")),
         E::GRpcStatus(s) => match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 StoreError::Unavailable(s.message().to_string())
@@ -80,17 +100,42 @@ pub struct Stored {
     pub mod_revision: i64,
 }
 
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreTuning {
+    /// Keys per page of a range read (tests set a small value so paging runs).
+    pub page_keys: usize,
+}
+
+impl Default for StoreTuning {
+    fn default() -> Self {
+        StoreTuning { page_keys: 1000 }
+    }
+}
+
+/// The metrics the store keeps.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    /// 1 per etcd member while requests reach it.
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    /// Pages read again as smaller pages because they exceeded the decode limit.
+    pub pages_split: Counter,
+}
+
 /// The etcd-backed store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    client: etcd_client::Client,
+    endpoints: Arc<endpoints::Endpoints>,
     prefix: String,
+    page_keys: usize,
+    metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("prefix", &self.prefix)
+            .field("endpoints", &self.endpoints)
             .finish()
     }
 }
@@ -104,18 +149,87 @@ const MAX_GUARD_RETRIES: usize = 16;
 /// Largest resource document accepted (etcd's default request limit is 1.5 MiB).
 pub const MAX_RESOURCE_BYTES: usize = 512 * 1024;
 
+/// A consistent read of several ranges and keys: everything read through one
+/// `ReadAt` sees the revision of its first read.
+#[derive(Debug)]
+pub struct ReadAt<'a> {
+    store: &'a Store,
+    revision: Option<i64>,
+}
+
+impl ReadAt<'_> {
+    /// The revision every read is at (0 before the first read).
+    pub fn revision(&self) -> i64 {
+        self.revision.unwrap_or(0)
+    }
+
+    /// Every key-value of a range, in key order, read page by page.
+    pub async fn range(&mut self, range: &Range, keys_only: bool) -> Result<Vec<Kv>, StoreError> {
+        let mut out = Vec::new();
+        let rev = self
+            .store
+            .range_with(range, self.revision, keys_only, |kv| out.push(kv))
+            .await?;
+        self.revision.get_or_insert(rev);
+        Ok(out)
+    }
+
+    /// One key.
+    pub async fn get(&mut self, key: &str) -> Result<Option<Kv>, StoreError> {
+        let (kv, rev) = self.store.get_at(key, self.revision).await?;
+        self.revision.get_or_insert(rev);
+        Ok(kv)
+    }
+}
+
 impl Store {
-    pub fn new(client: etcd_client::Client, prefix: impl Into<String>) -> Self {
+    /// A store over the given etcd members (clients are made on first use).
+    pub fn new(
+        opts: &EtcdOptions,
+        prefix: impl Into<String>,
+        tuning: &StoreTuning,
+        metrics: &StoreMetrics,
+    ) -> Result<Self, ConnectError> {
+        let (urls, options) = connect_options(opts)?;
         let prefix = prefix.into().trim_end_matches('/').to_string();
-        Store { client, prefix }
+        Ok(Store {
+            endpoints: Arc::new(endpoints::Endpoints::new(
+                urls,
+                options,
+                opts.username.is_some(),
+                &metrics.endpoint_healthy,
+            )),
+            prefix,
+            page_keys: tuning.page_keys.max(1),
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// With a username set, make sure etcd accepts the credentials (through the first
+    /// member that answers) so a wrong password stops the start. Unreachable members
+    /// are not an error here: the store connects when they come up.
+    pub async fn check_credentials(&self) -> Result<(), ConnectError> {
+        if !self.endpoints.has_user() {
+            return Ok(());
+        }
+        match self.revision().await {
+            Ok(_) | Err(StoreError::Unavailable(_)) => Ok(()),
+            Err(e) => Err(ConnectError::Credentials(e.to_string())),
+        }
+    }
+
+    /// Probe unhealthy etcd members until the task is aborted.
+    pub fn spawn_prober(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.endpoints.clone().probe_loop())
+    }
+
+    /// (endpoint, healthy, last error) of every etcd member.
+    pub fn endpoint_health(&self) -> Vec<(String, bool, String)> {
+        self.endpoints.health()
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    pub fn client(&self) -> etcd_client::Client {
-        self.client.clone()
     }
 
     pub fn key(&self, kind: Kind, name: &str) -> String {
@@ -130,8 +244,8 @@ impl Store {
     /// The key range of every resource: kind segments are lower-case letters, so
     /// `[<prefix>/a, <prefix>/{)` holds them all and leaves out the internal keys
     /// (status, connections, IPAM), which live under `<prefix>/_`.
-    pub fn resources_range(&self) -> (String, String) {
-        (format!("{}/a", self.prefix), format!("{}/{{", self.prefix))
+    pub fn resources_range(&self) -> Range {
+        Range::between(format!("{}/a", self.prefix), format!("{}/{{", self.prefix))
     }
 
     /// A key inside the resource range that is no resource (its segment is no kind):
@@ -156,39 +270,195 @@ impl Store {
         format!("{}{node}", self.internal_prefix("status"))
     }
 
-    /// GetOptions for a kind's prefix, or the whole resource range.
-    pub fn range_of(&self, kind: Option<Kind>) -> (String, GetOptions) {
+    /// The range of a kind, or of every resource.
+    pub fn range_of(&self, kind: Option<Kind>) -> Range {
         match kind {
-            Some(k) => (self.kind_prefix(k), GetOptions::new().with_prefix()),
-            None => {
-                let (start, end) = self.resources_range();
-                (start, GetOptions::new().with_range(end))
-            }
+            Some(k) => Range::prefix(self.kind_prefix(k)),
+            None => self.resources_range(),
         }
     }
 
     /// Decode a stored key-value into a resource with its resourceVersion.
-    pub fn decode(&self, kv: &KeyValue) -> Result<Stored, StoreError> {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
+    pub fn decode(&self, kv: &Kv) -> Result<Stored, StoreError> {
         let mut resource =
-            Resource::from_json_bytes(kv.value()).map_err(|e| StoreError::Corrupt {
-                key: key.clone(),
+            Resource::from_json_bytes(&kv.value).map_err(|e| StoreError::Corrupt {
+                key: kv.key.clone(),
                 reason: e.to_string(),
             })?;
-        resource.metadata_mut().resource_version = kv.mod_revision().to_string();
+        resource.metadata_mut().resource_version = kv.mod_revision.to_string();
         Ok(Stored {
             resource,
-            mod_revision: kv.mod_revision(),
+            mod_revision: kv.mod_revision,
         })
     }
 
     /// Parse a key under this store's prefix into (kind, name).
-    pub fn parse_key(&self, key: &[u8]) -> Option<(Kind, String)> {
-        let key = std::str::from_utf8(key).ok()?;
+    pub fn parse_key(&self, key: &str) -> Option<(Kind, String)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
         let (seg, name) = rest.split_once('/')?;
         Some((Kind::from_key_segment(seg)?, name.to_string()))
     }
+
+    // ---- raw requests ----------------------------------------------------------
+
+    /// A consistent read of several ranges and keys (see [`ReadAt`]).
+    pub fn read_at(&self, revision: Option<i64>) -> ReadAt<'_> {
+        ReadAt {
+            store: self,
+            revision,
+        }
+    }
+
+    /// Read a range page by page at one revision (`at`, else the first page's), giving
+    /// every key-value to `f` in key order. Returns the revision read at.
+    pub async fn range_with(
+        &self,
+        range: &Range,
+        at: Option<i64>,
+        keys_only: bool,
+        mut f: impl FnMut(Kv),
+    ) -> Result<i64, StoreError> {
+        let mut start = range.start.clone();
+        let mut revision = at;
+        let mut limit = self.page_keys;
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(range.end.as_str())
+                .with_limit(limit as i64);
+            if let Some(r) = revision {
+                opts = opts.with_revision(r);
+            }
+            if keys_only {
+                opts = opts.with_keys_only();
+            }
+            let result = self
+                .endpoints
+                .call(Class::Read, |mut m| {
+                    let (key, opts) = (start.clone(), opts.clone());
+                    async move { m.kv.get(key, Some(opts)).await }
+                })
+                .await;
+            let mut resp = match result {
+                Ok((r, _)) => r,
+                Err(StoreError::Etcd(msg)) if msg.contains("too large") && limit > 1 => {
+                    // A page of large values: read the same page again, smaller.
+                    limit = (limit / 2).max(1);
+                    self.metrics.pages_split.inc();
+                    debug!(limit, "etcd page too large to decode; halving the page");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let rev = resp.header().map_or(0, |h| h.revision());
+            let rev = *revision.get_or_insert(rev);
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let last = kvs
+                .last()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned());
+            for kv in kvs {
+                f(Kv::from_etcd(kv));
+            }
+            match (more, last) {
+                (true, Some(last)) => start = kv::key_after(&last),
+                _ => return Ok(rev),
+            }
+        }
+    }
+
+    /// Every key-value of a range (paged), and the revision read at.
+    pub async fn range(
+        &self,
+        range: &Range,
+        keys_only: bool,
+    ) -> Result<(Vec<Kv>, i64), StoreError> {
+        let mut out = Vec::new();
+        let rev = self
+            .range_with(range, None, keys_only, |kv| out.push(kv))
+            .await?;
+        Ok((out, rev))
+    }
+
+    /// One key (at a revision, or the latest), and the revision read at.
+    pub async fn get_at(
+        &self,
+        key: &str,
+        at: Option<i64>,
+    ) -> Result<(Option<Kv>, i64), StoreError> {
+        let opts = at.map(|r| GetOptions::new().with_revision(r));
+        let (mut resp, _) = self
+            .endpoints
+            .call(Class::Read, |mut m| {
+                let opts = opts.clone();
+                async move { m.kv.get(key, opts).await }
+            })
+            .await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.take_kvs().into_iter().next().map(Kv::from_etcd), rev))
+    }
+
+    /// Run a transaction (failing over as its kind of write allows).
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let class = if !txn.writes() {
+            Class::Read
+        } else if txn.guarded() {
+            Class::GuardedWrite
+        } else {
+            Class::Write
+        };
+        let etcd_txn = txn.to_etcd();
+        let (resp, resent) = self
+            .endpoints
+            .call(class, |mut m| {
+                let t = etcd_txn.clone();
+                async move { m.kv.txn(t).await }
+            })
+            .await?;
+        let mut out = TxnOutcome::from_etcd(resp);
+        out.resent = resent;
+        Ok(out)
+    }
+
+    /// Put a key (optionally on a lease). Returns the revision of the write.
+    pub async fn put(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<i64, StoreError> {
+        let out = self
+            .txn(Txn::new().then([Op::Put {
+                key: key.to_string(),
+                value,
+                lease,
+            }]))
+            .await?;
+        Ok(out.revision)
+    }
+
+    /// Grant a lease. Sent again on any failure: a lease granted twice leaves one
+    /// unused lease that expires by itself.
+    pub async fn lease_grant(&self, ttl_secs: i64) -> Result<i64, StoreError> {
+        let (resp, _) = self
+            .endpoints
+            .call(Class::Read, |mut m| async move {
+                m.lease.grant(ttl_secs, None).await
+            })
+            .await?;
+        Ok(resp.id())
+    }
+
+    /// Renew a lease once; returns its remaining TTL (0: the lease is gone).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        let r = self
+            .endpoints
+            .call(Class::Read, |mut m| async move {
+                match m.lease.keep_alive(id).await {
+                    Ok(_) => Ok(1),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(0),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(r.0)
+    }
+
+    // ---- resources -------------------------------------------------------------
 
     pub async fn get(&self, kind: Kind, name: &str) -> Result<Stored, StoreError> {
         self.get_opt(kind, name)
@@ -200,26 +470,41 @@ impl Store {
     }
 
     pub async fn get_opt(&self, kind: Kind, name: &str) -> Result<Option<Stored>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = kv.get(self.key(kind, name), None).await?;
-        resp.kvs().first().map(|kv| self.decode(kv)).transpose()
+        let (kv, _) = self.get_at(&self.key(kind, name), None).await?;
+        kv.map(|kv| self.decode(&kv)).transpose()
     }
 
     /// Every resource of a kind (or of every kind), and the revision they were read at.
     pub async fn list(&self, kind: Option<Kind>) -> Result<(Vec<Stored>, i64), StoreError> {
-        let (key, opts) = self.range_of(kind);
-        let mut kv = self.client.kv_client();
-        let resp = kv.get(key, Some(opts)).await?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            // Resource keys only: <prefix>/<kind>/<name>.
-            if self.parse_key(kv.key()).is_none() {
-                continue;
+        let range = self.range_of(kind);
+        let mut attempt = 0;
+        loop {
+            let mut out = Vec::new();
+            let mut bad = None;
+            let r = self
+                .range_with(&range, None, false, |kv| {
+                    // Resource keys only: <prefix>/<kind>/<name>.
+                    if bad.is_some() || self.parse_key(&kv.key).is_none() {
+                        return;
+                    }
+                    match self.decode(&kv) {
+                        Ok(s) => out.push(s),
+                        Err(e) => bad = Some(e),
+                    }
+                })
+                .await;
+            match r {
+                // A revision compacted between two pages: read again from the start.
+                Err(StoreError::Compacted) if attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(rev) => {
+                    return match bad {
+                        Some(e) => Err(e),
+                        None => Ok((out, rev)),
+                    };
+                }
             }
-            out.push(self.decode(kv)?);
         }
-        Ok((out, rev))
     }
 
     fn encode(r: &Resource) -> Result<Vec<u8>, StoreError> {
@@ -252,33 +537,35 @@ impl Store {
         let name = r.name().to_string();
         let key = self.key(kind, &name);
         let value = Self::encode(r)?;
-        let mut kv = self.client.kv_client();
         for attempt in 0..MAX_GUARD_RETRIES {
-            let mut compares = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+            let mut compares = vec![Cmp::Absent(key.clone())];
             if let Some(check) = check {
                 let (others, rev) = self.list(Some(kind)).await?;
                 check(&others).map_err(StoreError::Invalid)?;
-                compares.push(
-                    Compare::mod_revision(self.kind_prefix(kind), CompareOp::Less, rev + 1)
-                        .with_prefix(),
-                );
+                compares.push(Cmp::PrefixUnchangedSince(self.kind_prefix(kind), rev));
             }
-            let txn = Txn::new()
-                .when(compares)
-                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
-                .or_else([TxnOp::get(key.clone(), None)]);
-            let resp = kv.txn(txn).await?;
-            if resp.succeeded() {
-                let rev = resp.header().map_or(0, |h| h.revision());
+            let out = self
+                .txn(
+                    Txn::new()
+                        .when(compares)
+                        .then([Op::put(key.clone(), value.clone())])
+                        .otherwise([Op::Get(key.clone())]),
+                )
+                .await?;
+            let stored = |rev: i64| {
                 let mut out = r.clone();
                 out.metadata_mut().resource_version = rev.to_string();
-                return Ok(out);
+                out
+            };
+            if out.succeeded {
+                return Ok(stored(out.revision));
             }
-            let exists = resp.op_responses().into_iter().any(|op| match op {
-                TxnOpResponse::Get(g) => !g.kvs().is_empty(),
-                _ => false,
-            });
-            if exists {
+            if let Some(Some(current)) = out.gets().first() {
+                // Sent twice after a lost answer: the object there is our own first
+                // delivery (the uid in it is ours), not someone else's.
+                if out.resent && current.value == value {
+                    return Ok(stored(current.mod_revision));
+                }
                 return Err(StoreError::AlreadyExists { kind, name });
             }
             debug!(%kind, %name, attempt, "concurrent write under the kind prefix; retrying");
@@ -292,23 +579,33 @@ impl Store {
         let name = r.name().to_string();
         let key = self.key(kind, &name);
         let value = Self::encode(r)?;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                expected,
-            )])
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let mut kv = self.client.kv_client();
-        let resp = kv.txn(txn).await?;
-        if resp.succeeded() {
-            let rev = resp.header().map_or(0, |h| h.revision());
+        let out = self
+            .txn(
+                Txn::new()
+                    .when([Cmp::ModRevision(key.clone(), expected)])
+                    .then([Op::put(key.clone(), value.clone())])
+                    .otherwise([Op::Get(key.clone())]),
+            )
+            .await?;
+        let stored = |rev: i64| {
             let mut out = r.clone();
             out.metadata_mut().resource_version = rev.to_string();
-            return Ok(out);
+            out
+        };
+        if out.succeeded {
+            return Ok(stored(out.revision));
         }
-        Err(self.why_failed(kind, name, expected, resp.op_responses()))
+        let current = out.gets().first().copied().flatten().cloned();
+        match current {
+            Some(c) if out.resent && c.value == value => Ok(stored(c.mod_revision)),
+            Some(c) => Err(StoreError::Conflict {
+                kind,
+                name,
+                expected: expected.to_string(),
+                current: c.mod_revision,
+            }),
+            None => Err(StoreError::NotFound { kind, name }),
+        }
     }
 
     /// Delete iff the mod revision is `expected` (or unconditionally with `None`).
@@ -322,78 +619,70 @@ impl Store {
     ) -> Result<Option<Resource>, StoreError> {
         let key = self.key(kind, name);
         let cmp = match expected {
-            Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
-            None => Compare::create_revision(key.clone(), CompareOp::Greater, 0),
+            Some(rev) => Cmp::ModRevision(key.clone(), rev),
+            None => Cmp::Exists(key.clone()),
         };
-        let mut ops = vec![TxnOp::delete(
-            key.clone(),
-            Some(etcd_client::DeleteOptions::new().with_prev_key()),
-        )];
+        let mut ops = vec![Op::Delete(key.clone())];
         if kind == Kind::Node {
             // The node's last status report goes with it (a node re-created under the
             // name starts without its predecessor's status).
-            ops.push(TxnOp::delete(self.status_key(name), None));
+            ops.push(Op::Delete(self.status_key(name)));
         }
-        let txn = Txn::new()
-            .when([cmp])
-            .and_then(ops)
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let mut kv = self.client.kv_client();
-        let resp = kv.txn(txn).await?;
-        if resp.succeeded() {
-            for op in resp.op_responses() {
-                if let TxnOpResponse::Delete(d) = op
-                    && let Some(prev) = d.prev_kvs().first()
-                {
-                    return Ok(match self.decode(prev) {
-                        Ok(s) => Some(s.resource),
-                        Err(e) => {
-                            warn!(error = %e, "deleted an unreadable object");
-                            None
-                        }
-                    });
-                }
+        let out = self
+            .txn(
+                Txn::new()
+                    .when([cmp])
+                    .then(ops)
+                    .otherwise([Op::Get(key.clone())]),
+            )
+            .await?;
+        if out.succeeded {
+            if let Some(prev) = out.deleted() {
+                return Ok(match self.decode(prev) {
+                    Ok(s) => Some(s.resource),
+                    Err(e) => {
+                        warn!(error = %e, "deleted an unreadable object");
+                        None
+                    }
+                });
             }
             return Err(StoreError::NotFound {
                 kind,
                 name: name.to_string(),
             });
         }
-        Err(self.why_failed(
-            kind,
-            name.to_string(),
-            expected.unwrap_or(0),
-            resp.op_responses(),
-        ))
-    }
-
-    fn why_failed(
-        &self,
-        kind: Kind,
-        name: String,
-        expected: i64,
-        ops: Vec<TxnOpResponse>,
-    ) -> StoreError {
-        let current = ops.into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
-            _ => None,
-        });
-        match current {
-            None => StoreError::NotFound { kind, name },
-            Some(current) => StoreError::Conflict {
+        match out.gets().first().copied().flatten() {
+            // Sent twice after a lost answer: gone, by our first delivery or another's.
+            None if out.resent => Ok(None),
+            None => Err(StoreError::NotFound {
                 kind,
-                name,
-                expected: expected.to_string(),
-                current,
-            },
+                name: name.to_string(),
+            }),
+            Some(c) => Err(StoreError::Conflict {
+                kind,
+                name: name.to_string(),
+                expected: expected.unwrap_or(0).to_string(),
+                current: c.mod_revision,
+            }),
         }
     }
 
     /// The current etcd revision (a cheap read).
     pub async fn revision(&self) -> Result<i64, StoreError> {
-        let mut kv = self.client.kv_client();
-        let (key, opts) = self.range_of(None);
-        let resp = kv.get(key, Some(opts.with_count_only())).await?;
+        let range = self.resources_range();
+        let (resp, _) = self
+            .endpoints
+            .call(Class::Read, |mut m| {
+                let (start, end) = (range.start.clone(), range.end.clone());
+                async move {
+                    m.kv.get(
+                        start,
+                        Some(GetOptions::new().with_range(end).with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 }
@@ -420,14 +709,16 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("etcd client: {0}")]
-    Client(#[from] etcd_client::Error),
     #[error("{0}")]
     Config(String),
+    #[error("etcd refused the controller's credentials: {0}")]
+    Credentials(String),
 }
 
-/// Build an etcd client (lazy: it connects on first use and reconnects by itself).
-pub async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, ConnectError> {
+/// The endpoint URLs and the client options (TLS, credentials, timeouts).
+fn connect_options(
+    opts: &EtcdOptions,
+) -> Result<(Vec<String>, etcd_client::ConnectOptions), ConnectError> {
     if opts.endpoints.is_empty() {
         return Err(ConnectError::Config("no etcd endpoints given".into()));
     }
@@ -439,7 +730,7 @@ pub async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, ConnectE
     };
     let timeout = opts.request_timeout.unwrap_or(Duration::from_secs(5));
     let mut o = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(timeout)
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
@@ -478,5 +769,5 @@ pub async fn connect(opts: &EtcdOptions) -> Result<etcd_client::Client, ConnectE
             }
         })
         .collect();
-    Ok(etcd_client::Client::connect(endpoints, Some(o)).await?)
+    Ok((endpoints, o))
 }

@@ -18,7 +18,7 @@ use super::invalid_field;
 use crate::authz::{caller, check_ipam_node};
 use crate::ipam::{
     BlockRecord, Ipam, IpamError, MAX_HANDLE_BYTES, check_handle, check_node, check_pool,
-    parse_family, size_of,
+    parse_family,
 };
 
 impl From<IpamError> for Status {
@@ -44,7 +44,7 @@ fn block_message(r: &BlockRecord) -> proto::Block {
         pool: r.pool.clone(),
         node: r.node.clone(),
         state: "confirmed".into(),
-        addresses_total: u64::try_from(size_of(&r.cidr)).unwrap_or(u64::MAX),
+        addresses_total: tern::addr::saturating_u64(tern::addr::size(&r.cidr)),
         addresses_in_use: r.allocations.len() as u64,
     }
 }

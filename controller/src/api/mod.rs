@@ -3,6 +3,7 @@
 pub mod ipam;
 pub mod nodes;
 pub mod resources;
+pub mod watch;
 
 use tern::model::FieldError;
 use tonic::{Code, Status};

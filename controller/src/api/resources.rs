@@ -6,7 +6,6 @@
 
 use std::pin::Pin;
 
-use etcd_client::{EventType, WatchOptions};
 use futures::Stream;
 use tern::model::protojson::{from_proto, to_proto};
 use tern::model::{FieldError, Kind, Resource};
@@ -16,20 +15,34 @@ use tern::selector::Selector;
 use tern::validate::{check_pool_overlap, validate, validate_update};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument as _, debug, info, info_span};
+use tracing::{Instrument as _, info, info_span};
 
+use super::watch::Watches;
 use super::{invalid, invalid_field};
 use crate::authz::{self, caller};
 use crate::store::{Store, StoreError, Stored};
 
 /// How often a write retries when another writer changed the object between our read
-/// and our compare-and-swap (unconditional updates and patches only).
+/// and our compare-and-swap (writes without a resourceVersion precondition).
 const MAX_CAS_RETRIES: usize = 8;
+
+/// What a read-modify-write decides from the object it read.
+#[derive(Debug)]
+pub enum Change {
+    /// The object is absent: create this.
+    Create(Resource),
+    /// Replace the object read with this.
+    Replace(Resource),
+    /// Nothing to write.
+    Keep,
+}
 
 /// The resource API over a [`Store`].
 #[derive(Debug, Clone)]
 pub struct ResourceApi {
     store: Store,
+    /// Watch streams, served from the cache (None: Watch is UNAVAILABLE).
+    watches: Option<Watches>,
     /// Ends Watch streams when the replica shuts down.
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -74,8 +87,15 @@ impl ResourceApi {
     pub fn new(store: Store) -> Self {
         ResourceApi {
             store,
+            watches: None,
             shutdown: Default::default(),
         }
+    }
+
+    /// Serve Watch from these streams (over the replica's cache).
+    pub fn with_watches(mut self, watches: Watches) -> Self {
+        self.watches = Some(watches);
+        self
     }
 
     /// Watch streams end when `token` is cancelled.
@@ -102,35 +122,90 @@ impl ResourceApi {
         }
     }
 
-    /// Replace with a precondition, or with retries against the latest version.
-    async fn replace_resource(
+    /// Read the object, decide, and write with a compare-and-swap on what was read;
+    /// when another writer came first, read again and decide again (up to
+    /// [`MAX_CAS_RETRIES`] times). With a `precondition`, the object must be at that
+    /// resourceVersion and a lost race is a conflict (ABORTED), not a retry. Returns
+    /// the object as written (or as read, for [`Change::Keep`]).
+    pub async fn read_modify_write(
         &self,
-        mut new: Resource,
+        kind: Kind,
+        name: &str,
         precondition: Option<i64>,
+        mut decide: impl FnMut(Option<&Stored>) -> Result<Change, Status>,
     ) -> Result<Resource, Status> {
-        let (kind, name) = (new.kind(), new.name().to_string());
         for _ in 0..MAX_CAS_RETRIES {
-            let current = self.store.get(kind, &name).await?;
-            if let Some(rv) = precondition
-                && rv != current.mod_revision
-            {
-                return Err(StoreError::Conflict {
-                    kind,
-                    name,
-                    expected: rv.to_string(),
-                    current: current.mod_revision,
+            let current = self.store.get_opt(kind, name).await?;
+            if let Some(rv) = precondition {
+                match &current {
+                    None => {
+                        return Err(StoreError::NotFound {
+                            kind,
+                            name: name.to_string(),
+                        }
+                        .into());
+                    }
+                    Some(c) if c.mod_revision != rv => {
+                        return Err(StoreError::Conflict {
+                            kind,
+                            name: name.to_string(),
+                            expected: rv.to_string(),
+                            current: c.mod_revision,
+                        }
+                        .into());
+                    }
+                    Some(_) => {}
                 }
-                .into());
             }
-            validate_update(&current.resource, &new).map_err(|e| invalid(&e.0))?;
-            carry_server_fields(&mut new, &current.resource);
-            match self.store.replace(&new, current.mod_revision).await {
+            let result = match (decide(current.as_ref())?, &current) {
+                (Change::Keep, Some(c)) => return Ok(c.resource.clone()),
+                (Change::Keep, None) => {
+                    return Err(StoreError::NotFound {
+                        kind,
+                        name: name.to_string(),
+                    }
+                    .into());
+                }
+                (Change::Create(r), _) => self.create_resource(r).await,
+                (Change::Replace(mut r), Some(c)) => {
+                    carry_server_fields(&mut r, &c.resource);
+                    self.store.replace(&r, c.mod_revision).await
+                }
+                (Change::Replace(_), None) => Err(StoreError::NotFound {
+                    kind,
+                    name: name.to_string(),
+                }),
+            };
+            match result {
                 Ok(r) => return Ok(r),
-                Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })
+                    if precondition.is_none() => {}
+                Err(StoreError::NotFound { .. }) if precondition.is_none() => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Err(StoreError::Contention(format!("{kind}({name})")).into())
+    }
+
+    /// Replace with a precondition, or with retries against the latest version.
+    async fn replace_resource(
+        &self,
+        new: Resource,
+        precondition: Option<i64>,
+    ) -> Result<Resource, Status> {
+        let (kind, name) = (new.kind(), new.name().to_string());
+        self.read_modify_write(kind, &name, precondition, |current| {
+            let Some(current) = current else {
+                return Err(StoreError::NotFound {
+                    kind,
+                    name: name.clone(),
+                }
+                .into());
+            };
+            validate_update(&current.resource, &new).map_err(|e| invalid(&e.0))?;
+            Ok(Change::Replace(new.clone()))
+        })
+        .await
     }
 
     async fn patch_resource(&self, req: proto::PatchRequest) -> Result<Resource, Status> {
@@ -144,19 +219,14 @@ impl ResourceApi {
         if req.name.is_empty() {
             return Err(invalid_field("name", "required"));
         }
-        for _ in 0..MAX_CAS_RETRIES {
-            let current = self.store.get(kind, &req.name).await?;
-            if let Some(rv) = precondition
-                && rv != current.mod_revision
-            {
-                return Err(StoreError::Conflict {
+        self.read_modify_write(kind, &req.name, precondition, |current| {
+            let Some(current) = current else {
+                return Err(StoreError::NotFound {
                     kind,
                     name: req.name.clone(),
-                    expected: rv.to_string(),
-                    current: current.mod_revision,
                 }
                 .into());
-            }
+            };
             let mut doc = current.resource.to_value();
             // The patch sees the object as `get -o json` shows it.
             doc["metadata"]["resourceVersion"] =
@@ -164,16 +234,11 @@ impl ResourceApi {
             // The patched document is bounded like a request's, while it is being made.
             let patched = apply_patch(&doc, &req.patch, ty, crate::store::MAX_RESOURCE_BYTES)
                 .map_err(|e| invalid_field(e.field(), e.reason()))?;
-            let mut new = admit_value(patched)?;
+            let new = admit_value(patched)?;
             validate_update(&current.resource, &new).map_err(|e| invalid(&e.0))?;
-            carry_server_fields(&mut new, &current.resource);
-            match self.store.replace(&new, current.mod_revision).await {
-                Ok(r) => return Ok(r),
-                Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Contention(format!("{kind}({})", req.name)).into())
+            Ok(Change::Replace(new))
+        })
+        .await
     }
 }
 
@@ -292,45 +357,25 @@ impl ResourceService for ResourceApi {
         let r = admit(req.into_inner().resource)?;
         let precondition = parse_rv("metadata.resourceVersion", &r.metadata().resource_version)?;
         let span = info_span!("apply", kind = %r.kind(), name = r.name());
-        async {
-            for _ in 0..MAX_CAS_RETRIES {
-                if self.store.get_opt(r.kind(), r.name()).await?.is_none() {
-                    if precondition.is_some() {
-                        return Err(StoreError::NotFound {
-                            kind: r.kind(),
-                            name: r.name().to_string(),
-                        }
-                        .into());
-                    }
-                    match self.create_resource(r.clone()).await {
-                        Ok(out) => {
-                            info!("created");
-                            return Ok(Response::new(proto::ApplyResponse {
-                                resource: Some(to_proto(&out, false)),
-                                created: true,
-                            }));
-                        }
-                        // Someone created it meanwhile: replace instead.
-                        Err(StoreError::AlreadyExists { .. }) => continue,
-                        Err(e) => return Err(e.into()),
+        let mut created = false;
+        let out = self
+            .read_modify_write(r.kind(), r.name(), precondition, |current| {
+                created = current.is_none();
+                match current {
+                    None => Ok(Change::Create(r.clone())),
+                    Some(c) => {
+                        validate_update(&c.resource, &r).map_err(|e| invalid(&e.0))?;
+                        Ok(Change::Replace(r.clone()))
                     }
                 }
-                match self.replace_resource(r.clone(), precondition).await {
-                    Ok(out) => {
-                        info!("replaced");
-                        return Ok(Response::new(proto::ApplyResponse {
-                            resource: Some(to_proto(&out, false)),
-                            created: false,
-                        }));
-                    }
-                    Err(s) if s.code() == tonic::Code::NotFound => continue,
-                    Err(s) => return Err(s),
-                }
-            }
-            Err(StoreError::Contention(format!("{}({})", r.kind(), r.name())).into())
-        }
-        .instrument(span)
-        .await
+            })
+            .instrument(span.clone())
+            .await?;
+        span.in_scope(|| info!(created, "applied"));
+        Ok(Response::new(proto::ApplyResponse {
+            resource: Some(to_proto(&out, false)),
+            created,
+        }))
     }
 
     type WatchStream = WatchStream;
@@ -346,139 +391,13 @@ impl ResourceService for ResourceApi {
         if req.start_revision < 0 {
             return Err(invalid_field("startRevision", "must not be negative"));
         }
-        let (key, get_opts) = self.store.range_of(kind);
-        let watch_opts = match kind {
-            Some(_) => WatchOptions::new().with_prefix(),
-            None => WatchOptions::new().with_range(self.store.resources_range().1),
+        let Some(watches) = &self.watches else {
+            return Err(Status::unavailable("Watch is not served by this replica"));
         };
-        let store = self.store.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let mut client = store.client();
-        let mut initial = Vec::new();
-        let start = if req.start_revision == 0 {
-            let resp = client
-                .kv_client()
-                .get(key.clone(), Some(get_opts))
-                .await
-                .map_err(|e| Status::from(StoreError::from(e)))?;
-            for kv in resp.kvs() {
-                if store.parse_key(kv.key()).is_some() {
-                    initial.push(store.decode(kv)?);
-                }
-            }
-            resp.header().map_or(0, |h| h.revision()) + 1
-        } else {
-            req.start_revision
-        };
-        let mut stream = client
-            .watch(
-                key,
-                Some(watch_opts.with_prev_key().with_start_revision(start)),
-            )
-            .await
-            .map_err(|e| Status::from(StoreError::from(e)))?;
-        let may_see = move |k: Kind| authz::may_list_kind(&id, k);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(
-            async move {
-                for s in initial {
-                    if !may_see(s.resource.kind()) {
-                        continue;
-                    }
-                    let ev = proto::WatchEvent {
-                        r#type: proto::EventType::Added as i32,
-                        revision: s.mod_revision,
-                        resource: Some(to_proto(&s.resource, false)),
-                    };
-                    if !send_unless_shutdown(&tx, Ok(ev), &shutdown).await {
-                        return;
-                    }
-                }
-                loop {
-                    let msg = tokio::select! {
-                        m = stream.message() => m,
-                        () = tx.closed() => break,
-                        () = shutdown.cancelled() => {
-                            let _ = tx.try_send(Err(Status::unavailable("controller shutting down")));
-                            break;
-                        }
-                    };
-                    let resp = match msg {
-                        Ok(Some(r)) => r,
-                        Ok(None) => break,
-                        Err(e) => {
-                            send_unless_shutdown(&tx, Err(Status::from(StoreError::from(e))), &shutdown).await;
-                            break;
-                        }
-                    };
-                    if resp.canceled() {
-                        let reason = if resp.compact_revision() > 0 {
-                            Status::out_of_range(format!(
-                                "revision {start} has been compacted; the oldest available is {}",
-                                resp.compact_revision()
-                            ))
-                        } else {
-                            Status::unavailable(format!("watch canceled: {}", resp.cancel_reason()))
-                        };
-                        send_unless_shutdown(&tx, Err(reason), &shutdown).await;
-                        break;
-                    }
-                    for ev in resp.events() {
-                        let (ty, kv) = match ev.event_type() {
-                            EventType::Put => {
-                                let Some(kv) = ev.kv() else { continue };
-                                let ty = if kv.create_revision() == kv.mod_revision() {
-                                    proto::EventType::Added
-                                } else {
-                                    proto::EventType::Modified
-                                };
-                                (ty, kv)
-                            }
-                            EventType::Delete => {
-                                let Some(kv) = ev.prev_kv() else { continue };
-                                (proto::EventType::Deleted, kv)
-                            }
-                        };
-                        if store.parse_key(kv.key()).is_none() {
-                            continue;
-                        }
-                        let revision = ev.kv().map_or(0, |k| k.mod_revision());
-                        let item = match store.decode(kv) {
-                            Ok(s) if may_see(s.resource.kind()) => s,
-                            Ok(_) => continue,
-                            Err(e) => {
-                                debug!(error = %e, "skipping unreadable object in watch");
-                                continue;
-                            }
-                        };
-                        let ev = proto::WatchEvent {
-                            r#type: ty as i32,
-                            revision,
-                            resource: Some(to_proto(&item.resource, false)),
-                        };
-                        if !send_unless_shutdown(&tx, Ok(ev), &shutdown).await {
-                            return;
-                        }
-                    }
-                }
-                // Dropping the etcd watch stream cancels the watch.
-            }
-            .instrument(info_span!("watch")),
-        );
+        let rx = watches
+            .open(id, kind, req.start_revision, self.shutdown.clone())
+            .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Send to a Watch client unless the replica shuts down first (a client that stops
-/// reading must not keep the task and its etcd watch alive). False when not sent.
-async fn send_unless_shutdown<T>(
-    tx: &tokio::sync::mpsc::Sender<T>,
-    item: T,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> bool {
-    tokio::select! {
-        r = tx.send(item) => r.is_ok(),
-        () = shutdown.cancelled() => false,
     }
 }
 

@@ -36,14 +36,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::api::resources::ResourceApi;
+use crate::api::resources::{Change, ResourceApi};
 use crate::api::{invalid, invalid_field};
 use crate::authz::{self, caller};
 use crate::cache::Cache;
 use crate::config::SyncTuning;
 use crate::metrics::Metrics;
 use crate::status::StatusHub;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// The sync service of one replica.
 #[derive(Debug, Clone)]
@@ -190,9 +190,10 @@ async fn register(
             format!("{size} bytes; at most {MAX_AGENT_LABEL_BYTES}"),
         ));
     }
-    for _ in 0..8 {
-        match store.get_opt(Kind::Node, node).await? {
-            None => {
+    let api = ResourceApi::new(store.clone());
+    let out = api
+        .read_modify_write(Kind::Node, node, None, |current| {
+            let Some(cur) = current else {
                 if v4.is_none() && v6.is_none() {
                     return Err(Status::not_found(format!(
                         "node {node:?} is unknown: create the Node resource, or start the agent \
@@ -215,59 +216,51 @@ async fn register(
                 set_agent_labels(r.metadata_mut(), labels.keys().cloned().collect());
                 r.normalize();
                 validate(&r).map_err(|e| invalid(&e.0))?;
-                match ResourceApi::new(store.clone()).create_resource(r).await {
-                    Ok(created) => {
-                        info!(node, "registered node");
-                        return Ok(created.metadata().resource_version.parse().unwrap_or(0));
-                    }
-                    Err(StoreError::AlreadyExists { .. }) => continue,
-                    Err(e) => return Err(e.into()),
+                return Ok(Change::Create(r));
+            };
+            let Resource::Node(mut n) = cur.resource.clone() else {
+                return Err(Status::internal("stored Node is not a Node"));
+            };
+            let bgp = n.spec.bgp.get_or_insert_with(Default::default);
+            if v4.is_some() {
+                bgp.ipv4_address = v4;
+            }
+            if v6.is_some() {
+                bgp.ipv6_address = v6;
+            }
+            // The agent may set (allowed keys, checked above) the labels it set
+            // before and new ones; a label an administrator set is never overwritten
+            // by an agent (so selecting peers by admin-set labels cannot be subverted
+            // from a node).
+            let mut owned = agent_labels(&n.metadata);
+            for (k, v) in &labels {
+                if owned.contains(k) || !n.metadata.labels.contains_key(k) {
+                    n.metadata.labels.insert(k.clone(), v.clone());
+                    owned.insert(k.clone());
+                } else if n.metadata.labels.get(k) != Some(v) {
+                    debug!(node, label = %k, "not overriding a label set by an administrator");
                 }
             }
-            Some(cur) => {
-                let Resource::Node(mut n) = cur.resource.clone() else {
-                    return Err(Status::internal("stored Node is not a Node"));
-                };
-                let bgp = n.spec.bgp.get_or_insert_with(Default::default);
-                if v4.is_some() {
-                    bgp.ipv4_address = v4;
-                }
-                if v6.is_some() {
-                    bgp.ipv6_address = v6;
-                }
-                // The agent may set (allowed keys, checked above) the labels it set
-                // before and new ones; a label an administrator set is never overwritten
-                // by an agent (so selecting peers by admin-set labels cannot be subverted
-                // from a node).
-                let mut owned = agent_labels(&n.metadata);
-                for (k, v) in &labels {
-                    if owned.contains(k) || !n.metadata.labels.contains_key(k) {
-                        n.metadata.labels.insert(k.clone(), v.clone());
-                        owned.insert(k.clone());
-                    } else if n.metadata.labels.get(k) != Some(v) {
-                        debug!(node, label = %k, "not overriding a label set by an administrator");
-                    }
-                }
-                set_agent_labels(&mut n.metadata, owned);
-                let new = Resource::Node(n);
-                if new == cur.resource {
-                    return Ok(cur.mod_revision);
-                }
-                validate(&new).map_err(|e| invalid(&e.0))?;
-                match store.replace(&new, cur.mod_revision).await {
-                    Ok(r) => {
-                        info!(node, "updated node registration");
-                        return Ok(r.metadata().resource_version.parse().unwrap_or(0));
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+            set_agent_labels(&mut n.metadata, owned);
+            let new = Resource::Node(n);
+            if new == cur.resource {
+                return Ok(Change::Keep);
             }
-        }
-    }
-    Err(Status::aborted(format!(
-        "node {node:?} is being changed concurrently; retry"
-    )))
+            validate(&new).map_err(|e| invalid(&e.0))?;
+            Ok(Change::Replace(new))
+        })
+        .await
+        .map_err(|s| {
+            if s.code() == tonic::Code::Aborted {
+                Status::aborted(format!(
+                    "node {node:?} is being changed concurrently; retry"
+                ))
+            } else {
+                s
+            }
+        })?;
+    debug!(node, rv = %out.metadata().resource_version, "node registered");
+    Ok(out.metadata().resource_version.parse().unwrap_or(0))
 }
 
 /// Everything the producer task needs.

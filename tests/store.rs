@@ -1,0 +1,227 @@
+//! The store past etcd-client's default 4 MiB message: more than 4 MiB of objects go
+//! through List, Watch, the cache load (a replica started on that etcd becomes ready
+//! and serves Sync), ListNodes and IPAM. Once with tiny pages, so every paging path
+//! runs at test scale; once with the default page, so a single page larger than 4 MiB
+//! proves the raised decode limit.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Cluster, recording_agent, res};
+use prost::Message as _;
+use tern::pki::Role;
+use tern::proto::{
+    self, ipam_service_client::IpamServiceClient, node_service_client::NodeServiceClient,
+    resource_service_client::ResourceServiceClient,
+};
+use tern_controller::config::ControllerConfig;
+
+/// Nodes of ~250 KB each (an annotation): 18 of them are ~4.5 MB.
+const NODES: usize = 18;
+const ANNOTATION_BYTES: usize = 250_000;
+/// Block records of ~450 KB each (4,096 allocations with long handles).
+const RECORDS: usize = 10;
+const LIMIT: usize = 64 * 1024 * 1024;
+
+fn big_node(i: usize) -> proto::Resource {
+    let pad = "x".repeat(ANNOTATION_BYTES);
+    res(&format!(
+        "apiVersion: tern.dev/v1\nkind: Node\nmetadata:\n  name: big-{i:02}\n  annotations: {{example.com/pad: {pad}}}\nspec:\n  bgp: {{ipv4Address: 10.0.{i}.1/24}}\n"
+    ))
+}
+
+/// A block record of `node` for the i-th /20 of 10.128.0.0/9, every address taken.
+fn big_record(i: usize, node: &str) -> (String, Vec<u8>) {
+    let base = u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + (i as u32) * 4096;
+    let cidr = format!("{}/20", std::net::Ipv4Addr::from(base));
+    let mut allocations = serde_json::Map::new();
+    for k in 0..4096u32 {
+        let a = std::net::Ipv4Addr::from(base + k);
+        allocations.insert(
+            a.to_string(),
+            serde_json::Value::String(format!("cni-{k:05}-{}", "h".repeat(80))),
+        );
+    }
+    let rec =
+        serde_json::json!({"cidr": cidr, "pool": "big", "node": node, "allocations": allocations});
+    let seg = cidr.replace('/', "-");
+    (seg, serde_json::to_vec(&rec).expect("json"))
+}
+
+async fn past_4mib(tune: impl Fn(&mut ControllerConfig)) -> Cluster {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.ipam.auto_blocks = false;
+    tune(&mut cfg);
+    c.add_controller_with(cfg.clone()).await;
+    let ch = c.channel(&Role::Admin).await;
+    let mut api = ResourceServiceClient::new(ch.clone())
+        .max_decoding_message_size(LIMIT)
+        .max_encoding_message_size(LIMIT);
+    for i in 0..NODES {
+        api.create(proto::CreateRequest {
+            resource: Some(big_node(i)),
+        })
+        .await
+        .expect("create a big node");
+    }
+    api.create(proto::CreateRequest {
+        resource: Some(res(
+            "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: big}\nspec: {cidr: 10.128.0.0/9, blockSize: 20}\n",
+        )),
+    })
+    .await
+    .expect("pool");
+    // Status reports and block records go straight into etcd.
+    let mut etcd = c.etcd.client().await.expect("etcd client");
+    for i in 0..NODES {
+        let s = proto::NodeStatus {
+            node: format!("big-{i:02}"),
+            last_error: "e".repeat(60_000),
+            ..Default::default()
+        };
+        etcd.put(
+            format!("{}/_status/big-{i:02}", c.prefix),
+            s.encode_to_vec(),
+            None,
+        )
+        .await
+        .expect("status");
+    }
+    for i in 0..RECORDS {
+        let (seg, value) = big_record(i, &format!("big-{i:02}"));
+        etcd.put(format!("{}/_ipam/blocks/{seg}", c.prefix), value, None)
+            .await
+            .expect("record");
+    }
+
+    // List.
+    let list = api
+        .list(proto::ListRequest {
+            kind: "node".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list past 4 MiB")
+        .into_inner();
+    assert_eq!(list.items.len(), NODES);
+    let all = api
+        .list(proto::ListRequest::default())
+        .await
+        .expect("list every kind")
+        .into_inner();
+    assert!(all.items.len() > NODES);
+
+    // Watch from 0: every node, then a change.
+    let mut w = api
+        .watch(proto::WatchRequest {
+            kind: "node".into(),
+            start_revision: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = BTreeSet::new();
+    while seen.len() < NODES {
+        let ev = tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("an event in time")
+            .expect("stream ok")
+            .expect("an event");
+        assert_eq!(ev.r#type, proto::EventType::Added as i32);
+        seen.insert(ev.resource.expect("resource").metadata.expect("meta").name);
+    }
+
+    // ListNodes with the big status reports.
+    let mut nodes = NodeServiceClient::new(ch.clone()).max_decoding_message_size(LIMIT);
+    let ln = nodes
+        .list_nodes(proto::ListNodesRequest::default())
+        .await
+        .expect("ListNodes past 4 MiB")
+        .into_inner();
+    assert_eq!(ln.nodes.len(), NODES);
+    assert!(ln.nodes.iter().all(|n| {
+        n.status
+            .as_ref()
+            .is_some_and(|s| s.last_error.len() == 60_000)
+    }));
+
+    // IPAM: the records' usage.
+    let mut ipam = IpamServiceClient::new(ch.clone()).max_decoding_message_size(LIMIT);
+    let show = ipam
+        .show(proto::IpamShowRequest::default())
+        .await
+        .expect("IPAM show past 4 MiB")
+        .into_inner();
+    let big = show
+        .pools
+        .iter()
+        .find(|p| p.name == "big")
+        .expect("pool in the report");
+    assert_eq!(big.addresses_in_use, (RECORDS * 4096) as u64);
+    assert!(show.blocks.len() >= RECORDS);
+
+    // A replica started on this etcd loads the cache and serves Sync.
+    let addr = c.add_controller_with(cfg).await;
+    let rev = list.revision;
+    let (agent, driver) = recording_agent(&c, "fresh", "10.1.0.1/24", vec![addr.to_string()]).await;
+    assert!(
+        agent.wait_applied(rev, Duration::from_secs(30)).await,
+        "the new replica serves Sync"
+    );
+    assert!(driver.current().is_some());
+    // Its own Watch serves the cache too, by page.
+    let mut api2 = ResourceServiceClient::new(
+        c.client_tls(&Role::Admin)
+            .connect(&addr.to_string())
+            .await
+            .expect("connect"),
+    );
+    let mut w2 = api2
+        .watch(proto::WatchRequest {
+            kind: "node".into(),
+            start_revision: 0,
+        })
+        .await
+        .expect("watch on the new replica")
+        .into_inner();
+    let mut n = 0;
+    while n < NODES {
+        let ev = tokio::time::timeout(Duration::from_secs(10), w2.message())
+            .await
+            .expect("an event in time")
+            .expect("stream ok")
+            .expect("an event");
+        if ev
+            .resource
+            .and_then(|r| r.metadata)
+            .is_some_and(|m| m.name.starts_with("big-"))
+        {
+            n += 1;
+        }
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_4mib_in_small_pages() {
+    past_4mib(|cfg| {
+        cfg.store.page_keys = 3;
+        cfg.watch.page_items = 2;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_4mib_in_one_page() {
+    let c = past_4mib(|cfg| {
+        cfg.store.page_keys = 10_000;
+    })
+    .await;
+    // The ~4.5 MB of Nodes came in one page each time, never split to fit.
+    for ctl in &c.controllers {
+        assert_eq!(ctl.metrics().store.pages_split.get(), 0);
+    }
+}
