@@ -18,8 +18,7 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::{
     AffinityView, BlockRecord, HandleRecord, IpamError, NodeView, PoolView, ReleaseReason,
     Snapshot, affinity_name, affinity_view, candidate_pools, choose_address, decode_handle,
-    effective_pool,
-    first_free_block, node_view, parse_block_segment, pool_view, usage,
+    effective_pool, first_free_block, node_view, parse_block_segment, pool_view, usage,
 };
 use crate::store::{Cmp, Kv, Op, Store, Txn};
 
