@@ -674,13 +674,14 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use super::*;
     use tern::model::{Object, SecretData};
 
-    fn entry(name: &str, rev: i64) -> Arc<Entry> {
+    /// A cached Secret (test helper, also used by the Watch tests).
+    pub(crate) fn entry(name: &str, rev: i64) -> Arc<Entry> {
         Arc::new(Entry {
             resource: Resource::Secret(Object::new(name, SecretData::new())),
             bytes: Bytes::new(),
@@ -688,7 +689,7 @@ mod tests {
         })
     }
 
-    fn key(name: &str) -> Key {
+    pub(crate) fn key(name: &str) -> Key {
         (Kind::Secret, Arc::from(name))
     }
 

@@ -391,22 +391,8 @@ impl Producer {
 mod tests {
     use std::collections::HashMap;
 
-    use bytes::Bytes;
-    use tern::model::{Object, Resource, SecretData};
-
     use super::*;
-
-    fn entry(name: &str, rev: i64) -> Arc<Entry> {
-        Arc::new(Entry {
-            resource: Resource::Secret(Object::new(name, SecretData::new())),
-            bytes: Bytes::new(),
-            mod_revision: rev,
-        })
-    }
-
-    fn key(name: &str) -> Key {
-        (Kind::Secret, Arc::from(name))
-    }
+    use crate::cache::tests::{entry, key};
 
     fn names(items: &[(Key, Arc<Entry>)]) -> Vec<(String, i64)> {
         items
