@@ -19,9 +19,9 @@ use std::ops::RangeInclusive;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::model::{
-    AgentConfiguration, AllowedUse, BGPConfiguration, BGPFilter, BGPFilterRule, BGPPassword,
-    BGPPeer, BlockAffinity, Cidr, EncapMode, Family, FieldError, GoDuration, IPPool, Kind, Node,
-    ObjectMeta, Resource, Secret, check_name,
+    AgentConfiguration, AllowedUse, BFDProfile, BGPConfiguration, BGPFilter, BGPFilterRule,
+    BGPPassword, BGPPeer, BlockAffinity, Cidr, EncapMode, Family, FieldError, GoDuration, IPPool,
+    Kind, Node, ObjectMeta, Resource, Secret, SessionOptions, SourceAddress, check_name,
 };
 
 /// Block sizes (prefix lengths) an IPv4 pool may use.
@@ -117,6 +117,7 @@ pub fn validate(r: &Resource) -> Result<(), ValidationError> {
         Resource::BlockAffinity(b) => block_affinity(b, &mut e),
         Resource::AgentConfiguration(c) => agent_configuration(c, &mut e),
         Resource::Secret(s) => secret(s, &mut e),
+        Resource::BFDProfile(p) => bfd_profile(p, &mut e),
     }
     e.finish()
 }
@@ -673,7 +674,9 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errors) {
             whole_seconds(d, &RESTART_TIME_SECS, "graceful restart time"),
         );
     }
-    if let Some(d) = &s.keepalive_time {
+    if let Some(d) = &s.keepalive_time
+        && s.hold_time.is_none()
+    {
         e.check(
             "spec.keepaliveTime",
             whole_seconds(
@@ -725,6 +728,15 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errors) {
             check_name(f).map_err(|r| format!("not a BGPFilter name: {r}")),
         );
     }
+
+    session_options(&s.session_options(), "spec.", "", e);
+    if !s.bfd_profile.is_empty() && s.source_address() == SourceAddress::None {
+        e.add(
+            "spec.bfdProfile",
+            "BFD needs a source address (BIRD runs multihop BFD, which requires one): \
+             leave sourceAddress at UseNodeIP",
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -772,7 +784,9 @@ fn bgp_configuration(c: &BGPConfiguration, e: &mut Errors) {
                 only_default("nodeMeshMaxRestartTime"),
             );
         }
+        mesh_options_only_in_default(s, &only_default, e);
     }
+    session_options(&s.mesh_session_options(), "spec.", "nodeMesh", e);
 
     if s.listen_port == Some(0) {
         e.add("spec.listenPort", "must be 1-65535");
@@ -1110,6 +1124,183 @@ fn secret(s: &Secret, e: &mut Errors) {
         e.add(
             "data",
             format!("the data totals {size} bytes; the limit is {MAX_SECRET_BYTES}"),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// tern's BGP extensions (model/bgp_ext.rs): BFDProfile, session timers, long-lived
+// graceful restart. Kept together so the Calico rules above read as Calico's.
+
+/// BFD intervals BIRD accepts and a network can keep up with: 10 ms to 60 s.
+const BFD_INTERVAL: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(60);
+/// BFD detection multiplier (an 8-bit field, 0 is not allowed).
+const BFD_MULTIPLIER: RangeInclusive<u32> = 1..=255;
+/// BGP hold time other than 0 (RFC 4271: 0 or at least 3 s; 16 bits).
+const HOLD_TIME_SECS: RangeInclusive<u64> = 3..=65535;
+/// Connect retry time (BIRD keeps it in 16 bits).
+const CONNECT_RETRY_SECS: RangeInclusive<u64> = 1..=65535;
+/// Long-lived stale time (RFC 9494: 24 bits of seconds).
+const LONG_LIVED_STALE_SECS: RangeInclusive<u64> = 1..=16_777_215;
+
+fn bfd_profile(p: &BFDProfile, e: &mut Errors) {
+    let s = &p.spec;
+    for (field, value) in [
+        ("receiveInterval", s.receive_interval),
+        ("transmitInterval", s.transmit_interval),
+        ("idleTransmitInterval", s.idle_transmit_interval),
+    ] {
+        if let Some(d) = value {
+            e.check(format!("spec.{field}"), bfd_interval(&d));
+        }
+    }
+    if let Some(m) = s.multiplier
+        && !BFD_MULTIPLIER.contains(&m)
+    {
+        e.add(
+            "spec.multiplier",
+            format!(
+                "{m} is out of range: the detection multiplier must be between {} and {}",
+                BFD_MULTIPLIER.start(),
+                BFD_MULTIPLIER.end()
+            ),
+        );
+    }
+}
+
+fn bfd_interval(d: &GoDuration) -> Result<(), String> {
+    if d.0.subsec_nanos() % 1000 != 0 {
+        return Err(format!(
+            "{d} is finer than a microsecond (BFD counts intervals in microseconds)"
+        ));
+    }
+    if !BFD_INTERVAL.contains(&d.0) {
+        return Err(format!(
+            "{d} is out of range: a BFD interval must be between 10ms and 60s"
+        ));
+    }
+    Ok(())
+}
+
+/// The mesh options of tern's extensions are cluster-wide, as nodeMeshPassword is.
+fn mesh_options_only_in_default(
+    s: &crate::model::BGPConfigurationSpec,
+    only_default: &dyn Fn(&str) -> String,
+    e: &mut Errors,
+) {
+    for (field, set) in [
+        ("nodeMeshBFDProfile", s.node_mesh_bfd_profile.is_some()),
+        ("nodeMeshHoldTime", s.node_mesh_hold_time.is_some()),
+        (
+            "nodeMeshKeepaliveTime",
+            s.node_mesh_keepalive_time.is_some(),
+        ),
+        (
+            "nodeMeshConnectRetryTime",
+            s.node_mesh_connect_retry_time.is_some(),
+        ),
+        (
+            "nodeMeshLongLivedStaleTime",
+            s.node_mesh_long_lived_stale_time.is_some(),
+        ),
+    ] {
+        if set {
+            e.add(format!("spec.{field}"), only_default(field));
+        }
+    }
+}
+
+/// The session options of a BGPPeer (`prefix` "spec.", no field prefix) or of the mesh
+/// (field prefix "nodeMesh"): BGP's timer rules, as BIRD enforces them.
+fn session_options(o: &SessionOptions<'_>, path: &str, prefix: &str, e: &mut Errors) {
+    let field = |name: &str| {
+        if prefix.is_empty() {
+            format!("{path}{name}")
+        } else {
+            let mut chars = name.chars();
+            let first = chars.next().map(|c| c.to_ascii_uppercase());
+            format!(
+                "{path}{prefix}{}{}",
+                first.unwrap_or_default(),
+                chars.as_str()
+            )
+        }
+    };
+    if let Some(name) = o.bfd_profile {
+        let f = if prefix.is_empty() {
+            field("bfdProfile")
+        } else {
+            format!("{path}{prefix}BFDProfile")
+        };
+        e.check(
+            f,
+            check_name(name).map_err(|r| format!("not a BFDProfile name: {r}")),
+        );
+    }
+    let hold = o.hold_time.map(|h| {
+        if h.0.subsec_nanos() != 0 {
+            e.add(
+                field("holdTime"),
+                format!("{h} is not a whole number of seconds (BIRD takes seconds)"),
+            );
+        } else if h.as_secs() != 0 && !HOLD_TIME_SECS.contains(&h.as_secs()) {
+            e.add(
+                field("holdTime"),
+                format!(
+                    "{h} is out of range: the hold time must be 0 (no keepalives) or between \
+                     {}s and {}s",
+                    HOLD_TIME_SECS.start(),
+                    HOLD_TIME_SECS.end()
+                ),
+            );
+        }
+        h.as_secs()
+    });
+    if let (Some(hold), Some(k)) = (hold, o.keepalive_time) {
+        if k.0.subsec_nanos() != 0 {
+            e.add(
+                field("keepaliveTime"),
+                format!("{k} is not a whole number of seconds (BIRD takes seconds)"),
+            );
+        } else if hold == 0 && k.as_secs() != 0 {
+            e.add(
+                field("keepaliveTime"),
+                "must be empty or 0 with a hold time of 0 (no keepalives are sent)",
+            );
+        } else if hold != 0 && k.as_secs() >= hold {
+            e.add(
+                field("keepaliveTime"),
+                format!(
+                    "{k} must be below the hold time ({}s); a third of it is usual",
+                    hold
+                ),
+            );
+        }
+    } else if !prefix.is_empty()
+        && let Some(k) = o.keepalive_time
+    {
+        // A BGPPeer's keepaliveTime alone is Calico's rule (checked with its fields);
+        // the mesh's is ours.
+        e.check(
+            field("keepaliveTime"),
+            whole_seconds(
+                &k,
+                &KEEPALIVE_TIME_SECS,
+                "keepalive time (at most BIRD's hold time)",
+            ),
+        );
+    }
+    if let Some(d) = &o.connect_retry_time {
+        e.check(
+            field("connectRetryTime"),
+            whole_seconds(d, &CONNECT_RETRY_SECS, "connect retry time"),
+        );
+    }
+    if let Some(d) = &o.long_lived_stale_time {
+        e.check(
+            field("longLivedStaleTime"),
+            whole_seconds(d, &LONG_LIVED_STALE_SECS, "long-lived stale time"),
         );
     }
 }
@@ -1650,6 +1841,194 @@ mod tests {
         for shape in ["", "1", ":", "1:", ":1", "a:b", "1:2:3:4", "1 :2", "-1:2", "+1:2", "no-export"] {
             assert_eq!(community_value(shape), None, "{shape}");
         }
+    }
+
+    // ---- tern's BGP extensions
+
+    #[test]
+    fn bfd_profiles() {
+        table(
+            "BFDProfile",
+            &[
+                (
+                    "fast",
+                    "{receiveInterval: 300ms, transmitInterval: 300ms, multiplier: 3}",
+                ),
+                (
+                    "edges",
+                    "{receiveInterval: 10ms, transmitInterval: 60s, idleTransmitInterval: 15500us, multiplier: 255, passive: true}",
+                ),
+                ("defaults", "{}"),
+            ],
+            &[
+                (
+                    "a",
+                    "{receiveInterval: 5ms}",
+                    "spec.receiveInterval",
+                    "between 10ms and 60s",
+                ),
+                (
+                    "a",
+                    "{transmitInterval: 61s}",
+                    "spec.transmitInterval",
+                    "between 10ms and 60s",
+                ),
+                (
+                    "a",
+                    "{idleTransmitInterval: 10000500ns}",
+                    "spec.idleTransmitInterval",
+                    "finer than a microsecond",
+                ),
+                (
+                    "a",
+                    "{multiplier: 0}",
+                    "spec.multiplier",
+                    "between 1 and 255",
+                ),
+                (
+                    "a",
+                    "{multiplier: 256}",
+                    "spec.multiplier",
+                    "between 1 and 255",
+                ),
+            ],
+        );
+        // Defaults are filled in on write.
+        let Resource::BFDProfile(p) = parse(&doc("BFDProfile", "d", "{}")) else {
+            panic!("not a BFDProfile")
+        };
+        assert_eq!(p.spec.multiplier, Some(3));
+        assert_eq!(
+            p.spec.receive_interval.map(|d| d.to_string()),
+            Some("300ms".into())
+        );
+    }
+
+    #[test]
+    fn session_timers_follow_bgp() {
+        table(
+            "BGPPeer",
+            &[
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 9s, keepaliveTime: 3s, connectRetryTime: 2s, bfdProfile: fast}",
+                ),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, holdTime: '0'}"),
+                ("p", "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 3s}"),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 1000s, keepaliveTime: 300s}",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, longLivedStaleTime: 1h}",
+                ),
+            ],
+            &[
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 2s}",
+                    "spec.holdTime",
+                    "0 (no keepalives) or between 3s and 65535s",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 70000s}",
+                    "spec.holdTime",
+                    "between 3s and 65535s",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 3500ms}",
+                    "spec.holdTime",
+                    "whole number of seconds",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: 9s, keepaliveTime: 9s}",
+                    "spec.keepaliveTime",
+                    "below the hold time (9s)",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, holdTime: '0', keepaliveTime: 3s}",
+                    "spec.keepaliveTime",
+                    "hold time of 0",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, connectRetryTime: '0'}",
+                    "spec.connectRetryTime",
+                    "between 1s and 65535s",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, longLivedStaleTime: 5000h}",
+                    "spec.longLivedStaleTime",
+                    "between 1s and 16777215s",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, bfdProfile: Fast}",
+                    "spec.bfdProfile",
+                    "not a BFDProfile name",
+                ),
+                (
+                    "p",
+                    "{peerIP: 10.0.0.1, asNumber: 1, bfdProfile: fast, sourceAddress: None}",
+                    "spec.bfdProfile",
+                    "needs a source address",
+                ),
+            ],
+        );
+        table(
+            "BGPConfiguration",
+            &[
+                (
+                    "default",
+                    "{nodeMeshBFDProfile: fast, nodeMeshHoldTime: 30s, nodeMeshKeepaliveTime: 10s, nodeMeshConnectRetryTime: 5s, nodeMeshLongLivedStaleTime: 10m}",
+                ),
+                ("node.a", "{routeReflectorClients: Dynamic}"),
+            ],
+            &[
+                (
+                    "default",
+                    "{nodeMeshHoldTime: 1s}",
+                    "spec.nodeMeshHoldTime",
+                    "between 3s and 65535s",
+                ),
+                (
+                    "default",
+                    "{nodeMeshHoldTime: 6s, nodeMeshKeepaliveTime: 6s}",
+                    "spec.nodeMeshKeepaliveTime",
+                    "below the hold time",
+                ),
+                (
+                    "default",
+                    "{nodeMeshKeepaliveTime: 300s}",
+                    "spec.nodeMeshKeepaliveTime",
+                    "between 1s and 240s",
+                ),
+                (
+                    "default",
+                    "{nodeMeshBFDProfile: Bad_Name}",
+                    "spec.nodeMeshBFDProfile",
+                    "not a BFDProfile name",
+                ),
+                (
+                    "node.a",
+                    "{nodeMeshBFDProfile: fast}",
+                    "spec.nodeMeshBFDProfile",
+                    "cluster-wide",
+                ),
+                (
+                    "node.a",
+                    "{nodeMeshHoldTime: 9s}",
+                    "spec.nodeMeshHoldTime",
+                    "cluster-wide",
+                ),
+            ],
+        );
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    AgentConfiguration, AgentConfigurationSpec, BGPConfiguration, BGPConfigurationSpec, BGPFilter,
-    BGPPeer, BlockAffinity, IPPool, Kind, Node, Resource, Secret,
+    AgentConfiguration, AgentConfigurationSpec, BFDProfile, BGPConfiguration, BGPConfigurationSpec,
+    BGPFilter, BGPPeer, BlockAffinity, IPPool, Kind, Node, Resource, Secret,
 };
 
 /// Resources by kind and name. `revision` is the etcd revision the view is
@@ -22,6 +22,7 @@ pub struct View {
     pub peers: BTreeMap<String, BGPPeer>,
     pub blocks: BTreeMap<String, BlockAffinity>,
     pub secrets: BTreeMap<String, Secret>,
+    pub bfd_profiles: BTreeMap<String, BFDProfile>,
 }
 
 impl View {
@@ -68,6 +69,9 @@ impl View {
             Resource::Secret(o) => {
                 self.secrets.insert(o.metadata.name.clone(), o);
             }
+            Resource::BFDProfile(o) => {
+                self.bfd_profiles.insert(o.metadata.name.clone(), o);
+            }
         }
     }
 
@@ -82,6 +86,7 @@ impl View {
             Kind::BlockAffinity => self.blocks.remove(name).is_some(),
             Kind::AgentConfiguration => self.agent_configs.remove(name).is_some(),
             Kind::Secret => self.secrets.remove(name).is_some(),
+            Kind::BFDProfile => self.bfd_profiles.remove(name).is_some(),
         }
     }
 
@@ -104,6 +109,11 @@ impl View {
                 .cloned()
                 .map(Resource::AgentConfiguration),
             Kind::Secret => self.secrets.get(name).cloned().map(Resource::Secret),
+            Kind::BFDProfile => self
+                .bfd_profiles
+                .get(name)
+                .cloned()
+                .map(Resource::BFDProfile),
         }
     }
 
@@ -117,6 +127,7 @@ impl View {
             + self.peers.len()
             + self.blocks.len()
             + self.secrets.len()
+            + self.bfd_profiles.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,7 +202,13 @@ fn merge_bgp_config(base: &mut BGPConfigurationSpec, o: &BGPConfigurationSpec) {
         bind_mode,
         node_mesh_password,
         node_mesh_max_restart_time,
-        program_cluster_routes
+        program_cluster_routes,
+        node_mesh_bfd_profile,
+        node_mesh_hold_time,
+        node_mesh_keepalive_time,
+        node_mesh_connect_retry_time,
+        node_mesh_long_lived_stale_time,
+        route_reflector_clients
     );
     list!(
         service_cluster_ips,

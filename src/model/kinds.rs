@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::bgp_ext::{RouteReflectorClients, SessionOptions};
 use super::types::{AsNumber, Cidr, Family, GoDuration, IfAddr, Ip, PeerAddr, PortRange};
 use crate::selector::Selector;
 
@@ -185,6 +186,25 @@ pub struct BGPPeerSpec {
     /// For peerSelector peerings: Auto also makes the reverse sessions (Calico default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverse_peering: Option<ReversePeering>,
+
+    // ---- tern's extensions (model/bgp_ext.rs); not in Calico ----
+    /// The BFDProfile that watches these sessions; no BFD when empty.
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        rename = "bfdProfile"
+    )]
+    pub bfd_profile: String,
+    /// BGP hold time: 0 (no keepalives) or 3s to 65535s. BIRD's 240s when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<GoDuration>,
+    /// Time between attempts to open the connection. 5s when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_retry_time: Option<GoDuration>,
+    /// Long-lived graceful restart (RFC 9494): when set, the peer keeps our routes this
+    /// long (as least preferred) after the graceful restart time has run out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_lived_stale_time: Option<GoDuration>,
 }
 
 impl BGPPeerSpec {
@@ -233,6 +253,17 @@ impl BGPPeerSpec {
                 NextHopMode::Keep
             }
             Some(NextHopMode::Auto) | None => NextHopMode::Auto,
+        }
+    }
+
+    /// The options of tern's extensions, as one value.
+    pub fn session_options(&self) -> SessionOptions<'_> {
+        SessionOptions {
+            bfd_profile: (!self.bfd_profile.is_empty()).then_some(self.bfd_profile.as_str()),
+            hold_time: self.hold_time,
+            keepalive_time: self.keepalive_time,
+            connect_retry_time: self.connect_retry_time,
+            long_lived_stale_time: self.long_lived_stale_time,
         }
     }
 
@@ -359,6 +390,31 @@ pub struct BGPConfigurationSpec {
     pub ignored_interfaces: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program_cluster_routes: Option<ProgramClusterRoutes>,
+
+    // ---- tern's extensions (model/bgp_ext.rs); not in Calico ----
+    /// The BFDProfile of the node-to-node mesh sessions; no BFD when unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "nodeMeshBFDProfile"
+    )]
+    pub node_mesh_bfd_profile: Option<String>,
+    /// Hold time of the mesh sessions (as BGPPeer holdTime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_hold_time: Option<GoDuration>,
+    /// Keepalive time of the mesh sessions (as BGPPeer keepaliveTime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_keepalive_time: Option<GoDuration>,
+    /// Connect retry time of the mesh sessions (as BGPPeer connectRetryTime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_connect_retry_time: Option<GoDuration>,
+    /// Long-lived stale time of the mesh sessions (as BGPPeer longLivedStaleTime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_long_lived_stale_time: Option<GoDuration>,
+    /// How route reflector nodes take their client nodes: `Explicit` (Calico's way,
+    /// the default) or `Dynamic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_reflector_clients: Option<RouteReflectorClients>,
 }
 
 impl BGPConfigurationSpec {
@@ -375,6 +431,24 @@ impl BGPConfigurationSpec {
             .chain(&self.service_external_ips)
             .chain(&self.service_load_balancer_ips)
             .filter_map(|b| b.cidr)
+    }
+
+    /// The mesh sessions' options of tern's extensions, as one value.
+    pub fn mesh_session_options(&self) -> SessionOptions<'_> {
+        SessionOptions {
+            bfd_profile: self
+                .node_mesh_bfd_profile
+                .as_deref()
+                .filter(|p| !p.is_empty()),
+            hold_time: self.node_mesh_hold_time,
+            keepalive_time: self.node_mesh_keepalive_time,
+            connect_retry_time: self.node_mesh_connect_retry_time,
+            long_lived_stale_time: self.node_mesh_long_lived_stale_time,
+        }
+    }
+
+    pub fn route_reflector_clients(&self) -> RouteReflectorClients {
+        self.route_reflector_clients.unwrap_or_default()
     }
 
     pub fn mesh_secret_name(&self) -> Option<&str> {

@@ -5,6 +5,7 @@
 //! [`Resource`] is the typed sum of all kinds; it parses from and serializes to the
 //! JSON document that etcd stores, the API carries and `ternctl get -o json` prints.
 
+pub mod bgp_ext;
 pub mod kinds;
 pub mod protojson;
 pub mod types;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use bgp_ext::*;
 pub use kinds::*;
 pub use types::*;
 
@@ -56,10 +58,11 @@ pub enum Kind {
     BlockAffinity,
     AgentConfiguration,
     Secret,
+    BFDProfile,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::IPPool,
         Kind::BGPPeer,
         Kind::BGPConfiguration,
@@ -68,6 +71,7 @@ impl Kind {
         Kind::BlockAffinity,
         Kind::AgentConfiguration,
         Kind::Secret,
+        Kind::BFDProfile,
     ];
 
     /// The kind as written in manifests: `IPPool`, `BGPPeer`, ...
@@ -81,6 +85,7 @@ impl Kind {
             Kind::BlockAffinity => "BlockAffinity",
             Kind::AgentConfiguration => "AgentConfiguration",
             Kind::Secret => "Secret",
+            Kind::BFDProfile => "BFDProfile",
         }
     }
 
@@ -95,6 +100,7 @@ impl Kind {
             Kind::BlockAffinity => "blockaffinity",
             Kind::AgentConfiguration => "agentconfiguration",
             Kind::Secret => "secret",
+            Kind::BFDProfile => "bfdprofile",
         }
     }
 
@@ -124,6 +130,7 @@ impl Kind {
             | "agentconfigs"
             | "ac" => Kind::AgentConfiguration,
             "secret" | "secrets" => Kind::Secret,
+            "bfdprofile" | "bfdprofiles" | "bfd" => Kind::BFDProfile,
             _ => return None,
         };
         Some(k)
@@ -212,6 +219,7 @@ pub type BGPFilter = Object<BGPFilterSpec>;
 pub type Node = Object<NodeSpec>;
 pub type BlockAffinity = Object<BlockAffinitySpec>;
 pub type AgentConfiguration = Object<AgentConfigurationSpec>;
+pub type BFDProfile = Object<BFDProfileSpec>;
 /// A Secret carries `data` (key -> value) instead of a spec.
 pub type Secret = Object<SecretData>;
 
@@ -226,6 +234,7 @@ pub enum Resource {
     BlockAffinity(BlockAffinity),
     AgentConfiguration(AgentConfiguration),
     Secret(Secret),
+    BFDProfile(BFDProfile),
 }
 
 /// Run an expression over the object inside any variant.
@@ -240,6 +249,7 @@ macro_rules! each {
             Resource::BlockAffinity($o) => $e,
             Resource::AgentConfiguration($o) => $e,
             Resource::Secret($o) => $e,
+            Resource::BFDProfile($o) => $e,
         }
     };
 }
@@ -308,6 +318,7 @@ impl Resource {
             Resource::BlockAffinity(_) => Kind::BlockAffinity,
             Resource::AgentConfiguration(_) => Kind::AgentConfiguration,
             Resource::Secret(_) => Kind::Secret,
+            Resource::BFDProfile(_) => Kind::BFDProfile,
         }
     }
 
@@ -440,6 +451,10 @@ impl Resource {
                 metadata,
                 spec: parse_spec(spec)?,
             }),
+            Kind::BFDProfile => Resource::BFDProfile(Object {
+                metadata,
+                spec: parse_spec(spec)?,
+            }),
             Kind::Secret => unreachable!("handled above"),
         })
     }
@@ -484,6 +499,7 @@ impl Resource {
             Resource::AgentConfiguration(o) => {
                 map.insert("spec".into(), serialize_spec(&o.spec));
             }
+            Resource::BFDProfile(o) => _ = map.insert("spec".into(), serialize_spec(&o.spec)),
         }
         Value::Object(map)
     }
@@ -519,6 +535,7 @@ impl Resource {
                 s.listen_port.get_or_insert(DEFAULT_LISTEN_PORT);
                 s.log_severity_screen.get_or_insert(LogSeverity::Info);
             }
+            Resource::BFDProfile(p) => p.spec.normalize(),
             _ => {}
         }
     }

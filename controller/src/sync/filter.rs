@@ -103,7 +103,7 @@ impl Inputs {
     pub fn contains(&self, r: &Resource) -> bool {
         let name = r.name();
         match r {
-            Resource::IPPool(_) | Resource::BGPFilter(_) => true,
+            Resource::IPPool(_) | Resource::BGPFilter(_) | Resource::BFDProfile(_) => true,
             Resource::BGPConfiguration(_) | Resource::AgentConfiguration(_) => {
                 name == "default" || name.strip_prefix("node.") == Some(self.node.as_str())
             }

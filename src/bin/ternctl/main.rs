@@ -504,6 +504,16 @@ fn row(kind: Kind, r: &proto::Resource, wide: bool) -> (Vec<&'static str>, Vec<S
                 s(sp.get("natOutgoingExclusions")),
             ],
         ),
+        Kind::BFDProfile => (
+            vec!["NAME", "RECEIVE", "TRANSMIT", "MULTIPLIER", "PASSIVE"],
+            vec![
+                name,
+                s(sp.get("receiveInterval")),
+                s(sp.get("transmitInterval")),
+                s(sp.get("multiplier")),
+                b(sp.get("passive")),
+            ],
+        ),
         Kind::Secret => {
             let mut keys: Vec<&String> = r.data.keys().collect();
             keys.sort();

@@ -23,19 +23,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tern::model::{
     AsNumber, BGPConfigurationSpec, BGPPeer, DEFAULT_AS_NUMBER, DEFAULT_LISTEN_PORT, Family,
-    GoDuration, NextHopMode, ReversePeering, SourceAddress,
+    GoDuration, NextHopMode, ReversePeering, RouteReflectorClients, SessionOptions, SourceAddress,
 };
 use tern::view::View;
 
 use super::RenderError;
-use super::plan::{NextHop, NodeInfo, Password, Session, SessionKind, session_name};
+use super::plan::{
+    Bfd, DynamicRange, NextHop, NodeInfo, Password, Session, SessionKind, session_name,
+};
 
 /// The sessions of a node by family (sorted by name), and notes about what was left out.
 #[derive(Debug, Default)]
 pub(super) struct Sessions {
     pub sessions: BTreeMap<Family, Vec<Session>>,
+    /// A route reflector's client ranges taken by dynamic BGP (`routeReflectorClients:
+    /// Dynamic`), instead of one session per client.
+    pub dynamic: BTreeMap<Family, Vec<DynamicRange>>,
     pub notes: BTreeMap<Family, Vec<String>>,
 }
 
@@ -59,6 +65,8 @@ struct Remote<'a> {
     by_ip: bool,
     /// The node it stands for.
     node: Option<&'a str>,
+    /// The network of that node's address, when the node was chosen by a selector.
+    net: Option<IpNet>,
 }
 
 type Key = (IpAddr, Option<u16>);
@@ -129,10 +137,104 @@ pub(super) fn sessions(
             }
         }
     }
+    if me.cluster_id.is_some() && config.route_reflector_clients() == RouteReflectorClients::Dynamic
+    {
+        dynamic_clients(&mut out);
+    }
     for list in out.sessions.values_mut() {
         list.sort_by(|a, b| a.name.cmp(&b.name));
     }
     Ok(out)
+}
+
+/// Replace a route reflector's client sessions by one dynamic protocol per client
+/// range. A range whose clients do not all share one set of options stays explicit:
+/// a dynamic protocol takes one password, one AS, one set of timers.
+fn dynamic_clients(out: &mut Sessions) {
+    for (family, list) in out.sessions.iter_mut() {
+        let mut by_range: BTreeMap<IpNet, Vec<Session>> = BTreeMap::new();
+        let mut keep = Vec::new();
+        for s in list.drain(..) {
+            match s.client_range {
+                Some(range) => by_range.entry(range).or_default().push(s),
+                None => keep.push(s),
+            }
+        }
+        for (range, sessions) in by_range {
+            let shared = |s: &Session| {
+                let mut t = s.clone();
+                t.ip = range.network();
+                t.name.clear();
+                t.origin.clear();
+                t.port = None;
+                t.reachable_by = None;
+                t.notes.clear();
+                t
+            };
+            let first = shared(&sessions[0]);
+            if sessions.iter().any(|s| shared(s) != first) {
+                out.notes.entry(*family).or_default().push(format!(
+                    "Route reflector clients in {range} differ in their session options: \
+                     one session each instead of a dynamic range."
+                ));
+                keep.extend(sessions);
+                continue;
+            }
+            let name = format!(
+                "Dynamic_{}_{}",
+                range.network().to_string().replace(['.', ':'], "_"),
+                range.prefix_len()
+            );
+            let mut session = first;
+            session.name = name.clone();
+            session.origin = format!("route reflector clients in {range}");
+            session.passive = true;
+            out.dynamic.entry(*family).or_default().push(DynamicRange {
+                name,
+                range,
+                session,
+            });
+        }
+        *list = keep;
+    }
+}
+
+/// tern's session options (BFD, timers, long-lived graceful restart) on a session.
+fn apply_options(view: &View, s: &mut Session, o: &SessionOptions<'_>, has_local_address: bool) {
+    s.hold_time = o.hold_time.map(secs);
+    if let Some(k) = o.keepalive_time.map(secs).filter(|&k| k > 0) {
+        match s.hold_time {
+            Some(h) if h == 0 || k >= h => s.notes.push(format!(
+                "keepaliveTime {k}s is not below the hold time {h}s: left to BIRD (a third \
+                 of the hold time)."
+            )),
+            _ => s.keepalive_time = Some(k),
+        }
+    }
+    s.connect_retry_time = o.connect_retry_time.map(secs).filter(|&t| t > 0);
+    s.long_lived_stale_time = o.long_lived_stale_time.map(secs).filter(|&t| t > 0);
+    let Some(name) = o.bfd_profile else { return };
+    let Some(p) = view.bfd_profiles.get(name) else {
+        s.notes
+            .push(format!("BFDProfile {name} is not in the view: no BFD."));
+        return;
+    };
+    if !has_local_address {
+        s.notes.push(format!(
+            "BFDProfile {name}: BFD needs the session's local address (sourceAddress \
+             UseNodeIP or bindMode NodeIP): no BFD."
+        ));
+        return;
+    }
+    let p = &p.spec;
+    s.bfd = Some(Bfd {
+        profile: name.to_string(),
+        receive: p.receive_interval(),
+        transmit: p.transmit_interval(),
+        idle: p.idle_transmit_interval(),
+        multiplier: p.multiplier().clamp(1, 255),
+        passive: p.passive,
+    });
 }
 
 /// Seconds of a duration, rounded as Calico rounds them.
@@ -195,6 +297,7 @@ fn mesh(
     let password = Password::from_ref(view, config.node_mesh_password.as_ref());
     check_password(&password, "BGPConfiguration nodeMeshPassword")?;
     let restart_time = config.node_mesh_max_restart_time.map(secs);
+    let options = config.mesh_session_options();
     for family in families {
         let Some(my_ip) = me.addr(family) else {
             continue;
@@ -231,7 +334,7 @@ fn mesh(
                     "nodeMeshPassword: key {key} of Secret {secret} is not in the view: no password."
                 ));
             }
-            out.sessions.entry(family).or_default().push(Session {
+            let mut session = Session {
                 kind: SessionKind::Mesh,
                 name: session_name(SessionKind::Mesh, ip, n.listen_port),
                 origin: format!("node-to-node mesh with {}", n.name),
@@ -248,6 +351,11 @@ fn mesh(
                 password: password.clone(),
                 restart_time,
                 keepalive_time: None,
+                hold_time: None,
+                connect_retry_time: None,
+                long_lived_stale_time: None,
+                bfd: None,
+                client_range: None,
                 rr_cluster_id: None,
                 allow_local_as: None,
                 next_hop: None,
@@ -256,7 +364,9 @@ fn mesh(
                 import_calls: Vec::new(),
                 export_calls: Vec::new(),
                 notes,
-            });
+            };
+            apply_options(view, &mut session, &options, true);
+            out.sessions.entry(family).or_default().push(session);
         }
     }
     Ok(())
@@ -316,6 +426,7 @@ fn forward<'a>(
         calico_node: !owners.is_empty(),
         by_ip: true,
         node: owners.first().map(|n| n.name),
+        net: None,
     }]
 }
 
@@ -329,6 +440,7 @@ fn node_remote<'a>(n: &NodeInfo<'a>, family: Family) -> Option<Remote<'a>> {
         calico_node: false,
         by_ip: false,
         node: Some(n.name),
+        net: n.net(family),
     })
 }
 
@@ -408,7 +520,11 @@ fn explicit_session(
         None => None,
     };
 
-    Ok(Some(Session {
+    let source_address = match spec.source_address() {
+        SourceAddress::UseNodeIP => my_ip,
+        SourceAddress::None => None,
+    };
+    let mut session = Session {
         kind,
         name: session_name(kind, r.ip, r.port),
         origin,
@@ -417,15 +533,23 @@ fn explicit_session(
         as_number: r.as_number,
         local_as,
         same_as,
-        source_address: match spec.source_address() {
-            SourceAddress::UseNodeIP => my_ip,
-            SourceAddress::None => None,
-        },
+        source_address,
         passive,
         ttl_security: spec.ttl_security.filter(|&t| t > 0),
         password,
         restart_time: spec.max_restart_time.map(secs),
-        keepalive_time: spec.keepalive_time.map(secs).filter(|&k| k > 0),
+        keepalive_time: None,
+        hold_time: None,
+        connect_retry_time: None,
+        long_lived_stale_time: None,
+        bfd: None,
+        // Only clients chosen as nodes (selector or reverse peering) can be taken by
+        // a range; a peerIP names one address on purpose.
+        client_range: if rr_cluster_id.is_some() && !r.by_ip {
+            r.net
+        } else {
+            None
+        },
         rr_cluster_id,
         allow_local_as: if r.by_ip {
             spec.num_allowed_local_as_numbers.filter(|&n| n > 0)
@@ -438,5 +562,12 @@ fn explicit_session(
         import_calls: Vec::new(),
         export_calls: Vec::new(),
         notes,
-    }))
+    };
+    apply_options(
+        view,
+        &mut session,
+        &spec.session_options(),
+        source_address.is_some() || me.bind_node_ip,
+    );
+    Ok(Some(session))
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tern::model::{
@@ -41,6 +42,8 @@ pub(super) struct Plan {
     pub ignored_interfaces: Vec<String>,
     /// BGPFilter functions used by this node's sessions, by filter name.
     pub filters: Vec<filters::Function>,
+    /// Some session runs BFD: the configuration needs `protocol bfd`.
+    pub bfd: bool,
     /// IPv4 then IPv6; a family is present when the node has an address in it or
     /// static routes of it.
     pub families: Vec<FamilyPlan>,
@@ -78,8 +81,33 @@ pub(super) struct FamilyPlan {
     pub tunnel_interfaces: Vec<&'static str>,
     /// BGP sessions, sorted by name.
     pub sessions: Vec<Session>,
+    /// Route reflector client ranges accepted by dynamic BGP, sorted by range.
+    pub dynamic: Vec<DynamicRange>,
     /// Comments about what was left out and why.
     pub notes: Vec<String>,
+}
+
+/// A route reflector's clients of one address range, taken by one dynamic BGP
+/// protocol (`neighbor range`). Nothing in it depends on which or how many clients
+/// there are, so clients joining and leaving leave the configuration as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DynamicRange {
+    /// `Dynamic_<network>_<prefix length>`; spawned sessions add `_<n>`.
+    pub name: String,
+    pub range: IpNet,
+    /// The options every session of the range shares; its `ip` and `name` are unused.
+    pub session: Session,
+}
+
+/// BFD timers of a session, from its BFDProfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Bfd {
+    pub profile: String,
+    pub receive: Duration,
+    pub transmit: Duration,
+    pub idle: Duration,
+    pub multiplier: u32,
+    pub passive: bool,
 }
 
 /// An address block of this node.
@@ -196,6 +224,14 @@ pub(super) struct Session {
     pub password: Password,
     pub restart_time: Option<u64>,
     pub keepalive_time: Option<u64>,
+    pub hold_time: Option<u64>,
+    pub connect_retry_time: Option<u64>,
+    /// Long-lived graceful restart with this stale time.
+    pub long_lived_stale_time: Option<u64>,
+    pub bfd: Option<Bfd>,
+    /// On a route reflector with dynamic clients: the range of the client node's
+    /// address this session could be accepted from instead.
+    pub client_range: Option<IpNet>,
     /// `rr client` with this cluster id.
     pub rr_cluster_id: Option<Ipv4Addr>,
     pub allow_local_as: Option<u32>,
@@ -226,9 +262,14 @@ pub(super) struct NodeInfo<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub v4: Option<IpAddr>,
     pub v6: Option<IpAddr>,
+    /// The networks of the node's addresses (their prefix lengths as configured).
+    pub v4_net: Option<IpNet>,
+    pub v6_net: Option<IpNet>,
     pub as_number: AsNumber,
     /// The node's BGP port when not 179.
     pub listen_port: Option<u16>,
+    /// bindMode NodeIP: sessions take the node's address as their local address.
+    pub bind_node_ip: bool,
     pub cluster_id: Option<IpAddr>,
 }
 
@@ -236,19 +277,22 @@ impl<'a> NodeInfo<'a> {
     pub(super) fn new(view: &View, node: &'a Node) -> NodeInfo<'a> {
         let config = view.bgp_config_for(node.name());
         // An address of the wrong family in a field is treated as absent.
-        let v4 = node.spec.ipv4().map(|a| a.addr()).filter(IpAddr::is_ipv4);
-        let v6 = node.spec.ipv6().map(|a| a.addr()).filter(IpAddr::is_ipv6);
+        let v4 = node.spec.ipv4().filter(|a| a.addr().is_ipv4());
+        let v6 = node.spec.ipv6().filter(|a| a.addr().is_ipv6());
         NodeInfo {
             name: node.name(),
             labels: node.labels(),
-            v4,
-            v6,
+            v4: v4.map(|a| a.addr()),
+            v6: v6.map(|a| a.addr()),
+            v4_net: v4.map(|a| a.net().trunc()),
+            v6_net: v6.map(|a| a.net().trunc()),
             as_number: node
                 .spec
                 .as_number()
                 .or(config.as_number)
                 .unwrap_or(DEFAULT_AS_NUMBER),
             listen_port: effective_port(config.listen_port),
+            bind_node_ip: config.bind_mode == Some(tern::model::BindMode::NodeIP),
             cluster_id: node.spec.route_reflector_cluster_id().map(|c| c.0),
         }
     }
@@ -257,6 +301,13 @@ impl<'a> NodeInfo<'a> {
         match family {
             Family::V4 => self.v4,
             Family::V6 => self.v6,
+        }
+    }
+
+    pub(super) fn net(&self, family: Family) -> Option<IpNet> {
+        match family {
+            Family::V4 => self.v4_net,
+            Family::V6 => self.v6_net,
         }
     }
 
@@ -303,19 +354,25 @@ pub(super) fn build(view: &View, node: &str, opts: &BirdOptions) -> Result<Plan,
     let mut families = Vec::new();
     for family in [Family::V4, Family::V6] {
         let mut sessions = all.sessions.remove(&family).unwrap_or_default();
+        let mut dynamic = all.dynamic.remove(&family).unwrap_or_default();
         let mut notes = all.notes.remove(&family).unwrap_or_default();
-        if me.addr(family).is_none() && !sessions.is_empty() {
+        if me.addr(family).is_none() && !(sessions.is_empty() && dynamic.is_empty()) {
             notes.push(format!(
                 "The node has no IPv{} address: {} session(s) of that family not configured.",
                 family.number(),
-                sessions.len()
+                sessions.len() + dynamic.len()
             ));
             sessions.clear();
+            dynamic.clear();
         }
-        for session in &mut sessions {
+        for session in sessions
+            .iter_mut()
+            .chain(dynamic.iter_mut().map(|d| &mut d.session))
+        {
             attach_filters(view, session, family, &mut filter_functions)?;
         }
-        let fp = family_plan(view, &me, &config, family, sessions, notes)?;
+        let mut fp = family_plan(view, &me, &config, family, sessions, notes)?;
+        fp.dynamic = dynamic;
         let present = fp.node_ip.is_some()
             || !fp.blocks.is_empty()
             || !fp.service_routes.is_empty()
@@ -325,8 +382,15 @@ pub(super) fn build(view: &View, node: &str, opts: &BirdOptions) -> Result<Plan,
         }
     }
 
+    let bfd = families.iter().any(|f: &FamilyPlan| {
+        f.sessions
+            .iter()
+            .chain(f.dynamic.iter().map(|d| &d.session))
+            .any(|s| s.bfd.is_some())
+    });
     Ok(Plan {
         node: node.to_string(),
+        bfd,
         router_id,
         router_id_source,
         debug: match config.log_severity_screen.unwrap_or_default() {
@@ -540,6 +604,7 @@ fn family_plan(
         kernel_rejected_pools,
         tunnel_interfaces,
         sessions,
+        dynamic: Vec::new(),
         notes,
     })
 }

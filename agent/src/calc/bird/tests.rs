@@ -650,3 +650,98 @@ fn names_cannot_break_out_of_comments() {
     );
     assert!(!text.lines().any(|l| l.starts_with("protocol device evil")));
 }
+
+#[test]
+fn session_options_reach_mesh_and_peers() {
+    let y = node("a", "10.0.0.1", "")
+        + &node("b", "10.0.0.2", "")
+        + &doc(
+            "BGPConfiguration",
+            "default",
+            "  nodeMeshBFDProfile: fast\n  nodeMeshHoldTime: 9s\n  nodeMeshKeepaliveTime: 3s\n",
+        )
+        + &doc(
+            "BFDProfile",
+            "fast",
+            "  receiveInterval: 100ms\n  multiplier: 4\n",
+        )
+        + &doc(
+            "BGPPeer",
+            "tor",
+            "  peerIP: 192.0.2.1\n  asNumber: 65000\n  holdTime: 6s\n  keepaliveTime: 6s\n  \
+             connectRetryTime: 3s\n  longLivedStaleTime: 2h\n",
+        );
+    let v = view(&y);
+    let p = build(&v, "a");
+    assert!(p.bfd);
+    let mesh = session(&p, "Mesh_10_0_0_2");
+    assert_eq!((mesh.hold_time, mesh.keepalive_time), (Some(9), Some(3)));
+    let bfd = mesh.bfd.as_ref().expect("mesh runs BFD");
+    assert_eq!(bfd.receive, std::time::Duration::from_millis(100));
+    // Unset values are the profile's defaults.
+    assert_eq!(bfd.transmit, std::time::Duration::from_millis(300));
+    assert_eq!(bfd.multiplier, 4);
+    let tor = session(&p, "Global_192_0_2_1");
+    assert!(tor.bfd.is_none());
+    // A keepalive not below the hold time is left out (BIRD would refuse it), with a note.
+    assert_eq!((tor.hold_time, tor.keepalive_time), (Some(6), None));
+    assert!(tor.notes.iter().any(|n| n.contains("keepaliveTime")));
+    assert_eq!(tor.connect_retry_time, Some(3));
+    assert_eq!(tor.long_lived_stale_time, Some(7200));
+
+    // No session with BFD: no `protocol bfd`.
+    let off = view(&y.replace("  nodeMeshBFDProfile: fast\n", ""));
+    assert!(!build(&off, "a").bfd);
+    let text = render(&off, "a", &BirdOptions::default()).expect("renders");
+    assert!(!text.contains("protocol bfd"));
+    assert!(
+        render(&v, "a", &BirdOptions::default())
+            .expect("renders")
+            .contains("protocol bfd tern_bfd {")
+    );
+}
+
+/// A reflector, `clients` client nodes in 10.1.0.0/16 and one peering for all.
+fn reflector_view(clients: usize, mode: &str) -> View {
+    let mut y = String::from(
+        "---\napiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: rr, labels: {rr: 'true'}}\n\
+         spec: {bgp: {ipv4Address: 10.1.0.1/16, routeReflectorClusterID: 1.1.1.1}}\n",
+    );
+    y += &doc(
+        "BGPConfiguration",
+        "default",
+        &format!("  nodeToNodeMeshEnabled: false\n  routeReflectorClients: {mode}\n"),
+    );
+    y += &doc(
+        "BGPPeer",
+        "to-rr",
+        "  nodeSelector: '!has(rr)'\n  peerSelector: has(rr)\n",
+    );
+    for i in 0..clients {
+        y += &node(
+            &format!("c{i}"),
+            &format!("10.1.{}.{}", 1 + i / 200, 2 + i % 200),
+            "",
+        )
+        .replace("/24", "/16");
+    }
+    view(&y)
+}
+
+#[test]
+fn dynamic_reflectors_do_not_change_when_clients_come_and_go() {
+    let opts = BirdOptions::default();
+    let one = render(&reflector_view(3, "Dynamic"), "rr", &opts).expect("renders");
+    let many = render(&reflector_view(50, "Dynamic"), "rr", &opts).expect("renders");
+    assert_eq!(one, many, "the reflector's configuration names no client");
+    assert!(one.contains("neighbor range 10.1.0.0/16 as 64512;"));
+    assert!(one.contains("rr client;"));
+    assert!(!one.contains("Node_10_1_"));
+    // A client keeps its explicit session to the reflector.
+    let client = build(&reflector_view(3, "Dynamic"), "c0");
+    assert_eq!(names(&client), ["Node_10_1_0_1"]);
+    // Calico's way (the default): one session per client.
+    let explicit = build(&reflector_view(3, "Explicit"), "rr");
+    assert_eq!(names(&explicit).len(), 3);
+    assert!(explicit.families[0].dynamic.is_empty());
+}

@@ -25,6 +25,8 @@ use super::plan::{
 const DEFAULT_HOLD_TIME: u64 = 240;
 /// The graceful restart time travels in 12 bits.
 const MAX_RESTART_TIME: u64 = 4095;
+/// The long-lived stale time travels in 24 bits.
+const MAX_LONG_LIVED_STALE_TIME: u64 = 16_777_215;
 
 /// Lines with indentation.
 struct Out {
@@ -110,6 +112,9 @@ pub(super) fn write(plan: &Plan) -> String {
     }
     o.banner("3. BGP");
     priority_functions(&mut o);
+    if plan.bfd {
+        bfd_protocol(&mut o, plan);
+    }
     bgp_templates(&mut o, plan);
     bgp_filters(&mut o, plan);
     for f in &plan.families {
@@ -492,6 +497,31 @@ fn priority_functions(o: &mut Out) {
     o.blank();
 }
 
+fn bfd_protocol(o: &mut Out, plan: &Plan) {
+    o.comment(
+        0,
+        &[
+            "BFD watches the sessions that name a BFDProfile and takes a session down",
+            "as soon as its neighbour stops answering; each session sets its own timers.",
+            "Sessions are multihop, so BFD runs multihop (UDP 4784) from their local address.",
+        ],
+    );
+    o.line(0, "protocol bfd tern_bfd {");
+    debug_line(o, 1, plan.debug);
+    o.line(0, "}");
+    o.blank();
+}
+
+/// A BFD interval as BIRD reads it.
+fn interval(d: std::time::Duration) -> String {
+    let us = d.as_micros();
+    if us % 1000 == 0 {
+        format!("{} ms", us / 1000)
+    } else {
+        format!("{us} us")
+    }
+}
+
 fn template_name(plan: &Plan, family: Family) -> String {
     if plan.bind_node_ip {
         format!("tern_bgp_{}", v(family))
@@ -601,12 +631,74 @@ fn sessions(o: &mut Out, plan: &Plan, f: &FamilyPlan) {
     for note in &f.notes {
         o.comment(0, &[&c(note)]);
     }
-    if f.sessions.is_empty() {
+    if f.sessions.is_empty() && f.dynamic.is_empty() {
         o.comment(0, &["(none)"]);
     }
     o.blank();
     for s in &f.sessions {
-        session(o, plan, f, s);
+        session(o, plan, f, s, &Neighbor::Address);
+    }
+    for d in &f.dynamic {
+        o.comment(
+            0,
+            &[
+                &format!(
+                    "Route reflector clients in {} (routeReflectorClients: Dynamic): one",
+                    d.range
+                ),
+                "protocol accepts them all, each accepted client becoming a session of its",
+                &format!(
+                    "own named {}_<n>. Clients come and go without changing this file.",
+                    d.name
+                ),
+            ],
+        );
+        session(o, plan, f, &d.session, &Neighbor::Range(d));
+    }
+}
+
+/// How a session names its neighbour.
+enum Neighbor<'a> {
+    /// `neighbor <ip> [port <n>] as <as>`.
+    Address,
+    /// `neighbor range <net> as <as>` and the name of the sessions it spawns.
+    Range(&'a super::plan::DynamicRange),
+}
+
+/// Hold, keepalive and connect retry times, and long-lived graceful restart.
+fn timers(o: &mut Out, s: &Session) {
+    let max = u64::from(u16::MAX);
+    if let Some(h) = s.hold_time {
+        o.line(1, &format!("hold time {};", h.min(max)));
+    }
+    if let Some(k) = s.keepalive_time {
+        let k = k.min(max);
+        o.line(1, &format!("keepalive time {k};"));
+        if s.hold_time.is_none() && k * 3 > DEFAULT_HOLD_TIME {
+            o.line(
+                1,
+                &format!(
+                    "hold time {};  # three keepalives: BIRD needs the hold time above the keepalive time",
+                    (k * 3).min(max)
+                ),
+            );
+        }
+    }
+    if let Some(t) = s.connect_retry_time {
+        o.line(1, &format!("connect retry time {};", t.min(max)));
+    }
+    if let Some(t) = s.long_lived_stale_time {
+        o.line(
+            1,
+            "long lived graceful restart on;  # after the restart time, keep routes as stale",
+        );
+        o.line(
+            1,
+            &format!(
+                "long lived stale time {};",
+                t.min(MAX_LONG_LIVED_STALE_TIME)
+            ),
+        );
     }
 }
 
@@ -620,7 +712,7 @@ fn calls(o: &mut Out, indent: usize, calls: &[super::plan::FilterCall], same_as:
     }
 }
 
-fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
+fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session, neighbor: &Neighbor<'_>) {
     let fam = v(f.family);
     for note in &s.notes {
         o.comment(0, &[&c(note)]);
@@ -637,8 +729,19 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
     if let Some(local_as) = s.local_as {
         o.line(1, &format!("local as {local_as};"));
     }
-    let port = s.port.map(|p| format!(" port {p}")).unwrap_or_default();
-    o.line(1, &format!("neighbor {}{port} as {};", s.ip, s.as_number));
+    match neighbor {
+        Neighbor::Address => {
+            let port = s.port.map(|p| format!(" port {p}")).unwrap_or_default();
+            o.line(1, &format!("neighbor {}{port} as {};", s.ip, s.as_number));
+        }
+        Neighbor::Range(d) => {
+            o.line(
+                1,
+                &format!("neighbor range {} as {};", d.range, s.as_number),
+            );
+            o.line(1, &format!("dynamic name \"{}_\";", d.name));
+        }
+    }
     if let Some(src) = s.source_address {
         o.line(1, &format!("source address {src};"));
     }
@@ -652,7 +755,7 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
             o.line(1, "multihop;");
         }
     }
-    if s.passive {
+    if s.passive && matches!(neighbor, Neighbor::Address) {
         let who = if s.kind == SessionKind::Mesh {
             "of each mesh pair"
         } else {
@@ -672,18 +775,17 @@ fn session(o: &mut Out, plan: &Plan, f: &FamilyPlan, s: &Session) {
             &format!("graceful restart time {};", t.min(MAX_RESTART_TIME)),
         );
     }
-    if let Some(k) = s.keepalive_time {
-        let k = k.min(u64::from(u16::MAX));
-        o.line(1, &format!("keepalive time {k};"));
-        if k * 3 > DEFAULT_HOLD_TIME {
-            o.line(
-                1,
-                &format!(
-                    "hold time {};  # three keepalives: BIRD needs the hold time above the keepalive time",
-                    (k * 3).min(u64::from(u16::MAX))
-                ),
-            );
+    timers(o, s);
+    if let Some(b) = &s.bfd {
+        o.line(1, &format!("bfd {{  # BFDProfile {}", c(&b.profile)));
+        o.line(2, &format!("min rx interval {};", interval(b.receive)));
+        o.line(2, &format!("min tx interval {};", interval(b.transmit)));
+        o.line(2, &format!("idle tx interval {};", interval(b.idle)));
+        o.line(2, &format!("multiplier {};", b.multiplier));
+        if b.passive {
+            o.line(2, "passive on;");
         }
+        o.line(1, "};");
     }
     if let Some(id) = s.rr_cluster_id {
         o.line(1, "rr client;");
