@@ -1170,7 +1170,7 @@ fn bfd_profile(p: &BFDProfile, e: &mut Errors) {
 }
 
 fn bfd_interval(d: &GoDuration) -> Result<(), String> {
-    if d.0.subsec_nanos() % 1000 != 0 {
+    if !d.0.subsec_nanos().is_multiple_of(1000) {
         return Err(format!(
             "{d} is finer than a microsecond (BFD counts intervals in microseconds)"
         ));

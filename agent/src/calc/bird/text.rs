@@ -515,7 +515,7 @@ fn bfd_protocol(o: &mut Out, plan: &Plan) {
 /// A BFD interval as BIRD reads it.
 fn interval(d: std::time::Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{} ms", us / 1000)
     } else {
         format!("{us} us")
