@@ -333,3 +333,223 @@ async fn a_patch_bomb_is_refused_before_it_grows() {
         "a refused patch changes nothing"
     );
 }
+
+/// Open a Sync stream as `node`, registering `address` (IPv4 or IPv6), and wait for the
+/// controller's first message.
+async fn hello(c: &Cluster, node: &str, address: &str) -> Result<(), tonic::Status> {
+    let ch = c.channel(&Role::Node(node.to_string())).await;
+    let mut registration = proto::NodeRegistration::default();
+    if address.contains(':') {
+        registration.ipv6_address = address.to_string();
+    } else {
+        registration.ipv4_address = address.to_string();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(proto::AgentMessage {
+        msg: Some(proto::agent_message::Msg::Hello(proto::Hello {
+            node_name: node.to_string(),
+            agent_version: "test".into(),
+            last_revision: 0,
+            registration: Some(registration),
+        })),
+    })
+    .await
+    .expect("queue the Hello");
+    let mut stream = proto::sync_service_client::SyncServiceClient::new(ch)
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    stream.message().await?;
+    Ok(())
+}
+
+/// The Node's mod revision in etcd.
+async fn node_revision(c: &Cluster, node: &str) -> Option<i64> {
+    etcd_keys(c)
+        .await
+        .get(&format!("{}/node/{node}", c.prefix))
+        .map(|(rev, _)| *rev)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_flood_is_rate_limited_and_writes_the_node_once() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.sync.registration.hello_burst = 6;
+    cfg.sync.registration.hello_interval = Duration::from_secs(3600);
+    cfg.sync.registration.registration_interval = Duration::from_secs(3600);
+    c.add_controller_with(cfg).await;
+
+    hello(&c, "n1", "10.0.0.11/24").await.expect("registers");
+    let created = node_revision(&c, "n1").await.expect("the Node exists");
+    // Hellos that change nothing write nothing.
+    for _ in 0..3 {
+        hello(&c, "n1", "10.0.0.11/24").await.expect("served");
+    }
+    assert_eq!(node_revision(&c, "n1").await, Some(created));
+    let before = etcd_keys(&c).await;
+
+    // A change right after the registration waits for the interval.
+    let e = hello(&c, "n1", "10.0.0.12/24")
+        .await
+        .expect_err("a second rewrite within the interval");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("once every 3600s"), "{}", e.message());
+
+    // 300 Hellos alternating the address: the burst runs out, none writes the Node.
+    let mut exhausted = 0;
+    for i in 0..300 {
+        let addr = if i % 2 == 0 {
+            "10.0.0.12/24"
+        } else {
+            "10.0.0.11/24"
+        };
+        match hello(&c, "n1", addr).await {
+            Ok(()) => {}
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => exhausted += 1,
+            Err(e) => panic!("unexpected refusal: {e:?}"),
+        }
+    }
+    assert!(exhausted >= 298, "{exhausted} of 300 Hellos refused");
+    let e = hello(&c, "n1", "10.0.0.11/24")
+        .await
+        .expect_err("the burst is spent");
+    assert!(
+        e.message().contains("said Hello more often"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        etcd_keys(&c).await,
+        before,
+        "the Node was written once, at registration"
+    );
+    // Another node is not affected.
+    hello(&c, "n2", "10.0.0.21/24")
+        .await
+        .expect("another node registers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_theft_is_refused_and_changes_nothing() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.sync.registration.hello_burst = 1000;
+    // Every refusal below is for the address: no interval between rewrites.
+    cfg.sync.registration.registration_interval = Duration::ZERO;
+    cfg.sync.registration.node_address_cidrs = vec![
+        "10.0.0.0/24".parse().expect("cidr"),
+        "fd00::/64".parse().expect("cidr"),
+    ];
+    c.add_controller_with(cfg).await;
+    let mut admin = c.admin().await;
+    admin
+        .create(proto::CreateRequest {
+            resource: Some(common::res(
+                "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\n\
+                 spec: {peerIP: 10.0.0.254, asNumber: 64512}\n",
+            )),
+        })
+        .await
+        .expect("create the peer");
+    hello(&c, "n1", "10.0.0.1/24").await.expect("n1 registers");
+    hello(&c, "n1", "fd00::1/64")
+        .await
+        .expect("n1 adds its IPv6 address");
+    hello(&c, "n3", "10.0.0.3/24").await.expect("n3 registers");
+    let before = etcd_keys(&c).await;
+
+    use tonic::Code::{InvalidArgument, PermissionDenied};
+    let cases = [
+        // (node, address, code, the reason in the message)
+        (
+            "n2",
+            "10.0.0.1/24",
+            PermissionDenied,
+            "is the address of Node n1",
+        ),
+        (
+            "n3",
+            "10.0.0.1/24",
+            PermissionDenied,
+            "is the address of Node n1",
+        ),
+        (
+            "n2",
+            "fd00::1/64",
+            PermissionDenied,
+            "is the address of Node n1",
+        ),
+        (
+            "n2",
+            "10.0.0.254/24",
+            PermissionDenied,
+            "the peerIP of BGPPeer tor",
+        ),
+        (
+            "n3",
+            "10.0.0.254/24",
+            PermissionDenied,
+            "the peerIP of BGPPeer tor",
+        ),
+        ("n2", "127.0.0.1/8", InvalidArgument, "a loopback address"),
+        ("n2", "::1/128", InvalidArgument, "a loopback address"),
+        (
+            "n2",
+            "255.255.255.255/32",
+            InvalidArgument,
+            "the broadcast address",
+        ),
+        (
+            "n3",
+            "10.0.0.255/24",
+            InvalidArgument,
+            "the broadcast address of 10.0.0.0/24",
+        ),
+        (
+            "n2",
+            "169.254.0.7/16",
+            InvalidArgument,
+            "a link-local address",
+        ),
+        ("n2", "fe80::7/64", InvalidArgument, "a link-local address"),
+        ("n2", "224.0.0.5/32", InvalidArgument, "a multicast address"),
+        (
+            "n2",
+            "0.0.0.0/0",
+            InvalidArgument,
+            "the unspecified address",
+        ),
+        (
+            "n2",
+            "10.9.0.1/24",
+            PermissionDenied,
+            "is outside the networks",
+        ),
+        (
+            "n3",
+            "fd01::3/64",
+            PermissionDenied,
+            "is outside the networks",
+        ),
+    ];
+    for (node, addr, code, reason) in cases {
+        let e = hello(&c, node, addr)
+            .await
+            .expect_err(&format!("{node} registering {addr}"));
+        assert_eq!(e.code(), code, "{node} {addr}: {e:?}");
+        assert!(
+            e.message().contains(addr) && e.message().contains(reason),
+            "{node} {addr}: {}",
+            e.message()
+        );
+    }
+    assert_eq!(
+        etcd_keys(&c).await,
+        before,
+        "a refused Hello changes nothing"
+    );
+    hello(&c, "n2", "10.0.0.2/24")
+        .await
+        .expect("an address of its own inside the networks is fine");
+}

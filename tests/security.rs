@@ -36,13 +36,15 @@ async fn channel_with(c: &Cluster, identity: Option<(&CertFiles, &std::path::Pat
 }
 
 fn hello(node: &str) -> proto::AgentMessage {
+    // An address of its own per node: a node may not register another's.
+    let host = 10 + node.bytes().map(u32::from).sum::<u32>() % 200;
     proto::AgentMessage {
         msg: Some(agent_message::Msg::Hello(proto::Hello {
             node_name: node.into(),
             agent_version: "test".into(),
             last_revision: 0,
             registration: Some(proto::NodeRegistration {
-                ipv4_address: "10.0.0.7/24".into(),
+                ipv4_address: format!("10.0.0.{host}/24"),
                 ..Default::default()
             }),
         })),

@@ -383,7 +383,8 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         for i in start..end {
             let mut sync = SyncConfig::new(format!("node-{i}"), vec![addr.clone()], tls.clone());
             sync.registration.ipv4_address =
-                format!("10.{}.{}.{}/8", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                // Host addresses from 10.0.0.1 on (10.0.0.0 is the network's own).
+                format!("10.{}.{}.{}/8", ((i + 1) >> 16) & 255, ((i + 1) >> 8) & 255, (i + 1) & 255);
             sync.status_interval = Duration::from_secs(5);
             let cfg = AgentConfig {
                 sync,

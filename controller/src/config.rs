@@ -101,6 +101,8 @@ pub struct SyncTuning {
     /// The label keys an agent may set on its own Node (see [`label_allowed`]). Empty:
     /// none; node labels are then set by administrators only.
     pub agent_label_keys: Vec<String>,
+    /// Hello and registration limits and the address rules of self-registration.
+    pub registration: crate::sync::registration::RegistrationLimits,
 }
 
 /// Whether `key` matches an entry of `--agent-label-keys`: the key itself, a prefix
@@ -121,6 +123,7 @@ impl Default for SyncTuning {
             pong_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
             agent_label_keys: Vec::new(),
+            registration: Default::default(),
         }
     }
 }
@@ -157,6 +160,10 @@ pub struct FileConfig {
     pub idle_timeout: Option<String>,
     pub http2_keepalive_interval: Option<String>,
     pub http2_keepalive_timeout: Option<String>,
+    pub hello_burst: Option<u32>,
+    pub hello_interval: Option<String>,
+    pub registration_interval: Option<String>,
+    pub node_address_cidrs: Option<Vec<String>>,
 }
 
 /// A configuration error: what is wrong, in words an operator can act on.
@@ -269,6 +276,13 @@ impl ControllerConfig {
         }
         if self.controller_id.is_empty() {
             return bad("--controller-id must not be empty".into());
+        }
+        let r = &self.sync.registration;
+        if r.hello_burst == 0 {
+            return bad("--hello-burst must be at least 1".into());
+        }
+        if r.hello_interval.is_zero() {
+            return bad("--hello-interval must be longer than 0".into());
         }
         let c = &self.connections;
         if c.max_unauthenticated == 0 {

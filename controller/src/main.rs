@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tern::model::GoDuration;
+use tern::model::{Cidr, GoDuration};
 use tern_controller::config::{
     ConnectionLimits, ControllerConfig, FileConfig, LogFormat, SyncTuning,
 };
 use tern_controller::store::EtcdOptions;
+use tern_controller::sync::registration::RegistrationLimits;
 use tern_controller::tls::TlsPaths;
 
 #[derive(Debug, Parser)]
@@ -113,6 +114,21 @@ struct Cli {
     /// A client that does not answer a ping within this is disconnected [default: 10s]
     #[arg(long, env = "TERN_HTTP2_KEEPALIVE_TIMEOUT")]
     http2_keepalive_timeout: Option<GoDuration>,
+    /// Hellos a node may send in a row before they are limited to one per
+    /// --hello-interval; more get RESOURCE_EXHAUSTED [default: 10]
+    #[arg(long, env = "TERN_HELLO_BURST")]
+    hello_burst: Option<u32>,
+    /// Once its burst is spent, a node may say Hello once per this [default: 5s]
+    #[arg(long, env = "TERN_HELLO_INTERVAL")]
+    hello_interval: Option<GoDuration>,
+    /// A node's Hellos rewrite its Node at most once per this; a Hello that would change
+    /// it sooner gets RESOURCE_EXHAUSTED [default: 30s]
+    #[arg(long, env = "TERN_REGISTRATION_INTERVAL")]
+    registration_interval: Option<GoDuration>,
+    /// Networks agents may register their Node's addresses in, comma separated (a family
+    /// with no network here is not constrained) [default: any]
+    #[arg(long, env = "TERN_NODE_ADDRESS_CIDRS", value_delimiter = ',')]
+    node_address_cidrs: Vec<String>,
 }
 
 /// A duration from a flag, else from the config file, else the default.
@@ -173,6 +189,39 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
                 .map_err(|e: String| anyhow::anyhow!("--default-ipv4-pool: {e}"))?,
         ),
         None => None,
+    };
+    let reg_defaults = RegistrationLimits::default();
+    let node_address_cidrs = if cli.node_address_cidrs.is_empty() {
+        file.node_address_cidrs.unwrap_or_default()
+    } else {
+        cli.node_address_cidrs
+    }
+    .iter()
+    .map(|c| c.trim())
+    .filter(|c| !c.is_empty())
+    .map(|c| {
+        c.parse::<Cidr>()
+            .map_err(|e| anyhow::anyhow!("--node-address-cidrs: {e}"))
+    })
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    let registration = RegistrationLimits {
+        hello_burst: cli
+            .hello_burst
+            .or(file.hello_burst)
+            .unwrap_or(reg_defaults.hello_burst),
+        hello_interval: duration(
+            cli.hello_interval,
+            file.hello_interval,
+            "helloInterval",
+            reg_defaults.hello_interval,
+        )?,
+        registration_interval: duration(
+            cli.registration_interval,
+            file.registration_interval,
+            "registrationInterval",
+            reg_defaults.registration_interval,
+        )?,
+        node_address_cidrs,
     };
     let defaults = ConnectionLimits::default();
     let connections = ConnectionLimits {
@@ -254,6 +303,7 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect(),
+            registration,
             ..SyncTuning::default()
         },
         ipam: tern_controller::ipam::IpamTuning {

@@ -20,6 +20,7 @@
 
 pub mod diff;
 pub mod filter;
+pub mod registration;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::config::SyncTuning;
 use crate::metrics::Metrics;
 use crate::status::StatusHub;
 use crate::store::Store;
+use registration::RegistrationGuard;
 
 /// The sync service of one replica.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ pub struct SyncApi {
     /// The live stream of each node on this replica: a new stream of a node ends the
     /// previous one (one stream per node).
     streams: Arc<parking_lot::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>>,
+    /// Hello and registration limits, and the address checks.
+    registrations: Arc<RegistrationGuard>,
 }
 
 static STREAM_IDS: AtomicU64 = AtomicU64::new(1);
@@ -73,7 +77,12 @@ impl SyncApi {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
+        let registrations = Arc::new(RegistrationGuard::new(
+            tuning.registration.clone(),
+            cache.clone(),
+        ));
         SyncApi {
+            registrations,
             cache,
             store,
             status,
@@ -132,6 +141,7 @@ async fn register(
     node: &str,
     reg: Option<&proto::NodeRegistration>,
     allowed_labels: &[String],
+    guard: &RegistrationGuard,
 ) -> Result<i64, Status> {
     let parse = |field: &str, s: &str| -> Result<Option<IfAddr>, Status> {
         if s.is_empty() {
@@ -191,6 +201,8 @@ async fn register(
         ));
     }
     let api = ResourceApi::new(store.clone());
+    // Whether the change decided last (the one that landed) writes the Node.
+    let writes = std::sync::atomic::AtomicBool::new(false);
     let out = api
         .read_modify_write(Kind::Node, node, None, |current| {
             let Some(cur) = current else {
@@ -215,7 +227,9 @@ async fn register(
                 r.metadata_mut().labels = labels.clone().into_iter().collect();
                 set_agent_labels(r.metadata_mut(), labels.keys().cloned().collect());
                 r.normalize();
+                guard.admit_write(node, None, &r)?;
                 validate(&r).map_err(|e| invalid(&e.0))?;
+                writes.store(true, Ordering::Relaxed);
                 return Ok(Change::Create(r));
             };
             let Resource::Node(mut n) = cur.resource.clone() else {
@@ -244,9 +258,12 @@ async fn register(
             set_agent_labels(&mut n.metadata, owned);
             let new = Resource::Node(n);
             if new == cur.resource {
+                writes.store(false, Ordering::Relaxed);
                 return Ok(Change::Keep);
             }
+            guard.admit_write(node, Some(&cur.resource), &new)?;
             validate(&new).map_err(|e| invalid(&e.0))?;
+            writes.store(true, Ordering::Relaxed);
             Ok(Change::Replace(new))
         })
         .await
@@ -259,6 +276,9 @@ async fn register(
                 s
             }
         })?;
+    if writes.load(Ordering::Relaxed) {
+        guard.wrote(node);
+    }
     debug!(node, rv = %out.metadata().resource_version, "node registered");
     Ok(out.metadata().resource_version.parse().unwrap_or(0))
 }
@@ -483,6 +503,7 @@ impl SyncService for SyncApi {
         let node = hello.node_name.clone();
         check_name(&node).map_err(|e| invalid_field("hello.nodeName", e))?;
         authz::check_node(&id, &node)?;
+        self.registrations.hello(&node)?;
         if !self.cache.is_ready() && !self.cache.wait_for(1, Duration::from_secs(5)).await {
             return Err(Status::unavailable(
                 "this controller has not loaded the intent from etcd yet; retry",
@@ -494,6 +515,7 @@ impl SyncService for SyncApi {
             &node,
             hello.registration.as_ref(),
             &self.tuning.agent_label_keys,
+            &self.registrations,
         )
         .instrument(span.clone())
         .await?;
