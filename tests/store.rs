@@ -225,3 +225,116 @@ async fn past_4mib_in_one_page() {
         assert_eq!(ctl.metrics().store.pages_split.get(), 0);
     }
 }
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Watch clients that open a watch over ~6 MB of objects and never read: each is cut
+/// off after the send timeout, and none holds the initial list (the controller runs in
+/// this process, so its memory is this process's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_is_never_read_is_cut_off_with_bounded_memory() {
+    const WATCHES: usize = 10;
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.ipam.auto_blocks = false;
+    cfg.watch.send_timeout = Duration::from_secs(2);
+    cfg.watch.page_items = 4;
+    c.add_controller_with(cfg).await;
+    let ch = c.channel(&Role::Admin).await;
+    let mut api = ResourceServiceClient::new(ch.clone());
+    for i in 0..24 {
+        api.create(proto::CreateRequest {
+            resource: Some(big_node(i)),
+        })
+        .await
+        .expect("create a big node");
+    }
+    let before = rss_bytes();
+    let mut streams = Vec::new();
+    for _ in 0..WATCHES {
+        streams.push(
+            api.watch(proto::WatchRequest {
+                kind: "node".into(),
+                start_revision: 0,
+            })
+            .await
+            .expect("watch")
+            .into_inner(),
+        );
+    }
+    let m = c.controllers[0].metrics().clone();
+    let mut peak = before;
+    assert!(
+        common::eventually(30, async || {
+            peak = peak.max(rss_bytes());
+            m.watch_disconnects_slow.get() == WATCHES as u64 && m.watch_streams.get() == 0
+        })
+        .await,
+        "every stalled watch is cut off"
+    );
+    let grown = peak.saturating_sub(before);
+    // Holding the list would take at least 10 x 6 MB. A stream holds at most its four
+    // queued events (~1 MB here) and its HTTP/2 buffers, on both ends of the
+    // connection (the client is in this process too): ~2 MB each, measured.
+    assert!(
+        grown < 40 * 1024 * 1024,
+        "the stalled watches grew the process by {grown} bytes"
+    );
+    // A stalled client finds a few events, then the reason it was cut off. (The
+    // other streams go first: their unread data holds the connection's flow-control
+    // window.)
+    let mut s = streams.pop().expect("a stream");
+    drop(streams);
+    let mut events = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("the buffered events and the status arrive")
+        {
+            Ok(Some(_)) => events += 1,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(e) => break e,
+        }
+    };
+    assert!(events < 24, "{events} events were buffered");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watches_are_capped_per_identity() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.watch.max_per_identity = 2;
+    c.add_controller_with(cfg).await;
+    let watch = |kind: &str| proto::WatchRequest {
+        kind: kind.into(),
+        start_revision: 0,
+    };
+    let mut viewer = c.resources(&Role::Viewer).await;
+    let first = viewer.watch(watch("ippool")).await.expect("first");
+    let _second = viewer.watch(watch("node")).await.expect("second");
+    let e = viewer
+        .watch(watch("ippool"))
+        .await
+        .expect_err("a third stream of the viewer");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("the limit is 2 per identity"), "{e}");
+    // Another identity has its own allowance.
+    c.admin().await.watch(watch("ippool")).await.expect("admin");
+    // A closed stream frees its place.
+    drop(first);
+    assert!(
+        common::eventually(10, async || viewer.watch(watch("ippool")).await.is_ok()).await,
+        "a place frees up"
+    );
+}

@@ -92,8 +92,9 @@ impl Drop for Slot {
 
 /// Why a stream ended early.
 enum End {
-    /// The client went away, or the replica shuts down.
+    /// The client went away.
     Gone,
+    Shutdown,
     TooSlow,
     FellBehind,
 }
@@ -156,7 +157,13 @@ impl Watches {
             None
         };
         let slot = self.take_slot(&id)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        // One place more than the events: it is held for the status that ends the
+        // stream, so a client that stopped reading still learns why it was cut off.
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS + 1);
+        let last_word = tx
+            .clone()
+            .try_reserve_owned()
+            .map_err(|_| Status::internal("a new channel has room"))?;
         let producer = Producer {
             cache: self.cache.clone(),
             tuning: self.tuning.clone(),
@@ -171,10 +178,13 @@ impl Watches {
                 let _slot = slot;
                 match producer.run(after).await {
                     End::Gone => {}
+                    End::Shutdown => {
+                        last_word.send(Err(Status::unavailable("controller shutting down")));
+                    }
                     End::TooSlow => {
                         metrics.watch_disconnects_slow.inc();
                         warn!("Watch client too slow to take events; cut off");
-                        let _ = producer.tx.try_send(Err(Status::deadline_exceeded(format!(
+                        last_word.send(Err(Status::deadline_exceeded(format!(
                             "the client took no event for {:?}; watch again",
                             producer.tuning.send_timeout
                         ))));
@@ -182,7 +192,7 @@ impl Watches {
                     End::FellBehind => {
                         metrics.watch_disconnects_slow.inc();
                         let floor = producer.cache.read(|st| st.floor);
-                        let _ = producer.tx.try_send(Err(Status::out_of_range(format!(
+                        last_word.send(Err(Status::out_of_range(format!(
                             "the watch fell behind the controller's history (it holds revisions \
                              after {floor}); list and watch again"
                         ))));
@@ -306,10 +316,7 @@ impl Producer {
                 Ok(Err(_)) => Err(End::Gone),
                 Err(_) => Err(End::TooSlow),
             },
-            () = self.shutdown.cancelled() => {
-                let _ = self.tx.try_send(Err(Status::unavailable("controller shutting down")));
-                Err(End::Gone)
-            }
+            () = self.shutdown.cancelled() => Err(End::Shutdown),
         }
     }
 
@@ -366,10 +373,7 @@ impl Producer {
                 tokio::select! {
                     r = head.changed() => if r.is_err() { return Err(End::Gone) },
                     () = self.tx.closed() => return Err(End::Gone),
-                    () = self.shutdown.cancelled() => {
-                        let _ = self.tx.try_send(Err(Status::unavailable("controller shutting down")));
-                        return Err(End::Gone);
-                    }
+                    () = self.shutdown.cancelled() => return Err(End::Shutdown),
                 }
                 continue;
             }

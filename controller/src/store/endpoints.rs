@@ -2,9 +2,10 @@
 //!
 //! One `etcd_client::Client` per endpoint (not etcd-client's balanced channel, which
 //! keeps sending a share of the calls to a member that is down). Requests go to the
-//! *current* member while it answers; a member that fails at the connection level is
-//! marked unhealthy and skipped until a probe (maintenance `Status`, every
-//! [`PROBE_INTERVAL`]) finds it answering again.
+//! *current* member while it answers. Every member is probed (maintenance `Status`,
+//! every [`PROBE_INTERVAL`]); a member that fails a probe or a request is marked
+//! unhealthy and tried only after the healthy ones until a probe finds it answering
+//! again.
 //!
 //! # When a failed request is sent again, to another member
 //!
@@ -321,23 +322,27 @@ impl Endpoints {
         }
     }
 
-    /// Probe unhealthy members until the task is aborted.
+    /// Probe every member until the task is aborted: one that stops answering is
+    /// marked unhealthy before a request has to find out, one that answers again is
+    /// used again.
     pub async fn probe_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(PROBE_INTERVAL).await;
-            let down: Vec<usize> = {
-                let slots = self.slots.lock();
-                (0..slots.len()).filter(|&i| !slots[i].healthy).collect()
-            };
-            for i in down {
-                let ok = match self.member(i).await {
-                    Ok(mut m) => tokio::time::timeout(PROBE_INTERVAL, m.maintenance.status())
-                        .await
-                        .is_ok_and(|r| r.is_ok()),
-                    Err(_) => false,
+            let n = self.slots.lock().len();
+            for i in 0..n {
+                let result = match self.member(i).await {
+                    Ok(mut m) => {
+                        match tokio::time::timeout(PROBE_INTERVAL, m.maintenance.status()).await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(super::classify_ref(&e).to_string()),
+                            Err(_) => Err(format!("no answer within {PROBE_INTERVAL:?}")),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
                 };
-                if ok {
-                    self.mark(i, true, "");
+                match result {
+                    Ok(()) => self.mark(i, true, ""),
+                    Err(e) => self.mark(i, false, &e),
                 }
             }
         }

@@ -185,3 +185,193 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// One member of an [`EtcdCluster`].
+#[derive(Debug)]
+struct Member {
+    name: String,
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+}
+
+/// A static etcd cluster on loopback (free ports, data on tmpfs), for failover tests:
+/// members can be killed with SIGKILL and started again on their data. Removed on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    /// Start `n` members and wait until they have elected a leader.
+    pub fn start(n: usize) -> anyhow::Result<EtcdCluster> {
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            dir: temp_dir().context("creating the etcd data directory")?,
+            members,
+            initial_cluster,
+        };
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        for i in 0..n {
+            c.wait_listening(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let data = self.dir.path().join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .context("creating the member's log")?;
+        let child = Command::new("etcd")
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=tern-test")
+            .arg("--logger=zap")
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting an etcd member")?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    fn wait_listening(&mut self, i: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = self.members[i].client_port;
+        loop {
+            if let Some(child) = self.members[i].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("etcd member {i} exited during start ({status})");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd member {i} did not listen within 20s");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Every member's client URL, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Kill a member with SIGKILL (its data stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a killed member again on its data and ports.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_listening(i)
+    }
+
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.members[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The index of the current leader, asked of the running members through the
+    /// maintenance Status API; waits up to `timeout` for one to be elected.
+    pub async fn leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ids = Vec::new();
+            let mut leader = 0u64;
+            for i in 0..self.members.len() {
+                if !self.is_running(i) {
+                    ids.push(0);
+                    continue;
+                }
+                let st = async {
+                    let mut c = etcd_client::Client::connect(
+                        [self.endpoint(i)],
+                        Some(
+                            etcd_client::ConnectOptions::new()
+                                .with_connect_timeout(Duration::from_millis(500))
+                                .with_timeout(Duration::from_millis(500)),
+                        ),
+                    )
+                    .await?;
+                    c.status().await
+                }
+                .await;
+                match st {
+                    Ok(s) => {
+                        ids.push(s.header().map_or(0, |h| h.member_id()));
+                        if s.leader() != 0 {
+                            leader = s.leader();
+                        }
+                    }
+                    Err(_) => ids.push(0),
+                }
+            }
+            if leader != 0
+                && let Some(i) = ids.iter().position(|id| *id == leader)
+            {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                bail!("no etcd leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client of every member (etcd-client's own balancing), for tests that inspect.
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect(self.endpoints(), None).await?)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
