@@ -7,9 +7,10 @@
 //! The lab runs in a directory and under a namespace prefix of its own
 //! (`TERN_LAB_DIR`, `TERN_LAB_PREFIX`), so it never touches a lab someone runs from the
 //! same checkout. A guard runs `down` when the test fails. Needs root, etcd, BIRD,
-//! nftables, iproute2, ping and python3 (tests/run installs them), and the workspace's
-//! debug binaries (`cargo build -p tern -p tern-controller -p tern-agent`; the suite's
-//! `cargo nextest run --workspace` builds them).
+//! nftables, iproute2, ping, python3, podman, runc and busybox-static (tests/run
+//! installs them), and the workspace's debug binaries, tern-cni among them (`cargo
+//! build -p tern -p tern-controller -p tern-agent`; the suite's `cargo nextest run
+//! --workspace` builds them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -24,17 +25,11 @@ const INET: &str = "203.0.113.2";
 const ECHO_PORT: u16 = 8080;
 const NAT_POOL: &str = "default-ipv4-ippool";
 const PUBLIC_POOL: &str = "public-ipv4-ippool";
-/// Interface names the lab uses inside its namespaces: none may appear in ours.
-const LAB_LINKS: &[&str] = &[
-    "br0",
-    "ctl",
-    "router",
-    "host1",
-    "host2",
-    "host3",
-    "calipod-a",
-    "calipod-b",
-];
+/// Interface names the lab uses inside its namespaces: none may appear in ours (nor
+/// any `cali*` veth of tern's CNI plugin).
+const LAB_LINKS: &[&str] = &["br0", "ctl", "router", "host1", "host2", "host3"];
+/// The podman container the lab runs on host1 (a "pod" of the pods file).
+const PODMAN_POD: &str = "host1-podman";
 
 #[derive(Debug)]
 struct Pod {
@@ -62,7 +57,7 @@ impl Lab {
             .parent()
             .context("ternctl has no directory")?
             .to_path_buf();
-        for b in ["tern-controller", "tern-agent"] {
+        for b in ["tern-controller", "tern-agent", "tern-cni"] {
             ensure!(
                 bin.join(b).exists(),
                 "{} is missing: build the workspace's binaries first (`cargo build -p tern \
@@ -144,6 +139,28 @@ impl Lab {
         full.extend(args.iter().map(|a| a.to_string()));
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
         exec(&self.ns("ctl"), &full)
+    }
+
+    /// podman with the lab's storage and configuration, on host1.
+    fn podman(&self, args: &[&str]) -> anyhow::Result<String> {
+        let d = self.dir.join("podman");
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns("host1")))
+            .arg("podman")
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn pods(&self) -> anyhow::Result<Vec<Pod>> {
@@ -316,7 +333,14 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
     );
     let blocks = lab.blocks()?;
     let pods = lab.pods()?;
-    ensure!(pods.len() == 6, "six pods: {pods:?}");
+    ensure!(
+        pods.len() == 7,
+        "six pods and the podman container: {pods:?}"
+    );
+    ensure!(
+        pods.iter().any(|p| p.name == PODMAN_POD),
+        "the podman container is among the pods: {pods:?}"
+    );
 
     // Every node has a block of the NAT pool, host3 (edge=true) one of the other.
     for n in nodes.keys() {
@@ -363,8 +387,8 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
     ips.dedup();
     ensure!(ips.len() == pods.len(), "distinct pod addresses: {pods:?}");
     let show = lab.ternctl(&["ipam", "show"])?;
-    // NAT_POOL holds five pods, PUBLIC_POOL one.
-    for (cidr, in_use) in [("10.244.0.0/16", 5), ("198.51.100.0/24", 1)] {
+    // NAT_POOL holds five pods and the podman container, PUBLIC_POOL one pod.
+    for (cidr, in_use) in [("10.244.0.0/16", 6), ("198.51.100.0/24", 1)] {
         ensure!(
             show.lines()
                 .any(|l| l.contains(&format!(" {cidr} ")) && l.contains(&format!("| {in_use} ("))),
@@ -493,6 +517,15 @@ fn lab_up_checks_and_down_leaves_nothing() -> anyhow::Result<()> {
     );
     check_claims(&lab)?;
 
+    // podman rm: the container's DEL releases its address.
+    lab.podman(&["rm", "-f", "-t", "0", "web"])?;
+    let show = lab.ternctl(&["ipam", "show"])?;
+    ensure!(
+        show.lines()
+            .any(|l| l.contains(" 10.244.0.0/16 ") && l.contains("| 5 (")),
+        "podman rm released the container's address:\n{show}"
+    );
+
     // Down: nothing of the lab is left.
     let procs = lab.processes()?;
     ensure!(
@@ -519,7 +552,7 @@ fn lab_up_checks_and_down_leaves_nothing() -> anyhow::Result<()> {
     ensure!(!lab.dir.exists(), "{} removed", lab.dir.display());
     let new_links: Vec<_> = root_links()?
         .difference(&links_before)
-        .filter(|l| LAB_LINKS.contains(&l.as_str()))
+        .filter(|l| LAB_LINKS.contains(&l.as_str()) || l.starts_with("cali"))
         .cloned()
         .collect();
     ensure!(

@@ -11,8 +11,11 @@
 //!   in a throwaway network namespace.
 //! - `bird`: render time and reload time of a node's BIRD configuration for meshes of
 //!   N nodes and for 1,000 global peers, with a real BIRD in a throwaway namespace.
+//! - `cni`: N containers attached at once on one node by `tern-cni` (ADD and DEL
+//!   latency, no address given twice), etcd and the controller on the same machine.
 
 mod bird;
+mod cni;
 mod fanout;
 mod nat;
 
@@ -33,6 +36,8 @@ enum Command {
     Nat(nat::Args),
     /// BIRD render and reload time.
     Bird(bird::Args),
+    /// CNI ADD/DEL latency for a burst of containers on one node.
+    Cni(cni::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(a) => fanout::run(a),
         Command::Nat(a) => nat::run(a),
         Command::Bird(a) => bird::run(a),
+        Command::Cni(a) => cni::run(a),
     }
 }
 

@@ -8,8 +8,9 @@
 //! inside its network namespace, which from Rust means `setns` on a thread (unsafe, or
 //! a crate for it) and a netlink library; `ip -batch` does all of one side in one
 //! process, reports errors in words an operator knows, and takes the namespace as a
-//! path (`ip link add ... netns /run/netns/x`, `nsenter --net=PATH`). An ADD costs two
-//! `ip` runs (host, then container), a DEL one; `tern-bench cni` measures the total.
+//! path (`ip link add ... netns /run/netns/x`, `ip -n NAME`, `nsenter --net=PATH`). An
+//! ADD costs two `ip` runs (host, then container), a DEL one; `tern-bench cni` measures
+//! the total.
 //!
 //! Host-side sysctls are written directly under /proc/sys (they belong to the network
 //! namespace of the writing process, the host's).
@@ -43,12 +44,26 @@ fn ip_batch(lines: &[String]) -> Result<(), ExecError> {
         .map(|_| ())
 }
 
-/// `ip ARGS` inside the namespace at `netns`.
+/// `ip ARGS` inside the namespace at `netns`: `ip -n NAME` for a named namespace
+/// (/run/netns/NAME, where podman, containerd and CRI-O put theirs: one process),
+/// `nsenter --net=PATH ip` for any other path.
 fn ip_in(netns: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, ExecError> {
-    let ns = format!("--net={}", netns.display());
-    let mut full = vec![ns.as_str(), "ip"];
-    full.extend_from_slice(args);
-    Exec::host().run("nsenter", &full, stdin).map(|o| o.stdout)
+    let named = netns
+        .parent()
+        .is_some_and(|d| d == Path::new("/run/netns") || d == Path::new("/var/run/netns"));
+    match netns.file_name().and_then(|n| n.to_str()) {
+        Some(name) if named => {
+            let mut full = vec!["-n", name];
+            full.extend_from_slice(args);
+            Exec::host().run("ip", &full, stdin).map(|o| o.stdout)
+        }
+        _ => {
+            let ns = format!("--net={}", netns.display());
+            let mut full = vec![ns.as_str(), "ip"];
+            full.extend_from_slice(args);
+            Exec::host().run("nsenter", &full, stdin).map(|o| o.stdout)
+        }
+    }
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<(), CniError> {

@@ -10,6 +10,9 @@
 //! | no free block left | RESOURCE_EXHAUSTED |
 //! | lost too many races | ABORTED |
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use tern::proto::{self, ipam_service_server::IpamService};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, info, info_span};
@@ -53,13 +56,64 @@ fn block_message(r: &BlockRecord) -> proto::Block {
 #[derive(Debug, Clone)]
 pub struct IpamApi {
     ipam: Ipam,
+    nodes: NodeQueues,
 }
 
 impl IpamApi {
     /// The API over the same [`Ipam`] as the replica's reconcile loop (so that it can
     /// wake the loop).
     pub fn new(ipam: Ipam) -> Self {
-        IpamApi { ipam }
+        IpamApi {
+            ipam,
+            nodes: NodeQueues::default(),
+        }
+    }
+}
+
+/// One queue per node for the calls that write a node's blocks (assign, release,
+/// claim). Every one of them compares and swaps the node's block record, so a burst of
+/// calls for one node (a CNI plugin starting 100 containers) would otherwise mostly
+/// lose races and back off; queued, each runs once. Other replicas still race through
+/// etcd's compare-and-swap, which keeps every result correct.
+#[derive(Debug, Clone, Default)]
+struct NodeQueues {
+    locks: Arc<parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl NodeQueues {
+    async fn enter(&self, node: &str) -> NodeTurn {
+        let lock = self
+            .locks
+            .lock()
+            .entry(node.to_string())
+            .or_default()
+            .clone();
+        NodeTurn {
+            guard: Some(lock.lock_owned().await),
+            node: node.to_string(),
+            queues: self.clone(),
+        }
+    }
+}
+
+/// A node's turn; when it ends, the node's queue goes if nobody waits in it.
+struct NodeTurn {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    node: String,
+    queues: NodeQueues,
+}
+
+impl Drop for NodeTurn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.queues.locks.lock();
+        // Only the map holds it: no turn is running or waiting.
+        if locks
+            .get(&self.node)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.node);
+        }
     }
 }
 
@@ -92,6 +146,7 @@ impl IpamService for IpamApi {
         let family = parse_family(req.family)?;
         let span =
             info_span!("ipam.claim_block", node = %req.node, pool = %req.pool, family = req.family);
+        let _turn = self.nodes.enter(&req.node).await;
         let r = self
             .ipam
             .claim_block(&req.node, pool, family)
@@ -114,6 +169,7 @@ impl IpamService for IpamApi {
         let family = parse_family(req.family)?;
         let span =
             info_span!("ipam.assign", node = %req.node, pool = %req.pool, family = req.family);
+        let _turn = self.nodes.enter(&req.node).await;
         let a = self
             .ipam
             .assign(&req.node, &req.handle, family, pool)
@@ -135,6 +191,7 @@ impl IpamService for IpamApi {
         check_ipam_node(&id, &req.node)?;
         check_handle(&req.handle)?;
         let span = info_span!("ipam.release", node = %req.node);
+        let _turn = self.nodes.enter(&req.node).await;
         let addresses = self
             .ipam
             .release(&req.node, &req.handle)
