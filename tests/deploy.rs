@@ -773,7 +773,8 @@ fn the_lab_script_is_executable_and_valid_bash() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flags in deploy/lab that belong to other programs (etcd, cargo, apt-get).
+/// Flags in deploy/lab that belong to other programs (etcd, cargo, apt-get, podman,
+/// nsenter, busybox).
 const LAB_OTHER_FLAGS: &[&str] = &[
     "--name",
     "--data-dir",
@@ -785,4 +786,12 @@ const LAB_OTHER_FLAGS: &[&str] = &[
     "--logger",
     "--release",
     "--no-install-recommends",
+    "--net",
+    "--root",
+    "--runroot",
+    "--storage-driver",
+    "--network",
+    "--ulimit",
+    "--format",
+    "--list",
 ];
