@@ -20,8 +20,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::model::{
     AgentConfiguration, AllowedUse, BFDProfile, BGPConfiguration, BGPFilter, BGPFilterRule,
-    BGPPassword, BGPPeer, BlockAffinity, Cidr, EncapMode, Family, FieldError, GoDuration, IPPool,
-    Kind, Node, ObjectMeta, Resource, Secret, SessionOptions, SourceAddress, check_name,
+    BGPPassword, BGPPeer, BlockAffinity, Cidr, EncapMode, Family, FelixConfiguration, FieldError,
+    FilterAction, GoDuration, IPPool, IPReservation, Kind, Node, ObjectMeta, Resource, Secret,
+    SessionOptions, SourceAddress, check_name,
 };
 
 /// Block sizes (prefix lengths) an IPv4 pool may use.
@@ -40,6 +41,8 @@ const RESTART_TIME_SECS: RangeInclusive<u64> = 1..=4095;
 /// BGP keepalive time. BIRD requires it to be at most the hold time, whose default
 /// (240 s) tern does not change.
 const KEEPALIVE_TIME_SECS: RangeInclusive<u64> = 1..=240;
+/// A kernel route metric Calico accepts as a route priority.
+const ROUTE_PRIORITY: RangeInclusive<u32> = 1..=2_147_483_646;
 /// `allow local as N`: an AS_PATH segment holds at most 255 AS numbers.
 const MAX_ALLOWED_LOCAL_AS: u32 = 255;
 /// The total size of a Secret's data: base64 in the stored document (4/3 of this)
@@ -49,8 +52,7 @@ const MAX_SECRET_BYTES: usize = 384 * 1024;
 const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 /// Longest label value and name part of a qualified name (Kubernetes).
 const MAX_LABEL_LEN: usize = 63;
-/// Longest interface name on Linux (IFNAMSIZ - 1).
-const MAX_IFNAME_LEN: usize = 15;
+use crate::model::MAX_IFNAME_LEN;
 
 /// Every rule an object or a change broke, in document order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +120,8 @@ pub fn validate(r: &Resource) -> Result<(), ValidationError> {
         Resource::AgentConfiguration(c) => agent_configuration(c, &mut e),
         Resource::Secret(s) => secret(s, &mut e),
         Resource::BFDProfile(p) => bfd_profile(p, &mut e),
+        Resource::IPReservation(r) => ip_reservation(r, &mut e),
+        Resource::FelixConfiguration(c) => felix_configuration(c, &mut e),
     }
     e.finish()
 }
@@ -472,38 +476,6 @@ fn bird_interface_pattern(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An iptables-style interface match: 1-15 characters, `+` only as a trailing
-/// wildcard (`eth+`).
-fn iptables_interface(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty (omit the field to NAT on every interface)".into());
-    }
-    let body = s.strip_suffix('+').unwrap_or(s);
-    if body.contains('+') {
-        return Err(format!(
-            "{s:?}: '+' is only allowed once, at the end, as a wildcard (e.g. eth+)"
-        ));
-    }
-    if s.len() > MAX_IFNAME_LEN {
-        return Err(format!(
-            "{s:?} is longer than {MAX_IFNAME_LEN} characters (the longest interface name)"
-        ));
-    }
-    if !body
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b':'))
-    {
-        return Err(format!(
-            "{s:?} is not an interface name: use alphanumerics, '_', '.', '-', ':' and a \
-             trailing '+' as a wildcard"
-        ));
-    }
-    if body == "." || body == ".." {
-        return Err(format!("{s:?} is not an interface name"));
-    }
-    Ok(())
-}
-
 fn unicast(ip: &IpAddr) -> Result<(), String> {
     if ip.is_unspecified() {
         return Err(format!("{ip} is the unspecified address"));
@@ -519,6 +491,18 @@ fn unicast(ip: &IpAddr) -> Result<(), String> {
 
 fn ippool(p: &IPPool, e: &mut Errors) {
     let s = &p.spec;
+    if s.ipip.is_some() {
+        e.add(
+            "spec.ipip",
+            "Calico v1's IPIP settings are not accepted in v3: use ipipMode",
+        );
+    }
+    if s.nat_outgoing_v1 {
+        e.add(
+            "spec.nat-outgoing",
+            "Calico v1's nat-outgoing is not accepted in v3: use natOutgoing",
+        );
+    }
     let family = s.family();
     let net = s.cidr.net();
     e.check("spec.cidr", masked(&s.cidr));
@@ -637,14 +621,32 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errors) {
         }
     }
 
+    let workloads = !s.local_workload_selector.is_empty();
     match (&s.peer_ip, s.peer_selector.is_empty()) {
         (Some(_), false) => e.add(
             "spec.peerIP",
             "peerIP and peerSelector cannot both be set (peerIP names an outside peer, \
              peerSelector peers with other nodes)",
         ),
-        (None, true) => e.add("spec.peerIP", "one of peerIP or peerSelector is required"),
+        (None, true) if !workloads => e.add(
+            "spec.peerIP",
+            "one of peerIP, peerSelector or localWorkloadSelector is required",
+        ),
         _ => {}
+    }
+    if workloads {
+        if s.peer_ip.is_some() || !s.peer_selector.is_empty() {
+            e.add(
+                "spec.localWorkloadSelector",
+                "cannot be set together with peerIP or peerSelector",
+            );
+        }
+        if s.as_number.is_none() {
+            e.add(
+                "spec.asNumber",
+                "required with localWorkloadSelector (the workloads' AS number)",
+            );
+        }
     }
     // As in Calico, a peerIP without asNumber is allowed: when the address is another
     // node's, that node's AS is used (an outside peer without an AS gets no session,
@@ -790,6 +792,52 @@ fn bgp_configuration(c: &BGPConfiguration, e: &mut Errors) {
 
     if s.listen_port == Some(0) {
         e.add("spec.listenPort", "must be 1-65535");
+    }
+
+    for (field, ip, want) in [
+        (
+            "spec.localWorkloadPeeringIPV4",
+            s.local_workload_peering_ipv4,
+            Family::V4,
+        ),
+        (
+            "spec.localWorkloadPeeringIPV6",
+            s.local_workload_peering_ipv6,
+            Family::V6,
+        ),
+    ] {
+        if let Some(ip) = ip {
+            let got = Family::of_addr(&ip.0);
+            if got != want {
+                e.add(
+                    field,
+                    format!(
+                        "{ip} is an {} address; expected {}",
+                        family_name(got),
+                        family_name(want)
+                    ),
+                );
+            } else {
+                e.check(field, unicast(&ip.0));
+            }
+        }
+    }
+    for (field, priority) in [
+        ("spec.ipv4NormalRoutePriority", s.ipv4_normal_route_priority),
+        ("spec.ipv6NormalRoutePriority", s.ipv6_normal_route_priority),
+    ] {
+        if let Some(p) = priority
+            && !ROUTE_PRIORITY.contains(&p)
+        {
+            e.add(
+                field,
+                format!(
+                    "{p} is out of range: use {}-{}",
+                    ROUTE_PRIORITY.start(),
+                    ROUTE_PRIORITY.end()
+                ),
+            );
+        }
     }
 
     for (field, list) in [
@@ -954,12 +1002,32 @@ fn bgp_filter_rule(at: &str, family: Family, r: &BGPFilterRule, e: &mut Errors) 
         e.check(format!("{at}.interface"), bird_interface_pattern(iface));
     }
     if let Some(c) = &r.communities {
+        // As Calico: a rule matches exactly one community.
+        if c.values.len() != 1 {
+            e.add(
+                format!("{at}.communities.values"),
+                format!(
+                    "must hold exactly one community value ({} given)",
+                    c.values.len()
+                ),
+            );
+        }
         for (j, v) in c.values.iter().enumerate() {
             e.check(
                 format!("{at}.communities.values[{j}]"),
                 community_literal(v),
             );
         }
+    }
+    if !r.operations.is_empty() && r.action != FilterAction::Accept {
+        e.add(
+            format!("{at}.operations"),
+            format!(
+                "operations change accepted routes: they are only allowed on Accept rules, \
+                 not on {:?}",
+                r.action
+            ),
+        );
     }
     for (j, op) in r.operations.iter().enumerate() {
         let field = format!("{at}.operations[{j}]");
@@ -1000,7 +1068,87 @@ fn bgp_filter_rule(at: &str, family: Family, r: &BGPFilterRule, e: &mut Errors) 
 // ---------------------------------------------------------------------------------
 // Node
 
+fn mac_address(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a MAC address (six hex pairs: 66:2f:4a:1c:d0:9e)"
+        ))
+    }
+}
+
 fn node(n: &Node, e: &mut Errors) {
+    for (field, mac) in [
+        ("spec.vxlanTunnelMACAddr", &n.spec.vxlan_tunnel_mac_addr),
+        (
+            "spec.vxlanTunnelMACAddrV6",
+            &n.spec.vxlan_tunnel_mac_addr_v6,
+        ),
+    ] {
+        if let Some(m) = mac {
+            e.check(field, mac_address(m));
+        }
+    }
+    for (field, ip, want) in [
+        (
+            "spec.ipv4VXLANTunnelAddr",
+            n.spec.ipv4_vxlan_tunnel_addr,
+            Family::V4,
+        ),
+        (
+            "spec.ipv6VXLANTunnelAddr",
+            n.spec.ipv6_vxlan_tunnel_addr,
+            Family::V6,
+        ),
+        (
+            "spec.wireguard.interfaceIPv4Address",
+            n.spec
+                .wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv4_address),
+            Family::V4,
+        ),
+        (
+            "spec.wireguard.interfaceIPv6Address",
+            n.spec
+                .wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv6_address),
+            Family::V6,
+        ),
+    ] {
+        if let Some(ip) = ip
+            && Family::of_addr(&ip.0) != want
+        {
+            e.add(
+                field,
+                format!("{ip} is not an {} address", family_name(want)),
+            );
+        }
+    }
+    for (i, iface) in n.spec.interfaces.iter().enumerate() {
+        if iface.name.is_empty() || iface.name.len() > MAX_IFNAME_LEN {
+            e.add(
+                format!("spec.interfaces[{i}].name"),
+                format!("must be 1-{MAX_IFNAME_LEN} characters"),
+            );
+        }
+        for (j, a) in iface.addresses.iter().enumerate() {
+            let t = a.trim();
+            if t.parse::<IpAddr>().is_err() && t.parse::<IpNet>().is_err() {
+                e.add(
+                    format!("spec.interfaces[{i}].addresses[{j}]"),
+                    format!("{a:?} is not an IP address or CIDR"),
+                );
+            }
+        }
+    }
     // Calico's `net` rule: an IP address or an address in CIDR form.
     for (i, a) in n.spec.addresses.iter().enumerate() {
         let t = a.address.trim();
@@ -1104,18 +1252,48 @@ fn agent_configuration(c: &AgentConfiguration, e: &mut Errors) {
     if let Some(ip) = &s.nat_outgoing_address {
         e.check("spec.natOutgoingAddress", unicast(&ip.0));
     }
-    if let Some(f) = &s.nat_outgoing_interface_filter {
-        e.check("spec.natOutgoingInterfaceFilter", iptables_interface(f));
+}
+
+fn felix_configuration(c: &FelixConfiguration, e: &mut Errors) {
+    if let Some(ip) = &c.spec.nat_outgoing_address {
+        e.check("spec.natOutgoingAddress", unicast(&ip.0));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// IPReservation
+
+fn ip_reservation(r: &IPReservation, e: &mut Errors) {
+    for (i, c) in r.spec.reserved_cidrs.iter().enumerate() {
+        e.check(format!("spec.reservedCIDRs[{i}]"), unicast(&c.addr()));
     }
 }
 
 // ---------------------------------------------------------------------------------
 // Secret
 
+/// The characters a BGP password cannot hold: BIRD reads the password as a quoted
+/// string in its configuration, where none of them can be written.
+const UNQUOTABLE: [char; 5] = ['"', '\\', '\r', '\n', '\0'];
+
+/// A BGP password BIRD can carry, or why not (the value itself is never quoted back).
+pub fn bird_password(value: &str) -> Result<(), String> {
+    if value.contains(UNQUOTABLE) {
+        return Err(
+            "holds a character BIRD cannot carry in a password (a double quote, a backslash, \
+             CR, LF or NUL)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 fn secret(s: &Secret, e: &mut Errors) {
     let mut size = 0usize;
     for (k, v) in &s.spec {
         e.check(format!("data.{k}"), secret_key(k));
+        // tern's Secrets hold BGP passwords: refuse what BIRD could not use.
+        e.check(format!("data.{k}"), bird_password(v.expose()));
         size = size
             .saturating_add(k.len())
             .saturating_add(v.expose().len());
@@ -1312,11 +1490,24 @@ mod tests {
 
     /// Parse, normalize: what the controller does before validating.
     fn parse(doc: &str) -> Resource {
-        let v: serde_json::Value = serde_yaml::from_str(doc).expect("test YAML parses");
-        let mut r =
-            Resource::from_value(v).unwrap_or_else(|e| panic!("{doc}: does not parse: {e}"));
+        let mut r = parse_checked(doc).unwrap_or_else(|e| panic!("{doc}: does not parse: {e}"));
         r.normalize();
         r
+    }
+
+    /// Parse a manifest document as the controller reads it.
+    fn parse_checked(doc: &str) -> Result<Resource, ValidationError> {
+        let mut docs = crate::manifest::parse_documents_raw(doc).expect("test YAML parses");
+        assert_eq!(docs.len(), 1, "{doc}");
+        Ok(Resource::from_value(docs.remove(0))?)
+    }
+
+    /// Parse, normalize, validate: every error a write would get.
+    fn admit(doc: &str) -> Result<Resource, ValidationError> {
+        let mut r = parse_checked(doc)?;
+        r.normalize();
+        validate(&r)?;
+        Ok(r)
     }
 
     fn doc(kind: &str, name: &str, spec: &str) -> String {
@@ -1341,7 +1532,7 @@ mod tests {
     }
 
     fn expect_error(d: &str, field: &str, reason: &str) {
-        match validate(&parse(d)) {
+        match admit(d).map(|_| ()) {
             Ok(()) => panic!("{d}: expected {field}: {reason}, but it is valid"),
             Err(e) => assert!(
                 e.0.iter()
@@ -1449,6 +1640,8 @@ mod tests {
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer]}"),
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], nodeSelector: all()}"),
                 ("p", "{cidr: 10.0.0.0/16, assignmentMode: Manual, nodeSelector: \"zone == 'a'\"}"),
+                ("p", "{cidr: 10.0.0.0/16, namespaceSelector: \"team == 'a'\"}"),
+                ("p", "{CIDR: 10.0.0.0/16, natoutgoing: true, NodeSelector: all()}"),
             ],
             &[
                 ("p", "{cidr: 10.0.0.1/8}", "spec.cidr", "10.0.0.1/8 is not a network address; did you mean 10.0.0.0/8?"),
@@ -1476,6 +1669,10 @@ mod tests {
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], vxlanMode: Always}", "spec.allowedUses", "cannot use IPIP or VXLAN"),
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], disableBGPExport: true}", "spec.disableBGPExport", "must be false on a LoadBalancer pool"),
                 ("p", "{cidr: 10.0.0.0/16, allowedUses: [LoadBalancer], nodeSelector: \"zone == 'a'\"}", "spec.nodeSelector", "must be all() on a LoadBalancer pool"),
+                ("p", "{cidr: 10.0.0.0/16, ipip: {enabled: true, mode: always}}", "spec.ipip", "use ipipMode"),
+                ("p", "{cidr: 10.0.0.0/16, nat-outgoing: true}", "spec.nat-outgoing", "use natOutgoing"),
+                ("p", "{cidr: 10.0.0.0/16, namespaceSelector: 'has(('}", "spec.namespaceSelector", "position"),
+                ("p", "{cidr: 10.0.0.0/16, natOutgoing: true, natoutgoing: false}", "spec", "both set the field \"natOutgoing\""),
             ],
         );
     }
@@ -1504,12 +1701,14 @@ mod tests {
                 // As in Calico: the AS of the node that has this address is used.
                 ("p", "{peerIP: 10.0.0.1}"),
                 ("p", "{peerIP: 'fe0a::2'}"),
+                ("p", "{localWorkloadSelector: \"role == 'bgp'\", asNumber: 65401}"),
+                ("p", "{peerip: 10.0.0.1, ASNumber: 64512, keepaliveTIME: 20s, password: {SecretKeyRef: {name: s, KEY: k, optional: true}}}"),
             ],
             &[
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: a, nodeSelector: all()}", "spec.node", "node and nodeSelector cannot both be set"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, node: Node_1}", "spec.node", "is not a valid name"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, peerSelector: all()}", "spec.peerIP", "peerIP and peerSelector cannot both be set"),
-                ("p", "{nodeSelector: all()}", "spec.peerIP", "one of peerIP or peerSelector is required"),
+                ("p", "{nodeSelector: all()}", "spec.peerIP", "one of peerIP, peerSelector or localWorkloadSelector is required"),
                 ("p", "{peerSelector: all(), asNumber: 64512}", "spec.asNumber", "must be empty with peerSelector"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, keepOriginalNextHop: true, nextHopMode: Keep}", "spec.keepOriginalNextHop", "cannot be set together with nextHopMode"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, ttlSecurity: 0}", "spec.ttlSecurity", "must be 1-255"),
@@ -1530,6 +1729,8 @@ mod tests {
                 ("p", "{peerSelector: all(), reachableBy: 10.0.0.1}", "spec.reachableBy", "requires peerIP"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, filters: [good, Bad_Filter]}", "spec.filters[1]", "not a BGPFilter name"),
                 ("p", "{peerIP: 10.0.0.1, asNumber: 1, filters: ['']}", "spec.filters[0]", "required"),
+                ("p", "{localWorkloadSelector: all()}", "spec.asNumber", "required with localWorkloadSelector"),
+                ("p", "{localWorkloadSelector: all(), peerIP: 10.0.0.1, asNumber: 1}", "spec.localWorkloadSelector", "cannot be set together with peerIP or peerSelector"),
             ],
         );
     }
@@ -1552,6 +1753,9 @@ mod tests {
                 ("node.kube-master", "{listenPort: 1790, logSeverityScreen: Warning, bindMode: NodeIP}"),
                 ("node.kube-master", "{communities: [{name: c, value: '1:2'}], prefixAdvertisements: [{cidr: 10.1.0.0/16, communities: [c]}]}"),
                 ("node.rack1.host-1", "{ignoredInterfaces: [eth9]}"),
+                ("default", "{serviceLoadBalancerAggregation: Disabled, localWorkloadPeeringIPV4: 169.254.0.179, localWorkloadPeeringIPV6: 'fe80::179', ipv4NormalRoutePriority: 1024, ipv6NormalRoutePriority: 2147483646}"),
+                ("node.a", "{ipv4NormalRoutePriority: 1}"),
+                ("default", "{LISTENPORT: 1790, asnumber: 65000, NodeToNodeMeshEnabled: false}"),
             ],
             &[
                 ("Default", "{}", "metadata.name", "use \"default\" (cluster-wide) or \"node.<nodename>\""),
@@ -1591,6 +1795,11 @@ mod tests {
                 ("default", "{ignoredInterfaces: ['*']}", "spec.ignoredInterfaces[0]", "would ignore every interface"),
                 ("default", "{ignoredInterfaces: ['a-very-long-interface']}", "spec.ignoredInterfaces[0]", "longer than 15"),
                 ("default", "{ignoredInterfaces: ['eth 0']}", "spec.ignoredInterfaces[0]", "not an interface name pattern"),
+                ("default", "{ipv4NormalRoutePriority: 0}", "spec.ipv4NormalRoutePriority", "0 is out of range: use 1-2147483646"),
+                ("default", "{ipv6NormalRoutePriority: 2147483647}", "spec.ipv6NormalRoutePriority", "out of range"),
+                ("default", "{localWorkloadPeeringIPV4: 'fe80::1'}", "spec.localWorkloadPeeringIPV4", "is an IPv6 address; expected IPv4"),
+                ("default", "{localWorkloadPeeringIPV6: 10.0.0.1}", "spec.localWorkloadPeeringIPV6", "expected IPv6"),
+                ("default", "{serviceLoadBalancerAggregation: Sometimes}", "spec.serviceLoadBalancerAggregation", "unknown variant"),
             ],
         );
     }
@@ -1607,7 +1816,7 @@ mod tests {
                 ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: Equal, prefixLength: {max: 32}}]}"),
                 ("f", "{importV4: [{action: Accept, source: RemotePeers, interface: 'eth*', peerType: eBGP}]}"),
                 ("f", "{importV4: [{action: Accept, interface: '*'}]}"),
-                ("f", "{exportV4: [{action: Accept, communities: {values: ['65000:100', '1:2:3']}}]}"),
+                ("f", "{exportV4: [{action: Accept, communities: {values: ['65000:100']}}, {action: Reject, communities: {values: ['1:2:3']}}]}"),
                 ("f", "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '65000:1'}}, {prependASPath: {prefix: [65000, 65000]}}, {setPriority: {value: 10}}]}]}"),
             ],
             &[
@@ -1620,7 +1829,10 @@ mod tests {
                 ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 28, max: 24}}]}", "spec.exportV4[0].prefixLength", "min (28) must not be greater than max (24)"),
                 ("f", "{exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {max: 33}}]}", "spec.exportV4[0].prefixLength.max", "33 is out of range for IPv4: use 0-32"),
                 ("f", "{exportV6: [{action: Accept, cidr: 'fd00::/8', matchOperator: In, prefixLength: {min: 129}}]}", "spec.exportV6[0].prefixLength.min", "out of range for IPv6: use 0-128"),
-                ("f", "{exportV4: [{action: Accept, communities: {values: ['65000:100', '65536:1']}}]}", "spec.exportV4[0].communities.values[1]", "must be 0-65535"),
+                ("f", "{exportV4: [{action: Accept, communities: {values: ['65536:1']}}]}", "spec.exportV4[0].communities.values[0]", "must be 0-65535"),
+                ("f", "{exportV4: [{action: Accept, communities: {values: ['65000:100', '1:2:3']}}]}", "spec.exportV4[0].communities.values", "exactly one community value (2 given)"),
+                ("f", "{exportV4: [{action: Accept, communities: {values: []}}]}", "spec.exportV4[0].communities.values", "exactly one community value (0 given)"),
+                ("f", "{exportV4: [{action: Reject, operations: [{setPriority: {value: 10}}]}]}", "spec.exportV4[0].operations", "only allowed on Accept rules, not on Reject"),
                 ("f", "{exportV4: [{action: Accept, communities: {values: [nope]}}]}", "spec.exportV4[0].communities.values[0]", "is not a community value"),
                 ("f", "{exportV4: [{action: Accept, operations: [{}]}]}", "spec.exportV4[0].operations[0]", "exactly one of addCommunity, prependASPath or setPriority must be set (0 are)"),
                 ("f", "{exportV4: [{action: Accept, operations: [{addCommunity: {value: '1:2'}, setPriority: {value: 1}}]}]}", "spec.exportV4[0].operations[0]", "(2 are)"),
@@ -1643,6 +1855,7 @@ mod tests {
                 ("n1.rack-2", "{bgp: {ipv4Address: 10.0.0.2, ipv4IPIPTunnelAddr: 192.168.0.1}}"),
                 // As `calicoctl get node -o yaml` exports it.
                 ("kube-master", "{addresses: [{address: 10.0.0.2/24, type: CalicoNodeIP}, {address: 10.0.0.2, type: InternalIP}, {address: 'fd00::2'}], orchRefs: [{nodeName: kube-master, orchestrator: k8s}]}"),
+                ("kube-master", "{ipv4VXLANTunnelAddr: 192.168.0.1, vxlanTunnelMACAddr: '66:2f:4a:1c:d0:9e', ipv6VXLANTunnelAddr: 'fd00:1::1', vxlanTunnelMACAddrV6: '66:2F:4A:1C:D0:9F', wireguard: {interfaceIPv4Address: 192.168.0.2, interfaceIPv6Address: 'fd00:2::1'}, interfaces: [{name: eth0, addresses: [10.0.0.2, 'fd00::2/64']}]}"),
             ],
             &[
                 ("Kube_Master", "{}", "metadata.name", "is not a valid name"),
@@ -1653,6 +1866,11 @@ mod tests {
                 ("n", "{bgp: {ipv4Address: 10.0.0.2/24, routeReflectorClusterID: 'fd00::1'}}", "spec.bgp.routeReflectorClusterID", "not an IPv4 address"),
                 ("n", "{bgp: {ipv4Address: 10.0.0.2/24, ipv4IPIPTunnelAddr: 'fd00::1'}}", "spec.bgp.ipv4IPIPTunnelAddr", "not an IPv4 address"),
                 ("n", "{addresses: [{address: 10.0.0.2}, {address: node-1.example}]}", "spec.addresses[1].address", "is not an IP address or an address in CIDR form"),
+                ("n", "{vxlanTunnelMACAddr: '66:2f:4a:1c:d0'}", "spec.vxlanTunnelMACAddr", "is not a MAC address"),
+                ("n", "{ipv4VXLANTunnelAddr: 'fd00::1'}", "spec.ipv4VXLANTunnelAddr", "is not an IPv4 address"),
+                ("n", "{wireguard: {interfaceIPv6Address: 10.0.0.1}}", "spec.wireguard.interfaceIPv6Address", "is not an IPv6 address"),
+                ("n", "{interfaces: [{name: eth0, addresses: [nope]}]}", "spec.interfaces[0].addresses[0]", "not an IP address or CIDR"),
+                ("n", "{wireguard: {publicKey: x}}", "spec.wireguard.publicKey", "unknown field"),
             ],
         );
     }
@@ -1664,19 +1882,19 @@ mod tests {
             "BlockAffinity",
             &[
                 ("kube-master-10-0-0-0-26", "{node: kube-master, cidr: 10.0.0.0/26}"),
-                ("b", "{node: n, cidr: 10.0.0.0/26, state: confirmed, deleted: 'false', pool: default-ipv4-ippool}"),
-                ("b", "{node: n, cidr: 'fd00::/122', state: pending}"),
-                ("b", "{node: n, cidr: 10.0.0.0/20, state: ''}"),
+                ("b", "{node: n1, cidr: 10.0.0.0/26, state: confirmed, deleted: 'false', pool: default-ipv4-ippool}"),
+                ("b", "{node: n1, cidr: 'fd00::/122', state: pending}"),
+                ("b", "{node: n1, cidr: 10.0.0.0/20, state: ''}"),
             ],
             &[
-                ("b", "{node: n, cidr: 10.0.0.1/26}", "spec.cidr", "10.0.0.1/26 is not a network address; did you mean 10.0.0.0/26?"),
-                ("b", "{node: n, cidr: 10.0.0.0/16}", "spec.cidr", "/16 is not a block size: IPv4 blocks are /20 to /32"),
-                ("b", "{node: n, cidr: 'fd00::/64'}", "spec.cidr", "IPv6 blocks are /116 to /128"),
+                ("b", "{node: n1, cidr: 10.0.0.1/26}", "spec.cidr", "10.0.0.1/26 is not a network address; did you mean 10.0.0.0/26?"),
+                ("b", "{node: n1, cidr: 10.0.0.0/16}", "spec.cidr", "/16 is not a block size: IPv4 blocks are /20 to /32"),
+                ("b", "{node: n1, cidr: 'fd00::/64'}", "spec.cidr", "IPv6 blocks are /116 to /128"),
                 ("b", "{node: '', cidr: 10.0.0.0/26}", "spec.node", "required"),
                 ("b", "{node: Bad_Node, cidr: 10.0.0.0/26}", "spec.node", "is not a valid name"),
-                ("b", "{node: n, cidr: 10.0.0.0/26, pool: Bad_Pool}", "spec.pool", "is not a valid name"),
-                ("b", "{node: n, cidr: 10.0.0.0/26, deleted: 'true'}", "spec.deleted", "cannot be set to true"),
-                ("b", "{node: n, cidr: 10.0.0.0/26, deleted: true}", "spec.deleted", "cannot be set to true"),
+                ("b", "{node: n1, cidr: 10.0.0.0/26, pool: Bad_Pool}", "spec.pool", "is not a valid name"),
+                ("b", "{node: n1, cidr: 10.0.0.0/26, deleted: 'true'}", "spec.deleted", "cannot be set to true"),
+                ("b", "{node: n1, cidr: 10.0.0.0/26, deleted: true}", "spec.deleted", "cannot be set to true"),
             ],
         );
     }
@@ -1710,6 +1928,45 @@ mod tests {
 
     #[test]
     #[rustfmt::skip]
+    fn felix_configuration() {
+        table(
+            "FelixConfiguration",
+            &[
+                ("default", "{}"),
+                ("default", "{natOutgoingAddress: 203.0.113.7, natPortRange: '32768:65535', natOutgoingExclusions: IPPoolsAndHostIPs, iptablesNATOutgoingInterfaceFilter: 'eth+'}"),
+                ("node.kube-master", "{logSeverityScreen: Info, bpfEnabled: false, ipipEnabled: true, vxlanVNI: 4096, iptablesMarkMask: 0xffff0000, failsafeInboundHostPorts: [{protocol: tcp, port: 22}], routeTableRanges: [{min: 1, max: 250}]}"),
+                ("default", "{reportingInterval: 0s, featureDetectOverride: 'SNATFullyRandom=true,MASQFullyRandom=false,RestoreSupportsLock=', natPortRange: 8080}"),
+            ],
+            &[
+                ("felix", "{}", "metadata.name", "is not a valid FelixConfiguration name"),
+                ("default", "{natOutgoingAddress: 0.0.0.0}", "spec.natOutgoingAddress", "unspecified address"),
+                ("default", "{iptablesNATOutgoingInterfaceFilter: 'veth@if5'}", "spec.iptablesNATOutgoingInterfaceFilter", "is not an interface name"),
+                ("default", "{vxlanVNI: 16777216}", "spec.vxlanVNI", "out of range"),
+                ("default", "{chainInsertMode: Middle}", "spec.chainInsertMode", "is not one of Insert, Append"),
+                ("default", "{wireguardInterfaceName: 'wg 0'}", "spec.wireguardInterfaceName", "not an interface name"),
+            ],
+        );
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn ip_reservation() {
+        table(
+            "IPReservation",
+            &[
+                ("r", "{}"),
+                ("r", "{reservedCIDRs: [192.168.0.0/24, 192.168.1.7, 'fd00::/120']}"),
+            ],
+            &[
+                ("r", "{reservedCIDRs: [nope]}", "spec.reservedCIDRs[0]", "is not an address in CIDR form"),
+                ("r", "{reservedCIDRs: [224.0.0.1/32]}", "spec.reservedCIDRs[0]", "multicast"),
+                ("R", "{}", "metadata.name", "is not a valid name"),
+            ],
+        );
+    }
+
+    #[test]
+    #[rustfmt::skip]
     fn secret() {
         let s = |name: &str, data: &str| {
             format!("apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {{name: {name}}}\n{data}\n")
@@ -1727,6 +1984,12 @@ mod tests {
             (s("s", "stringData: {'..x': x}"), "data...x", "must not be '.' or start with '..'"),
             (s("s", "stringData: {'.': x}"), "data..", "must not be '.'"),
             (s("s", "stringData: {'': x}"), "data.", "required"),
+            (s("s", "stringData: {pw: 'say \"hi\"'}"), "data.pw", "a character BIRD cannot carry"),
+            (s("s", "stringData: {pw: 'back\\\\slash'}"), "data.pw", "a character BIRD cannot carry"),
+            (s("s", "stringData: {pw: \"two\\nlines\"}"), "data.pw", "a character BIRD cannot carry"),
+            (s("s", "stringData: {pw: \"cr\\r\"}"), "data.pw", "a character BIRD cannot carry"),
+            (s("s", "stringData: {pw: \"nul\\0\"}"), "data.pw", "a character BIRD cannot carry"),
+            (s("s", "data: {pw: YSJi}"), "data.pw", "a character BIRD cannot carry"),
         ] {
             expect_error(&d, field, reason);
         }

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::effective::{self, layered, node_config_name};
 use crate::model::{
     AgentConfiguration, AgentConfigurationSpec, BFDProfile, BGPConfiguration, BGPConfigurationSpec,
-    BGPFilter, BGPPeer, BlockAffinity, IPPool, Kind, Node, Resource, Secret,
+    BGPFilter, BGPPeer, BlockAffinity, FelixConfiguration, IPPool, Kind, Node, Resource, Secret,
 };
 
 /// Resources by kind and name. `revision` is the etcd revision the view is
@@ -17,6 +18,7 @@ pub struct View {
     pub pools: BTreeMap<String, IPPool>,
     pub bgp_configs: BTreeMap<String, BGPConfiguration>,
     pub agent_configs: BTreeMap<String, AgentConfiguration>,
+    pub felix_configs: BTreeMap<String, FelixConfiguration>,
     pub filters: BTreeMap<String, BGPFilter>,
     pub nodes: BTreeMap<String, Node>,
     pub peers: BTreeMap<String, BGPPeer>,
@@ -72,6 +74,11 @@ impl View {
             Resource::BFDProfile(o) => {
                 self.bfd_profiles.insert(o.metadata.name.clone(), o);
             }
+            Resource::FelixConfiguration(o) => {
+                self.felix_configs.insert(o.metadata.name.clone(), o);
+            }
+            // IP reservations concern IPAM only: no agent needs them.
+            Resource::IPReservation(_) => {}
         }
     }
 
@@ -87,6 +94,8 @@ impl View {
             Kind::AgentConfiguration => self.agent_configs.remove(name).is_some(),
             Kind::Secret => self.secrets.remove(name).is_some(),
             Kind::BFDProfile => self.bfd_profiles.remove(name).is_some(),
+            Kind::FelixConfiguration => self.felix_configs.remove(name).is_some(),
+            Kind::IPReservation => false,
         }
     }
 
@@ -114,6 +123,12 @@ impl View {
                 .get(name)
                 .cloned()
                 .map(Resource::BFDProfile),
+            Kind::FelixConfiguration => self
+                .felix_configs
+                .get(name)
+                .cloned()
+                .map(Resource::FelixConfiguration),
+            Kind::IPReservation => None,
         }
     }
 
@@ -122,6 +137,7 @@ impl View {
         self.pools.len()
             + self.bgp_configs.len()
             + self.agent_configs.len()
+            + self.felix_configs.len()
             + self.filters.len()
             + self.nodes.len()
             + self.peers.len()
@@ -135,45 +151,27 @@ impl View {
     }
 
     /// The BGPConfiguration that applies to a node: the `default` one with the node's
-    /// `node.<name>` override laid over it (fields set in the override win).
+    /// `node.<name>` laid over it (see [`crate::model::effective`]).
     pub fn bgp_config_for(&self, node: &str) -> BGPConfigurationSpec {
-        let mut spec = self
-            .bgp_configs
-            .get("default")
-            .map(|c| c.spec.clone())
-            .unwrap_or_default();
-        if let Some(o) = self.bgp_configs.get(&format!("node.{node}")) {
-            merge_bgp_config(&mut spec, &o.spec);
-        }
-        spec
+        layered([
+            self.bgp_configs.get("default").map(|c| &c.spec),
+            self.bgp_configs
+                .get(&node_config_name(node))
+                .map(|c| &c.spec),
+        ])
     }
 
-    /// The AgentConfiguration that applies to a node: `default` with `node.<name>` over it.
+    /// The AgentConfiguration that applies to a node: FelixConfiguration and
+    /// AgentConfiguration, `default` and `node.<name>`, laid over one another in the
+    /// order [`crate::model::effective`] documents.
     pub fn agent_config_for(&self, node: &str) -> AgentConfigurationSpec {
-        let mut spec = self
-            .agent_configs
-            .get("default")
-            .map(|c| c.spec.clone())
-            .unwrap_or_default();
-        if let Some(o) = self.agent_configs.get(&format!("node.{node}")) {
-            let o = &o.spec;
-            if o.nat_outgoing_address.is_some() {
-                spec.nat_outgoing_address = o.nat_outgoing_address;
-            }
-            if o.nat_port_range.is_some() {
-                spec.nat_port_range = o.nat_port_range;
-            }
-            if o.nat_outgoing_exclusions.is_some() {
-                spec.nat_outgoing_exclusions = o.nat_outgoing_exclusions;
-            }
-            if o.nat_outgoing_interface_filter.is_some() {
-                spec.nat_outgoing_interface_filter = o.nat_outgoing_interface_filter.clone();
-            }
-            if o.dataplane.is_some() {
-                spec.dataplane = o.dataplane;
-            }
-        }
-        spec
+        let own = node_config_name(node);
+        effective::agent_config(
+            self.felix_configs.get("default").map(|c| &c.spec),
+            self.agent_configs.get("default").map(|c| &c.spec),
+            self.felix_configs.get(&own).map(|c| &c.spec),
+            self.agent_configs.get(&own).map(|c| &c.spec),
+        )
     }
 
     /// The value of a key in a Secret, if both exist.
@@ -183,41 +181,6 @@ impl View {
             .and_then(|s| s.spec.get(key))
             .map(|v| v.expose())
     }
-}
-
-/// Lay a per-node BGPConfiguration over the default one: set fields win, lists that
-/// are non-empty replace.
-fn merge_bgp_config(base: &mut BGPConfigurationSpec, o: &BGPConfigurationSpec) {
-    macro_rules! opt {
-        ($($f:ident),*) => { $( if o.$f.is_some() { base.$f = o.$f.clone(); } )* };
-    }
-    macro_rules! list {
-        ($($f:ident),*) => { $( if !o.$f.is_empty() { base.$f = o.$f.clone(); } )* };
-    }
-    opt!(
-        log_severity_screen,
-        node_to_node_mesh_enabled,
-        as_number,
-        listen_port,
-        bind_mode,
-        node_mesh_password,
-        node_mesh_max_restart_time,
-        program_cluster_routes,
-        node_mesh_bfd_profile,
-        node_mesh_hold_time,
-        node_mesh_keepalive_time,
-        node_mesh_connect_retry_time,
-        node_mesh_long_lived_stale_time,
-        route_reflector_clients
-    );
-    list!(
-        service_cluster_ips,
-        service_external_ips,
-        service_load_balancer_ips,
-        communities,
-        prefix_advertisements,
-        ignored_interfaces
-    );
 }
 
 #[cfg(test)]

@@ -107,9 +107,22 @@ async fn a_bgp_password_never_appears_in_any_log_line() -> anyhow::Result<()> {
     .await;
     anyhow::ensure!(reached, "the password reached BIRD");
 
-    // Things failing around the secret: a password BIRD cannot quote (render error),
-    // a viewer asking for it, an admin reading it, a second change.
-    apply(&c, "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: tor}\nstringData: {password: 'bad\"quote'}\n").await;
+    // Things failing around the secret: a password BIRD cannot quote (refused at write
+    // time), a viewer asking for it, an admin reading it, a second change.
+    let bad = tern::manifest::parse_documents(
+        "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: tor}\nstringData: {password: 'bad\"quote'}\n",
+    )?;
+    let refused = c
+        .admin()
+        .await
+        .apply(proto::ApplyRequest {
+            resource: Some(tern::model::protojson::to_proto(&bad[0], true)),
+        })
+        .await;
+    anyhow::ensure!(
+        refused.is_err_and(|s| s.code() == tonic::Code::InvalidArgument),
+        "a password BIRD cannot carry is refused"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = c
         .resources(&Role::Viewer)

@@ -359,9 +359,6 @@ impl ApplyLoop {
             });
             (desired, cfg, bird, view.revision)
         };
-        for w in &desired.warnings {
-            warn!(warning = %w, "NAT setting ignored");
-        }
         let revision = revision.max(view_rev);
         if let Err(e) = self.ensure_driver(agent_cfg.dataplane).await {
             let dp = self.status.dataplane.get_or_insert_with(Default::default);

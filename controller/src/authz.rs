@@ -46,6 +46,7 @@ pub const METHODS: &[&str] = &[
     "/tern.v1.ResourceService/Watch",
     "/tern.v1.NodeService/ListNodes",
     "/tern.v1.NodeService/GetNodeStatus",
+    "/tern.v1.NodeService/GetVersion",
     "/tern.v1.IpamService/Show",
     "/tern.v1.IpamService/ClaimBlock",
     "/tern.v1.IpamService/AssignAddress",

@@ -349,18 +349,10 @@ async fn bootstrap_once(
         let (pools, _) = store.list(Some(Kind::IPPool)).await?;
         if pools.is_empty() {
             let spec = IPPoolSpec {
-                cidr: cidr.parse().map_err(|e: String| {
-                    StoreError::Invalid(tern::model::FieldError::new("defaultIPv4Pool", e))
-                })?,
-                block_size: None,
                 nat_outgoing: true,
-                disabled: false,
-                disable_bgp_export: false,
-                node_selector: Default::default(),
-                ipip_mode: None,
-                vxlan_mode: None,
-                allowed_uses: vec![],
-                assignment_mode: None,
+                ..IPPoolSpec::new(cidr.parse().map_err(|e: String| {
+                    StoreError::Invalid(tern::model::FieldError::new("defaultIPv4Pool", e))
+                })?)
             };
             let mut r = Resource::IPPool(Object::new("default-ipv4-ippool", spec));
             r.normalize();

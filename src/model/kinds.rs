@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::bgp_ext::{RouteReflectorClients, SessionOptions};
-use super::types::{AsNumber, Cidr, Family, GoDuration, IfAddr, Ip, PeerAddr, PortRange};
+use super::types::{
+    AsNumber, Cidr, Family, GoDuration, IfAddr, InterfaceFilter, Ip, PeerAddr, PortRange,
+};
 use crate::selector::Selector;
 
 pub const DEFAULT_AS_NUMBER: AsNumber = AsNumber(64512);
@@ -71,9 +73,39 @@ pub struct IPPoolSpec {
     pub allowed_uses: Vec<AllowedUse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment_mode: Option<AssignmentMode>,
+    /// Namespaces whose pods may take addresses from this pool. tern has no namespaces:
+    /// stored only.
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub namespace_selector: Selector,
+    /// Calico v1's IPIP settings, which Calico v3 refuses (`ipipMode` replaced them).
+    /// Read so that the refusal can say so; never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipip: Option<serde_json::Value>,
+    /// Calico v1's `nat-outgoing`, refused as Calico v3 refuses it (use `natOutgoing`).
+    #[serde(default, rename = "nat-outgoing", skip_serializing_if = "is_false")]
+    pub nat_outgoing_v1: bool,
 }
 
 impl IPPoolSpec {
+    /// A pool of `cidr` with every other field unset (Calico's defaults).
+    pub fn new(cidr: Cidr) -> Self {
+        IPPoolSpec {
+            cidr,
+            block_size: None,
+            nat_outgoing: false,
+            disabled: false,
+            disable_bgp_export: false,
+            node_selector: Selector::default(),
+            ipip_mode: None,
+            vxlan_mode: None,
+            allowed_uses: Vec::new(),
+            assignment_mode: None,
+            namespace_selector: Selector::default(),
+            ipip: None,
+            nat_outgoing_v1: false,
+        }
+    }
+
     pub fn family(&self) -> Family {
         self.cidr.family()
     }
@@ -101,6 +133,10 @@ pub struct SecretKeyRef {
     pub name: String,
     /// Key inside the Secret.
     pub key: String,
+    /// Kubernetes' flag that the Secret may be missing. tern always goes on without a
+    /// password when the Secret or key is missing (and reports it), so this is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +241,10 @@ pub struct BGPPeerSpec {
     /// long (as least preferred) after the graceful restart time has run out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub long_lived_stale_time: Option<GoDuration>,
+    /// Peer with the local workloads this selector picks (Calico's workload peering).
+    /// tern makes no sessions with workloads: stored only.
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub local_workload_selector: Selector,
 }
 
 impl BGPPeerSpec {
@@ -415,9 +455,61 @@ pub struct BGPConfigurationSpec {
     /// the default) or `Dynamic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_reflector_clients: Option<RouteReflectorClients>,
+    /// Whether LoadBalancer addresses are advertised as the configured ranges (Enabled,
+    /// the default) or one /32 or /128 per Service address (Disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_load_balancer_aggregation: Option<LoadBalancerAggregation>,
+    /// The address workloads peer with on their node (Calico's workload peering).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "localWorkloadPeeringIPV4"
+    )]
+    pub local_workload_peering_ipv4: Option<Ip>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "localWorkloadPeeringIPV6"
+    )]
+    pub local_workload_peering_ipv6: Option<Ip>,
+    /// The kernel metric of the routes to workloads (Calico's default 1024): routes
+    /// with a lower metric are elevated and escape block aggregation.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv4NormalRoutePriority"
+    )]
+    pub ipv4_normal_route_priority: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv6NormalRoutePriority"
+    )]
+    pub ipv6_normal_route_priority: Option<u32>,
 }
 
+/// `serviceLoadBalancerAggregation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LoadBalancerAggregation {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+/// Calico's route priority (kernel metric) of workload routes when
+/// `ipv4NormalRoutePriority` / `ipv6NormalRoutePriority` is not set.
+pub const DEFAULT_NORMAL_ROUTE_PRIORITY: u32 = 1024;
+
 impl BGPConfigurationSpec {
+    /// The kernel metric of workload routes of a family (default 1024).
+    pub fn normal_route_priority(&self, family: Family) -> u32 {
+        match family {
+            Family::V4 => self.ipv4_normal_route_priority,
+            Family::V6 => self.ipv6_normal_route_priority,
+        }
+        .unwrap_or(DEFAULT_NORMAL_ROUTE_PRIORITY)
+    }
+
     /// The effective programClusterRoutes (unset: `EnabledNoEncapOnly`).
     pub fn program_cluster_routes(&self) -> ProgramClusterRoutes {
         self.program_cluster_routes.unwrap_or_default()
@@ -615,6 +707,34 @@ pub struct NodeBGPSpec {
     pub ipv4_ipip_tunnel_addr: Option<Ip>,
 }
 
+/// The node's WireGuard interface addresses (Calico's `spec.wireguard`). Stored only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeWireguardSpec {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "interfaceIPv4Address"
+    )]
+    pub interface_ipv4_address: Option<Ip>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "interfaceIPv6Address"
+    )]
+    pub interface_ipv6_address: Option<Ip>,
+}
+
+/// A network interface of the node and its addresses (Calico's `spec.interfaces[]`).
+/// Stored only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeInterface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+}
+
 /// What a node address is (Calico's `spec.addresses[].type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeAddressType {
@@ -662,6 +782,35 @@ pub struct NodeSpec {
     /// The node in its orchestrators, as `calicoctl get node -o yaml` shows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orch_refs: Vec<OrchRef>,
+    /// VXLAN tunnel addresses and MACs Calico gives a node; tern builds no tunnels.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv4VXLANTunnelAddr"
+    )]
+    pub ipv4_vxlan_tunnel_addr: Option<Ip>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "ipv6VXLANTunnelAddr"
+    )]
+    pub ipv6_vxlan_tunnel_addr: Option<Ip>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "vxlanTunnelMACAddr"
+    )]
+    pub vxlan_tunnel_mac_addr: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "vxlanTunnelMACAddrV6"
+    )]
+    pub vxlan_tunnel_mac_addr_v6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<NodeWireguardSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<NodeInterface>,
 }
 
 impl NodeSpec {
@@ -720,6 +869,29 @@ pub struct BlockAffinitySpec {
     /// The IPPool the block was carved from (set by tern's IPAM).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pool: String,
+    /// What holds the affinity: `host` (a node, the default) or `virtual`. tern's
+    /// blocks always belong to nodes: stored only.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub affinity_type: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------
+// IPReservation
+
+/// Addresses IPAM never hands out (Calico's IPReservation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IPReservationSpec {
+    /// Addresses or CIDRs; an address is read as a /32 or /128.
+    #[serde(default, rename = "reservedCIDRs")]
+    pub reserved_cidrs: Vec<IfAddr>,
+}
+
+impl IPReservationSpec {
+    /// The reserved networks (host bits cleared).
+    pub fn networks(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
+        self.reserved_cidrs.iter().map(|c| c.net().trunc())
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -754,7 +926,7 @@ pub struct AgentConfigurationSpec {
     /// Only NAT traffic leaving through interfaces matching this name
     /// (iptables style, `+` as a trailing wildcard, e.g. `eth+`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nat_outgoing_interface_filter: Option<String>,
+    pub nat_outgoing_interface_filter: Option<InterfaceFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<DataplaneKind>,
 }

@@ -6,8 +6,12 @@
 //! JSON document that etcd stores, the API carries and `ternctl get -o json` prints.
 
 pub mod bgp_ext;
+pub mod effective;
+pub mod felix;
+pub mod fold;
 pub mod kinds;
 pub mod protojson;
+pub mod stored_only;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -19,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use bgp_ext::*;
+pub use felix::FelixConfigurationSpec;
 pub use kinds::*;
+pub use stored_only::{FieldWarning, stored_only};
 pub use types::*;
 
 /// The apiVersion tern writes.
@@ -28,6 +34,19 @@ pub const API_VERSION: &str = "tern.dev/v1";
 pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 /// Kubernetes' apiVersion of a Secret, accepted on input for that kind only.
 pub const KUBERNETES_SECRET_API_VERSION: &str = "v1";
+
+/// The fields a document may have at its top level (their names are matched ignoring
+/// case, as calicoctl matches them).
+const TOP_LEVEL_FIELDS: [&str; 8] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+    "status",
+    "data",
+    "stringData",
+    "type",
+];
 
 /// An error in one field of a resource: the JSON path and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,10 +78,12 @@ pub enum Kind {
     AgentConfiguration,
     Secret,
     BFDProfile,
+    IPReservation,
+    FelixConfiguration,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::IPPool,
         Kind::BGPPeer,
         Kind::BGPConfiguration,
@@ -72,6 +93,8 @@ impl Kind {
         Kind::AgentConfiguration,
         Kind::Secret,
         Kind::BFDProfile,
+        Kind::IPReservation,
+        Kind::FelixConfiguration,
     ];
 
     /// The kind as written in manifests: `IPPool`, `BGPPeer`, ...
@@ -86,6 +109,8 @@ impl Kind {
             Kind::AgentConfiguration => "AgentConfiguration",
             Kind::Secret => "Secret",
             Kind::BFDProfile => "BFDProfile",
+            Kind::IPReservation => "IPReservation",
+            Kind::FelixConfiguration => "FelixConfiguration",
         }
     }
 
@@ -101,6 +126,8 @@ impl Kind {
             Kind::AgentConfiguration => "agentconfiguration",
             Kind::Secret => "secret",
             Kind::BFDProfile => "bfdprofile",
+            Kind::IPReservation => "ipreservation",
+            Kind::FelixConfiguration => "felixconfiguration",
         }
     }
 
@@ -131,6 +158,13 @@ impl Kind {
             | "ac" => Kind::AgentConfiguration,
             "secret" | "secrets" => Kind::Secret,
             "bfdprofile" | "bfdprofiles" | "bfd" => Kind::BFDProfile,
+            "ipreservation" | "ipreservations" | "ipr" | "iprs" | "reservation"
+            | "reservations" => Kind::IPReservation,
+            "felixconfiguration"
+            | "felixconfigurations"
+            | "felixconfig"
+            | "felixconfigs"
+            | "fc" => Kind::FelixConfiguration,
             _ => return None,
         };
         Some(k)
@@ -138,7 +172,10 @@ impl Kind {
 
     /// Singleton-style kinds whose objects are `default` or `node.<nodename>`.
     pub fn is_per_node_config(self) -> bool {
-        matches!(self, Kind::BGPConfiguration | Kind::AgentConfiguration)
+        matches!(
+            self,
+            Kind::BGPConfiguration | Kind::AgentConfiguration | Kind::FelixConfiguration
+        )
     }
 }
 
@@ -220,6 +257,8 @@ pub type Node = Object<NodeSpec>;
 pub type BlockAffinity = Object<BlockAffinitySpec>;
 pub type AgentConfiguration = Object<AgentConfigurationSpec>;
 pub type BFDProfile = Object<BFDProfileSpec>;
+pub type IPReservation = Object<IPReservationSpec>;
+pub type FelixConfiguration = Object<FelixConfigurationSpec>;
 /// A Secret carries `data` (key -> value) instead of a spec.
 pub type Secret = Object<SecretData>;
 
@@ -235,6 +274,8 @@ pub enum Resource {
     AgentConfiguration(AgentConfiguration),
     Secret(Secret),
     BFDProfile(BFDProfile),
+    IPReservation(IPReservation),
+    FelixConfiguration(FelixConfiguration),
 }
 
 /// Run an expression over the object inside any variant.
@@ -250,12 +291,14 @@ macro_rules! each {
             Resource::AgentConfiguration($o) => $e,
             Resource::Secret($o) => $e,
             Resource::BFDProfile($o) => $e,
+            Resource::IPReservation($o) => $e,
+            Resource::FelixConfiguration($o) => $e,
         }
     };
 }
 
 fn parse_spec<S: DeserializeOwned>(spec: Value) -> Result<S, FieldError> {
-    serde_path_to_error::deserialize(spec).map_err(|e| {
+    serde_path_to_error::deserialize(fold::Folded(spec)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // serde says "missing field `cidr`" at the parent: name the field itself.
@@ -319,6 +362,8 @@ impl Resource {
             Resource::AgentConfiguration(_) => Kind::AgentConfiguration,
             Resource::Secret(_) => Kind::Secret,
             Resource::BFDProfile(_) => Kind::BFDProfile,
+            Resource::IPReservation(_) => Kind::IPReservation,
+            Resource::FelixConfiguration(_) => Kind::FelixConfiguration,
         }
     }
 
@@ -339,9 +384,11 @@ impl Resource {
     /// `apiVersion` is `tern.dev/v1` or `projectcalico.org/v3`; a Secret may also say
     /// Kubernetes' `v1`, so that a Kubernetes Secret manifest applies unchanged.
     pub fn from_value(v: Value) -> Result<Resource, FieldError> {
-        let Value::Object(mut map) = v else {
+        let Value::Object(map) = v else {
             return Err(FieldError::new("", "a resource must be a JSON/YAML object"));
         };
+        let mut map =
+            fold::fold_keys(map, &TOP_LEVEL_FIELDS).map_err(|e| FieldError::new("", e))?;
         let api_version = match map.get("apiVersion") {
             Some(Value::String(a)) => a.clone(),
             Some(_) => return Err(FieldError::new("apiVersion", "must be a string")),
@@ -373,7 +420,7 @@ impl Resource {
         map.remove("apiVersion");
         map.remove("kind");
         let metadata: ObjectMeta = match map.remove("metadata") {
-            Some(m) => serde_path_to_error::deserialize(m).map_err(|e| {
+            Some(m) => serde_path_to_error::deserialize(fold::Folded(m)).map_err(|e| {
                 let path = e.path().to_string();
                 let field = if path == "." {
                     "metadata".to_string()
@@ -406,11 +453,10 @@ impl Resource {
         let spec = map
             .remove("spec")
             .unwrap_or_else(|| Value::Object(Map::new()));
-        if kind == Kind::Node {
-            // `calicoctl get node -o yaml` prints the node's status (WireGuard keys, pod
-            // CIDRs): Calico's own, read and dropped so that such an export applies.
-            map.remove("status");
-        }
+        // `calicoctl get ... -o yaml` prints the status Calico's components write (a
+        // Node's WireGuard keys and pod CIDRs, an IPPool's conditions): Calico's own,
+        // read and dropped so that such an export applies. tern keeps its own status.
+        map.remove("status");
         if let Some(extra) = map.keys().next() {
             return Err(FieldError::new(
                 extra.clone(),
@@ -454,6 +500,14 @@ impl Resource {
             Kind::BFDProfile => Resource::BFDProfile(Object {
                 metadata,
                 spec: parse_spec(spec)?,
+            }),
+            Kind::IPReservation => Resource::IPReservation(Object {
+                metadata,
+                spec: parse_spec(spec)?,
+            }),
+            Kind::FelixConfiguration => Resource::FelixConfiguration(Object {
+                metadata,
+                spec: FelixConfigurationSpec::parse(spec)?,
             }),
             Kind::Secret => unreachable!("handled above"),
         })
@@ -500,6 +554,10 @@ impl Resource {
                 map.insert("spec".into(), serialize_spec(&o.spec));
             }
             Resource::BFDProfile(o) => _ = map.insert("spec".into(), serialize_spec(&o.spec)),
+            Resource::IPReservation(o) => _ = map.insert("spec".into(), serialize_spec(&o.spec)),
+            Resource::FelixConfiguration(o) => {
+                map.insert("spec".into(), serialize_spec(&o.spec));
+            }
         }
         Value::Object(map)
     }
@@ -789,9 +847,9 @@ mod tests {
         let e = parse_yaml("apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: n1}\nspec: {addresses: [{address: 10.0.0.2, type: Public}]}\n")
             .expect_err("unknown type");
         assert_eq!(e.field, "spec.addresses[0].type");
-        let e = parse_yaml("apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\nstatus: {}\n")
-            .expect_err("status on a pool");
-        assert_eq!(e.field, "status");
+        let r = parse_yaml("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\nstatus: {conditions: []}\n")
+            .expect("a pool's status is Calico's, dropped");
+        assert!(r.to_value().get("status").is_none());
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub fn to_proto(r: &Resource, show_secrets: bool) -> proto::Resource {
         metadata: Some(meta_to_proto(r.metadata())),
         spec,
         data,
+        warnings: Vec::new(),
     }
 }
 
@@ -202,7 +203,22 @@ pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
         metadata: Some(meta_to_proto(&meta)),
         spec,
         data,
+        warnings: Vec::new(),
     })
+}
+
+/// The response to a write: the stored object, with a warning for every field stored
+/// without effect.
+pub fn written(r: &Resource) -> proto::Resource {
+    let mut p = to_proto(r, false);
+    p.warnings = super::stored_only(r)
+        .into_iter()
+        .map(|w| proto::FieldWarning {
+            field: w.field,
+            message: w.message,
+        })
+        .collect();
+    p
 }
 
 /// protobuf -> the JSON document `ternctl get -o yaml|json` prints: Secret values are

@@ -392,7 +392,121 @@ impl fmt::Display for PortRange {
         write!(f, "{}:{}", self.lo, self.hi)
     }
 }
-string_serde!(PortRange);
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A port range is text (`lo:hi`) or, as Calico's `numorstring.Port` also takes it, a
+/// single port number.
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Num(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// An outgoing-interface match in iptables syntax: a name, or a name prefix ending in
+/// `+` (`eth+`: every interface whose name starts with `eth`). The one grammar of
+/// `natOutgoingInterfaceFilter` (AgentConfiguration) and
+/// `iptablesNATOutgoingInterfaceFilter` (FelixConfiguration), used by validation and
+/// by the agent's NAT drivers alike: at most 15 characters of letters, digits, `.`,
+/// `_`, `-` and `:` (Calico's set), then at most one `+`, at the end. Nothing else can
+/// appear, so the value never needs quoting in an nftables or iptables rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceFilter {
+    name: String,
+    wildcard: bool,
+}
+
+impl InterfaceFilter {
+    /// The name, or the prefix of a wildcard filter.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// iptables syntax (`eth+`).
+    pub fn iptables(&self) -> String {
+        if self.wildcard {
+            format!("{}+", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// nftables syntax (`eth*`), without quotes.
+    pub fn nft(&self) -> String {
+        if self.wildcard {
+            format!("{}*", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+impl FromStr for InterfaceFilter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("must not be empty (omit the field to NAT on every interface)".into());
+        }
+        let (name, wildcard) = match s.strip_suffix('+') {
+            Some(prefix) => (prefix, true),
+            None => (s, false),
+        };
+        if name.contains('+') {
+            return Err(format!(
+                "{s:?}: '+' is only allowed once, at the end, as a wildcard (e.g. eth+)"
+            ));
+        }
+        if s.len() > MAX_IFNAME_LEN {
+            return Err(format!(
+                "{s:?} is longer than {MAX_IFNAME_LEN} characters (the longest interface name)"
+            ));
+        }
+        if !name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b':'))
+        {
+            return Err(format!(
+                "{s:?} is not an interface name: use letters, digits, '_', '.', '-', ':' and \
+                 a trailing '+' as a wildcard"
+            ));
+        }
+        if name == "." || name == ".." {
+            return Err(format!("{s:?} is not an interface name"));
+        }
+        Ok(InterfaceFilter {
+            name: name.to_string(),
+            wildcard,
+        })
+    }
+}
+
+impl fmt::Display for InterfaceFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.iptables())
+    }
+}
+string_serde!(InterfaceFilter);
 
 /// Deserialize a label map whose values may be written as YAML scalars
 /// (`routeReflector: true`, `rack: 12`): every value becomes its string form.
@@ -511,7 +625,41 @@ mod tests {
             Ok(PortRange { lo: 1024, hi: 2048 })
         );
         assert!("2048:1024".parse::<PortRange>().is_err());
+        let one: PortRange = serde_json::from_str("8080").expect("a number is one port");
+        assert_eq!(one, PortRange { lo: 8080, hi: 8080 });
         assert!("0:10".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn interface_filters() {
+        for (text, name, wildcard, nft) in [
+            ("eth0", "eth0", false, "eth0"),
+            ("eth+", "eth", true, "eth*"),
+            ("+", "", true, "*"),
+            ("bond0.100", "bond0.100", false, "bond0.100"),
+            ("eth0:1", "eth0:1", false, "eth0:1"),
+            ("a-very-long-if+", "a-very-long-if", true, "a-very-long-if*"),
+        ] {
+            let f: InterfaceFilter = text.parse().expect(text);
+            assert_eq!(
+                (f.name(), f.is_wildcard(), f.nft()),
+                (name, wildcard, nft.to_string())
+            );
+            assert_eq!(f.to_string(), text);
+        }
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("e+th", "only allowed once, at the end"),
+            ("eth++", "only allowed once, at the end"),
+            ("veth@if5", "is not an interface name"),
+            ("eth 0", "is not an interface name"),
+            ("eth\"", "is not an interface name"),
+            ("..", "is not an interface name"),
+            ("a-very-long-ifname", "longer than 15"),
+        ] {
+            let e = bad.parse::<InterfaceFilter>().expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

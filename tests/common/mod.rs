@@ -216,6 +216,7 @@ pub fn raw(yaml: &str) -> tern::proto::Resource {
         metadata: Some(meta),
         spec,
         data: Default::default(),
+        warnings: Vec::new(),
     }
 }
 

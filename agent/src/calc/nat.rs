@@ -15,15 +15,12 @@
 //! members there, so the state keeps the CIDR sets apart from the rule parameters.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+pub use tern::model::InterfaceFilter;
 use tern::model::{Family, NatOutgoingExclusions, PortRange};
 use tern::view::View;
-
-/// Longest interface name Linux accepts (IFNAMSIZ - 1).
-const MAX_IFNAME: usize = 15;
 
 /// The NAT state of one address family.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,74 +45,6 @@ impl FamilyNat {
     }
 }
 
-/// An output interface filter: a name, or a name prefix (`eth+` in iptables syntax,
-/// `eth*` in nftables syntax).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InterfaceFilter {
-    name: String,
-    wildcard: bool,
-}
-
-impl InterfaceFilter {
-    /// Parse iptables syntax: letters, digits and `.`, `_`, `-`, `:`, `@`, at most 15
-    /// of them, optionally followed by one `+` (any interface whose name starts so).
-    /// Anything else is refused, so the value can never break out of a rule.
-    pub fn parse(s: &str) -> Result<InterfaceFilter, String> {
-        let (name, wildcard) = match s.strip_suffix('+') {
-            Some(prefix) => (prefix, true),
-            None => (s, false),
-        };
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || "._-:@".contains(c);
-        if name.len() > MAX_IFNAME
-            || !name.chars().all(valid_char)
-            || (name.is_empty() && !wildcard)
-        {
-            return Err(format!(
-                "natOutgoingInterfaceFilter {s:?} is not an interface name or prefix \
-                 (for example eth0 or eth+; at most {MAX_IFNAME} characters of letters, \
-                 digits and ._-:@)"
-            ));
-        }
-        Ok(InterfaceFilter {
-            name: name.to_string(),
-            wildcard,
-        })
-    }
-
-    /// The name, or the prefix of a wildcard filter.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn is_wildcard(&self) -> bool {
-        self.wildcard
-    }
-
-    /// iptables syntax (`eth+`).
-    pub fn iptables(&self) -> String {
-        if self.wildcard {
-            format!("{}+", self.name)
-        } else {
-            self.name.clone()
-        }
-    }
-
-    /// nftables syntax (`eth*`), without quotes.
-    pub fn nft(&self) -> String {
-        if self.wildcard {
-            format!("{}*", self.name)
-        } else {
-            self.name.clone()
-        }
-    }
-}
-
-impl fmt::Display for InterfaceFilter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.iptables())
-    }
-}
-
 /// The NAT state a host should have.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatState {
@@ -123,11 +52,9 @@ pub struct NatState {
     pub v6: FamilyNat,
     /// Source ports for NATed tcp and udp (`natPortRange`).
     pub port_range: Option<PortRange>,
-    /// Only NAT traffic leaving through matching interfaces.
+    /// Only NAT traffic leaving through matching interfaces. The model's type admits
+    /// only valid filters, so there is nothing left to ignore here.
     pub interface_filter: Option<InterfaceFilter>,
-    /// Settings that were ignored because they are invalid (for the caller to log and
-    /// report); the rest of the state is still right.
-    pub warnings: Vec<String>,
 }
 
 impl NatState {
@@ -186,15 +113,7 @@ pub fn desired(view: &View, node: &str) -> NatState {
             }
         }
     }
-    match config.nat_outgoing_interface_filter.as_deref() {
-        None | Some("") => {}
-        Some(f) => match InterfaceFilter::parse(f) {
-            Ok(filter) => state.interface_filter = Some(filter),
-            Err(e) => state
-                .warnings
-                .push(format!("{e}; ignored, NAT applies on every interface")),
-        },
-    }
+    state.interface_filter = config.nat_outgoing_interface_filter;
     state
 }
 
@@ -292,7 +211,7 @@ mod tests {
             lo: 32768,
             hi: 65535,
         });
-        s.interface_filter = Some(InterfaceFilter::parse("eth+").expect("valid"));
+        s.interface_filter = Some("eth+".parse::<InterfaceFilter>().expect("valid"));
         out.push((v, s));
 
         // 4. A per-node override: IPv6 SNAT address, exact interface name; other
@@ -310,17 +229,7 @@ mod tests {
         s.v6.all_pools = nets(&["fd00:244::/48"]);
         s.v6.nat_pools = nets(&["fd00:244::/48"]);
         s.v6.snat_address = Some("2001:db8::100".parse().expect("ip"));
-        s.interface_filter = Some(InterfaceFilter::parse("ens3").expect("valid"));
-        out.push((v, s));
-
-        // 5. An invalid interface filter is ignored with a warning.
-        let v = view(&[
-            pool("p1", "10.244.0.0/16", true, false),
-            agent_config("default", "{natOutgoingInterfaceFilter: \"eth0; drop\"}"),
-        ]);
-        let s = desired(&v, "a");
-        assert_eq!(s.warnings.len(), 1, "{s:?}");
-        assert!(s.interface_filter.is_none());
+        s.interface_filter = Some("ens3".parse::<InterfaceFilter>().expect("valid"));
         out.push((v, s));
 
         out
@@ -368,20 +277,5 @@ mod tests {
         ]);
         let s = desired(&v, "n");
         assert_eq!(s.v4.nat_pools, nets(&["10.1.0.0/16"]));
-    }
-
-    #[test]
-    fn interface_filters() {
-        let f = InterfaceFilter::parse("eth+").expect("valid");
-        assert_eq!((f.iptables(), f.nft()), ("eth+".into(), "eth*".into()));
-        let f = InterfaceFilter::parse("vlan.100").expect("valid");
-        assert_eq!(
-            (f.iptables(), f.nft()),
-            ("vlan.100".into(), "vlan.100".into())
-        );
-        assert!(InterfaceFilter::parse("+").is_ok());
-        for bad in ["", "eth\"", "a b", "eth++", "e+th", "sixteen-chars-xx", "é"] {
-            assert!(InterfaceFilter::parse(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -1440,7 +1440,7 @@ mod tests {
         let a = layout(&state(&["10.244.0.0/16"], &[]));
         let mut s = state(&["10.244.0.0/16"], &[]);
         s.port_range = Some(PortRange { lo: 1000, hi: 2000 });
-        s.interface_filter = Some(InterfaceFilter::parse("eth+").expect("valid"));
+        s.interface_filter = Some("eth+".parse::<InterfaceFilter>().expect("valid"));
         let b = layout(&s);
         assert_eq!(b.rules.len(), 6);
         assert!(

@@ -55,6 +55,15 @@ impl NodeService for NodeApi {
         Ok(Response::new(proto::ListNodesResponse { nodes }))
     }
 
+    async fn get_version(
+        &self,
+        _req: Request<proto::GetVersionRequest>,
+    ) -> Result<Response<proto::VersionInfo>, Status> {
+        Ok(Response::new(proto::VersionInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
     async fn get_node_status(
         &self,
         req: Request<proto::GetNodeStatusRequest>,

@@ -7,7 +7,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use tern::model::protojson::{from_proto, to_proto};
+use tern::model::protojson::{from_proto, to_proto, written};
 use tern::model::{FieldError, Kind, Resource};
 use tern::patch::{PatchType, apply_patch};
 use tern::proto::{self, resource_service_server::ResourceService};
@@ -76,6 +76,47 @@ fn admit_value(v: serde_json::Value) -> Result<Resource, Status> {
     Ok(r)
 }
 
+/// The password reference of a BGPPeer or BGPConfiguration, with its field.
+fn password_ref(r: &Resource) -> Option<(&'static str, &tern::model::SecretKeyRef)> {
+    match r {
+        Resource::BGPPeer(p) => p
+            .spec
+            .secret_ref()
+            .map(|s| ("spec.password.secretKeyRef", s)),
+        Resource::BGPConfiguration(c) => c
+            .spec
+            .mesh_secret_ref()
+            .map(|s| ("spec.nodeMeshPassword.secretKeyRef", s)),
+        _ => None,
+    }
+}
+
+/// A BGP password a peering names must be one BIRD can carry: a BGPPeer or a
+/// BGPConfiguration whose Secret key holds a value BIRD cannot quote is refused, naming
+/// the field (as a Secret holding such a value is). A Secret or key that does not exist
+/// yet is fine: the agents go on without a password until it does.
+fn check_password_ref(r: &Resource, secrets: &[Resource]) -> Result<(), Status> {
+    let Some((field, secret_ref)) = password_ref(r) else {
+        return Ok(());
+    };
+    let value = secrets.iter().find_map(|s| match s {
+        Resource::Secret(sec) if sec.name() == secret_ref.name => sec.spec.get(&secret_ref.key),
+        _ => None,
+    });
+    if let Some(value) = value
+        && let Err(reason) = tern::validate::bird_password(value.expose())
+    {
+        return Err(invalid_field(
+            field,
+            format!(
+                "key {} of Secret {} {reason}; change the Secret first",
+                secret_ref.key, secret_ref.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Keep what the server owns from the stored object (uid, creation time).
 fn carry_server_fields(new: &mut Resource, old: &Resource) {
     let (om, nm) = (old.metadata().clone(), new.metadata_mut());
@@ -120,6 +161,39 @@ impl ResourceApi {
             }
             _ => self.store.create(&r, None).await,
         }
+    }
+
+    /// The Secrets a write of `kind` may name for a BGP password (BGPPeer and
+    /// BGPConfiguration only): `name` alone when known, else all of them.
+    async fn password_secrets(
+        &self,
+        kind: Kind,
+        name: Option<&str>,
+    ) -> Result<Vec<Resource>, Status> {
+        if !matches!(kind, Kind::BGPPeer | Kind::BGPConfiguration) {
+            return Ok(Vec::new());
+        }
+        Ok(match name {
+            Some(n) => self
+                .store
+                .get_opt(Kind::Secret, n)
+                .await?
+                .map(|s| s.resource)
+                .into_iter()
+                .collect(),
+            None => {
+                let (all, _) = self.store.list(Some(Kind::Secret)).await?;
+                all.into_iter().map(|s| s.resource).collect()
+            }
+        })
+    }
+
+    /// [`check_password_ref`] for an object known before the write.
+    async fn check_password_refs(&self, r: &Resource) -> Result<(), Status> {
+        let secrets = self
+            .password_secrets(r.kind(), password_ref(r).map(|(_, s)| s.name.as_str()))
+            .await?;
+        check_password_ref(r, &secrets)
     }
 
     /// Read the object, decide, and write with a compare-and-swap on what was read;
@@ -219,6 +293,8 @@ impl ResourceApi {
         if req.name.is_empty() {
             return Err(invalid_field("name", "required"));
         }
+        // The patch may name any Secret: the check runs on the patched object.
+        let secrets = self.password_secrets(kind, None).await?;
         self.read_modify_write(kind, &req.name, precondition, |current| {
             let Some(current) = current else {
                 return Err(StoreError::NotFound {
@@ -236,6 +312,7 @@ impl ResourceApi {
                 .map_err(|e| invalid_field(e.field(), e.reason()))?;
             let new = admit_value(patched)?;
             validate_update(&current.resource, &new).map_err(|e| invalid(&e.0))?;
+            check_password_ref(&new, &secrets)?;
             Ok(Change::Replace(new))
         })
         .await
@@ -257,10 +334,11 @@ impl ResourceService for ResourceApi {
                 "must be empty when creating",
             ));
         }
+        self.check_password_refs(&r).await?;
         let span = info_span!("create", kind = %r.kind(), name = r.name());
         let out = self.create_resource(r).instrument(span.clone()).await?;
         span.in_scope(|| info!(rv = %out.metadata().resource_version, "created"));
-        Ok(Response::new(to_proto(&out, false)))
+        Ok(Response::new(written(&out)))
     }
 
     async fn get(
@@ -304,13 +382,14 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<proto::Resource>, Status> {
         let r = admit(req.into_inner().resource)?;
         let precondition = parse_rv("metadata.resourceVersion", &r.metadata().resource_version)?;
+        self.check_password_refs(&r).await?;
         let span = info_span!("update", kind = %r.kind(), name = r.name());
         let out = self
             .replace_resource(r, precondition)
             .instrument(span.clone())
             .await?;
         span.in_scope(|| info!(rv = %out.metadata().resource_version, "updated"));
-        Ok(Response::new(to_proto(&out, false)))
+        Ok(Response::new(written(&out)))
     }
 
     async fn patch(
@@ -321,7 +400,7 @@ impl ResourceService for ResourceApi {
         let span = info_span!("patch", kind = %req.kind, name = %req.name);
         let out = self.patch_resource(req).instrument(span.clone()).await?;
         span.in_scope(|| info!(rv = %out.metadata().resource_version, "patched"));
-        Ok(Response::new(to_proto(&out, false)))
+        Ok(Response::new(written(&out)))
     }
 
     async fn delete(
@@ -356,6 +435,7 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<proto::ApplyResponse>, Status> {
         let r = admit(req.into_inner().resource)?;
         let precondition = parse_rv("metadata.resourceVersion", &r.metadata().resource_version)?;
+        self.check_password_refs(&r).await?;
         let span = info_span!("apply", kind = %r.kind(), name = r.name());
         let mut created = false;
         let out = self
@@ -373,7 +453,7 @@ impl ResourceService for ResourceApi {
             .await?;
         span.in_scope(|| info!(created, "applied"));
         Ok(Response::new(proto::ApplyResponse {
-            resource: Some(to_proto(&out, false)),
+            resource: Some(written(&out)),
             created,
         }))
     }

@@ -23,16 +23,9 @@ fn pool(name: &str, cidr: &str, block: u8) -> PoolView {
     PoolView {
         name: name.into(),
         spec: IPPoolSpec {
-            cidr: cidr.parse().expect("test CIDR"),
             block_size: Some(block),
-            nat_outgoing: false,
-            disabled: false,
-            disable_bgp_export: false,
             node_selector: Selector::all(),
-            ipip_mode: None,
-            vxlan_mode: None,
-            allowed_uses: vec![],
-            assignment_mode: None,
+            ..IPPoolSpec::new(cidr.parse().expect("test CIDR"))
         },
         rev: 1,
     }

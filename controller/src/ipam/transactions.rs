@@ -44,6 +44,7 @@ pub(crate) fn affinity_resource(
             state: AffinityState::Confirmed,
             deleted: None,
             pool: pool.to_string(),
+            affinity_type: None,
         },
     );
     obj.metadata.uid = uuid::Uuid::new_v4().to_string();

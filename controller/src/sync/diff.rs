@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tern::model::{BGPPeer, Kind, Resource};
+use tern::model::effective::{layered, node_config_name};
+use tern::model::{BGPConfigurationSpec, BGPPeer, Kind, Resource};
 use tern::proto;
 
 use super::filter::{Inputs, inputs};
@@ -33,15 +34,9 @@ fn inputs_from_lookup<'a>(
         Some(Resource::BGPConfiguration(c)) => Some(&c.spec),
         _ => None,
     };
-    let (default, own) = (cfg("default"), cfg(&format!("node.{node}")));
-    let mesh = own
-        .and_then(|c| c.node_to_node_mesh_enabled)
-        .or_else(|| default.and_then(|c| c.node_to_node_mesh_enabled))
-        .unwrap_or(true);
-    let mesh_secret = own
-        .and_then(|c| c.mesh_secret_ref())
-        .or_else(|| default.and_then(|c| c.mesh_secret_ref()));
-    inputs(node, labels, mesh, mesh_secret, peers)
+    let config: BGPConfigurationSpec = layered([cfg("default"), cfg(&node_config_name(node))]);
+    let mesh = config.node_to_node_mesh_enabled.unwrap_or(true);
+    inputs(node, labels, mesh, config.mesh_secret_ref(), peers)
 }
 
 fn peers_of<'a>(it: impl Iterator<Item = &'a Arc<Entry>>) -> impl Iterator<Item = &'a BGPPeer> {

@@ -104,7 +104,9 @@ impl Inputs {
         let name = r.name();
         match r {
             Resource::IPPool(_) | Resource::BGPFilter(_) | Resource::BFDProfile(_) => true,
-            Resource::BGPConfiguration(_) | Resource::AgentConfiguration(_) => {
+            Resource::BGPConfiguration(_)
+            | Resource::AgentConfiguration(_)
+            | Resource::FelixConfiguration(_) => {
                 name == "default" || name.strip_prefix("node.") == Some(self.node.as_str())
             }
             Resource::Node(n) => {
@@ -120,6 +122,8 @@ impl Inputs {
             Resource::BGPPeer(_) => self.peers.contains(name),
             Resource::BlockAffinity(b) => b.spec.node == self.node,
             Resource::Secret(_) => self.secrets.contains_key(name),
+            // IPAM's business only.
+            Resource::IPReservation(_) => false,
         }
     }
 

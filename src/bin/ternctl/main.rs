@@ -11,8 +11,8 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use tern::client::ClientTls;
-use tern::model::Kind;
-use tern::model::protojson::{proto_to_display, struct_to_json_map, value_to_proto};
+use tern::model::protojson::{from_proto, proto_to_display, value_to_proto};
+use tern::model::{DEFAULT_AS_NUMBER, Kind, Resource};
 use tern::pki::{Pki, Role};
 use tern::proto::{
     self, ipam_service_client::IpamServiceClient, node_service_client::NodeServiceClient,
@@ -137,6 +137,14 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Check resources from a file offline: parse and validate them as the controller
+    /// would (no server is contacted), printing the fields tern would store only.
+    Validate {
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
+    /// Print ternctl's version and the controller's.
+    Version,
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
 }
@@ -321,6 +329,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Certs { command } => certs(command),
+        Command::Validate { filename } => validate_file(&filename),
+        Command::Version => version(&ctx).await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -340,190 +350,199 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
 // ------------------------------------------------------------------------------------
 // get
 
-fn spec_of(r: &proto::Resource) -> serde_json::Map<String, Value> {
-    r.spec.as_ref().map(struct_to_json_map).unwrap_or_default()
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
 }
 
-fn s(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(x)) => x.clone(),
-        Some(other) => other.to_string(),
+/// The column headers of a kind's table.
+fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
+    match kind {
+        Kind::IPPool if wide => vec![
+            "NAME",
+            "CIDR",
+            "NAT",
+            "IPIPMODE",
+            "VXLANMODE",
+            "DISABLED",
+            "DISABLEBGPEXPORT",
+            "SELECTOR",
+        ],
+        Kind::IPPool => vec!["NAME", "CIDR", "SELECTOR"],
+        Kind::BGPPeer if wide => vec!["NAME", "PEERIP", "NODE", "ASN", "PASSWORD", "FILTERS"],
+        Kind::BGPPeer => vec!["NAME", "PEERIP", "NODE", "ASN"],
+        Kind::BGPConfiguration if wide => vec![
+            "NAME",
+            "LOGSEVERITY",
+            "MESHENABLED",
+            "ASNUMBER",
+            "LISTENPORT",
+        ],
+        Kind::BGPConfiguration => vec!["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
+        Kind::BGPFilter if wide => vec!["NAME", "EXPORTV4", "IMPORTV4", "EXPORTV6", "IMPORTV6"],
+        Kind::BGPFilter => vec!["NAME"],
+        Kind::Node => vec!["NAME", "ASN", "IPV4", "IPV6"],
+        Kind::BlockAffinity => vec!["NAME", "NODE", "CIDR", "STATE"],
+        Kind::AgentConfiguration => vec![
+            "NAME",
+            "DATAPLANE",
+            "NATOUTGOINGADDRESS",
+            "NATPORTRANGE",
+            "EXCLUSIONS",
+        ],
+        Kind::FelixConfiguration => vec![
+            "NAME",
+            "NATOUTGOINGADDRESS",
+            "NATPORTRANGE",
+            "EXCLUSIONS",
+            "INTERFACEFILTER",
+        ],
+        Kind::IPReservation => vec!["NAME", "CIDRS"],
+        Kind::BFDProfile => vec!["NAME", "RECEIVE", "TRANSMIT", "MULTIPLIER", "PASSIVE"],
+        Kind::Secret => vec!["NAME", "KEYS"],
     }
 }
 
-fn b(v: Option<&Value>) -> String {
-    v.and_then(Value::as_bool).unwrap_or(false).to_string()
-}
-
-fn row(kind: Kind, r: &proto::Resource, wide: bool) -> (Vec<&'static str>, Vec<String>) {
-    let name = r
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    let sp = spec_of(r);
-    match kind {
-        Kind::IPPool if wide => (
-            vec![
-                "NAME",
-                "CIDR",
-                "NAT",
-                "IPIPMODE",
-                "VXLANMODE",
-                "DISABLED",
-                "DISABLEBGPEXPORT",
-                "SELECTOR",
-            ],
-            vec![
-                name,
-                s(sp.get("cidr")),
-                b(sp.get("natOutgoing")),
-                s(sp.get("ipipMode")),
-                s(sp.get("vxlanMode")),
-                b(sp.get("disabled")),
-                b(sp.get("disableBGPExport")),
-                s(sp.get("nodeSelector")),
-            ],
-        ),
-        Kind::IPPool => (
-            vec!["NAME", "CIDR", "SELECTOR"],
-            vec![name, s(sp.get("cidr")), s(sp.get("nodeSelector"))],
-        ),
-        Kind::BGPPeer => {
-            let node = if let Some(n) = sp.get("node").and_then(Value::as_str) {
-                n.to_string()
-            } else if let Some(sel) = sp.get("nodeSelector").and_then(Value::as_str) {
-                sel.to_string()
+/// One table row of a resource, from the typed model.
+fn row(r: &Resource, wide: bool) -> Vec<String> {
+    let name = r.name().to_string();
+    match r {
+        Resource::IPPool(p) => {
+            let s = &p.spec;
+            if wide {
+                vec![
+                    name,
+                    s.cidr.to_string(),
+                    s.nat_outgoing.to_string(),
+                    format!("{:?}", s.ipip_mode()),
+                    format!("{:?}", s.vxlan_mode()),
+                    s.disabled.to_string(),
+                    s.disable_bgp_export.to_string(),
+                    s.node_selector.to_string(),
+                ]
+            } else {
+                vec![name, s.cidr.to_string(), s.node_selector.to_string()]
+            }
+        }
+        Resource::BGPPeer(p) => {
+            let s = &p.spec;
+            let node = if !s.node.is_empty() {
+                s.node.clone()
+            } else if !s.node_selector.is_empty() {
+                s.node_selector.to_string()
             } else {
                 "(global)".to_string()
             };
-            let peer = sp
-                .get("peerIP")
-                .map(|v| s(Some(v)))
-                .or_else(|| {
-                    sp.get("peerSelector")
-                        .map(|v| format!("selector: {}", s(Some(v))))
-                })
-                .unwrap_or_default();
-            let asn = s(sp.get("asNumber"));
+            let peer = match (&s.peer_ip, s.peer_selector.is_empty()) {
+                (Some(ip), _) => ip.to_string(),
+                (None, false) => format!("selector: {}", s.peer_selector),
+                (None, true) if !s.local_workload_selector.is_empty() => {
+                    format!("workloads: {}", s.local_workload_selector)
+                }
+                (None, true) => String::new(),
+            };
+            let mut out = vec![name, peer, node, opt(s.as_number)];
             if wide {
-                let filters = sp
-                    .get("filters")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().map(|f| s(Some(f))).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default();
-                (
-                    vec!["NAME", "PEERIP", "NODE", "ASN", "PASSWORD", "FILTERS"],
-                    vec![
-                        name,
-                        peer,
-                        node,
-                        asn,
-                        (sp.contains_key("password")).to_string(),
-                        filters,
-                    ],
-                )
-            } else {
-                (
-                    vec!["NAME", "PEERIP", "NODE", "ASN"],
-                    vec![name, peer, node, asn],
-                )
+                out.push(s.password.is_some().to_string());
+                out.push(s.filters.join(","));
             }
+            out
         }
-        Kind::BGPConfiguration => {
-            let mut cols = vec!["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"];
-            let mut vals = vec![
+        Resource::BGPConfiguration(c) => {
+            let s = &c.spec;
+            let mut out = vec![
                 name,
-                s(sp.get("logSeverityScreen")),
-                s(sp.get("nodeToNodeMeshEnabled")),
-                s(sp.get("asNumber")),
+                opt(s.log_severity_screen.map(|l| format!("{l:?}"))),
+                opt(s.node_to_node_mesh_enabled),
+                opt(s.as_number),
             ];
             if wide {
-                cols.push("LISTENPORT");
-                vals.push(s(sp.get("listenPort")));
+                out.push(opt(s.listen_port));
             }
-            (cols, vals)
+            out
         }
-        Kind::BGPFilter => {
-            let n = |k: &str| {
-                sp.get(k)
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len)
-                    .to_string()
-            };
+        Resource::BGPFilter(f) => {
+            let s = &f.spec;
             if wide {
-                (
-                    vec!["NAME", "EXPORTV4", "IMPORTV4", "EXPORTV6", "IMPORTV6"],
-                    vec![
-                        name,
-                        n("exportV4"),
-                        n("importV4"),
-                        n("exportV6"),
-                        n("importV6"),
-                    ],
-                )
+                vec![
+                    name,
+                    s.export_v4.len().to_string(),
+                    s.import_v4.len().to_string(),
+                    s.export_v6.len().to_string(),
+                    s.import_v6.len().to_string(),
+                ]
             } else {
-                (vec!["NAME"], vec![name])
+                vec![name]
             }
         }
-        Kind::Node => {
-            let bgp = sp.get("bgp").cloned().unwrap_or(Value::Null);
-            (
-                vec!["NAME", "ASN", "IPV4", "IPV6"],
-                vec![
-                    name,
-                    s(bgp.get("asNumber")),
-                    s(bgp.get("ipv4Address")),
-                    s(bgp.get("ipv6Address")),
-                ],
-            )
+        Resource::Node(n) => vec![
+            name,
+            opt(n.spec.as_number()),
+            opt(n.spec.ipv4()),
+            opt(n.spec.ipv6()),
+        ],
+        Resource::BlockAffinity(b) => vec![
+            name,
+            b.spec.node.clone(),
+            b.spec.cidr.to_string(),
+            serde_json::to_value(b.spec.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        ],
+        Resource::AgentConfiguration(c) => {
+            let s = &c.spec;
+            vec![
+                name,
+                opt(s.dataplane.map(|d| format!("{d:?}").to_ascii_lowercase())),
+                opt(s.nat_outgoing_address),
+                opt(s.nat_port_range),
+                opt(s.nat_outgoing_exclusions.map(|x| format!("{x:?}"))),
+            ]
         }
-        Kind::BlockAffinity => (
-            vec!["NAME", "NODE", "CIDR", "STATE"],
+        Resource::FelixConfiguration(c) => {
+            let s = &c.spec;
             vec![
                 name,
-                s(sp.get("node")),
-                s(sp.get("cidr")),
-                s(sp.get("state")),
-            ],
-        ),
-        Kind::AgentConfiguration => (
-            vec![
-                "NAME",
-                "DATAPLANE",
-                "NATOUTGOINGADDRESS",
-                "NATPORTRANGE",
-                "EXCLUSIONS",
-            ],
-            vec![
-                name,
-                s(sp.get("dataplane")),
-                s(sp.get("natOutgoingAddress")),
-                s(sp.get("natPortRange")),
-                s(sp.get("natOutgoingExclusions")),
-            ],
-        ),
-        Kind::BFDProfile => (
-            vec!["NAME", "RECEIVE", "TRANSMIT", "MULTIPLIER", "PASSIVE"],
-            vec![
-                name,
-                s(sp.get("receiveInterval")),
-                s(sp.get("transmitInterval")),
-                s(sp.get("multiplier")),
-                b(sp.get("passive")),
-            ],
-        ),
-        Kind::Secret => {
-            let mut keys: Vec<&String> = r.data.keys().collect();
-            keys.sort();
-            (
-                vec!["NAME", "KEYS"],
-                vec![
-                    name,
-                    keys.into_iter().cloned().collect::<Vec<_>>().join(","),
-                ],
-            )
+                opt(s.nat_outgoing_address),
+                opt(s.nat_port_range),
+                opt(s.nat_outgoing_exclusions.map(|x| format!("{x:?}"))),
+                opt(s.iptables_nat_outgoing_interface_filter.as_ref()),
+            ]
+        }
+        Resource::IPReservation(r) => vec![
+            name,
+            r.spec
+                .reserved_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ],
+        Resource::BFDProfile(p) => vec![
+            name,
+            opt(p.spec.receive_interval),
+            opt(p.spec.transmit_interval),
+            opt(p.spec.multiplier),
+            p.spec.passive.to_string(),
+        ],
+        Resource::Secret(sec) => vec![name, sec.spec.keys().cloned().collect::<Vec<_>>().join(",")],
+    }
+}
+
+/// The typed resource of a protobuf resource the controller sent; a resource this
+/// ternctl cannot read (a newer controller's field) shows its name only.
+fn typed_row(kind: Kind, r: &proto::Resource, wide: bool) -> Vec<String> {
+    match from_proto(r) {
+        Ok(res) => row(&res, wide),
+        Err(_) => {
+            let name = r
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default();
+            let mut out = vec![name];
+            out.resize(header(kind, wide).len(), String::new());
+            out
         }
     }
 }
@@ -599,19 +618,8 @@ async fn get(
         }
         Output::Ps | Output::Wide => {
             let wide = output == Output::Wide;
-            let mut header = Vec::new();
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|r| {
-                    let (h, v) = row(kind, r, wide);
-                    header = h;
-                    v
-                })
-                .collect();
-            if header.is_empty() {
-                header = row(kind, &proto::Resource::default(), wide).0;
-            }
-            print!("{}", columns(&header, &rows));
+            let rows: Vec<Vec<String>> = items.iter().map(|r| typed_row(kind, r, wide)).collect();
+            print!("{}", columns(&header(kind, wide), &rows));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -644,11 +652,11 @@ async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow
             })
             .await
             .ok()
-            .and_then(|r| {
-                let sp = spec_of(&r.into_inner());
-                sp.get("asNumber").map(|v| s(Some(v)))
+            .and_then(|r| match from_proto(&r.into_inner()) {
+                Ok(Resource::BGPConfiguration(c)) => c.spec.as_number.map(|a| a.to_string()),
+                _ => None,
             })
-            .unwrap_or_else(|| "64512".into())
+            .unwrap_or_else(|| DEFAULT_AS_NUMBER.to_string())
     } else {
         String::new()
     };
@@ -669,7 +677,7 @@ async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|r| {
-            let (_, base) = row(Kind::Node, r, true);
+            let base = typed_row(Kind::Node, r, true);
             let info = by_name.get(&base[0]);
             let connected = info.is_some_and(|i| i.connected).to_string();
             let controller = info.map(|i| i.controller.clone()).unwrap_or_default();
@@ -787,6 +795,18 @@ fn report(verb: Verb, kinds: &[String], done: usize, error: Option<String>) -> E
     }
 }
 
+/// One line on stderr per field the controller stored without acting on it.
+fn print_warnings(r: &proto::Resource) {
+    let name = r
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or_default();
+    for w in &r.warnings {
+        eprintln!("Warning: {}({name}): {}: {}", r.kind, w.field, w.message);
+    }
+}
+
 async fn write_file(ctx: &Ctx, path: &PathBuf, verb: Verb) -> anyhow::Result<ExitCode> {
     let text = read_input(path)?;
     let docs = tern::manifest::parse_documents_raw(&text).map_err(|e| anyhow!("{e}"))?;
@@ -812,15 +832,19 @@ async fn write_file(ctx: &Ctx, path: &PathBuf, verb: Verb) -> anyhow::Result<Exi
             Verb::Create => api
                 .create(proto::CreateRequest { resource: Some(r) })
                 .await
-                .map(|_| ()),
+                .map(|o| print_warnings(&o.into_inner())),
             Verb::Apply => api
                 .apply(proto::ApplyRequest { resource: Some(r) })
                 .await
-                .map(|_| ()),
+                .map(|o| {
+                    if let Some(r) = &o.into_inner().resource {
+                        print_warnings(r);
+                    }
+                }),
             Verb::Replace => api
                 .update(proto::UpdateRequest { resource: Some(r) })
                 .await
-                .map(|_| ()),
+                .map(|o| print_warnings(&o.into_inner())),
             Verb::Delete => {
                 let name = r.metadata.map(|m| m.name).unwrap_or_default();
                 api.delete(proto::DeleteRequest {
@@ -903,7 +927,8 @@ async fn patch_cmd(
         })
         .await
     {
-        Ok(_) => {
+        Ok(o) => {
+            print_warnings(&o.into_inner());
             println!("Successfully patched 1 '{kind}' resource");
             Ok(ExitCode::SUCCESS)
         }
@@ -1186,6 +1211,79 @@ async fn ipam_claim_block(
         b.cidr, b.pool, b.node, b.state
     );
     Ok(ExitCode::SUCCESS)
+}
+
+// ------------------------------------------------------------------------------------
+// validate, version
+
+/// Every document of the file, parsed, normalized and validated as the controller
+/// does, and the pools of the file checked against each other. Nothing is sent.
+fn validate_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = read_input(path)?;
+    let docs = match tern::manifest::parse_documents_raw(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("Failed to validate: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if docs.is_empty() {
+        bail!("no resources found in {}", path.display());
+    }
+    let total = docs.len();
+    let mut failures = 0;
+    let mut pools: Vec<tern::model::IPPool> = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let index = i + 1;
+        let checked = Resource::from_value(doc)
+            .map_err(tern::validate::ValidationError::from)
+            .and_then(|mut r| {
+                r.normalize();
+                tern::validate::validate(&r)?;
+                if let Resource::IPPool(p) = &r {
+                    tern::validate::check_pool_overlap(p, &pools)?;
+                    pools.push(p.clone());
+                }
+                Ok(r)
+            });
+        match checked {
+            Ok(r) => {
+                for w in tern::model::stored_only(&r) {
+                    eprintln!("Warning: {}({}): {w}", r.kind(), r.name());
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                for fe in e.errors() {
+                    eprintln!("document {index}: {fe}");
+                }
+            }
+        }
+    }
+    if failures > 0 {
+        eprintln!("Failed to validate {failures} resource(s)");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("Successfully validated {total} resource(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn version(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    println!("Client Version:     {}", env!("CARGO_PKG_VERSION"));
+    let mut nodes = NodeServiceClient::new(ctx.channel().await?);
+    match nodes.get_version(proto::GetVersionRequest {}).await {
+        Ok(v) => {
+            println!("Controller Version: {}", v.into_inner().version);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "Failed to read the controller's version: {}",
+                status_msg(&e)
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------
