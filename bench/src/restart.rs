@@ -1,0 +1,429 @@
+//! `tern-bench restart`: a controller (re)started on a large etcd. Fills etcd with
+//! N Nodes, one block per node (BlockAffinity + IPAM block record), M BGPPeers and a
+//! status report per node, then starts `tern-controller` (its own release process)
+//! twice on it (the second after a kill -9 of the first) and prints, for each start,
+//! the time until its cache is loaded (`tern_cache_objects` on /metrics) and until a
+//! Sync stream gets its InSync, and the controller's resident memory.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use prost::Message as _;
+use tern::client::ClientTls;
+use tern::model::{
+    AffinityState, BGPPeerSpec, BlockAffinitySpec, Cidr, IPPoolSpec, NodeBGPSpec, NodeSpec, Object,
+    Resource,
+};
+use tern::pki::{Pki, Role};
+use tern::proto::{self, controller_message, sync_service_client::SyncServiceClient};
+use tern_testkit::etcd::{Etcd, free_port};
+
+use crate::machine;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Nodes, each with one block and one status report.
+    #[arg(long, default_value_t = 10_000)]
+    nodes: usize,
+    /// BGPPeers.
+    #[arg(long, default_value_t = 1_000)]
+    peers: usize,
+    /// The tern-controller binary [default: next to this binary]
+    #[arg(long)]
+    controller_bin: Option<PathBuf>,
+}
+
+const PREFIX: &str = "/tern/v1";
+
+fn node(i: usize) -> Resource {
+    let mut r = Resource::Node(Object::new(
+        format!("node-{i:05}"),
+        NodeSpec {
+            bgp: Some(NodeBGPSpec {
+                ipv4_address: Some(
+                    format!(
+                        "172.{}.{}.{}/12",
+                        16 + (i >> 16),
+                        (i >> 8) & 255,
+                        (i & 255).max(1)
+                    )
+                    .parse()
+                    .expect("a valid address"),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    r.metadata_mut()
+        .labels
+        .insert("rack".into(), format!("r{}", i % 40));
+    r.metadata_mut().uid = format!("uid-node-{i}");
+    r.normalize();
+    r
+}
+
+fn block(i: usize) -> ipnet::IpNet {
+    let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0)) + (i as u32) * 64;
+    ipnet::IpNet::new(std::net::Ipv4Addr::from(base).into(), 26).expect("a /26")
+}
+
+fn affinity(i: usize) -> Resource {
+    let cidr = block(i);
+    let node = format!("node-{i:05}");
+    let mut r = Resource::BlockAffinity(Object::new(
+        tern_controller::ipam::affinity_name(&node, &cidr),
+        BlockAffinitySpec {
+            node,
+            cidr: Cidr(cidr),
+            state: AffinityState::Confirmed,
+            deleted: None,
+            pool: "bench".into(),
+        },
+    ));
+    r.normalize();
+    r
+}
+
+fn peer(i: usize) -> Resource {
+    let mut r = Resource::BGPPeer(Object::new(
+        format!("peer-{i:04}"),
+        BGPPeerSpec {
+            peer_ip: Some(
+                format!("192.168.{}.{}", i / 250, 1 + i % 250)
+                    .parse()
+                    .expect("a valid address"),
+            ),
+            as_number: Some(tern::model::AsNumber(64_512 + (i % 1000) as u32)),
+            node_selector: tern::selector::Selector::parse(&format!("rack == 'r{}'", i % 40))
+                .expect("a valid selector"),
+            ..Default::default()
+        },
+    ));
+    r.normalize();
+    r
+}
+
+fn status(i: usize) -> Vec<u8> {
+    proto::NodeStatus {
+        node: format!("node-{i:05}"),
+        applied_revision: 1,
+        agent_version: tern::VERSION.into(),
+        reported_at: "2026-01-01T00:00:00Z".into(),
+        dataplane: Some(proto::DataplaneStatus {
+            driver: "nftables".into(),
+            state: "applied".into(),
+            ..Default::default()
+        }),
+        bgp: Some(proto::BgpStatus {
+            state: "running".into(),
+            sessions: (0..25)
+                .map(|k| proto::BgpSession {
+                    name: format!("Node_192_168_{}_{}", k / 250, 1 + k % 250),
+                    peer_address: format!("192.168.0.{}", 1 + k),
+                    state: "Established".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Write key-values in transactions of 100 puts.
+async fn put_all(
+    etcd: &mut etcd_client::Client,
+    items: impl Iterator<Item = (String, Vec<u8>)>,
+) -> anyhow::Result<usize> {
+    let mut bytes = 0;
+    let mut batch = Vec::new();
+    let mut flush = async |batch: &mut Vec<etcd_client::TxnOp>| -> anyhow::Result<()> {
+        if !batch.is_empty() {
+            etcd.txn(etcd_client::Txn::new().and_then(std::mem::take(batch)))
+                .await?;
+        }
+        Ok(())
+    };
+    for (k, v) in items {
+        bytes += k.len() + v.len();
+        batch.push(etcd_client::TxnOp::put(k, v, None));
+        if batch.len() == 100 {
+            flush(&mut batch).await?;
+        }
+    }
+    flush(&mut batch).await?;
+    Ok(bytes)
+}
+
+async fn fill(etcd: &Etcd, a: &Args) -> anyhow::Result<(usize, usize)> {
+    let mut c = etcd.client().await?;
+    let key = |r: &Resource| tern::model::resource_key(PREFIX, r.kind(), r.name());
+    let mut pool = Resource::IPPool(Object::new(
+        "bench",
+        IPPoolSpec {
+            cidr: "10.0.0.0/8".parse().map_err(anyhow::Error::msg)?,
+            block_size: Some(26),
+            nat_outgoing: true,
+            disabled: false,
+            disable_bgp_export: false,
+            node_selector: Default::default(),
+            ipip_mode: None,
+            vxlan_mode: None,
+            allowed_uses: vec![],
+            assignment_mode: None,
+        },
+    ));
+    pool.normalize();
+    let mut bytes = put_all(&mut c, std::iter::once((key(&pool), pool.to_json_bytes()))).await?;
+    bytes += put_all(
+        &mut c,
+        (0..a.nodes).map(|i| {
+            let n = node(i);
+            (key(&n), n.to_json_bytes())
+        }),
+    )
+    .await?;
+    bytes += put_all(
+        &mut c,
+        (0..a.nodes).map(|i| {
+            let r = affinity(i);
+            (key(&r), r.to_json_bytes())
+        }),
+    )
+    .await?;
+    bytes += put_all(
+        &mut c,
+        (0..a.nodes).map(|i| {
+            let cidr = block(i);
+            let rec =
+                tern_controller::ipam::BlockRecord::new(cidr, "bench", &format!("node-{i:05}"));
+            (
+                format!(
+                    "{PREFIX}/_ipam/blocks/{}",
+                    tern_controller::ipam::block_segment(&cidr)
+                ),
+                serde_json::to_vec(&rec).expect("a block record serializes"),
+            )
+        }),
+    )
+    .await?;
+    bytes += put_all(
+        &mut c,
+        (0..a.peers).map(|i| {
+            let r = peer(i);
+            (key(&r), r.to_json_bytes())
+        }),
+    )
+    .await?;
+    bytes += put_all(
+        &mut c,
+        (0..a.nodes).map(|i| (format!("{PREFIX}/_status/node-{i:05}"), status(i))),
+    )
+    .await?;
+    let keys = 1 + 4 * a.nodes + a.peers;
+    Ok((keys, bytes))
+}
+
+fn controller_bin(a: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &a.controller_bin {
+        return Ok(p.clone());
+    }
+    let p = std::env::current_exe()?.with_file_name("tern-controller");
+    if !p.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p tern-controller) or pass --controller-bin",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `tern_cache_objects` from the metrics endpoint, if it answers.
+async fn cache_objects(metrics: &str) -> Option<i64> {
+    let mut s = tokio::net::TcpStream::connect(metrics).await.ok()?;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find(|l| l.starts_with("tern_cache_objects "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Open a Sync stream as `node` and wait for InSync; true once it arrives.
+async fn sync_once(tls: &ClientTls, addr: &str, node: &str) -> anyhow::Result<bool> {
+    let Ok(ch) = tls.connect(addr).await else {
+        return Ok(false);
+    };
+    let mut client = SyncServiceClient::new(ch).max_decoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(proto::AgentMessage {
+        msg: Some(proto::agent_message::Msg::Hello(proto::Hello {
+            node_name: node.into(),
+            agent_version: tern::VERSION.into(),
+            last_revision: 0,
+            registration: None,
+        })),
+    })
+    .await?;
+    let Ok(resp) = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    else {
+        return Ok(false);
+    };
+    let mut stream = resp.into_inner();
+    while let Ok(Some(m)) = stream.message().await {
+        if let Some(controller_message::Msg::InSync(_)) = m.msg {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+struct Start {
+    loaded: Duration,
+    served: Duration,
+    rss: u64,
+}
+
+async fn start_once(
+    a: &Args,
+    etcd: &Etcd,
+    pki: &Pki,
+    tls: &ClientTls,
+    objects: i64,
+) -> anyhow::Result<(Start, std::process::Child)> {
+    let ctl = pki.files(&Role::Controller { sans: vec![] });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let t0 = Instant::now();
+    let mut child = Command::new(controller_bin(a)?)
+        .args([
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--listen",
+            &addr,
+            "--metrics-listen",
+            &metrics,
+            "--ca",
+            &pki.ca_cert().display().to_string(),
+            "--cert",
+            &ctl.cert.display().to_string(),
+            "--key",
+            &ctl.key.display().to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting tern-controller")?;
+    let deadline = t0 + Duration::from_secs(300);
+    let mut loaded = None;
+    while loaded.is_none() {
+        if cache_objects(&metrics).await.is_some_and(|n| n >= objects) {
+            loaded = Some(t0.elapsed());
+        } else if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the cache did not load within 300 s");
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let served = loop {
+        if sync_once(tls, &addr, "node-00000").await? {
+            break t0.elapsed();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("Sync was not served within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let rss = rss(child.id());
+    Ok((
+        Start {
+            loaded: loaded.unwrap_or_default(),
+            served,
+            rss,
+        },
+        child,
+    ))
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let etcd = Etcd::start()?;
+        let dir = tempfile::tempdir()?;
+        let pki = Pki::init(dir.path().join("pki"), 2)?;
+        pki.issue(
+            &Role::Controller {
+                sans: vec!["127.0.0.1".into()],
+            },
+            2,
+        )?;
+        let admin = pki.issue(&Role::Admin, 2)?;
+        let tls = ClientTls {
+            ca: Some(pki.ca_cert()),
+            cert: Some(admin.cert.clone()),
+            key: Some(admin.key.clone()),
+            server_name: None,
+            insecure: false,
+        };
+        let t = Instant::now();
+        let (keys, bytes) = fill(&etcd, &a).await?;
+        println!("machine: {}", machine());
+        println!(
+            "etcd filled: {} Nodes, {} blocks (BlockAffinity + record), {} BGPPeers, {} status reports: {keys} keys, {:.1} MiB of values, in {:.1} s",
+            a.nodes,
+            a.nodes,
+            a.peers,
+            a.nodes,
+            bytes as f64 / 1048576.0,
+            t.elapsed().as_secs_f64()
+        );
+        // Resources in the cache: pool + nodes + affinities + peers (+ the default
+        // BGPConfiguration the controller creates).
+        let objects = (1 + 2 * a.nodes + a.peers) as i64;
+        let (first, mut child) = start_once(&a, &etcd, &pki, &tls, objects).await?;
+        // kill -9, then the restart.
+        let _ = child.kill();
+        let _ = child.wait();
+        let (second, mut child) = start_once(&a, &etcd, &pki, &tls, objects).await?;
+        let _ = child.kill();
+        let _ = child.wait();
+        for (what, s) in [("first start", first), ("restart after kill -9", second)] {
+            println!(
+                "{what}: cache loaded in {:.2} s, Sync served (InSync) in {:.2} s, controller RSS {:.1} MiB",
+                s.loaded.as_secs_f64(),
+                s.served.as_secs_f64(),
+                s.rss as f64 / 1048576.0
+            );
+        }
+        Ok(())
+    })
+}
