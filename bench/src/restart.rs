@@ -81,6 +81,7 @@ fn affinity(i: usize) -> Resource {
             state: AffinityState::Confirmed,
             deleted: None,
             pool: "bench".into(),
+            affinity_type: None,
         },
     ));
     r.normalize();
@@ -165,16 +166,9 @@ async fn fill(etcd: &Etcd, a: &Args) -> anyhow::Result<(usize, usize)> {
     let mut pool = Resource::IPPool(Object::new(
         "bench",
         IPPoolSpec {
-            cidr: "10.0.0.0/8".parse().map_err(anyhow::Error::msg)?,
             block_size: Some(26),
             nat_outgoing: true,
-            disabled: false,
-            disable_bgp_export: false,
-            node_selector: Default::default(),
-            ipip_mode: None,
-            vxlan_mode: None,
-            allowed_uses: vec![],
-            assignment_mode: None,
+            ..IPPoolSpec::new("10.0.0.0/8".parse().map_err(anyhow::Error::msg)?)
         },
     ));
     pool.normalize();
