@@ -15,7 +15,7 @@ use tern_agent::dataplane::RecordingDriver;
 use tern_agent::sync::SyncConfig;
 use tern_testkit::etcd::{Etcd, free_port};
 
-use crate::{machine, pct};
+use crate::{controller_bin, machine, pct, proc_usage};
 
 /// (revision, when) of everything one agent applied.
 type ApplyLog = Arc<Mutex<Vec<(i64, Instant)>>>;
@@ -59,24 +59,6 @@ fn raise_nofile() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) and resident memory (bytes) of a process.
-fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let utime: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok(((utime + stime) / ticks, rss_kb * 1024))
-}
-
 struct ControllerProc {
     child: Child,
 }
@@ -86,21 +68,6 @@ impl Drop for ControllerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn controller_bin(a: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &a.controller_bin {
-        return Ok(p.clone());
-    }
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name("tern-controller");
-    if !p.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p tern-controller) or pass --controller-bin",
-            p.display()
-        );
-    }
-    Ok(p)
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -316,7 +283,7 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     let admin = pki.issue(&Role::Admin, 2)?;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(controller_bin(a)?)
+    let child = Command::new(controller_bin(a.controller_bin.as_ref())?)
         .args([
             "--etcd-endpoints",
             &etcd.endpoint(),

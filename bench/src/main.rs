@@ -136,3 +136,36 @@ pub fn machine() -> String {
         .to_string();
     format!("{cpu}, {cores} cores, {mem} GiB, Linux {kernel}")
 }
+
+/// CPU seconds (user + system) and resident memory (bytes) of a process.
+pub fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let utime: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(((utime + stime) / ticks, rss_kb * 1024))
+}
+
+/// The tern-controller binary: the one given, else the one next to this binary.
+pub fn controller_bin(given: Option<&std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.clone());
+    }
+    let p = std::env::current_exe()?.with_file_name("tern-controller");
+    if !p.exists() {
+        anyhow::bail!(
+            "{} not found: build it first (cargo build --release -p tern-controller) or pass --controller-bin",
+            p.display()
+        );
+    }
+    Ok(p)
+}

@@ -20,7 +20,7 @@ use tern::pki::{Pki, Role};
 use tern::proto::{self, controller_message, sync_service_client::SyncServiceClient};
 use tern_testkit::etcd::{Etcd, free_port};
 
-use crate::machine;
+use crate::{controller_bin, machine, proc_usage};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -222,32 +222,6 @@ async fn fill(etcd: &Etcd, a: &Args) -> anyhow::Result<(usize, usize)> {
     Ok((keys, bytes))
 }
 
-fn controller_bin(a: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &a.controller_bin {
-        return Ok(p.clone());
-    }
-    let p = std::env::current_exe()?.with_file_name("tern-controller");
-    if !p.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p tern-controller) or pass --controller-bin",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// `tern_cache_objects` from the metrics endpoint, if it answers.
 async fn cache_objects(metrics: &str) -> Option<i64> {
     let mut s = tokio::net::TcpStream::connect(metrics).await.ok()?;
@@ -311,7 +285,7 @@ async fn start_once(
     let addr = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     let t0 = Instant::now();
-    let mut child = Command::new(controller_bin(a)?)
+    let mut child = Command::new(controller_bin(a.controller_bin.as_ref())?)
         .args([
             "--etcd-endpoints",
             &etcd.endpoint(),
@@ -355,7 +329,7 @@ async fn start_once(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let rss = rss(child.id());
+    let (_, rss) = proc_usage(child.id())?;
     Ok((
         Start {
             loaded: loaded.unwrap_or_default(),
