@@ -338,3 +338,77 @@ async fn open_watches_are_capped_per_identity() {
         "a place frees up"
     );
 }
+
+/// Watch is served from the cache's history: a start inside it replays from there, a
+/// start older than it is OUT_OF_RANGE naming the oldest revision available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_replays_the_history_or_says_it_is_gone() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.sync.history_events = 16;
+    c.add_controller_with(cfg).await;
+    let mut api = c.admin().await;
+    api.create(proto::CreateRequest {
+        resource: Some(common::pool("h", "10.9.0.0/16")),
+    })
+    .await
+    .expect("create");
+    let mut revs = Vec::new();
+    for i in 0..30 {
+        let r = api
+            .patch(proto::PatchRequest {
+                kind: "ippool".into(),
+                name: "h".into(),
+                r#type: 0,
+                patch: format!(r#"{{"metadata":{{"labels":{{"n":"{i}"}}}}}}"#),
+                resource_version: String::new(),
+            })
+            .await
+            .expect("patch")
+            .into_inner();
+        revs.push(
+            r.metadata
+                .expect("meta")
+                .resource_version
+                .parse::<i64>()
+                .expect("rv"),
+        );
+    }
+    // The cache applies what it watches a moment after the writes return.
+    let last = *revs.last().expect("patches");
+    let m = c.controllers[0].metrics().clone();
+    assert!(common::eventually(10, async || m.cache_revision.get() >= last).await);
+    let from = revs[25];
+    let mut w = api
+        .watch(proto::WatchRequest {
+            kind: "ippool".into(),
+            start_revision: from,
+        })
+        .await
+        .expect("a start inside the history")
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("an event");
+        assert_eq!(ev.r#type, proto::EventType::Modified as i32);
+        got.push(ev.revision);
+    }
+    assert_eq!(got, revs[25..30]);
+    let e = api
+        .watch(proto::WatchRequest {
+            kind: "ippool".into(),
+            start_revision: 2,
+        })
+        .await
+        .expect_err("a start older than the history");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+    assert!(
+        e.message()
+            .starts_with("revision 2 has been compacted; the oldest available is "),
+        "{e}"
+    );
+}

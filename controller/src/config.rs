@@ -153,6 +153,7 @@ pub struct FileConfig {
     pub status_writes_per_sec: Option<u32>,
     pub ipam_auto_blocks: Option<bool>,
     pub max_watches_per_identity: Option<usize>,
+    pub history_bytes: Option<usize>,
     pub agent_label_keys: Option<Vec<String>>,
     pub max_unauthenticated_connections: Option<usize>,
     pub handshake_timeout: Option<String>,

@@ -85,6 +85,10 @@ struct Cli {
     /// Open ResourceService.Watch streams one identity may hold [default: 32]
     #[arg(long, env = "TERN_MAX_WATCHES_PER_IDENTITY")]
     max_watches_per_identity: Option<usize>,
+    /// Bytes of object versions the replica's history may hold, from its first list
+    /// on [default: 268435456 (256 MiB)]
+    #[arg(long, env = "TERN_HISTORY_BYTES")]
+    history_bytes: Option<usize>,
     /// Give every node a block of every pool that selects it without being asked
     /// [default: true]
     #[arg(long, env = "TERN_IPAM_AUTO_BLOCKS")]
@@ -294,6 +298,10 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
             .or(file.status_writes_per_sec)
             .unwrap_or(500),
         sync: SyncTuning {
+            history_bytes: cli
+                .history_bytes
+                .or(file.history_bytes)
+                .unwrap_or(tern_controller::cache::DEFAULT_HISTORY_BYTES),
             agent_label_keys: if cli.agent_label_keys.is_empty() {
                 file.agent_label_keys.unwrap_or_default()
             } else {

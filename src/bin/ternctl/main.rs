@@ -244,12 +244,25 @@ struct Ctx {
     tls: ClientTls,
 }
 
+/// Largest answer ternctl reads: a List or ListNodes of a large cluster is more than
+/// gRPC's default 4 MiB (10,000 Nodes with their status are tens of MiB).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
 impl Ctx {
     async fn channel(&self) -> anyhow::Result<Channel> {
         Ok(self.tls.connect(&self.server).await?)
     }
     async fn resources(&self) -> anyhow::Result<ResourceServiceClient<Channel>> {
-        Ok(ResourceServiceClient::new(self.channel().await?))
+        Ok(ResourceServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES))
+    }
+    async fn nodes(&self) -> anyhow::Result<NodeServiceClient<Channel>> {
+        Ok(NodeServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES))
+    }
+    async fn ipam(&self) -> anyhow::Result<IpamServiceClient<Channel>> {
+        Ok(IpamServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES))
     }
 }
 
@@ -627,7 +640,7 @@ async fn get(
 
 /// Nodes with their connection: which controller serves them, the revision applied.
 async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow::Result<()> {
-    let mut nodes = NodeServiceClient::new(ctx.channel().await?);
+    let mut nodes = ctx.nodes().await?;
     let infos = nodes
         .list_nodes(proto::ListNodesRequest::default())
         .await
@@ -644,7 +657,8 @@ async fn print_nodes(ctx: &Ctx, items: &[proto::Resource], wide: bool) -> anyhow
     // Nodes without an AS of their own use the cluster's, shown in parentheses as
     // calicoctl shows it.
     let default_as = if wide {
-        ResourceServiceClient::new(ctx.channel().await?)
+        ctx.resources()
+            .await?
             .get(proto::GetRequest {
                 kind: "BGPConfiguration".into(),
                 name: "default".into(),
@@ -1031,7 +1045,7 @@ fn print_status(name: &str, info: Option<&proto::NodeInfo>, status: &proto::Node
 }
 
 async fn node_status(ctx: &Ctx, node: Option<String>) -> anyhow::Result<ExitCode> {
-    let mut nodes = NodeServiceClient::new(ctx.channel().await?);
+    let mut nodes = ctx.nodes().await?;
     let infos = nodes
         .list_nodes(proto::ListNodesRequest::default())
         .await
@@ -1075,7 +1089,7 @@ fn pct(part: u64, total: u64) -> String {
 }
 
 async fn ipam_show(ctx: &Ctx, node: Option<String>, show_blocks: bool) -> anyhow::Result<ExitCode> {
-    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let mut ipam = ctx.ipam().await?;
     let r = ipam
         .show(proto::IpamShowRequest {
             node: node.clone().unwrap_or_default(),
@@ -1154,7 +1168,7 @@ async fn ipam_assign(
     family: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let family = ipam_family(&pool, family);
-    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let mut ipam = ctx.ipam().await?;
     let r = ipam
         .assign_address(proto::AssignAddressRequest {
             node,
@@ -1170,7 +1184,7 @@ async fn ipam_assign(
 }
 
 async fn ipam_release(ctx: &Ctx, node: String, handle: String) -> anyhow::Result<ExitCode> {
-    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let mut ipam = ctx.ipam().await?;
     let r = ipam
         .release_address(proto::ReleaseAddressRequest {
             node,
@@ -1196,7 +1210,7 @@ async fn ipam_claim_block(
     family: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let family = ipam_family(&pool, family);
-    let mut ipam = IpamServiceClient::new(ctx.channel().await?);
+    let mut ipam = ctx.ipam().await?;
     let b = ipam
         .claim_block(proto::ClaimBlockRequest {
             node,
@@ -1270,7 +1284,7 @@ fn validate_file(path: &PathBuf) -> anyhow::Result<ExitCode> {
 
 async fn version(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     println!("Client Version:     {}", env!("CARGO_PKG_VERSION"));
-    let mut nodes = NodeServiceClient::new(ctx.channel().await?);
+    let mut nodes = ctx.nodes().await?;
     match nodes.get_version(proto::GetVersionRequest {}).await {
         Ok(v) => {
             println!("Controller Version: {}", v.into_inner().version);
