@@ -432,7 +432,7 @@ impl Resource {
             None => return Err(FieldError::new("metadata.name", "required")),
         };
         if kind == Kind::Secret {
-            let data = parse_secret_data(&mut map)?;
+            let data = take_secret_data(&mut map)?;
             // Kubernetes' Secret type (`Opaque`, `kubernetes.io/basic-auth`, ...): tern
             // reads every Secret as plain key/value data, so the type is not kept.
             match map.remove("type") {
@@ -610,9 +610,22 @@ fn serialize_spec<S: Serialize>(spec: &S) -> Value {
     serde_json::to_value(spec).expect("specs are plain data and always serialize")
 }
 
-/// Secret payload: `data` (base64, as Kubernetes) and/or `stringData` (plain).
-fn parse_secret_data(map: &mut Map<String, Value>) -> Result<SecretData, FieldError> {
+/// Secret payload: `data` (base64, as Kubernetes) and/or `stringData` (plain), taken
+/// out of `map`. The one decoder of Secret data: documents read here and manifests
+/// turned into API requests ([`protojson::value_to_proto`]) both use it. A value that
+/// is not text is refused without being quoted back (it may be a password).
+pub fn take_secret_data(map: &mut Map<String, Value>) -> Result<SecretData, FieldError> {
     let mut out = SecretData::new();
+    let text = |field: String, v: Value| -> Result<String, FieldError> {
+        match v {
+            Value::String(s) => Ok(s),
+            _ => Err(FieldError::new(
+                field,
+                "must be a string (quote it: unquoted, YAML reads yes, no, on, off, true, \
+                 false and numbers as such)",
+            )),
+        }
+    };
     if let Some(data) = map.remove("data") {
         let Value::Object(d) = data else {
             return Err(FieldError::new(
@@ -621,20 +634,18 @@ fn parse_secret_data(map: &mut Map<String, Value>) -> Result<SecretData, FieldEr
             ));
         };
         for (k, v) in d {
-            let Value::String(s) = v else {
-                return Err(FieldError::new(format!("data.{k}"), "must be a string"));
-            };
+            let raw = text(format!("data.{k}"), v)?;
             let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
+                .decode(raw.trim())
                 .map_err(|_| {
                     FieldError::new(
                         format!("data.{k}"),
                         "is not base64 (use stringData for plain text)",
                     )
                 })?;
-            let text = String::from_utf8(bytes)
+            let value = String::from_utf8(bytes)
                 .map_err(|_| FieldError::new(format!("data.{k}"), "is not UTF-8 text"))?;
-            out.insert(k, SecretValue::new(text));
+            out.insert(k, SecretValue::new(value));
         }
     }
     if let Some(data) = map.remove("stringData") {
@@ -645,15 +656,8 @@ fn parse_secret_data(map: &mut Map<String, Value>) -> Result<SecretData, FieldEr
             ));
         };
         for (k, v) in d {
-            let Value::String(s) = v else {
-                return Err(FieldError::new(
-                    format!("stringData.{k}"),
-                    format!(
-                        "must be a string, not {v} (quote it: unquoted, YAML reads yes, no, on, off, true, false and numbers as such)"
-                    ),
-                ));
-            };
-            out.insert(k, SecretValue::new(s));
+            let value = text(format!("stringData.{k}"), v)?;
+            out.insert(k, SecretValue::new(value));
         }
     }
     Ok(out)
@@ -807,10 +811,7 @@ mod tests {
         )
         .expect_err("a boolean");
         assert_eq!(e.field, "stringData.a");
-        assert!(
-            e.reason.starts_with("must be a string, not true (quote it"),
-            "{e}"
-        );
+        assert!(e.reason.starts_with("must be a string (quote it"), "{e}");
     }
 
     #[test]

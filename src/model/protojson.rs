@@ -150,7 +150,6 @@ pub fn proto_to_value(p: &proto::Resource) -> Value {
 /// that and names the field). Secret `data` (base64) and `stringData` (plain) both
 /// become plain values in `data`.
 pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
-    use base64::Engine as _;
     let Value::Object(map) = v else {
         return Err(FieldError::new("", "a resource must be a JSON/YAML object"));
     };
@@ -165,33 +164,16 @@ pub fn value_to_proto(v: &Value) -> Result<proto::Resource, FieldError> {
             .map_err(|e| FieldError::new("metadata", e.to_string()))?,
         None => return Err(FieldError::new("metadata.name", "required")),
     };
-    let mut data = std::collections::HashMap::new();
-    let text = |field: String, v: &Value| -> Result<String, FieldError> {
-        v.as_str().map(str::to_string).ok_or_else(|| {
-            FieldError::new(field, "must be a string (quote numbers and yes/no/on/off)")
-        })
-    };
-    if let Some(Value::Object(d)) = map.get("data") {
-        for (k, v) in d {
-            let raw = text(format!("data.{k}"), v)?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(raw.trim())
-                .map_err(|_| {
-                    FieldError::new(
-                        format!("data.{k}"),
-                        "is not base64 (use stringData for plain text)",
-                    )
-                })?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| FieldError::new(format!("data.{k}"), "is not UTF-8 text"))?;
-            data.insert(k.clone(), text);
+    let mut secret = Map::new();
+    for k in ["data", "stringData"] {
+        if let Some(v) = map.get(k) {
+            secret.insert(k.to_string(), v.clone());
         }
     }
-    if let Some(Value::Object(d)) = map.get("stringData") {
-        for (k, v) in d {
-            data.insert(k.clone(), text(format!("stringData.{k}"), v)?);
-        }
-    }
+    let data = super::take_secret_data(&mut secret)?
+        .into_iter()
+        .map(|(k, v)| (k, v.expose().to_string()))
+        .collect();
     let spec = match map.get("spec") {
         Some(Value::Object(o)) => Some(json_map_to_struct(o)),
         Some(Value::Null) | None => None,
@@ -263,7 +245,7 @@ mod tests {
 
     #[test]
     fn round_trip_through_proto() {
-        let v: Value = serde_yaml::from_str(
+        let v: Value = crate::manifest::from_str(
             "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: p, labels: {a: b}}\nspec: {peerIP: '10.0.0.1:1790', asNumber: 4294967295, ttlSecurity: 2}\n",
         )
         .expect("yaml");
@@ -289,7 +271,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_unless_asked() {
-        let v: Value = serde_yaml::from_str(
+        let v: Value = crate::manifest::from_str(
             "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: s}\nstringData: {pw: hunter2}\n",
         )
         .expect("yaml");
