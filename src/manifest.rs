@@ -10,8 +10,10 @@
 //! `0755` is a string), floats. Mapping keys are taken as written. Anchors and aliases
 //! work within a document, and so do merge keys (`<<: *base`), as in yaml.v2.
 //!
-//! serde_yaml cannot tell a plain scalar from a quoted one, so the documents are built
-//! from yaml-rust2's event parser, which can.
+//! The documents are built from yaml-rust2's event parser, which tells a plain scalar
+//! from a quoted one (a serde-level YAML library cannot). This module is tern's one
+//! YAML reader and writer: manifests, the controller's configuration file and the
+//! tests all go through it.
 
 use std::collections::HashMap;
 
@@ -99,11 +101,9 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ManifestError> {
         .collect()
 }
 
-/// A JSON value as one YAML document (block style, as serde_yaml writes it) that reads
-/// back as the same value, here and in Calico (YAML 1.1): text that either reader would
-/// take for something else (`yes`, `on`, `0755`, `1_000`, `null`, ...) is quoted.
-/// serde_yaml alone writes the string `"yes"` unquoted, which this module reads as a
-/// boolean.
+/// A JSON value as one YAML document (block style) that reads back as the same value,
+/// here and in Calico (YAML 1.1): text that either reader would take for something else
+/// (`yes`, `on`, `0755`, `1_000`, `null`, ...) is quoted.
 pub fn to_yaml(v: &Value) -> String {
     let mut out = String::new();
     match v {
@@ -147,7 +147,7 @@ fn write_map(out: &mut String, m: &Map<String, Value>, indent: usize) {
                 out.push('\n');
                 write_map(out, inner, indent + 2);
             }
-            // Sequence items sit at the key's indentation, as serde_yaml writes them.
+            // Sequence items sit at the key's indentation, as kubectl writes them.
             Value::Array(items) if !items.is_empty() => {
                 out.push('\n');
                 write_seq(out, items, indent);
@@ -219,6 +219,41 @@ fn needs_quotes(s: &str) -> bool {
         || s.starts_with(char::is_whitespace)
         || s.ends_with(char::is_whitespace)
         || s.chars().any(|c| c.is_control())
+}
+
+/// Every non-empty document of a YAML (or JSON) stream as a JSON value, as written
+/// (no list flattening): for YAML that is not a manifest, such as Kubernetes
+/// deployment files.
+pub fn documents(text: &str) -> Result<Vec<Value>, ManifestError> {
+    Ok(read_yaml(text)?
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect())
+}
+
+/// One YAML (or JSON) document read into a typed value, the failing field named by
+/// its path (`listen: invalid socket address`). An empty text reads as an empty map.
+pub fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ManifestError> {
+    let mut docs = read_yaml(text)?;
+    let doc = match docs.len() {
+        0 => Value::Object(Map::new()),
+        1 => docs.remove(0),
+        n => {
+            return Err(ManifestError::Field {
+                index: 2,
+                error: FieldError::new("", format!("one document expected, not {n}")),
+            });
+        }
+    };
+    let doc = if doc.is_null() {
+        Value::Object(Map::new())
+    } else {
+        doc
+    };
+    serde_path_to_error::deserialize(doc).map_err(|e| ManifestError::Field {
+        index: 1,
+        error: FieldError::new(e.path().to_string(), e.into_inner().to_string()),
+    })
 }
 
 /// Every document of a YAML stream as a JSON value (`Null` for an empty document).
@@ -988,8 +1023,8 @@ mod tests {
     }
 
     #[test]
-    fn written_yaml_looks_like_serde_yaml() {
-        // Nothing ambiguous here: the text is exactly what serde_yaml writes.
+    fn written_yaml_is_block_style() {
+        // Nothing ambiguous here: plain block style, sequences at their key's indentation.
         let v = json!({
             "apiVersion": "tern.dev/v1",
             "kind": "IPPoolList",
@@ -1008,9 +1043,62 @@ mod tests {
                 },
             }],
         });
-        let ours = to_yaml(&v);
-        let theirs = serde_yaml::to_string(&v).expect("serializes");
-        assert_eq!(ours, theirs);
+        let want = "apiVersion: tern.dev/v1
+items:
+- apiVersion: tern.dev/v1
+  kind: IPPool
+  metadata:
+    labels:
+      team: a
+    name: default-ipv4-ippool
+  spec:
+    allowedUses:
+    - Workload
+    - Tunnel
+    blockSize: 26
+    cidr: 192.168.0.0/16
+    empty: []
+    natOutgoing: true
+    nodeSelector: '!has(edge)'
+kind: IPPoolList
+metadata:
+  resourceVersion: '41'
+";
+        assert_eq!(to_yaml(&v), want);
+        assert_eq!(one(want), v);
+    }
+
+    #[test]
+    fn typed_documents() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        struct C {
+            port: Option<u16>,
+            on: Option<bool>,
+        }
+        assert_eq!(
+            from_str::<C>("port: 8080\non: yes\n").expect("config"),
+            C {
+                port: Some(8080),
+                on: Some(true)
+            }
+        );
+        assert_eq!(
+            from_str::<C>("").expect("empty"),
+            C {
+                port: None,
+                on: None
+            }
+        );
+        let e = from_str::<C>("port: x\n").expect_err("bad port");
+        assert!(e.to_string().contains("port"), "{e}");
+        assert!(from_str::<C>("a: 1\n---\nb: 2\n").is_err());
+        assert_eq!(
+            documents("a: 1\n---\n---\nkind: List\nitems: []\n")
+                .expect("docs")
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
 use tern::model::Resource;
 
 fn repo() -> PathBuf {
@@ -365,43 +366,29 @@ fn examples_show_their_topology() -> anyhow::Result<()> {
 // ------------------------------------------------------------------ Kubernetes
 
 /// Every document of a multi-document YAML file.
-fn yaml_documents(path: &Path) -> anyhow::Result<Vec<serde_yaml::Value>> {
-    use serde::Deserialize as _;
+fn yaml_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text = read(path)?;
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let v = serde_yaml::Value::deserialize(doc)
-            .with_context(|| format!("{}: document {} is not valid YAML", path.display(), i + 1))?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
+    tern::manifest::documents(&text).with_context(|| format!("{}: not valid YAML", path.display()))
 }
 
-fn str_at<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a str> {
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     at(v, path).and_then(|v| v.as_str())
 }
 
-fn at<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
+fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(*k))
 }
 
-fn seq<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Vec<&'a serde_yaml::Value> {
+fn seq<'a>(v: &'a Value, path: &[&str]) -> Vec<&'a Value> {
     at(v, path)
-        .and_then(|v| v.as_sequence())
+        .and_then(|v| v.as_array())
         .map(|s| s.iter().collect())
         .unwrap_or_default()
 }
 
 /// Check a container: its command is one of ours, its flags and TERN_* variables
 /// exist, and `$(VAR)` references name variables defined before them.
-fn check_container(
-    c: &serde_yaml::Value,
-    what: &str,
-    controller: &Cli,
-    agent: &Cli,
-) -> anyhow::Result<String> {
+fn check_container(c: &Value, what: &str, controller: &Cli, agent: &Cli) -> anyhow::Result<String> {
     let command: Vec<&str> = seq(c, &["command"])
         .into_iter()
         .chain(seq(c, &["args"]))

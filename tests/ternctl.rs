@@ -134,7 +134,7 @@ async fn calicoctl_wording_and_tables() {
         ternctl(&c, &admin, &["get", "ippool", "no-nat", "-o", "yaml"], None)
     });
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let doc: serde_json::Value = serde_yaml::from_str(&o.stdout).expect("yaml");
+    let doc: serde_json::Value = tern::manifest::from_str(&o.stdout).expect("yaml");
     assert_eq!(doc["kind"], "IPPool");
     assert_eq!(doc["spec"]["blockSize"], 26);
     let o =

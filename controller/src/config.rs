@@ -182,7 +182,7 @@ impl FileConfig {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
+        tern::manifest::from_str(&text).map_err(|e| ConfigError::File {
             path: path.display().to_string(),
             reason: e.to_string(),
         })

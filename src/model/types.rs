@@ -669,10 +669,11 @@ mod tests {
             #[serde(deserialize_with = "deserialize_labels")]
             labels: BTreeMap<String, String>,
         }
-        let m: M = serde_yaml::from_str("labels:\n  routeReflector: true\n  rack: 12\n  zone: a\n")
-            .expect("scalars");
+        let m: M =
+            crate::manifest::from_str("labels:\n  routeReflector: true\n  rack: 12\n  zone: a\n")
+                .expect("scalars");
         assert_eq!(m.labels["routeReflector"], "true");
         assert_eq!(m.labels["rack"], "12");
-        assert!(serde_yaml::from_str::<M>("labels:\n  a: [1]\n").is_err());
+        assert!(crate::manifest::from_str::<M>("labels:\n  a: [1]\n").is_err());
     }
 }

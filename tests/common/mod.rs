@@ -194,7 +194,7 @@ pub fn res(yaml: &str) -> tern::proto::Resource {
 
 /// A raw protobuf resource from YAML, without client-side parsing (for bad input).
 pub fn raw(yaml: &str) -> tern::proto::Resource {
-    let v: serde_json::Value = serde_yaml::from_str(yaml).expect("yaml");
+    let v: serde_json::Value = tern::manifest::from_str(yaml).expect("yaml");
     let mut meta = tern::proto::ObjectMeta::default();
     if let Some(m) = v.get("metadata") {
         meta.name = m["name"].as_str().unwrap_or_default().to_string();
