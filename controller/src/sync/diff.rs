@@ -26,8 +26,8 @@ fn inputs_from_lookup<'a>(
     lookup: &dyn Fn(Kind, &str) -> Option<&'a Resource>,
     peers: impl IntoIterator<Item = &'a BGPPeer>,
 ) -> Inputs {
-    let labels = match lookup(Kind::Node, node) {
-        Some(Resource::Node(n)) => Some(&n.metadata.labels),
+    let me = match lookup(Kind::Node, node) {
+        Some(Resource::Node(n)) => Some(n),
         _ => None,
     };
     let cfg = |name: &str| match lookup(Kind::BGPConfiguration, name) {
@@ -35,8 +35,7 @@ fn inputs_from_lookup<'a>(
         _ => None,
     };
     let config: BGPConfigurationSpec = layered([cfg("default"), cfg(&node_config_name(node))]);
-    let mesh = config.node_to_node_mesh_enabled.unwrap_or(true);
-    inputs(node, labels, mesh, config.mesh_secret_ref(), peers)
+    inputs(node, me, &config, peers)
 }
 
 fn peers_of<'a>(it: impl Iterator<Item = &'a Arc<Entry>>) -> impl Iterator<Item = &'a BGPPeer> {

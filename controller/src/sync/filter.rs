@@ -9,7 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tern::model::{BGPPeer, Kind, Resource, SecretKeyRef};
+use std::net::IpAddr;
+
+use tern::model::{
+    BGPConfigurationSpec, BGPPeer, DEFAULT_AS_NUMBER, DEFAULT_LISTEN_PORT, Kind, Node, Resource,
+    ReversePeering, SecretKeyRef,
+};
 use tern::selector::Selector;
 
 /// Nodes a node needs to see, besides itself.
@@ -35,17 +40,30 @@ pub struct Inputs {
     pub secrets: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// What the inputs are computed from: the node's labels (None when the Node does not
-/// exist yet), the effective mesh setting and mesh password secret, and all peers.
+/// What the inputs are computed from: the node's own Node (None when it does not exist
+/// yet), its effective BGPConfiguration (mesh flag, mesh password, AS, listen port) and
+/// all peers.
 pub fn inputs<'a>(
     node: &str,
-    labels: Option<&BTreeMap<String, String>>,
-    mesh_enabled: bool,
-    mesh_secret: Option<&SecretKeyRef>,
+    me: Option<&Node>,
+    config: &BGPConfigurationSpec,
     peers: impl IntoIterator<Item = &'a BGPPeer>,
 ) -> Inputs {
     let empty = BTreeMap::new();
-    let labels = labels.unwrap_or(&empty);
+    let labels = me.map_or(&empty, |n| &n.metadata.labels);
+    let mesh_enabled = config.node_to_node_mesh_enabled.unwrap_or(true);
+    let global_as = config.as_number.unwrap_or(DEFAULT_AS_NUMBER);
+    let own_as = me.and_then(|n| n.spec.as_number()).unwrap_or(global_as);
+    let own_port = config.listen_port.unwrap_or(DEFAULT_LISTEN_PORT);
+    let own_addrs: Vec<IpAddr> = me
+        .map(|n| {
+            [n.spec.ipv4(), n.spec.ipv6()]
+                .into_iter()
+                .flatten()
+                .map(|a| a.addr())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut peer_names = BTreeSet::new();
     let mut selectors = Vec::new();
     let mut names = BTreeSet::new();
@@ -56,15 +74,23 @@ pub fn inputs<'a>(
             .or_default()
             .insert(r.key.clone());
     };
-    if mesh_enabled && let Some(r) = mesh_secret {
+    if mesh_enabled && let Some(r) = config.mesh_secret_ref() {
         need(r);
     }
     for p in peers {
         let s = &p.spec;
         let applies = s.applies_to(node, labels);
-        // Reverse peering: this node is picked by another peering's peerSelector, so
-        // it makes sessions back to the nodes that peering applies to.
-        let picked = s.selects_peer(labels);
+        // Reverse peering: this node is picked by another peering's peerSelector, or
+        // owns its peerIP (with the AS and port the peering names), so it makes
+        // sessions back to the nodes that peering applies to: the renderer needs the
+        // peering, those nodes and the password.
+        let picked_by_ip = s.reverse_peering() == ReversePeering::Auto
+            && s.peer_selector.is_empty()
+            && s.peer_ip.is_some_and(|a| {
+                own_addrs.contains(&a.ip) && a.port.is_none_or(|port| port == own_port)
+            })
+            && s.as_number.unwrap_or(global_as) == own_as;
+        let picked = s.selects_peer(labels) || picked_by_ip;
         if !(applies || picked) {
             continue;
         }
@@ -226,9 +252,8 @@ spec: {node: b, cidr: 10.244.0.0/26}
         .expect("valid");
         let a = inputs(
             "a",
-            v.nodes.get("a").map(|n| &n.metadata.labels),
-            true,
-            None,
+            v.nodes.get("a"),
+            &BGPConfigurationSpec::default(),
             v.peers.values(),
         );
         assert_eq!(
@@ -236,7 +261,12 @@ spec: {node: b, cidr: 10.244.0.0/26}
                 .map(|k| k.iter().cloned().collect::<Vec<_>>()),
             Some(vec!["ka".to_string()])
         );
-        let b = inputs("b", None, true, None, v.peers.values());
+        let b = inputs(
+            "b",
+            None,
+            &BGPConfigurationSpec::default(),
+            v.peers.values(),
+        );
         assert_eq!(
             b.secret_keys("shared")
                 .map(|k| k.iter().cloned().collect::<Vec<_>>()),
@@ -244,9 +274,15 @@ spec: {node: b, cidr: 10.244.0.0/26}
         );
     }
 
-    fn view_for(v: &View, node: &str, mesh: bool) -> BTreeSet<(Kind, String)> {
-        let labels = v.nodes.get(node).map(|n| &n.metadata.labels);
-        let inp = inputs(node, labels, mesh, None, v.peers.values());
+    fn mesh(on: bool) -> BGPConfigurationSpec {
+        BGPConfigurationSpec {
+            node_to_node_mesh_enabled: Some(on),
+            ..Default::default()
+        }
+    }
+
+    fn view_for(v: &View, node: &str, mesh_on: bool) -> BTreeSet<(Kind, String)> {
+        let inp = inputs(node, v.nodes.get(node), &mesh(mesh_on), v.peers.values());
         let all: Vec<Resource> = tern::manifest::parse_documents(DOCS).expect("valid docs");
         all.into_iter()
             .filter(|r| inp.contains(r))
@@ -292,5 +328,37 @@ spec: {node: b, cidr: 10.244.0.0/26}
         assert!(b.contains(&(Kind::Node, "a".into())));
         assert!(b.contains(&(Kind::Node, "c".into())));
         assert!(b.contains(&(Kind::BGPPeer, "to-rr".into())));
+    }
+
+    #[test]
+    fn a_peer_ip_that_is_this_node_brings_the_reverse_session() {
+        let v = View::from_yaml(
+            "apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 10.0.0.1/24}}\n---\n\
+             apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: n2}\nspec: {bgp: {ipv4Address: 10.0.0.2/24, asNumber: 65002}}\n---\n\
+             apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: n3}\nspec: {bgp: {ipv4Address: 10.0.0.3/24}}\n---\n\
+             apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: to-n2}\nspec: {node: n1, peerIP: 10.0.0.2, asNumber: 65002, password: {secretKeyRef: {name: s, key: k}}}\n---\n\
+             apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: other-as}\nspec: {node: n1, peerIP: 10.0.0.2, asNumber: 65099}\n---\n\
+             apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: other-port}\nspec: {node: n1, peerIP: '10.0.0.2:1790', asNumber: 65002}\n---\n\
+             apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: manual}\nspec: {node: n1, peerIP: 10.0.0.2, asNumber: 65002, reversePeering: Manual}\n",
+        )
+        .expect("valid");
+        let n2 = inputs("n2", v.nodes.get("n2"), &mesh(false), v.peers.values());
+        let n1 = Resource::Node(v.nodes["n1"].clone());
+        let n3 = Resource::Node(v.nodes["n3"].clone());
+        assert!(n2.peers.contains("to-n2"), "{n2:?}");
+        assert!(n2.contains(&n1), "n2 needs the node that peers with it");
+        assert!(!n2.contains(&n3));
+        assert_eq!(
+            n2.secret_keys("s")
+                .map(|k| k.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["k".to_string()])
+        );
+        // Another AS, another port, or reversePeering: Manual: not n2's session.
+        for name in ["other-as", "other-port", "manual"] {
+            assert!(!n2.peers.contains(name), "{name}");
+        }
+        // n3 owns no such address.
+        let n3_inputs = inputs("n3", v.nodes.get("n3"), &mesh(false), v.peers.values());
+        assert!(n3_inputs.peers.is_empty());
     }
 }
