@@ -109,29 +109,88 @@ fn msg(m: controller_message::Msg) -> Out {
 const MAX_AGENT_LABELS: usize = 64;
 const MAX_AGENT_LABEL_BYTES: usize = 16 * 1024;
 
-/// The annotation listing the label keys the node's agent registered.
+use std::collections::BTreeMap;
+
+/// The annotation listing the labels the node's agent registered, with their values.
 pub const AGENT_LABELS_ANNOTATION: &str = "tern.dev/agent-labels";
 
-fn agent_labels(meta: &tern::model::ObjectMeta) -> std::collections::BTreeSet<String> {
+/// The labels an agent set, with the value it set each to, as the annotation records
+/// them (`key=value,key=value`; an older `key` without a value counts as set to the
+/// label's current value).
+fn agent_labels(meta: &tern::model::ObjectMeta) -> BTreeMap<String, String> {
     meta.annotations
         .get(AGENT_LABELS_ANNOTATION)
         .map(|v| {
             v.split(',')
                 .filter(|k| !k.is_empty())
-                .map(str::to_string)
+                .map(|entry| match entry.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (
+                        entry.to_string(),
+                        meta.labels.get(entry).cloned().unwrap_or_default(),
+                    ),
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn set_agent_labels(meta: &mut tern::model::ObjectMeta, keys: std::collections::BTreeSet<String>) {
-    if keys.is_empty() {
+fn set_agent_labels(meta: &mut tern::model::ObjectMeta, owned: BTreeMap<String, String>) {
+    if owned.is_empty() {
         meta.annotations.remove(AGENT_LABELS_ANNOTATION);
     } else {
-        let v = keys.into_iter().collect::<Vec<_>>().join(",");
+        let v = owned
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
         meta.annotations
             .insert(AGENT_LABELS_ANNOTATION.to_string(), v);
     }
+}
+
+/// Lay the labels of an agent's Hello on its Node, the administrator taking
+/// precedence:
+///
+/// - a label nobody set, or that the agent set and nobody changed since, takes the
+///   agent's value (and the agent owns it);
+/// - a label an administrator set, or changed after the agent set it, keeps the
+///   administrator's value: the agent's next Hello does not revert it (the label is
+///   the administrator's from then on);
+/// - a label an administrator removed is free again: an agent that still sends it
+///   sets it anew.
+///
+/// Ownership is recorded in the `tern.dev/agent-labels` annotation as the value the
+/// agent last wrote, so a change by anyone else is seen as a different value.
+pub fn merge_agent_labels(
+    node: &str,
+    meta: &mut tern::model::ObjectMeta,
+    labels: &std::collections::HashMap<String, String>,
+) {
+    let before = agent_labels(meta);
+    // Labels the agent set before and does not mention now stay as they are, and its.
+    let mut owned: BTreeMap<String, String> = before
+        .iter()
+        .filter(|(k, v)| !labels.contains_key(*k) && meta.labels.get(*k) == Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in labels {
+        let agents = match (meta.labels.get(k), before.get(k)) {
+            // Nobody's label (never set, or removed by an administrator).
+            (None, _) => true,
+            // The agent's, unchanged since it set it.
+            (Some(cur), Some(set)) => cur == set,
+            // An administrator's.
+            (Some(_), None) => false,
+        };
+        if agents {
+            meta.labels.insert(k.clone(), v.clone());
+            owned.insert(k.clone(), v.clone());
+        } else if meta.labels.get(k) != Some(v) {
+            debug!(node, label = %k, "not overriding a label set by an administrator");
+        }
+    }
+    set_agent_labels(meta, owned);
 }
 
 /// Create or update the node's Node resource from its Hello. Returns the revision
@@ -224,8 +283,7 @@ async fn register(
                         ..Default::default()
                     },
                 ));
-                r.metadata_mut().labels = labels.clone().into_iter().collect();
-                set_agent_labels(r.metadata_mut(), labels.keys().cloned().collect());
+                merge_agent_labels(node, r.metadata_mut(), &labels);
                 r.normalize();
                 guard.admit_write(node, None, &r)?;
                 validate(&r).map_err(|e| invalid(&e.0))?;
@@ -242,20 +300,7 @@ async fn register(
             if v6.is_some() {
                 bgp.ipv6_address = v6;
             }
-            // The agent may set (allowed keys, checked above) the labels it set
-            // before and new ones; a label an administrator set is never overwritten
-            // by an agent (so selecting peers by admin-set labels cannot be subverted
-            // from a node).
-            let mut owned = agent_labels(&n.metadata);
-            for (k, v) in &labels {
-                if owned.contains(k) || !n.metadata.labels.contains_key(k) {
-                    n.metadata.labels.insert(k.clone(), v.clone());
-                    owned.insert(k.clone());
-                } else if n.metadata.labels.get(k) != Some(v) {
-                    debug!(node, label = %k, "not overriding a label set by an administrator");
-                }
-            }
-            set_agent_labels(&mut n.metadata, owned);
+            merge_agent_labels(node, &mut n.metadata, &labels);
             let new = Resource::Node(n);
             if new == cur.resource {
                 writes.store(false, Ordering::Relaxed);
@@ -634,5 +679,64 @@ impl SyncService for SyncApi {
             .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn hello(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_administrator_takes_precedence_over_the_agent() {
+        let mut m = tern::model::ObjectMeta::default();
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r1"), ("zone", "a")]));
+        assert_eq!(m.labels["rack"], "r1");
+        // The agent changes its own label.
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r2"), ("zone", "a")]));
+        assert_eq!(m.labels["rack"], "r2");
+        // An administrator changes it: the agent's next Hello does not revert it, nor
+        // any later one.
+        m.labels.insert("rack".into(), "r9".into());
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r2"), ("zone", "a")]));
+        assert_eq!(m.labels["rack"], "r9");
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r3"), ("zone", "a")]));
+        assert_eq!(m.labels["rack"], "r9");
+        // A label the administrator set first is never the agent's.
+        m.labels.insert("role".into(), "rr".into());
+        merge_agent_labels("n", &mut m, &hello(&[("role", "worker")]));
+        assert_eq!(m.labels["role"], "rr");
+        // The agent keeps its untouched labels, even those it no longer sends.
+        assert_eq!(m.labels["zone"], "a");
+        merge_agent_labels("n", &mut m, &hello(&[("zone", "b")]));
+        assert_eq!(m.labels["zone"], "b");
+        // A label the administrator removed is free: the agent sets it anew.
+        m.labels.remove("rack");
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r4")]));
+        assert_eq!(m.labels["rack"], "r4");
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r5")]));
+        assert_eq!(m.labels["rack"], "r5");
+        assert_eq!(
+            m.annotations[AGENT_LABELS_ANNOTATION], "rack=r5,zone=b",
+            "the annotation records the values the agent wrote"
+        );
+    }
+
+    #[test]
+    fn the_older_annotation_without_values_still_reads() {
+        let mut m = tern::model::ObjectMeta::default();
+        m.labels.insert("rack".into(), "r1".into());
+        m.annotations
+            .insert(AGENT_LABELS_ANNOTATION.into(), "rack".into());
+        merge_agent_labels("n", &mut m, &hello(&[("rack", "r2")]));
+        assert_eq!(m.labels["rack"], "r2");
     }
 }
