@@ -21,9 +21,6 @@ use super::{BirdOptions, RenderError, RouterId, sha256};
 pub(super) const EXCLUDE_SERVICES_LABEL: &str =
     "node.kubernetes.io/exclude-from-external-load-balancers";
 
-/// Calico's default route priority (kernel metric) of workload routes.
-pub(super) const NORMAL_ROUTE_PRIORITY: u32 = 1024;
-
 /// The whole configuration of one node.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Plan {
@@ -57,10 +54,26 @@ pub(super) enum DebugLevel {
     All,
 }
 
+impl Plan {
+    /// The normal route priority of a family, from the plan of that family or, for a
+    /// family the node does not route, Calico's default.
+    pub fn config_priority(&self, family: Family) -> u32 {
+        self.families
+            .iter()
+            .find(|f| f.family == family)
+            .map_or(tern::model::DEFAULT_NORMAL_ROUTE_PRIORITY, |f| {
+                f.normal_priority
+            })
+    }
+}
+
 /// Everything of one address family.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct FamilyPlan {
     pub family: Family,
+    /// The kernel metric of workload routes (`ipv4NormalRoutePriority` /
+    /// `ipv6NormalRoutePriority`, 1024 by default): a route with a lower one is elevated.
+    pub normal_priority: u32,
     /// The node's address in this family (sessions need it).
     pub node_ip: Option<IpAddr>,
     /// Confirmed blocks of this node, sorted.
@@ -591,6 +604,7 @@ fn family_plan(
 
     Ok(FamilyPlan {
         family,
+        normal_priority: config.normal_route_priority(family),
         node_ip: me.addr(family),
         blocks: blocks
             .into_iter()

@@ -17,9 +17,7 @@ use std::net::IpAddr;
 use tern::model::{AffinityState, Family};
 
 use super::filters::{BIRD_INT_MAX, Direction};
-use super::plan::{
-    DebugLevel, FamilyPlan, NORMAL_ROUTE_PRIORITY, NextHop, Password, Plan, Session, SessionKind,
-};
+use super::plan::{DebugLevel, FamilyPlan, NextHop, Password, Plan, Session, SessionKind};
 
 /// BIRD refuses a keepalive time above the hold time (240 s unless set).
 const DEFAULT_HOLD_TIME: u64 = 240;
@@ -111,7 +109,11 @@ pub(super) fn write(plan: &Plan) -> String {
         family_routing(&mut o, f);
     }
     o.banner("3. BGP");
-    priority_functions(&mut o);
+    priority_functions(
+        &mut o,
+        plan.config_priority(Family::V4),
+        plan.config_priority(Family::V6),
+    );
     if plan.bfd {
         bfd_protocol(&mut o, plan);
     }
@@ -285,7 +287,7 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
             "Each block of this node leaves as one route: the block itself is advertised,",
             &format!(
                 "a route inside it only with an elevated priority (kernel metric 1 to {}:",
-                NORMAL_ROUTE_PRIORITY - 1
+                f.normal_priority.saturating_sub(1)
             ),
             "an IPv4 route without a metric reads as 0), nothing else inside it.",
         ],
@@ -298,8 +300,8 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
         o.line(
             1,
             &format!(
-                "if ( net ~ {} && krt_metric > 0 && krt_metric < {NORMAL_ROUTE_PRIORITY} ) then {{ accept; }}",
-                b.cidr
+                "if ( net ~ {} && krt_metric > 0 && krt_metric < {} ) then {{ accept; }}",
+                b.cidr, f.normal_priority
             ),
         );
         o.line(1, &format!("if ( net ~ {} ) then {{ reject; }}", b.cidr));
@@ -397,7 +399,7 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
         1,
         "if (defined(source) && (source = RTS_BGP) && !defined(krt_metric)) then {",
     );
-    o.line(2, &format!("krt_metric = {NORMAL_ROUTE_PRIORITY};"));
+    o.line(2, &format!("krt_metric = {};", f.normal_priority));
     o.line(
         2,
         &format!(
@@ -406,7 +408,10 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     );
     o.line(
         2,
-        &format!("if (krt_metric < {NORMAL_ROUTE_PRIORITY}) then {{ preference = 200; }}"),
+        &format!(
+            "if (krt_metric < {}) then {{ preference = 200; }}",
+            f.normal_priority
+        ),
     );
     o.line(1, "}");
     for (p, why) in &f.kernel_rejected_pools {
@@ -454,9 +459,10 @@ fn family_routing(o: &mut Out, f: &FamilyPlan) {
     o.blank();
 }
 
-/// The two functions that carry a route's priority over BGP.
-fn priority_functions(o: &mut Out) {
-    let elevated = BIRD_INT_MAX - NORMAL_ROUTE_PRIORITY;
+/// The two functions that carry a route's priority over BGP, with the normal
+/// priority of each family (one test when both are the same, Calico's 1024 unless set).
+fn priority_functions(o: &mut Out, v4: u32, v6: u32) {
+    let elevated = |normal: u32| BIRD_INT_MAX - normal;
     o.comment(
         0,
         &[
@@ -471,11 +477,18 @@ fn priority_functions(o: &mut Out) {
         1,
         &["An elevated priority (below the normal one) wins over other protocols' routes."],
     );
+    let above = if v4 == v6 {
+        format!("(bgp_local_pref > {})", elevated(v4))
+    } else {
+        format!(
+            "((net.type = NET_IP4 && bgp_local_pref > {}) || (net.type = NET_IP6 && bgp_local_pref > {}))",
+            elevated(v4),
+            elevated(v6)
+        )
+    };
     o.line(
         1,
-        &format!(
-            "if (defined(bgp_local_pref) && (bgp_local_pref > {elevated})) then preference = 200;"
-        ),
+        &format!("if (defined(bgp_local_pref) && {above}) then preference = 200;"),
     );
     o.line(0, "}");
     o.blank();
@@ -487,10 +500,19 @@ fn priority_functions(o: &mut Out) {
     );
     o.line(2, &format!("krt_metric = {BIRD_INT_MAX} - bgp_local_pref;"));
     o.line(1, "} else {");
-    o.line(
-        2,
-        &format!("if (!defined(krt_metric)) then {{ krt_metric = {NORMAL_ROUTE_PRIORITY}; }}"),
-    );
+    if v4 == v6 {
+        o.line(
+            2,
+            &format!("if (!defined(krt_metric)) then {{ krt_metric = {v4}; }}"),
+        );
+    } else {
+        o.line(2, "if (!defined(krt_metric)) then {");
+        o.line(
+            3,
+            &format!("if (net.type = NET_IP4) then krt_metric = {v4}; else krt_metric = {v6};"),
+        );
+        o.line(2, "}");
+    }
     o.line(2, &format!("bgp_local_pref = {BIRD_INT_MAX} - krt_metric;"));
     o.line(1, "}");
     o.line(0, "}");
