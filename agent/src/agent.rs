@@ -9,7 +9,8 @@
 //!                 └─► calc::bird::render ─► BGP dataplane::apply (only once NAT is programmed)
 //!     failure ─► retry with backoff, error in status (state stays as last applied)
 //!     resync tick ─► NatDriver::reconcile (drift repair, counted)
-//!     status tick ─► BGP session state
+//!     session watch (every 250 ms) ─► a session changed state? ─► BGP session state
+//!     status tick ─► BGP session state (route counts and the rest)
 //!     every change of state ─► NodeStatus ─► sync client ─► controller
 //! ```
 //!
@@ -40,6 +41,11 @@ pub trait BgpDataplane: Send + std::fmt::Debug + 'static {
     fn apply(&mut self, config: &str) -> Result<bool, String>;
     /// Session state, for the status report.
     fn status(&mut self) -> proto::BgpStatus;
+    /// A cheap mark that changes whenever a session changes state (polled often; the
+    /// full [`status`](Self::status) is read when it moves). `None`: not known.
+    fn session_marks(&mut self) -> Option<String> {
+        None
+    }
     /// Remove what it created (for `tern-agent cleanup`).
     fn cleanup(&mut self) -> Result<(), String>;
 }
@@ -170,6 +176,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<Agent> {
         resync_interval: cfg.resync_interval,
         status_interval: cfg.status_interval,
         status: proto::NodeStatus::default(),
+        session_marks: None,
     };
     tasks.push(tokio::spawn(
         apply.run().instrument(info_span!("agent", node = %node)),
@@ -200,7 +207,13 @@ struct ApplyLoop {
     resync_interval: Duration,
     status_interval: Duration,
     status: proto::NodeStatus,
+    /// The last [`BgpDataplane::session_marks`].
+    session_marks: Option<String>,
 }
+
+/// How often the session watch asks the BGP dataplane whether a session changed, so
+/// that a change reaches the status report well within a second.
+const SESSION_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Run a driver call off the async threads (nft and iptables-restore block).
 async fn blocking<T: Send + 'static>(
@@ -281,6 +294,8 @@ impl ApplyLoop {
         resync.tick().await;
         let mut status_tick = tokio::time::interval(self.status_interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut session_watch = tokio::time::interval(SESSION_WATCH_INTERVAL);
+        session_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if dirty {
                 let st = state.borrow_and_update().clone();
@@ -340,6 +355,11 @@ impl ApplyLoop {
                 }
                 _ = status_tick.tick() => {
                     if self.poll_bgp().await {
+                        self.publish_status();
+                    }
+                }
+                _ = session_watch.tick(), if self.bgp.is_some() => {
+                    if self.sessions_moved().await && self.poll_bgp().await {
                         self.publish_status();
                     }
                 }
@@ -600,6 +620,24 @@ impl ApplyLoop {
         self.metrics.set_bgp_sessions(&fresh.sessions);
         self.status.bgp = Some(fresh);
         changed
+    }
+
+    /// Whether a BGP session changed state since the last look (cheap).
+    async fn sessions_moved(&mut self) -> bool {
+        let Some(bgp) = self.bgp.as_mut() else {
+            return false;
+        };
+        let (dp, marks) = bgp_blocking(
+            std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
+            |d| d.session_marks(),
+        )
+        .await;
+        bgp.dataplane = dp;
+        if marks.is_none() || marks == self.session_marks {
+            return false;
+        }
+        self.session_marks = marks;
+        true
     }
 
     fn publish_status(&self) {

@@ -44,6 +44,10 @@ impl BgpDataplane for Bird {
         })
     }
 
+    fn session_marks(&mut self) -> Option<String> {
+        self.mgr.session_marks()
+    }
+
     fn cleanup(&mut self) -> Result<(), String> {
         // Stops the watcher first, so BIRD is not restarted behind our back.
         self.mgr.cleanup().map_err(|e| e.to_string())?;
@@ -69,10 +73,14 @@ pub fn bird_options(
     let mut o = bird::BirdOptions::new(state_dir.join("bird.conf"), socket.to_path_buf(), mode);
     o.exec = exec.clone();
     o.log_file = Some(state_dir.join("bird.log"));
-    // BGP sessions use graceful restart (in the rendered configuration). Starting
-    // BIRD itself in recovery mode (`bird -R`) is left off: it holds kernel route
-    // updates back until every peer is up or the wait expires (240 s by default).
-    o.graceful_restart = false;
+    // BIRD starts in graceful restart recovery (`bird -R`), as Calico starts it: its
+    // peers then hear that it kept forwarding, keep its routes until it has sent
+    // them again, and a restart costs no packet (tests/bgp_graceful_restart.rs counts
+    // them). Without it a helper such as FRR drops the routes the moment the session
+    // is back and before BIRD re-advertises them. The price: after a start BIRD holds
+    // kernel route changes back until its sessions are up, at most for the `graceful
+    // restart wait` of the rendered configuration.
+    o.graceful_restart = true;
     o
 }
 

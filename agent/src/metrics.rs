@@ -17,6 +17,24 @@ pub struct SessionLabels {
     pub state: String,
 }
 
+/// One session's routes in one direction.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub session: String,
+    pub peer: String,
+    /// `imported`, `exported` or `filtered` (import updates a filter rejected).
+    pub direction: String,
+}
+
+/// One session that runs BFD.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BfdLabels {
+    pub session: String,
+    pub peer: String,
+    /// BFD's state: Up, Down, Init, AdminDown.
+    pub state: String,
+}
+
 /// Every metric of the agent.
 #[derive(Debug)]
 pub struct Metrics {
@@ -28,6 +46,8 @@ pub struct Metrics {
     pub nat_apply_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub bgp_sessions: Family<SessionLabels, Gauge>,
+    pub bgp_session_routes: Family<RouteLabels, Gauge>,
+    pub bgp_session_bfd: Family<BfdLabels, Gauge>,
     registry: parking_lot::Mutex<Registry>,
 }
 
@@ -42,6 +62,8 @@ impl Metrics {
             nat_apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             bgp_sessions: Family::default(),
+            bgp_session_routes: Family::default(),
+            bgp_session_bfd: Family::default(),
             registry: parking_lot::Mutex::new(Registry::with_prefix("tern_agent")),
         };
         {
@@ -82,13 +104,50 @@ impl Metrics {
                 "BGP sessions by state",
                 m.bgp_sessions.clone(),
             );
+            r.register(
+                "bgp_session_routes",
+                "Routes per BGP session: imported and exported now, and import updates \
+                 filtered since the session came up",
+                m.bgp_session_routes.clone(),
+            );
+            r.register(
+                "bgp_session_bfd",
+                "BFD state of the BGP sessions that run BFD (1 for the state the session is in)",
+                m.bgp_session_bfd.clone(),
+            );
         }
         Arc::new(m)
     }
 
-    /// Count sessions by BIRD state.
+    /// Count sessions by BIRD state; routes and BFD state per session.
     pub fn set_bgp_sessions(&self, sessions: &[proto::BgpSession]) {
         self.bgp_sessions.clear();
+        self.bgp_session_routes.clear();
+        self.bgp_session_bfd.clear();
+        for s in sessions {
+            for (direction, n) in [
+                ("imported", s.routes_imported),
+                ("exported", s.routes_exported),
+                ("filtered", s.routes_filtered),
+            ] {
+                self.bgp_session_routes
+                    .get_or_create(&RouteLabels {
+                        session: s.name.clone(),
+                        peer: s.peer_address.clone(),
+                        direction: direction.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            if !s.bfd_state.is_empty() {
+                self.bgp_session_bfd
+                    .get_or_create(&BfdLabels {
+                        session: s.name.clone(),
+                        peer: s.peer_address.clone(),
+                        state: s.bfd_state.clone(),
+                    })
+                    .set(1);
+            }
+        }
         for s in sessions {
             let state = if s.info.starts_with("Established") {
                 "established".to_string()

@@ -62,7 +62,8 @@ pub struct SyncConfig {
     pub backoff_max: Duration,
     /// Reconnect when nothing (not even a ping) arrived for this long.
     pub silence_timeout: Duration,
-    /// At most one status report per this interval.
+    /// At most one status report per this interval. Half a second, so that a BGP
+    /// session change (noticed within 250 ms) is reported within a second.
     pub status_interval: Duration,
 }
 
@@ -77,7 +78,7 @@ impl SyncConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(15),
             silence_timeout: Duration::from_secs(45),
-            status_interval: Duration::from_secs(1),
+            status_interval: Duration::from_millis(500),
         }
     }
 }

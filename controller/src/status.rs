@@ -107,10 +107,14 @@ fn bound_report(s: &mut proto::NodeStatus) {
                 &mut x.peer_type,
                 &mut x.state,
                 &mut x.since,
+                &mut x.bgp_state,
+                &mut x.bfd_state,
             ] {
                 cut(t, 128);
             }
-            cut(&mut x.info, 256);
+            for t in [&mut x.info, &mut x.last_error, &mut x.description] {
+                cut(t, 256);
+            }
         }
     }
     let mut keep = sessions;

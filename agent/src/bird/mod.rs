@@ -16,7 +16,9 @@
 //! Supervisor (supervised mode): child `bird -f -c <live> -s <socket> -P <pid file>` in
 //! the Exec's namespace, own process group, log to a file; watcher thread restarts it
 //! with backoff; a BIRD found running on the socket is adopted, never restarted.
-//! status() ──► birdc show status + show protocols all ──► tern::proto::BgpStatus
+//! status() ──► show status + show protocols all + show bfd sessions (control socket)
+//!              ──► tern::proto::BgpStatus
+//! session_marks() ──► show protocols + show bfd sessions: cheap, to notice changes
 //! ```
 //!
 //! "BIRD loaded it" is known for a reload this manager did (same BIRD boot time). After an
@@ -32,6 +34,7 @@
 //! `spawn_blocking`. Every tool call has a deadline.
 
 mod cmd;
+mod control;
 pub mod parse;
 mod supervisor;
 
@@ -762,9 +765,35 @@ impl BirdManager {
         })
     }
 
+    /// A read-only `show` command on the control socket (no birdc process).
+    fn show(&self, command: &str) -> Result<String, BirdError> {
+        control::query(&self.opts.socket_path, command, self.opts.command_timeout)
+    }
+
+    /// `show status` on the control socket, or why nobody answers.
+    fn probe_socket(&self) -> Result<Probe, BirdError> {
+        match self.show("show status") {
+            Ok(text) => Ok(Probe::Running(parse::parse_status(&text))),
+            Err(BirdError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(Probe::NotRunning(format!(
+                    "nobody answers on {}: {source}",
+                    self.opts.socket_path.display()
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// BGP state as the status API reports it: BIRD's version and every BGP protocol
-    /// (peer address, type from the name, state, since, info). BIRD not answering is a
-    /// status ("not running"), not an error; errors are for tools that cannot run.
+    /// (peer address, type from the name, state, since, info, and the detail of
+    /// `show protocols all`: uptime, hold and keepalive times, routes, last error; the
+    /// BFD state from `show bfd sessions`). BIRD not answering is a status ("not
+    /// running"), not an error; errors are for tools that cannot run.
     pub fn status(&self) -> Result<BgpStatus, BirdError> {
         let mut s = BgpStatus {
             error: self.stats.last_error.clone().unwrap_or_default(),
@@ -772,7 +801,7 @@ impl BirdManager {
             ..BgpStatus::default()
         };
         let now = SystemTime::now();
-        match self.probe()? {
+        match self.probe_socket()? {
             Probe::NotRunning(msg) => {
                 s.state = "not running".into();
                 if s.error.is_empty() {
@@ -788,18 +817,44 @@ impl BirdManager {
                         .since_reconfiguration()
                         .and_then(|ago| now.checked_sub(ago))
                         .map(rfc3339)
-                        .unwrap_or(st.last_reconfiguration);
+                        .unwrap_or(st.last_reconfiguration.clone());
                 }
-                let out = self.birdc(&["show", "protocols", "all"])?;
-                if out.status.success() {
-                    s.sessions = parse::sessions(&parse::parse_protocols(&out.stdout));
-                } else {
-                    s.state = "error".into();
-                    s.error = truncate(&format!("show protocols all: {}", out.message()));
+                match self.show("show protocols all") {
+                    Ok(text) => {
+                        s.sessions = parse::sessions(&parse::parse_protocols(&text));
+                        // No BFD protocol is an error reply, not a failure.
+                        let bfd = self
+                            .show("show bfd sessions")
+                            .map(|t| parse::parse_bfd_sessions(&t))
+                            .unwrap_or_default();
+                        for x in &mut s.sessions {
+                            x.uptime_seconds =
+                                parse::uptime(&x.since, &st.server_time).unwrap_or_default();
+                            if let Some(b) = bfd.iter().find(|b| b.address == x.peer_address) {
+                                x.bfd_state = b.state.clone();
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        s.state = "error".into();
+                        s.error = truncate(&format!("show protocols all: {e}"));
+                    }
                 }
             }
         }
         Ok(s)
+    }
+
+    /// A cheap mark of every protocol's state (`show protocols`: name, state, since,
+    /// info) and every BFD session's: it changes whenever a session changes state, so
+    /// the agent can poll it often and read the full [`status`](Self::status) only then.
+    /// `None` when BIRD does not answer.
+    pub fn session_marks(&self) -> Option<String> {
+        let mut text = self.show("show protocols").ok()?;
+        if let Ok(bfd) = self.show("show bfd sessions") {
+            text.push_str(&bfd);
+        }
+        Some(text)
     }
 
     /// Stop supervising and stop BIRD (supervised mode: SIGTERM, then SIGKILL after

@@ -26,6 +26,20 @@ pub struct Protocol {
     pub neighbor: Option<String>,
     /// `Last error:`.
     pub last_error: Option<String>,
+    /// `Description:`.
+    pub description: Option<String>,
+    /// `Neighbor range:` (a dynamic BGP protocol that accepts sessions).
+    pub neighbor_range: Option<String>,
+    /// The hold and keepalive times in force: the number after the `/` of `Hold
+    /// timer:` and `Keepalive timer:`.
+    pub hold_time: Option<u32>,
+    pub keepalive_time: Option<u32>,
+    /// `Routes: N imported, [F filtered,] M exported`, summed over the channels.
+    pub routes_imported: u64,
+    pub routes_exported: u64,
+    /// Import updates a filter rejected (the `filtered` column of `Import updates:`),
+    /// summed over the channels.
+    pub import_filtered: u64,
 }
 
 /// Parse the reply of `show protocols` or `show protocols all`.
@@ -103,9 +117,39 @@ fn detail(p: &mut Protocol, line: &str) {
     match key.trim() {
         "BGP state" => p.bgp_state = Some(value),
         "Neighbor address" => p.neighbor = Some(value),
+        "Neighbor range" => p.neighbor_range = Some(value),
         "Last error" => p.last_error = Some(value),
+        "Description" => p.description = Some(value),
+        "Hold timer" => p.hold_time = timer_limit(&value),
+        "Keepalive timer" => p.keepalive_time = timer_limit(&value),
+        "Routes" => {
+            // "4 imported, 1 filtered, 0 exported, 4 preferred"
+            for part in value.split(',') {
+                let mut w = part.split_whitespace();
+                let (Some(n), Some(what)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "imported" => p.routes_imported += n,
+                    "exported" => p.routes_exported += n,
+                    _ => {}
+                }
+            }
+        }
+        "Import updates" => {
+            // received rejected filtered ignored accepted
+            if let Some(Ok(n)) = value.split_whitespace().nth(2).map(str::parse::<u64>) {
+                p.import_filtered += n;
+            }
+        }
         _ => {}
     }
+}
+
+/// "150.835/240" -> 240.
+fn timer_limit(value: &str) -> Option<u32> {
+    value.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 fn collapse(s: &str) -> String {
@@ -127,7 +171,8 @@ fn is_time(s: &str) -> bool {
 }
 
 /// Calico's peer type for a session name: `Mesh_` -> "node-to-node mesh", `Global_` ->
-/// "global", `Node_` -> "node specific"; any other BGP protocol is "other".
+/// "global", `Node_` -> "node specific"; tern's `Dynamic_` (route reflector clients
+/// taken by range) -> "route reflector client"; any other BGP protocol is "other".
 pub fn peer_type(name: &str) -> &'static str {
     if name.starts_with("Mesh_") {
         "node-to-node mesh"
@@ -135,9 +180,64 @@ pub fn peer_type(name: &str) -> &'static str {
         "global"
     } else if name.starts_with("Node_") {
         "node specific"
+    } else if name.starts_with("Dynamic_") {
+        "route reflector client"
     } else {
         "other"
     }
+}
+
+/// One row of `show bfd sessions`: the neighbour's address and the session state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BfdSession {
+    pub address: String,
+    /// Up, Down, Init, AdminDown.
+    pub state: String,
+}
+
+/// Parse the reply of `show bfd sessions` (every BFD protocol's table).
+pub fn parse_bfd_sessions(text: &str) -> Vec<BfdSession> {
+    let mut out = Vec::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(a), Some(b)) = (w.next(), w.next()) else {
+            continue;
+        };
+        if a == "IP" && b == "address" {
+            in_table = true;
+            continue;
+        }
+        if !in_table || a.ends_with(':') {
+            continue;
+        }
+        // address, interface, state, since (one or two words), interval, timeout
+        if let Some(state) = w.next()
+            && a.parse::<IpAddr>().is_ok()
+        {
+            out.push(BfdSession {
+                address: a.to_string(),
+                state: state.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// Seconds from `since` (a protocol's Since column) to `now` (BIRD's current time from
+/// `show status`). A Since of a time alone (BIRD's default format for today) is taken
+/// on `now`'s day, or the day before when that would lie ahead. `None` when either
+/// cannot be read.
+pub fn uptime(since: &str, now: &str) -> Option<u64> {
+    let now = parse_bird_time(now)?;
+    let at = match parse_bird_time(since) {
+        Some(t) => t,
+        None => {
+            let t = parse_bird_time(&format!("{} {}", now.date(), since.trim()))?;
+            if t > now { t - time::Duration::DAY } else { t }
+        }
+    };
+    u64::try_from((now - at).whole_seconds()).ok()
 }
 
 /// The peer address encoded in a Calico session name (`Mesh_10_0_0_2`,
@@ -160,14 +260,17 @@ pub fn sessions(protocols: &[Protocol]) -> Vec<BgpSession> {
         .iter()
         .filter(|p| p.proto.eq_ignore_ascii_case("BGP"))
         .map(|p| {
-            let peer_address = match &p.neighbor {
-                Some(n) if !n.is_empty() => n.clone(),
+            let peer_address = match (&p.neighbor, &p.neighbor_range) {
+                (Some(n), _) if !n.is_empty() => n.clone(),
+                // A dynamic protocol waiting for sessions: its range.
+                (_, Some(r)) if !r.is_empty() => r.clone(),
                 _ => address_from_name(&p.name)
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
             };
-            // "fe80::1%eth0" is a link-local neighbour with its interface.
-            let bare = peer_address.split('%').next().unwrap_or_default();
+            // "fe80::1%eth0" is a link-local neighbour with its interface; a range
+            // has a prefix length.
+            let bare = peer_address.split(['%', '/']).next().unwrap_or_default();
             let family = match bare.parse::<IpAddr>() {
                 Ok(IpAddr::V4(_)) => 4,
                 Ok(IpAddr::V6(_)) => 6,
@@ -196,6 +299,15 @@ pub fn sessions(protocols: &[Protocol]) -> Vec<BgpSession> {
                 since: p.since.clone(),
                 info,
                 family,
+                bgp_state: p.bgp_state.clone().unwrap_or_default(),
+                hold_time: p.hold_time.unwrap_or_default(),
+                keepalive_time: p.keepalive_time.unwrap_or_default(),
+                routes_imported: p.routes_imported,
+                routes_exported: p.routes_exported,
+                routes_filtered: p.import_filtered,
+                last_error: p.last_error.clone().unwrap_or_default(),
+                description: p.description.clone().unwrap_or_default(),
+                ..BgpSession::default()
             }
         })
         .collect()
@@ -392,6 +504,10 @@ mod tests {
                 since: "19:43:51.666".into(),
                 info: "Established".into(),
                 family: 4,
+                bgp_state: "Established".into(),
+                hold_time: 240,
+                keepalive_time: 80,
+                ..BgpSession::default()
             }
         );
         let v6 = session(&s, "Mesh_fd00__99__2");
@@ -435,6 +551,74 @@ mod tests {
             session(&s, "Global_10_98_0_7").info,
             "Active Socket: Connection refused"
         );
+    }
+
+    #[test]
+    fn dynamic_reflector_detail() {
+        let s = sessions(&parse_protocols(include_str!(
+            "testdata/show_protocols_all_dynamic_rr.txt"
+        )));
+        let names: Vec<&str> = s.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["Dynamic_10_9_0_0_24", "Dynamic_10_9_0_0_24_1"]);
+        // The listening protocol stands for its range.
+        let range = &s[0];
+        assert_eq!(
+            (
+                range.peer_address.as_str(),
+                range.family,
+                range.bgp_state.as_str()
+            ),
+            ("10.9.0.0/24", 4, "Passive")
+        );
+        assert_eq!(range.peer_type, "route reflector client");
+        let client = &s[1];
+        assert_eq!(client.peer_address, "10.9.0.2");
+        assert_eq!(client.since, "2026-12-05 05:43:48");
+        assert_eq!(client.description, "route reflector clients in 10.9.0.0/24");
+        assert_eq!((client.hold_time, client.keepalive_time), (9, 3));
+        // Two routes received, one filtered on import.
+        assert_eq!(
+            (
+                client.routes_imported,
+                client.routes_exported,
+                client.routes_filtered
+            ),
+            (1, 0, 1)
+        );
+        let status = parse_status(include_str!("testdata/show_status_dynamic_rr.txt"));
+        assert_eq!(uptime(&client.since, &status.server_time), Some(3));
+
+        let c = sessions(&parse_protocols(include_str!(
+            "testdata/show_protocols_all_rr_client.txt"
+        )));
+        assert_eq!(
+            (
+                c[0].description.as_str(),
+                c[0].routes_exported,
+                c[0].hold_time
+            ),
+            ("BGPPeer to-rr (node rr)", 2, 9)
+        );
+    }
+
+    #[test]
+    fn bfd_sessions_and_uptimes() {
+        assert_eq!(
+            parse_bfd_sessions(include_str!("testdata/show_bfd_sessions.txt")),
+            [BfdSession {
+                address: "10.9.0.2".into(),
+                state: "Up".into()
+            }]
+        );
+        // Without a BFD protocol BIRD says so: no sessions.
+        assert!(parse_bfd_sessions("There is no BFD protocol running\n").is_empty());
+        let now = "2026-12-05 00:00:10.500";
+        assert_eq!(uptime("2026-12-04 23:59:00", now), Some(70));
+        // A time alone is today's, or yesterday's when it would lie ahead.
+        assert_eq!(uptime("00:00:05.000", now), Some(5));
+        assert_eq!(uptime("23:59:59.000", now), Some(11));
+        assert_eq!(uptime("nonsense", now), None);
+        assert_eq!(uptime("00:00:05", "nonsense"), None);
     }
 
     #[test]

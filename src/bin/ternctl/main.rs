@@ -978,6 +978,51 @@ fn session_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<String>> {
         .unwrap_or_default()
 }
 
+/// The detail of each session of a family (tern's, beside calicoctl's table): uptime,
+/// the hold and keepalive times in force, BFD, routes, and BIRD's last error.
+fn session_detail_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<String>> {
+    let secs = |n: u64| {
+        if n == 0 {
+            "-".to_string()
+        } else {
+            tern::model::GoDuration(std::time::Duration::from_secs(n)).to_string()
+        }
+    };
+    status
+        .bgp
+        .iter()
+        .flat_map(|b| &b.sessions)
+        .filter(|s| s.family == family)
+        .map(|s| {
+            let timers = if s.hold_time == 0 && s.keepalive_time == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{}/{}",
+                    secs(u64::from(s.hold_time)),
+                    secs(u64::from(s.keepalive_time))
+                )
+            };
+            vec![
+                s.peer_address.clone(),
+                s.bgp_state.clone(),
+                secs(s.uptime_seconds),
+                timers,
+                if s.bfd_state.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.bfd_state.clone()
+                },
+                format!(
+                    "{}/{}/{}",
+                    s.routes_imported, s.routes_exported, s.routes_filtered
+                ),
+                s.last_error.clone(),
+            ]
+        })
+        .collect()
+}
+
 fn print_status(name: &str, info: Option<&proto::NodeInfo>, status: &proto::NodeStatus) {
     let connected = info.is_some_and(|i| i.connected);
     if connected {
@@ -1040,6 +1085,23 @@ fn print_status(name: &str, info: Option<&proto::NodeInfo>, status: &proto::Node
             println!("No {label} peers found.");
         } else {
             print!("{}", boxed(&header, &rows, &[]));
+            println!("{label} BGP session detail");
+            print!(
+                "{}",
+                boxed(
+                    &[
+                        "PEER ADDRESS",
+                        "BGP STATE",
+                        "UPTIME",
+                        "HOLD/KEEPALIVE",
+                        "BFD",
+                        "ROUTES IN/OUT/FILTERED",
+                        "LAST ERROR",
+                    ],
+                    &session_detail_rows(status, fam),
+                    &[],
+                )
+            );
         }
     }
 }

@@ -23,6 +23,9 @@ use super::plan::{DebugLevel, FamilyPlan, NextHop, Password, Plan, Session, Sess
 const DEFAULT_HOLD_TIME: u64 = 240;
 /// The graceful restart time travels in 12 bits.
 const MAX_RESTART_TIME: u64 = 4095;
+/// BIRD starts in graceful restart recovery (`bird -R`): it waits for its sessions
+/// before it changes kernel routes, at most this many seconds (BIRD's own 240).
+const GRACEFUL_RESTART_WAIT: u64 = 30;
 /// The long-lived stale time travels in 24 bits.
 const MAX_LONG_LIVED_STALE_TIME: u64 = 16_777_215;
 
@@ -161,6 +164,16 @@ fn identity_and_interfaces(o: &mut Out, plan: &Plan) {
     o.line(
         0,
         &format!("router id {};  # {}", plan.router_id, plan.router_id_source),
+    );
+    o.line(
+        0,
+        "timeformat protocol iso long;  # dates in `show protocols`, for session uptimes",
+    );
+    o.line(
+        0,
+        &format!(
+            "graceful restart wait {GRACEFUL_RESTART_WAIT};  # longest hold on kernel updates after a (re)start"
+        ),
     );
     o.blank();
     o.comment(
