@@ -119,6 +119,11 @@ struct RunArgs {
     /// Prometheus metrics listen address, e.g. 127.0.0.1:9444.
     #[arg(long, env = "TERN_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Run the host tools (nft, iptables, ip, bird, birdc) inside this named network
+    /// namespace (`ip netns exec`) while the agent itself stays where it is: one
+    /// machine can play several hosts (tests, labs).
+    #[arg(long, env = "TERN_NETNS")]
+    netns: Option<String>,
     /// Log filter [default: info]
     #[arg(long, env = "TERN_LOG", default_value = "info")]
     log_level: String,
@@ -271,7 +276,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .resync_interval
         .parse()
         .map_err(|e: String| anyhow!("--resync-interval: {e}"))?;
-    let exec = Exec::host();
+    let exec = match &a.netns {
+        Some(ns) => Exec::in_netns(ns),
+        None => Exec::host(),
+    };
     let mut labels = HashMap::new();
     for l in &a.labels {
         let (k, v) = l
