@@ -12,18 +12,17 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
+use common::bgp::{
+    AgentSpec, EXT, add_pod, apply, block_of, cleanup_node, delete, external_host, start_agent,
+};
 use common::{Cluster, eventually};
 use tern::pki::Role;
-use tern::proto;
-use tern_agent::agent::{Agent, AgentConfig, BgpSettings, NatChoice};
-use tern_agent::bgp::{Bird, bird_options};
-use tern_agent::exec::Exec;
-use tern_agent::sync::SyncConfig;
 use tern_testkit::netns::{self, Netns, veth};
+use tern_testkit::routers::start_bird;
 
 #[test]
 fn netns_helper() {
@@ -31,7 +30,6 @@ fn netns_helper() {
 }
 
 const ROUTER: &str = "192.168.100.1";
-const EXT: &str = "198.51.100.2";
 
 fn node_ip(i: usize) -> String {
     format!("192.168.100.{}", 11 + i)
@@ -83,118 +81,23 @@ fn topology() -> anyhow::Result<Topology> {
         n.route("default", ROUTER)?;
     }
     t.router.sysctl("net.ipv4.ip_forward", "1")?;
-    veth(&t.router, "to-ext", &t.ext, "eth0")?;
-    t.router.add_addr("to-ext", "198.51.100.1/24")?;
-    t.ext.add_addr("eth0", "198.51.100.2/24")?;
-    t.ext.route("default", "198.51.100.1")?;
+    external_host(&t.router, &t.ext, false)?;
     // The router's BIRD (an external AS), in the foreground so the namespace owns it.
-    std::fs::write(t.dir.path().join("router.conf"), router_config("s3cret"))?;
-    start_router_bird(&t)?;
+    start_bird(&t.router, t.dir.path(), "router", &router_config("s3cret"))?;
     Ok(t)
-}
-
-fn start_router_bird(t: &Topology) -> anyhow::Result<()> {
-    let conf = t.dir.path().join("router.conf");
-    let sock = t.dir.path().join("router.ctl");
-    Command::new("ip")
-        .args(["netns", "exec", t.router.name(), "bird", "-f", "-c"])
-        .arg(&conf)
-        .arg("-s")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the router's BIRD")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        if Instant::now() > deadline {
-            bail!("the router's BIRD did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 fn node_dir(t: &Topology, i: usize) -> PathBuf {
     t.dir.path().join(format!("n{}", i + 1))
 }
 
-async fn start_agent(c: &Cluster, t: &Topology, i: usize, labels: &[(&str, &str)]) -> Agent {
-    let name = format!("n{}", i + 1);
-    let exec = Exec::in_netns(t.nodes[i].name());
-    let dir = node_dir(t, i);
-    std::fs::create_dir_all(&dir).expect("state dir");
-    let bird =
-        Bird::new(bird_options(&exec, &dir, &dir.join("bird.ctl"), true)).expect("BIRD manager");
-    let mut sync = SyncConfig::new(
-        name.clone(),
-        vec![c.server()],
-        c.client_tls(&Role::Node(name)),
-    );
-    sync.registration.ipv4_address = format!("{}/24", node_ip(i));
-    sync.registration.labels = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    sync.backoff_min = Duration::from_millis(50);
-    sync.status_interval = Duration::from_millis(200);
-    let cfg = AgentConfig {
-        sync,
-        exec,
-        nat: NatChoice::Select {
-            flag: Some(tern::model::DataplaneKind::Nftables),
-            backend: tern_agent::dataplane::IptablesBackend::Default,
-        },
-        bgp: Some(BgpSettings {
-            render: Default::default(),
-            dataplane: Box::new(bird),
-        }),
-        resync_interval: Duration::from_secs(30),
-        status_interval: Duration::from_millis(500),
-        metrics_listen: None,
-    };
-    tern_agent::agent::start(cfg).await.expect("agent starts")
-}
-
-async fn apply(c: &Cluster, docs: &str) {
-    let mut api = c.admin().await;
-    for d in tern::manifest::parse_documents(docs).expect("docs") {
-        api.apply(proto::ApplyRequest {
-            resource: Some(tern::model::protojson::to_proto(&d, true)),
-        })
-        .await
-        .expect("apply");
-    }
-}
-
-async fn delete(c: &Cluster, kind: &str, name: &str) {
-    c.admin()
-        .await
-        .delete(proto::DeleteRequest {
-            kind: kind.into(),
-            name: name.into(),
-            resource_version: String::new(),
-        })
-        .await
-        .expect("delete");
-}
-
 /// BGP sessions of a node as the controller reports them: (peer, type, info).
 async fn sessions(c: &Cluster, node: &str) -> Vec<(String, String, String)> {
-    c.nodes(&Role::Viewer)
+    common::bgp::sessions(c, node)
         .await
-        .get_node_status(proto::GetNodeStatusRequest { node: node.into() })
-        .await
-        .ok()
-        .and_then(|s| s.into_inner().bgp)
-        .map(|b| {
-            b.sessions
-                .into_iter()
-                .map(|s| (s.peer_address, s.peer_type, s.info))
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.peer_address, s.peer_type, s.info))
+        .collect()
 }
 
 fn established(s: &[(String, String, String)], peer: &str) -> bool {
@@ -232,70 +135,13 @@ async fn all_nodes(
     Ok(())
 }
 
-/// The node's confirmed block (from IPAM).
-async fn block_of(c: &Cluster, node: &str) -> anyhow::Result<ipnet::Ipv4Net> {
-    let mut ipam = c.ipam(&Role::Viewer).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = ipam
-            .show(proto::IpamShowRequest { node: node.into() })
-            .await?
-            .into_inner();
-        if let Some(b) = r
-            .blocks
-            .iter()
-            .find(|b| b.node == node && b.cidr.contains('.'))
-        {
-            return Ok(b.cidr.parse()?);
-        }
-        if Instant::now() > deadline {
-            bail!("no block for {node}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Routes in a namespace's main table: destination -> gateway.
-fn routes(ns: &Netns) -> anyhow::Result<Vec<(String, String)>> {
-    let out = ns.run("ip", &["-j", "-4", "route", "show"])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    let gw = r["gateway"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| {
-                            r["nexthops"][0]["gateway"]
-                                .as_str()
-                                .unwrap_or("")
-                                .to_string()
-                        });
-                    (r["dst"].as_str().unwrap_or("").to_string(), gw)
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 async fn wait_routes(
     ns: &Netns,
     secs: u64,
     what: &str,
     f: impl Fn(&[(String, String)]) -> bool,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = routes(ns)?;
-        if f(&r) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what} within {secs}s; routes: {r:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::bgp::wait_routes(ns, "-4", secs, what, f).await
 }
 
 fn ternctl(c: &Cluster, args: &[&str]) -> String {
@@ -330,7 +176,10 @@ async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
     .await;
     let mut agents = Vec::new();
     for i in 0..3 {
-        agents.push(start_agent(&c, &t, i, &[("rack", "r1")]).await);
+        let (name, addr) = (format!("n{}", i + 1), format!("{}/24", node_ip(i)));
+        let mut spec = AgentSpec::new(&name, &addr, "");
+        spec.labels = &[("rack", "r1")];
+        agents.push(start_agent(&c, &t.nodes[i], &node_dir(&t, i), &spec).await);
     }
 
     // 1. The full mesh comes up.
@@ -363,7 +212,7 @@ async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
     // 3. The router learns every node's block; the external host reaches a pod.
     let mut blocks = Vec::new();
     for i in 0..3 {
-        blocks.push(block_of(&c, &format!("n{}", i + 1)).await?);
+        blocks.push(block_of(&c, &format!("n{}", i + 1), false).await?);
     }
     let want: Vec<(String, String)> = blocks
         .iter()
@@ -375,28 +224,9 @@ async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
     })
     .await?;
     let pod_ip = blocks[0].hosts().next().context("a pod address")?;
-    let pod = t.pod.name();
-    t.nodes[0].ip(&[
-        "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", pod,
-    ])?;
-    t.nodes[0].ip(&["link", "set", "vpod", "up"])?;
-    t.nodes[0].sysctl("net.ipv4.conf.vpod.proxy_arp", "1")?;
-    t.nodes[0].ip(&["route", "add", &format!("{pod_ip}/32"), "dev", "vpod"])?;
-    t.pod.ip(&["link", "set", "eth0", "up"])?;
-    t.pod.add_addr("eth0", &format!("{pod_ip}/32"))?;
-    t.pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0"])?;
-    t.pod.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ])?;
-    t.pod.serve_tcp(SocketAddr::new(pod_ip.into(), 8080))?;
-    let seen =
-        tokio::task::block_in_place(|| t.ext.tcp_probe_ip(SocketAddr::new(pod_ip.into(), 8080)))?;
+    add_pod(&t.nodes[0], &t.pod, "vpod", Some(pod_ip), None)?;
+    t.pod.serve_tcp(SocketAddr::new(pod_ip, 8080))?;
+    let seen = tokio::task::block_in_place(|| t.ext.tcp_probe_ip(SocketAddr::new(pod_ip, 8080)))?;
     ensure!(
         seen.to_string() == EXT,
         "the pod saw the external host as {seen}"
@@ -529,19 +359,7 @@ async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
         a.stop();
     }
     for i in 0..3 {
-        tern_agent::bgp::cleanup(
-            &Exec::in_netns(t.nodes[i].name()),
-            &node_dir(&t, i),
-            &node_dir(&t, i).join("bird.ctl"),
-            true,
-        )
-        .map_err(anyhow::Error::msg)?;
-        let left = t.nodes[i].run("ip", &["route", "show", "proto", "bird"])?;
-        ensure!(
-            left.trim().is_empty(),
-            "cleanup left BIRD's routes on n{}: {left}",
-            i + 1
-        );
+        cleanup_node(&t.nodes[i], &node_dir(&t, i))?;
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! controllers started in-process with mutual TLS on loopback port 0.
 #![allow(dead_code)]
 
+pub mod bgp;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

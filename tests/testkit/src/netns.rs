@@ -241,17 +241,7 @@ impl Netns {
             .lock()
             .map_err(|_| anyhow::anyhow!("children lock poisoned"))?
             .push(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(msg) = helper_message(&line)
-                    && tx.send(msg.to_string()).is_err()
-                {
-                    break;
-                }
-            }
-        });
+        let rx = helper_messages(stdout);
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(msg) if msg.starts_with("READY") => Ok(()),
             Ok(msg) => bail!("helper server {pid} in {} on {addr}: {msg}", self.name),
@@ -290,6 +280,96 @@ impl Netns {
     pub fn tcp_probe_ip(&self, target: SocketAddr) -> anyhow::Result<IpAddr> {
         self.tcp_probe(target).map(|a| a.ip())
     }
+
+    /// Start a UDP receiver on `addr` that counts the numbered datagrams of a
+    /// [`Netns::udp_flow`]. Returns once it listens.
+    pub fn udp_sink(&self, addr: SocketAddr) -> anyhow::Result<Helper> {
+        Helper::start(self, &format!("udp-sink {addr}"))
+    }
+
+    /// Start sending numbered UDP datagrams to `target`, one every `interval`, until
+    /// [`Helper::finish`]. Returns once the first one is sent.
+    pub fn udp_flow(&self, target: SocketAddr, interval: Duration) -> anyhow::Result<Helper> {
+        Helper::start(self, &format!("udp-flow {target} {}", interval.as_micros()))
+    }
+}
+
+/// A long-running helper process in a namespace (a UDP sender or receiver): it runs
+/// until [`Helper::finish`] closes its stdin, then reports what it counted.
+#[derive(Debug)]
+pub struct Helper {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    what: String,
+}
+
+impl Helper {
+    fn start(ns: &Netns, command: &str) -> anyhow::Result<Helper> {
+        let mut child = ns
+            .helper_command(command)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting helper {command:?}"))?;
+        let stdout = child.stdout.take().context("helper stdout")?;
+        let lines = helper_messages(stdout);
+        let mut h = Helper {
+            child,
+            lines,
+            what: format!("{command} in {}", ns.name),
+        };
+        match h.lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(msg) if msg.starts_with("READY") => Ok(h),
+            Ok(msg) => {
+                h.kill();
+                bail!("helper {}: {msg}", h.what)
+            }
+            Err(_) => {
+                h.kill();
+                bail!("helper {} did not start", h.what)
+            }
+        }
+    }
+
+    /// Stop the helper and return its count: datagrams sent (a flow) or distinct ones
+    /// received (a sink).
+    pub fn finish(mut self) -> anyhow::Result<u64> {
+        drop(self.child.stdin.take());
+        let msg = self.lines.recv_timeout(Duration::from_secs(10));
+        self.kill();
+        let msg = msg.with_context(|| format!("helper {} did not report", self.what))?;
+        msg.strip_prefix("COUNT ")
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("helper {}: {msg}", self.what))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The messages a helper prints, as they come.
+fn helper_messages(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(msg) = helper_message(&line)
+                && tx.send(msg.to_string()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The message of a helper output line (libtest may have printed on the same line).
@@ -348,6 +428,45 @@ impl Drop for Netns {
     }
 }
 
+/// A LAN: a bridge in its own namespace, and `attach` to plug hosts into it.
+#[derive(Debug)]
+pub struct Lan {
+    pub ns: Netns,
+    ports: std::cell::Cell<usize>,
+}
+
+impl Lan {
+    pub fn new() -> anyhow::Result<Lan> {
+        let ns = Netns::new("lan")?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Lan {
+            ns,
+            ports: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Plug `host` in as `ifname` with these addresses (CIDR form). Taking the host's
+    /// interface down later leaves the others' links up, as with a switch between.
+    pub fn attach(&self, host: &Netns, ifname: &str, addrs: &[&str]) -> anyhow::Result<()> {
+        let n = self.ports.get();
+        self.ports.set(n + 1);
+        let port = format!("p{n}");
+        veth(&self.ns, &port, host, ifname)?;
+        self.ns.ip(&["link", "set", &port, "master", "br0"])?;
+        for a in addrs {
+            host.add_addr(ifname, a)?;
+        }
+        Ok(())
+    }
+}
+
+/// Forwarding on for both families.
+pub fn forwarding(ns: &Netns) -> anyhow::Result<()> {
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+}
+
 /// Connect `a`'s interface `a_if` to `b`'s interface `b_if` with a veth pair created
 /// directly inside the namespaces (nothing appears in the caller's namespace).
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> anyhow::Result<()> {
@@ -383,11 +502,19 @@ fn say(msg: &str) {
 
 fn run_helper(command: &str) -> anyhow::Result<()> {
     let (verb, arg) = command.split_once(' ').unwrap_or((command, ""));
+    if verb == "udp-flow" {
+        let (target, micros) = arg.split_once(' ').context("udp-flow TARGET MICROS")?;
+        return udp_flow(
+            target.parse().context("udp-flow target")?,
+            Duration::from_micros(micros.parse().context("udp-flow interval")?),
+        );
+    }
     let addr: SocketAddr = arg
         .parse()
         .with_context(|| format!("helper address {arg:?}"))?;
     match verb {
         "serve" => serve(addr),
+        "udp-sink" => udp_sink(addr),
         "connect" => {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
                 .with_context(|| format!("connect {addr}"))?;
@@ -400,6 +527,68 @@ fn run_helper(command: &str) -> anyhow::Result<()> {
         }
         other => bail!("unknown helper command {other:?}"),
     }
+}
+
+/// Set when the test closes the helper's stdin (or dies).
+fn stdin_closed() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        flag.store(true, Ordering::SeqCst);
+    });
+    done
+}
+
+/// Send datagrams numbered 0, 1, ... every `interval` until stdin closes; report how
+/// many were sent. A send error (no route for a moment) counts the datagram as sent:
+/// it is lost all the same.
+fn udp_flow(target: SocketAddr, interval: Duration) -> anyhow::Result<()> {
+    let any: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let sock = std::net::UdpSocket::bind(any)?;
+    let done = stdin_closed();
+    let mut seq = 0u64;
+    let start = Instant::now();
+    say("READY");
+    while !done.load(Ordering::SeqCst) && start.elapsed() < SERVER_LIFETIME {
+        let _ = sock.send_to(&seq.to_be_bytes(), target);
+        seq += 1;
+        // Paced against the start, so that slow wake-ups do not lower the rate.
+        let next = start + interval * u32::try_from(seq).unwrap_or(u32::MAX);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    say(&format!("COUNT {seq}"));
+    Ok(())
+}
+
+/// Count the distinct numbered datagrams that arrive until stdin closes.
+fn udp_sink(addr: SocketAddr) -> anyhow::Result<()> {
+    let sock = std::net::UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let done = stdin_closed();
+    let mut seen = std::collections::HashSet::new();
+    let start = Instant::now();
+    say(&format!("READY {}", sock.local_addr()?));
+    let mut buf = [0u8; 64];
+    while !done.load(Ordering::SeqCst) && start.elapsed() < SERVER_LIFETIME {
+        if let Ok(n) = sock.recv(&mut buf)
+            && n == 8
+        {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[..8]);
+            seen.insert(u64::from_be_bytes(b));
+        }
+    }
+    say(&format!("COUNT {}", seen.len()));
+    Ok(())
 }
 
 fn serve(addr: SocketAddr) -> anyhow::Result<()> {

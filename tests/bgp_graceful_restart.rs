@@ -1,0 +1,256 @@
+//! Graceful restart, proven by counting packets: a steady UDP flow from an external
+//! host to a pod, through FRR as the top-of-rack router (a graceful restart helper, as
+//! FRR is by default), loses not one datagram while the node's agent restarts, while
+//! its BIRD restarts, and while the agent binary is upgraded (stopped, replaced by
+//! another file, started).
+//!
+//! ```text
+//!   ext 198.51.100.2 ── tor (FRR, AS 65001) 192.168.60.1 ── lan ── n1 .11 (tern-agent
+//!                                                                  process, BIRD) ── pod
+//! ```
+//!
+//! The agent runs as its own process (the real binary, `--netns` for its tools), so
+//! stopping it is what stopping it is on a host.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use common::Cluster;
+use common::bgp::{
+    add_pod, apply, block_of, cleanup_node, established, external_host, node_status, sock,
+    wait_routes, wait_sessions,
+};
+use tern::pki::Role;
+use tern_testkit::netns::{self, Lan, Netns, forwarding};
+use tern_testkit::routers::{Frr, birdc};
+
+#[test]
+fn netns_helper() {
+    netns::helper_entry();
+}
+
+const TOR: &str = "192.168.60.1";
+const N1: &str = "192.168.60.11";
+
+const FRR: &str = "frr defaults datacenter\nhostname tor\n!\nrouter bgp 65001\n \
+bgp router-id 192.168.60.1\n no bgp ebgp-requires-policy\n \
+neighbor 192.168.60.11 remote-as 64512\n neighbor 192.168.60.11 ebgp-multihop 2\n!\n";
+
+/// A tern-agent process for n1.
+struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    fn start(c: &Cluster, bin: &Path, ns: &Netns, dir: &Path) -> anyhow::Result<AgentProcess> {
+        let tls = c.client_tls(&Role::Node("n1".into()));
+        let p = |o: Option<PathBuf>| o.context("TLS file").map(|p| p.display().to_string());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .args(["--node-name", "n1", "--controllers", &c.server()])
+            .args([
+                "--ca",
+                &p(tls.ca)?,
+                "--cert",
+                &p(tls.cert)?,
+                "--key",
+                &p(tls.key)?,
+            ])
+            .args([
+                "--ipv4-address",
+                "192.168.60.11/24",
+                "--ipv6-address",
+                "none",
+            ])
+            .args([
+                "--dataplane",
+                "nftables",
+                "--bird",
+                "managed",
+                "--netns",
+                ns.name(),
+            ])
+            .arg("--state-dir")
+            .arg(dir)
+            .arg("--bird-socket")
+            .arg(dir.join("bird.ctl"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(AgentProcess { child })
+    }
+
+    /// SIGTERM, as a service manager stops it; wait for it to exit.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the agent did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent (re)connected and reported after `since`: its report is newer.
+async fn reported_after(c: &Cluster, since: &str) -> anyhow::Result<()> {
+    let ok = common::eventually(30, async || {
+        let s = node_status(c, "n1").await;
+        s.reported_at.as_str() > since
+            && s.bgp
+                .as_ref()
+                .is_some_and(|b| established(&b.sessions, TOR).is_some())
+    })
+    .await;
+    ensure!(
+        ok,
+        "the agent did not report again: {:?}",
+        node_status(c, "n1").await
+    );
+    Ok(())
+}
+
+/// The workspace's `tern-agent`, next to this package's `ternctl`.
+fn agent_binary() -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_ternctl")).with_file_name("tern-agent");
+    ensure!(
+        p.exists(),
+        "{} is missing: build the workspace (`cargo build -p tern-agent`, or run the \
+         whole suite: `cargo nextest run --workspace`)",
+        p.display()
+    );
+    Ok(p)
+}
+
+fn bird_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("bird.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Result<()> {
+    netns::require_root()?;
+    let c = Cluster::start().await;
+    let dir = tempfile::tempdir()?;
+    let lan = Lan::new()?;
+    let tor = Netns::new("tor")?;
+    let ext = Netns::new("ext")?;
+    let n1 = Netns::new("n1")?;
+    let pod = Netns::new("pod")?;
+    lan.attach(&tor, "eth0", &[&format!("{TOR}/24")])?;
+    lan.attach(&n1, "eth0", &[&format!("{N1}/24")])?;
+    external_host(&tor, &ext, false)?;
+    forwarding(&n1)?;
+    n1.route("default", TOR)?;
+    let frr = Frr::start(&tor, dir.path(), FRR)?;
+    apply(
+        &c,
+        "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+         apiVersion: tern.dev/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 64512}\n---\n\
+         apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 192.168.60.1, asNumber: 65001}\n",
+    )
+    .await;
+    let node_dir = dir.path().join("n1");
+    std::fs::create_dir_all(&node_dir)?;
+    let bin = agent_binary()?;
+    let agent = AgentProcess::start(&c, &bin, &n1, &node_dir)?;
+    wait_sessions(&c, "n1", 40, "the session to FRR Established", |s| {
+        established(s, TOR).is_some()
+    })
+    .await?;
+    let block = block_of(&c, "n1", false).await?;
+    let bs = block.to_string();
+    wait_routes(&tor, "-4", 20, "FRR installed n1's block", |r| {
+        r.iter().any(|(d, gw)| *d == bs && gw == N1)
+    })
+    .await?;
+    let pod_ip = block.hosts().next().context("a pod address")?;
+    add_pod(&n1, &pod, "cali1", Some(pod_ip), None)?;
+
+    // The flow: 200 datagrams a second from the external host to the pod.
+    let sink = pod.udp_sink(sock(pod_ip, 9000))?;
+    let flow = ext.udp_flow(sock(pod_ip, 9000), Duration::from_millis(5))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. The agent restarts: BIRD, which it supervises, keeps running and is adopted.
+    let before = node_status(&c, "n1").await.reported_at;
+    let bird_before = bird_pid(&node_dir).context("BIRD's pid")?;
+    agent.stop()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agent = AgentProcess::start(&c, &bin, &n1, &node_dir)?;
+    reported_after(&c, &before).await?;
+    ensure!(
+        bird_pid(&node_dir) == Some(bird_before),
+        "BIRD was restarted with the agent"
+    );
+
+    // 2. BIRD restarts gracefully (its sessions close without a notification, so FRR
+    // keeps the routes as stale) and the agent starts it again.
+    let sock_path = node_dir.join("bird.ctl");
+    birdc(&sock_path, &["graceful", "restart"])?;
+    let ok = common::eventually(20, async || {
+        bird_pid(&node_dir).is_some_and(|p| p != bird_before)
+    })
+    .await;
+    ensure!(ok, "BIRD was not started again");
+    let ok = common::eventually(40, async || {
+        frr.vtysh(&["show bgp neighbors 192.168.60.11 json"])
+            .is_ok_and(|o| o.contains("\"bgpState\":\"Established\""))
+    })
+    .await;
+    ensure!(ok, "the session to FRR came back");
+
+    // 3. The agent binary is upgraded: stopped, replaced by another file, started.
+    let next = dir.path().join("tern-agent-next");
+    std::fs::copy(&bin, &next)?;
+    let before = node_status(&c, "n1").await.reported_at;
+    agent.stop()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agent = AgentProcess::start(&c, &next, &n1, &node_dir)?;
+    reported_after(&c, &before).await?;
+
+    // Let the last datagrams arrive, then count.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = tokio::task::block_in_place(|| flow.finish())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = tokio::task::block_in_place(|| sink.finish())?;
+    eprintln!("graceful restart: {sent} datagrams sent, {received} received");
+    ensure!(sent > 500, "the flow ran ({sent} datagrams)");
+    ensure!(
+        received == sent,
+        "{} of {sent} datagrams lost across the restarts",
+        sent - received.min(sent)
+    );
+
+    agent.stop()?;
+    cleanup_node(&n1, &node_dir)?;
+    Ok(())
+}
