@@ -50,7 +50,7 @@ fn nodes_doc(n: usize, mesh: bool, peers: usize) -> String {
     s
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
@@ -98,16 +98,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             renders.push(t.elapsed());
         }
         let sessions = cfg.matches("protocol bgp ").count();
-        // tmpfs: the manager fsyncs every file it installs; on a disk shared with a busy
-        // build that measures the disk, not tern.
-        let dir = tempfile::Builder::new()
-            .prefix("tern-bench-bird-")
-            .tempdir_in("/dev/shm")?;
-        let mut opts = BirdOptions::in_dir(dir.path(), BirdMode::Supervised);
-        // With a thousand sessions retrying their connections BIRD answers slowly.
-        opts.command_timeout = Duration::from_secs(120);
-        opts.start_timeout = Duration::from_secs(120);
-        let mut mgr = BirdManager::new(opts)?;
+        let (_dir, mut mgr) = tmpfs_manager()?;
         let measured = measure_reloads(&mut mgr, &cfg, a.runs.max(1));
         // Stop BIRD whatever happened (a manager that is dropped leaves it running).
         let stopped = mgr.stop();
@@ -125,6 +116,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A BIRD manager (supervised) with its files on tmpfs: the manager fsyncs every file
+/// it installs, and on a disk shared with a busy build that would measure the disk, not
+/// tern. Keep the directory as long as the manager.
+pub fn tmpfs_manager() -> anyhow::Result<(tempfile::TempDir, BirdManager)> {
+    let dir = tempfile::Builder::new()
+        .prefix("tern-bench-bird-")
+        .tempdir_in("/dev/shm")?;
+    let mut opts = BirdOptions::in_dir(dir.path(), BirdMode::Supervised);
+    // With a thousand sessions retrying their connections BIRD answers slowly.
+    opts.command_timeout = Duration::from_secs(120);
+    opts.start_timeout = Duration::from_secs(120);
+    let mgr = BirdManager::new(opts)?;
+    Ok((dir, mgr))
 }
 
 /// Start BIRD with `cfg`, then time reloads of changed configurations and the apply of

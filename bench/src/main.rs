@@ -16,12 +16,18 @@
 //! - `restart`: a controller started (and restarted after kill -9) on an etcd holding
 //!   10,000 Nodes, their blocks and status reports and 1,000 BGPPeers: time until the
 //!   cache is loaded and Sync is served, and the controller's memory.
+//! - `reflector`: a route reflector with N clients, one session each against dynamic
+//!   BGP: configuration size, reload time, and what client N+1 joining costs.
+//! - `bfd`: how long FRR as the top-of-rack router keeps a dead node's routes, with
+//!   BFD and with the hold time alone.
 
+mod bfd;
 mod bird;
 mod cni;
 mod fanout;
 mod nat;
 mod restart;
+mod reflector;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +50,10 @@ enum Command {
     Cni(cni::Args),
     /// Controller start and restart on a large etcd: cache load and Sync served.
     Restart(restart::Args),
+    /// A route reflector with N clients: explicit sessions against dynamic BGP.
+    Reflector(reflector::Args),
+    /// Time for a router to drop a dead node's routes, with and without BFD.
+    Bfd(bfd::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +64,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bird(a) => bird::run(a),
         Command::Cni(a) => cni::run(a),
         Command::Restart(a) => restart::run(a),
+        Command::Reflector(a) => reflector::run(a),
+        Command::Bfd(a) => bfd::run(a),
     }
 }
 
