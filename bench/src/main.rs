@@ -26,8 +26,8 @@ mod bird;
 mod cni;
 mod fanout;
 mod nat;
-mod restart;
 mod reflector;
+mod restart;
 
 use clap::{Parser, Subcommand};
 
