@@ -833,26 +833,7 @@ impl<'a> Podman<'a> {
     /// `podman ARGS` in the host namespace (only the network namespace changes, so
     /// podman's mounts are the machine's and every call sees the same containers).
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let d = self.dir.path();
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.h.ns.name()))
-            .arg("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "podman {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        common::podman(self.h.ns.name(), self.dir.path(), args)
     }
 
     /// `podman run -d --network tern NAME CMD...`: the container id.

@@ -12,6 +12,8 @@
 //! build -p tern -p tern-controller -p tern-agent`; the suite's `cargo nextest run
 //! --workspace` builds them).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -143,24 +145,7 @@ impl Lab {
 
     /// podman with the lab's storage and configuration, on host1.
     fn podman(&self, args: &[&str]) -> anyhow::Result<String> {
-        let d = self.dir.join("podman");
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns("host1")))
-            .arg("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        common::podman(&self.ns("host1"), &self.dir.join("podman"), args)
     }
 
     fn pods(&self) -> anyhow::Result<Vec<Pod>> {

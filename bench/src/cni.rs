@@ -8,14 +8,13 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use tern::client::ClientTls;
-use tern::pki::{Pki, Role};
+use tern::pki::Role;
 use tern::proto::{self, ipam_service_client::IpamServiceClient};
-use tern_testkit::etcd::{Etcd, free_port};
+use tern_testkit::etcd::Etcd;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,17 +31,6 @@ pub struct Args {
 
 const NODE: &str = "bench-node";
 const POOL_CIDR: &str = "10.200.0.0/16";
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Container namespaces, removed on drop.
 struct Namespaces(Vec<String>);
@@ -96,42 +84,12 @@ async fn bench(
 ) -> anyhow::Result<()> {
     let n = a.containers;
     let etcd = Etcd::start()?;
-    let dir = tempfile::tempdir()?;
-    let pki = Pki::init(dir.path().join("pki"), 2)?;
-    let ctl = pki.issue(
-        &Role::Controller {
-            sans: vec!["127.0.0.1".into()],
-        },
-        2,
-    )?;
-    let admin = pki.issue(&Role::Admin, 2)?;
-    let node = pki.issue(&Role::Node(NODE.into()), 2)?;
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _ctl = Procs(vec![
-        Command::new(controller)
-            .args(["--etcd-endpoints", &etcd.endpoint(), "--listen", &addr])
-            .arg("--ca")
-            .arg(pki.ca_cert())
-            .arg("--cert")
-            .arg(&ctl.cert)
-            .arg("--key")
-            .arg(&ctl.key)
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting tern-controller")?,
-    ]);
-    let tls = ClientTls {
-        ca: Some(pki.ca_cert()),
-        cert: Some(admin.cert.clone()),
-        key: Some(admin.key.clone()),
-        server_name: None,
-        insecure: false,
-    };
+    let ctl = crate::LocalController::start(&etcd, controller, &["--log-level", "warn"])?;
+    let node = ctl.pki.issue(&Role::Node(NODE.into()), 2)?;
+    let (pki, tls, addr) = (&ctl.pki, &ctl.admin, &ctl.addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     let ch = loop {
-        match tls.connect(&addr).await {
+        match tls.connect(addr).await {
             Ok(ch) => break ch,
             Err(e) if Instant::now() > deadline => bail!("controller not reachable: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -1,19 +1,17 @@
 //! `tern-bench fanout`: update latency from the API to N agents.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use parking_lot::Mutex;
 use tern::client::ClientTls;
-use tern::pki::{Pki, Role};
 use tern::proto::{self, resource_service_client::ResourceServiceClient};
 use tern_agent::agent::{AgentConfig, NatChoice};
 use tern_agent::dataplane::RecordingDriver;
 use tern_agent::sync::SyncConfig;
-use tern_testkit::etcd::{Etcd, free_port};
+use tern_testkit::etcd::Etcd;
 
 use crate::{controller_bin, machine, pct, proc_usage};
 
@@ -57,17 +55,6 @@ fn raise_nofile() -> anyhow::Result<()> {
         .or_else(|_| rlimit::Resource::NOFILE.set(hard, hard))
         .context("raising the open-files limit (run as root for 10,000 agents)")?;
     Ok(())
-}
-
-struct ControllerProc {
-    child: Child,
-}
-
-impl Drop for ControllerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -272,29 +259,10 @@ fn patch(kind: &str, name: &str, json: String) -> proto::PatchRequest {
 }
 
 async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
-    let dir = tempfile::tempdir()?;
-    let pki = Pki::init(dir.path().join("pki"), 2)?;
-    let ctl_files = pki.issue(
-        &Role::Controller {
-            sans: vec!["127.0.0.1".into()],
-        },
-        2,
-    )?;
-    let admin = pki.issue(&Role::Admin, 2)?;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(controller_bin(a.controller_bin.as_ref())?)
-        .args([
-            "--etcd-endpoints",
-            &etcd.endpoint(),
-            "--listen",
-            &addr,
-            "--ca",
-            &pki.ca_cert().display().to_string(),
-            "--cert",
-            &ctl_files.cert.display().to_string(),
-            "--key",
-            &ctl_files.key.display().to_string(),
+    let ctl = crate::LocalController::start(
+        etcd,
+        &controller_bin(a.controller_bin.as_ref())?,
+        &[
             "--log-level",
             "warn",
             "--status-writes-per-sec",
@@ -302,21 +270,10 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
             // Block claims for thousands of nodes are IPAM's cost, not the fan-out's.
             "--ipam-auto-blocks",
             "false",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting tern-controller")?;
-    let pid = child.id();
-    let _ctl = ControllerProc { child };
-    let tls = ClientTls {
-        ca: Some(pki.ca_cert()),
-        cert: Some(admin.cert.clone()),
-        key: Some(admin.key.clone()),
-        server_name: None,
-        insecure: false,
-    };
+        ],
+    )?;
+    let pid = ctl.pid();
+    let (tls, addr) = (ctl.admin.clone(), ctl.addr.clone());
     let mut api = admin_client(&tls, &addr).await?;
     // Beyond ~100 nodes Calico recommends route reflectors over the full mesh; with
     // the mesh on, every agent would also receive every other node (N^2 traffic).

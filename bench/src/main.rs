@@ -181,3 +181,75 @@ pub fn controller_bin(given: Option<&std::path::PathBuf>) -> anyhow::Result<std:
     }
     Ok(p)
 }
+
+/// A `tern-controller` release process on a loopback port, over `etcd`, with a
+/// throwaway PKI (controller and administrator certificates); killed on drop.
+#[derive(Debug)]
+pub struct LocalController {
+    pub addr: String,
+    pub pki: tern::pki::Pki,
+    /// Client settings of the administrator.
+    pub admin: tern::client::ClientTls,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalController {
+    /// Start `bin` with `extra` flags after the etcd, listen and TLS ones.
+    pub fn start(
+        etcd: &tern_testkit::etcd::Etcd,
+        bin: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<LocalController> {
+        use anyhow::Context as _;
+        use tern::pki::{Pki, Role};
+        let dir = tempfile::tempdir()?;
+        let pki = Pki::init(dir.path().join("pki"), 2)?;
+        let ctl = pki.issue(
+            &Role::Controller {
+                sans: vec!["127.0.0.1".into()],
+            },
+            2,
+        )?;
+        let admin = pki.issue(&Role::Admin, 2)?;
+        let addr = format!("127.0.0.1:{}", tern_testkit::etcd::free_port());
+        let child = std::process::Command::new(bin)
+            .args(["--etcd-endpoints", &etcd.endpoint(), "--listen", &addr])
+            .arg("--ca")
+            .arg(pki.ca_cert())
+            .arg("--cert")
+            .arg(&ctl.cert)
+            .arg("--key")
+            .arg(&ctl.key)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting tern-controller")?;
+        Ok(LocalController {
+            addr,
+            admin: tern::client::ClientTls {
+                ca: Some(pki.ca_cert()),
+                cert: Some(admin.cert),
+                key: Some(admin.key),
+                server_name: None,
+                insecure: false,
+            },
+            pki,
+            child,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LocalController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

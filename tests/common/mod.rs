@@ -270,3 +270,28 @@ pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
     }
     false
 }
+
+/// `podman ARGS` in the network namespace `netns` (only the network namespace changes,
+/// so podman's mounts are the machine's and every call sees the same containers), with
+/// the storage, run-time state and containers.conf under `dir`; its stdout, trimmed.
+pub fn podman(netns: &str, dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("podman")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("runroot"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "podman {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
