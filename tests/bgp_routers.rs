@@ -1,6 +1,6 @@
 //! tern's BGP against other routers, for real: FRR (bgpd, bfdd, zebra installing the
 //! routes it learns) as the top-of-rack router and GoBGP as a second peer, both with
-//! TCP-MD5, both address families, BFD with FRR.
+//! TCP-MD5, both address families, BFD and long-lived graceful restart with FRR.
 //!
 //! ```text
 //!   ext 198.51.100.2 / 2001:db8:e::2
@@ -45,7 +45,8 @@ fn frr_config() -> String {
     let mut s = String::from(
         "frr defaults datacenter\nhostname tor\n!\nbfd\n profile fast\n  receive-interval 300\n  \
          transmit-interval 300\n  detect-multiplier 3\n  minimum-ttl 1\n !\n!\n\
-         router bgp 65001\n bgp router-id 192.168.50.1\n no bgp ebgp-requires-policy\n",
+         router bgp 65001\n bgp router-id 192.168.50.1\n no bgp ebgp-requires-policy\n \
+         bgp long-lived-graceful-restart stale-time 600\n",
     );
     // BIRD runs every session (and so BFD) multihop: FRR must too, and BIRD sends
     // BFD with TTL 64, below FRR's default minimum for multihop (254).
@@ -111,7 +112,7 @@ fn peers() -> String {
             TOR,
             65001,
             "tor",
-            "bfdProfile: fast, holdTime: 600s, keepaliveTime: 200s",
+            "bfdProfile: fast, holdTime: 600s, keepaliveTime: 200s, longLivedStaleTime: 1h",
         ),
         (
             "tor-v6",
@@ -179,6 +180,14 @@ async fn frr_and_gobgp_with_md5_bfd_and_both_families() -> anyhow::Result<()> {
     );
     ensure!(tor4.description == "BGPPeer tor-v4", "{tor4:?}");
     ensure!(tor4.peer_type == "global" && tor4.family == 4, "{tor4:?}");
+    // Long-lived graceful restart (tor-v4's longLivedStaleTime) negotiated with FRR.
+    let nb: serde_json::Value =
+        serde_json::from_str(&frr.vtysh(&[&format!("show bgp neighbors {N1} json")])?)?;
+    let llgr = &nb[N1]["neighborCapabilities"]["longLivedGracefulRestart"];
+    ensure!(
+        llgr == "advertisedAndReceived",
+        "FRR's view of LLGR: {llgr}"
+    );
     let peers = frr.bfd_peers()?;
     for n in [N1, N16] {
         ensure!(
