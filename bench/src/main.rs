@@ -20,6 +20,8 @@
 //!   BGP: configuration size, reload time, and what client N+1 joining costs.
 //! - `bfd`: how long FRR as the top-of-rack router keeps a dead node's routes, with
 //!   BFD and with the hold time alone.
+//! - `session`: how soon a BGP session's change reaches the node's status at the
+//!   controller (the real agent binary and BIRD, a peer BIRD).
 
 mod bfd;
 mod bird;
@@ -28,6 +30,7 @@ mod fanout;
 mod nat;
 mod reflector;
 mod restart;
+mod session;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +57,8 @@ enum Command {
     Reflector(reflector::Args),
     /// Time for a router to drop a dead node's routes, with and without BFD.
     Bfd(bfd::Args),
+    /// Time for a BGP session change to reach the node's status at the controller.
+    Session(session::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Restart(a) => restart::run(a),
         Command::Reflector(a) => reflector::run(a),
         Command::Bfd(a) => bfd::run(a),
+        Command::Session(a) => session::run(a),
     }
 }
 
