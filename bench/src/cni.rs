@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{bail, ensure};
 use tern::pki::Role;
 use tern::proto::{self, ipam_service_client::IpamServiceClient};
 use tern_testkit::etcd::Etcd;
@@ -57,13 +57,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         return crate::in_fresh_netns(&args);
     }
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the benchmark's directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = crate::bin_dir(a.bin_dir.as_deref())?;
     let plugin = bin_dir.join("tern-cni");
     let controller = bin_dir.join("tern-controller");
     for b in [&plugin, &controller] {

@@ -111,6 +111,19 @@ pub fn in_fresh_netns(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The directory of the workspace's other binaries: the one given, else this
+/// benchmark's own.
+pub fn bin_dir(given: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    match given {
+        Some(d) => Ok(d.to_path_buf()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the benchmark's directory")?
+            .to_path_buf()),
+    }
+}
+
 /// A comma-separated list.
 pub fn join<T: ToString>(v: &[T]) -> String {
     v.iter()

@@ -42,13 +42,7 @@ impl Drop for Agent {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the benchmark's directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = crate::bin_dir(a.bin_dir.as_deref())?;
     let agent = bin_dir.join("tern-agent");
     ensure!(
         agent.exists(),
