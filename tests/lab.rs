@@ -1,8 +1,8 @@
 //! The lab end to end: `deploy/lab up` with the workspace's binaries, then every claim
-//! of the lab checked again from the outside (the router's kernel routes, the source
-//! addresses the internet host sees, before and after a patch, a connection from the
-//! internet host to a pod), `up` again over a running lab, and `deploy/lab down`
-//! leaving no namespace, process, interface or file behind.
+//! of the lab checked again from the outside, in both address families (the router's
+//! kernel routes, the source addresses the internet host sees, before and after a
+//! patch, a connection from the internet host to a pod), `up` again over a running lab,
+//! and `deploy/lab down` leaving no namespace, process, interface or file behind.
 //!
 //! The lab runs in a directory and under a namespace prefix of its own
 //! (`TERN_LAB_DIR`, `TERN_LAB_PREFIX`), so it never touches a lab someone runs from the
@@ -15,18 +15,21 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 const INET: &str = "203.0.113.2";
+const INET6: &str = "2001:db8:203::2";
 const ECHO_PORT: u16 = 8080;
 const NAT_POOL: &str = "default-ipv4-ippool";
 const PUBLIC_POOL: &str = "public-ipv4-ippool";
+const NAT_POOL6: &str = "default-ipv6-ippool";
+const PUBLIC_POOL6: &str = "public-ipv6-ippool";
 /// Interface names the lab uses inside its namespaces: none may appear in ours (nor
 /// any `cali*` veth of tern's CNI plugin).
 const LAB_LINKS: &[&str] = &["br0", "ctl", "router", "host1", "host2", "host3"];
@@ -40,6 +43,9 @@ struct Pod {
     ip: Ipv4Addr,
     pool: String,
     block: Ipv4Net,
+    ip6: Ipv6Addr,
+    pool6: String,
+    block6: Ipv6Net,
 }
 
 /// A lab of this test; `down` runs when it is dropped, unless it ran already.
@@ -153,36 +159,45 @@ impl Lab {
         text.lines()
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                ensure!(f.len() == 5, "pods line {l:?}");
+                ensure!(f.len() == 8, "pods line {l:?}");
                 Ok(Pod {
                     name: f[0].into(),
                     ns: f[1].into(),
                     ip: f[2].parse()?,
                     pool: f[3].into(),
                     block: f[4].parse()?,
+                    ip6: f[5].parse()?,
+                    pool6: f[6].into(),
+                    block6: f[7].parse()?,
                 })
             })
             .collect()
     }
 
-    /// Node name -> its address, as the controller has it.
-    fn node_addresses(&self) -> anyhow::Result<BTreeMap<String, Ipv4Addr>> {
+    /// Node name -> its addresses (IPv4, IPv6), as the controller has them.
+    fn node_addresses(&self) -> anyhow::Result<BTreeMap<String, (IpAddr, IpAddr)>> {
         let v: serde_json::Value =
             serde_json::from_str(&self.ternctl(&["get", "nodes", "-o", "json"])?)?;
         let mut out = BTreeMap::new();
         for n in v["items"].as_array().context("nodes: items")? {
             let name = n["metadata"]["name"].as_str().context("node name")?;
-            let addr: Ipv4Net = n["spec"]["bgp"]["ipv4Address"]
-                .as_str()
-                .context("node address")?
-                .parse()?;
-            out.insert(name.to_string(), addr.addr());
+            let addr = |field: &str| -> anyhow::Result<IpAddr> {
+                let net: IpNet = n["spec"]["bgp"][field]
+                    .as_str()
+                    .with_context(|| format!("node {name}: {field}"))?
+                    .parse()?;
+                Ok(net.addr())
+            };
+            out.insert(
+                name.to_string(),
+                (addr("ipv4Address")?, addr("ipv6Address")?),
+            );
         }
         Ok(out)
     }
 
     /// (node, block, pool) of every block, as the controller has them.
-    fn blocks(&self) -> anyhow::Result<Vec<(String, Ipv4Net, String)>> {
+    fn blocks(&self) -> anyhow::Result<Vec<(String, IpNet, String)>> {
         let v: serde_json::Value =
             serde_json::from_str(&self.ternctl(&["get", "blockaffinity", "-o", "json"])?)?;
         v["items"]
@@ -334,34 +349,47 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
             "{n} has a block of {NAT_POOL}: {blocks:?}"
         );
     }
-    ensure!(
-        blocks
-            .iter()
-            .filter(|(_, _, p)| p == PUBLIC_POOL)
-            .map(|(n, _, _)| n.as_str())
-            .collect::<Vec<_>>()
-            == ["host3"],
-        "only host3 has a block of {PUBLIC_POOL}: {blocks:?}"
-    );
-
-    // Pods: addresses inside their own node's block of their pool.
-    for p in &pods {
-        let node = p.name.split('-').next().unwrap_or_default();
+    for n in nodes.keys() {
+        ensure!(
+            blocks.iter().any(|(bn, _, p)| bn == n && p == NAT_POOL6),
+            "{n} has a block of {NAT_POOL6}: {blocks:?}"
+        );
+    }
+    for public in [PUBLIC_POOL, PUBLIC_POOL6] {
         ensure!(
             blocks
                 .iter()
-                .any(|(n, b, pool)| n == node && *b == p.block && pool == &p.pool),
-            "{}: block {} is {node}'s block of {}",
-            p.name,
-            p.block,
-            p.pool
+                .filter(|(_, _, p)| p == public)
+                .map(|(n, _, _)| n.as_str())
+                .collect::<Vec<_>>()
+                == ["host3"],
+            "only host3 has a block of {public}: {blocks:?}"
         );
+    }
+
+    // Pods: dual stack, each address inside its own node's block of its pool.
+    for p in &pods {
+        let node = p.name.split('-').next().unwrap_or_default();
+        for (block, pool) in [
+            (IpNet::V4(p.block), &p.pool),
+            (IpNet::V6(p.block6), &p.pool6),
+        ] {
+            ensure!(
+                blocks
+                    .iter()
+                    .any(|(n, b, bp)| n == node && *b == block && bp == pool),
+                "{}: block {block} is {node}'s block of {pool}",
+                p.name,
+            );
+        }
         ensure!(
-            p.block.contains(&p.ip),
-            "{}: {} in {}",
+            p.block.contains(&p.ip) && p.block6.contains(&p.ip6),
+            "{}: {} in {}, {} in {}",
             p.name,
             p.ip,
-            p.block
+            p.block,
+            p.ip6,
+            p.block6
         );
     }
 
@@ -372,8 +400,14 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
     ips.dedup();
     ensure!(ips.len() == pods.len(), "distinct pod addresses: {pods:?}");
     let show = lab.ternctl(&["ipam", "show"])?;
-    // NAT_POOL holds five pods and the podman container, PUBLIC_POOL one pod.
-    for (cidr, in_use) in [("10.244.0.0/16", 6), ("198.51.100.0/24", 1)] {
+    // NAT_POOL holds five pods and the podman container, PUBLIC_POOL one pod; and the
+    // same in IPv6.
+    for (cidr, in_use) in [
+        ("10.244.0.0/16", 6),
+        ("198.51.100.0/24", 1),
+        ("fd00:244::/48", 6),
+        ("2001:db8:51::/48", 1),
+    ] {
         ensure!(
             show.lines()
                 .any(|l| l.contains(&format!(" {cidr} ")) && l.contains(&format!("| {in_use} ("))),
@@ -381,22 +415,29 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
         );
     }
 
-    // The router: every block in its kernel table, learned by BIRD, towards its node.
+    // The router: every block in its kernel table, learned by BIRD over the session of
+    // its family, towards its node.
     let router = lab.ns("router");
     for (n, b, _) in &blocks {
-        let routes = exec(&router, &["ip", "route", "show", &b.to_string()])?;
+        let via = match b {
+            IpNet::V4(_) => nodes[n].0,
+            IpNet::V6(_) => nodes[n].1,
+        };
+        let fam = if b.addr().is_ipv6() { "-6" } else { "-4" };
+        let routes = exec(&router, &["ip", fam, "route", "show", &b.to_string()])?;
         ensure!(
-            routes.contains("proto bird") && routes.contains(&format!("via {} ", nodes[n])),
-            "the router routes {b} to {n} ({}) over BGP: {routes:?}",
-            nodes[n]
+            routes.contains("proto bird") && routes.contains(&format!("via {via} ")),
+            "the router routes {b} to {n} ({via}) over BGP: {routes:?}"
         );
     }
 
     // The internet host reaches every pod through the router, and a TCP server in one.
     let inet = lab.ns("inet");
     for p in &pods {
-        exec(&inet, &["ping", "-c", "1", "-W", "2", &p.ip.to_string()])
-            .with_context(|| format!("ping {} ({}) from the internet host", p.ip, p.name))?;
+        for ip in [IpAddr::V4(p.ip), IpAddr::V6(p.ip6)] {
+            exec(&inet, &["ping", "-c", "1", "-W", "2", &ip.to_string()])
+                .with_context(|| format!("ping {ip} ({}) from the internet host", p.name))?;
+        }
     }
     let pod_a = pods
         .iter()
@@ -407,23 +448,28 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
         answer.ends_with(&format!("you are {INET}")),
         "the pod sees the internet host's own address: {answer:?}"
     );
+    let answer = ask(&inet, &pod_a.ip6.to_string(), ECHO_PORT)?;
+    ensure!(
+        answer.ends_with(&format!("you are {INET6}")),
+        "the pod sees the internet host's own IPv6 address: {answer:?}"
+    );
 
     // Pods of different nodes reach each other (the mesh's routes).
     let host2_pod = pods
         .iter()
         .find(|p| p.name == "host2-pod-a")
         .context("host2-pod-a")?;
-    exec(
-        &pod_a.ns,
-        &["ping", "-c", "1", "-W", "2", &host2_pod.ip.to_string()],
-    )
-    .context("pod to pod across nodes")?;
+    for ip in [IpAddr::V4(host2_pod.ip), IpAddr::V6(host2_pod.ip6)] {
+        exec(&pod_a.ns, &["ping", "-c", "1", "-W", "2", &ip.to_string()])
+            .with_context(|| format!("pod to pod across nodes, {ip}"))?;
+    }
 
-    // Outbound: NAT pool pods are seen as their node, the other pool's pod as itself.
+    // Outbound: NAT pool pods are seen as their node, the other pool's pod as itself,
+    // in both families.
     for p in &pods {
         let node = p.name.split('-').next().unwrap_or_default();
         let want = if p.pool == NAT_POOL {
-            nodes[node].to_string()
+            nodes[node].0.to_string()
         } else {
             p.ip.to_string()
         };
@@ -434,6 +480,19 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
             p.name,
             p.ip,
             p.pool
+        );
+        let want6 = if p.pool6 == NAT_POOL6 {
+            nodes[node].1.to_string()
+        } else {
+            p.ip6.to_string()
+        };
+        let got6 = ask(&p.ns, INET6, ECHO_PORT)?;
+        ensure!(
+            got6 == want6,
+            "{} ({}, pool {}) is seen by the IPv6 internet host as {got6}, expected {want6}",
+            p.name,
+            p.ip6,
+            p.pool6
         );
     }
 
@@ -458,7 +517,7 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
     patch(true)?;
     let t = expect_seen(
         pod_a,
-        &nodes["host1"].to_string(),
+        &nodes["host1"].0.to_string(),
         "natOutgoing patched back to true",
         Duration::from_secs(10),
     )?;
@@ -502,14 +561,16 @@ fn lab_up_checks_and_down_leaves_nothing() -> anyhow::Result<()> {
     );
     check_claims(&lab)?;
 
-    // podman rm: the container's DEL releases its address.
+    // podman rm: the container's DEL releases its addresses.
     lab.podman(&["rm", "-f", "-t", "0", "web"])?;
     let show = lab.ternctl(&["ipam", "show"])?;
-    ensure!(
-        show.lines()
-            .any(|l| l.contains(" 10.244.0.0/16 ") && l.contains("| 5 (")),
-        "podman rm released the container's address:\n{show}"
-    );
+    for cidr in ["10.244.0.0/16", "fd00:244::/48"] {
+        ensure!(
+            show.lines()
+                .any(|l| l.contains(&format!(" {cidr} ")) && l.contains("| 5 (")),
+            "podman rm released the container's address of {cidr}:\n{show}"
+        );
+    }
 
     // Down: nothing of the lab is left.
     let procs = lab.processes()?;

@@ -1147,6 +1147,9 @@ fn pct(part: u64, total: u64) -> String {
     if total == 0 {
         return "0%".into();
     }
+    // In u128: an IPv6 pool's size is near u64::MAX, and part * 100 + total / 2 would
+    // overflow.
+    let (part, total) = (u128::from(part), u128::from(total));
     format!("{}%", (part * 100 + total / 2) / total)
 }
 
@@ -1398,5 +1401,17 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentages_of_ipv6_pools_do_not_overflow() {
+        assert_eq!(super::pct(1, 4), "25%");
+        assert_eq!(super::pct(0, 0), "0%");
+        // A /48 pool's addresses are counted up to u64::MAX.
+        assert_eq!(super::pct(6, u64::MAX), "0%");
+        assert_eq!(super::pct(u64::MAX - 6, u64::MAX), "100%");
     }
 }
