@@ -176,3 +176,45 @@ pub async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     tern::util::serve_metrics(addr, Arc::new(move || metrics.encode())).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_give_routes_and_bfd_state_per_session() {
+        let m = Metrics::new();
+        let tor = proto::BgpSession {
+            name: "Global_192_0_2_1".into(),
+            peer_address: "192.0.2.1".into(),
+            info: "Established".into(),
+            routes_imported: 3,
+            routes_exported: 2,
+            routes_filtered: 1,
+            bfd_state: "Up".into(),
+            ..Default::default()
+        };
+        let mesh = proto::BgpSession {
+            name: "Mesh_10_0_0_2".into(),
+            peer_address: "10.0.0.2".into(),
+            state: "start".into(),
+            ..Default::default()
+        };
+        m.set_bgp_sessions(&[tor, mesh.clone()]);
+        let text = m.encode();
+        for line in [
+            "tern_agent_bgp_session_routes{session=\"Global_192_0_2_1\",peer=\"192.0.2.1\",direction=\"imported\"} 3",
+            "tern_agent_bgp_session_routes{session=\"Global_192_0_2_1\",peer=\"192.0.2.1\",direction=\"exported\"} 2",
+            "tern_agent_bgp_session_routes{session=\"Global_192_0_2_1\",peer=\"192.0.2.1\",direction=\"filtered\"} 1",
+            "tern_agent_bgp_session_bfd{session=\"Global_192_0_2_1\",peer=\"192.0.2.1\",state=\"Up\"} 1",
+            "tern_agent_bgp_sessions{state=\"established\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // No BFD on the mesh session: no BFD series for it.
+        assert!(!text.contains("bgp_session_bfd{session=\"Mesh_10_0_0_2\""));
+        // A session that goes away takes its series with it.
+        m.set_bgp_sessions(&[mesh]);
+        assert!(!m.encode().contains("Global_192_0_2_1"));
+    }
+}
