@@ -145,8 +145,38 @@ enum Command {
     },
     /// Print ternctl's version and the controller's.
     Version,
+    /// Set or remove a label: `ternctl label node n1 rack=r1 [--overwrite]`,
+    /// `ternctl label node n1 rack --remove`.
+    Label {
+        kind: String,
+        name: String,
+        /// key=value to set, or key with --remove.
+        label: String,
+        /// Change the value of a label that is already set.
+        #[arg(long)]
+        overwrite: bool,
+        /// Remove the label.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Move data in and out of tern's datastore.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatastoreCommand {
+    /// Apply an export of a Calico cluster (`calicoctl get ... -o yaml`, List documents
+    /// included): server metadata is dropped, kinds tern has no use for are skipped,
+    /// and a report per kind says what was created, replaced, skipped and refused.
+    Import {
+        #[arg(long, short = 'f')]
+        filename: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +374,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs { command } => certs(command),
         Command::Validate { filename } => validate_file(&filename),
         Command::Version => version(&ctx).await,
+        Command::Label {
+            kind,
+            name,
+            label,
+            overwrite,
+            remove,
+        } => label_cmd(&ctx, &kind, &name, &label, overwrite, remove).await,
+        Command::Datastore {
+            command: DatastoreCommand::Import { filename },
+        } => datastore_import(&ctx, &filename).await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -1363,6 +1403,258 @@ async fn version(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+// ------------------------------------------------------------------------------------
+// label
+
+/// How often `label` retries when the object changed between its read and its write.
+const LABEL_RETRIES: usize = 5;
+
+async fn label_cmd(
+    ctx: &Ctx,
+    kind: &str,
+    name: &str,
+    label: &str,
+    overwrite: bool,
+    remove: bool,
+) -> anyhow::Result<ExitCode> {
+    let kind = parse_kind(kind)?;
+    let (key, value) = match (label.split_once('='), remove) {
+        (Some(_), true) => bail!("--remove takes a label key, not key=value: {label}"),
+        (Some((k, v)), false) => (k.to_string(), Some(v.to_string())),
+        (None, true) => (label.to_string(), None),
+        (None, false) => bail!("give the label as key=value (or key with --remove)"),
+    };
+    let mut api = ctx.resources().await?;
+    let what = format!("{} {name}", kind.as_str().to_ascii_lowercase());
+    for _ in 0..LABEL_RETRIES {
+        let current = api
+            .get(proto::GetRequest {
+                kind: kind.as_str().into(),
+                name: name.into(),
+                show_secrets: false,
+            })
+            .await
+            .map_err(|e| anyhow!("Failed to get resource: {}", status_msg(&e)))?
+            .into_inner();
+        let meta = current.metadata.unwrap_or_default();
+        let existing = meta.labels.get(&key);
+        let patch = match &value {
+            None if existing.is_none() => {
+                eprintln!("Failed to remove label {key} from {what}: the label is not set");
+                return Ok(ExitCode::FAILURE);
+            }
+            None => serde_json::json!({"metadata": {"labels": {&key: null}}}),
+            Some(v) if existing.is_some_and(|e| e != v) && !overwrite => {
+                eprintln!(
+                    "Failed to set label {key} on {what}: key {key} is already present with \
+                     value {}; use --overwrite to set a new value",
+                    existing.map(String::as_str).unwrap_or_default()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Some(v) => serde_json::json!({"metadata": {"labels": {&key: v}}}),
+        };
+        // The merge patch touches the one label; the precondition makes the check above
+        // hold when the write lands.
+        match api
+            .patch(proto::PatchRequest {
+                kind: kind.as_str().into(),
+                name: name.into(),
+                r#type: proto::PatchType::Merge as i32,
+                patch: patch.to_string(),
+                resource_version: meta.resource_version.clone(),
+            })
+            .await
+        {
+            Ok(_) => {
+                match value {
+                    Some(_) => println!("Successfully set label {key} on {what}"),
+                    None => println!("Successfully removed label {key} from {what}"),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) if e.code() == tonic::Code::Aborted => continue,
+            Err(e) => {
+                eprintln!("Failed to update label of {what}: {}", status_msg(&e));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    eprintln!("Failed to update label of {what}: it kept changing; retry");
+    Ok(ExitCode::FAILURE)
+}
+
+// ------------------------------------------------------------------------------------
+// datastore import
+
+/// Calico's kinds that tern has no use for, and why (what `import` says it skipped).
+fn unused_calico_kind(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "GlobalNetworkPolicy"
+        | "NetworkPolicy"
+        | "StagedGlobalNetworkPolicy"
+        | "StagedNetworkPolicy"
+        | "StagedKubernetesNetworkPolicy"
+        | "Tier"
+        | "GlobalNetworkSet"
+        | "NetworkSet"
+        | "HostEndpoint"
+        | "Profile" => "network policy is not tern's job",
+        "WorkloadEndpoint" => "tern keeps no workload endpoints",
+        "IPAMBlock" | "IPAMHandle" | "IPAMConfig" | "IPAMConfiguration" => {
+            "tern's IPAM keeps its own records (BlockAffinities are imported)"
+        }
+        "ClusterInformation"
+        | "KubeControllersConfiguration"
+        | "CalicoNodeStatus"
+        | "BGPFilterList" => "Calico's own bookkeeping",
+        _ => return None,
+    })
+}
+
+/// The order kinds are applied in: what others refer to first.
+fn import_rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::Secret => 0,
+        Kind::IPPool => 1,
+        Kind::IPReservation => 2,
+        Kind::BFDProfile | Kind::BGPFilter => 3,
+        Kind::BGPConfiguration | Kind::FelixConfiguration | Kind::AgentConfiguration => 4,
+        Kind::Node => 5,
+        Kind::BGPPeer => 6,
+        Kind::BlockAffinity => 7,
+    }
+}
+
+/// Drop what a server wrote into an exported object's metadata.
+fn strip_server_metadata(doc: &mut Value) {
+    if let Some(Value::Object(meta)) = doc.get_mut("metadata") {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "ownerReferences",
+            "finalizers",
+            "namespace",
+        ] {
+            meta.remove(k);
+        }
+    }
+}
+
+#[derive(Default)]
+struct KindReport {
+    created: usize,
+    replaced: usize,
+    skipped: usize,
+    refused: usize,
+}
+
+async fn datastore_import(ctx: &Ctx, path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = read_input(path)?;
+    let docs = tern::manifest::parse_documents_raw(&text).map_err(|e| anyhow!("{e}"))?;
+    let mut report: BTreeMap<String, KindReport> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut todo: Vec<(Kind, usize, Value)> = Vec::new();
+    for (i, mut doc) in docs.into_iter().enumerate() {
+        let kind_name = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        match Kind::ALL.into_iter().find(|k| k.as_str() == kind_name) {
+            Some(kind) => {
+                strip_server_metadata(&mut doc);
+                todo.push((kind, i, doc));
+            }
+            None => {
+                report.entry(kind_name.clone()).or_default().skipped += 1;
+                let why = unused_calico_kind(&kind_name).unwrap_or("not a kind tern knows");
+                notes.push(format!("skipped {kind_name}({name}): {why}"));
+            }
+        }
+    }
+    todo.sort_by_key(|(kind, i, _)| (import_rank(*kind), *i));
+    let mut api = ctx.resources().await?;
+    for (kind, _, doc) in todo {
+        let entry = report.entry(kind.as_str().to_string()).or_default();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let resource = match value_to_proto(&doc) {
+            Ok(r) => r,
+            Err(e) => {
+                entry.refused += 1;
+                notes.push(format!("refused {kind}({name}): {e}"));
+                continue;
+            }
+        };
+        match api
+            .apply(proto::ApplyRequest {
+                resource: Some(resource),
+            })
+            .await
+        {
+            Ok(o) => {
+                let o = o.into_inner();
+                if o.created {
+                    entry.created += 1;
+                } else {
+                    entry.replaced += 1;
+                }
+                if let Some(r) = &o.resource {
+                    print_warnings(r);
+                }
+            }
+            Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                entry.refused += 1;
+                notes.push(format!("refused {kind}({name}): {}", status_msg(&e)));
+            }
+            Err(e) => bail!("import stopped at {kind}({name}): {}", status_msg(&e)),
+        }
+    }
+    let rows: Vec<Vec<String>> = report
+        .iter()
+        .map(|(k, r)| {
+            vec![
+                k.clone(),
+                r.created.to_string(),
+                r.replaced.to_string(),
+                r.skipped.to_string(),
+                r.refused.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        columns(
+            &["KIND", "CREATED", "REPLACED", "SKIPPED", "REFUSED"],
+            &rows
+        )
+    );
+    for n in &notes {
+        println!("{n}");
+    }
+    let refused: usize = report.values().map(|r| r.refused).sum();
+    Ok(if refused > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 // ------------------------------------------------------------------------------------
