@@ -486,6 +486,28 @@ async fn agents_set_only_the_label_keys_the_controller_allows() {
     assert!(e.message().contains("rack,topology.kubernetes.io/"), "{e}");
     let after = node_labels(&c).await;
     assert_eq!(after, labels, "a refused Hello changes nothing");
+
+    // An administrator's later change to a label the agent sets wins: the agent's next
+    // Hello does not revert it.
+    c.admin()
+        .await
+        .patch(proto::PatchRequest {
+            kind: "Node".into(),
+            name: "n1".into(),
+            r#type: proto::PatchType::Merge as i32,
+            patch: r#"{"metadata":{"labels":{"rack":"r9"}}}"#.into(),
+            resource_version: String::new(),
+        })
+        .await
+        .expect("an administrator relabels");
+    sync_with(
+        c.channel(&Role::Node("n1".into())).await,
+        hello_labels(&[("rack", "r1"), ("topology.kubernetes.io/zone", "z1")]),
+    )
+    .await
+    .expect("the agent reconnects");
+    let labels = node_labels(&c).await;
+    assert_eq!(labels.get("rack").map(String::as_str), Some("r9"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

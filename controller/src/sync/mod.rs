@@ -168,12 +168,10 @@ pub fn merge_agent_labels(
     labels: &std::collections::HashMap<String, String>,
 ) {
     let before = agent_labels(meta);
-    // Labels the agent set before and does not mention now stay as they are, and its.
-    let mut owned: BTreeMap<String, String> = before
-        .iter()
-        .filter(|(k, v)| !labels.contains_key(*k) && meta.labels.get(*k) == Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // What the agent wrote stays recorded (a label it no longer sends, or one an
+    // administrator has since changed, keeps its entry: the value tells whose it is),
+    // so a Hello that changes nothing writes nothing.
+    let mut owned = before.clone();
     for (k, v) in labels {
         let agents = match (meta.labels.get(k), before.get(k)) {
             // Nobody's label (never set, or removed by an administrator).
