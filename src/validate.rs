@@ -648,9 +648,8 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errors) {
             );
         }
     }
-    // As in Calico, a peerIP without asNumber is allowed: when the address is another
-    // node's, that node's AS is used (an outside peer without an AS gets no session,
-    // and the agent reports why).
+    // As in Calico, a peerIP without asNumber is allowed: when the address is a node's,
+    // that node's AS is used; otherwise the cluster's AS (an iBGP session).
     if !s.peer_selector.is_empty() && s.as_number.is_some() {
         e.add(
             "spec.asNumber",

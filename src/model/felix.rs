@@ -316,7 +316,8 @@ impl FelixConfigurationSpec {
         for (key, value) in map {
             let name = canonical_key(&key, &known);
             let field = format!("spec.{name}");
-            if value.is_null() {
+            // Go's omitempty: an empty value is an unset field, as Calico stores it.
+            if value.is_null() || value.as_str() == Some("") {
                 continue;
             }
             fn typed<T: serde::de::DeserializeOwned>(
@@ -598,6 +599,60 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for name in NAT_FIELDS.iter().chain(FIELDS.iter().map(|(n, _)| n)) {
             assert!(seen.insert(name.to_ascii_lowercase()), "{name} twice");
+        }
+    }
+
+    /// A value Calico accepts for a field of this type.
+    fn sample(ty: FieldType) -> Value {
+        use serde_json::json;
+        match ty {
+            Bool => json!(true),
+            Int(min, _) => json!(min),
+            Duration => json!("10s"),
+            Text => json!("text"),
+            Enum(words, _) => json!(words[0]),
+            Address => json!("10.0.0.1"),
+            Port => json!("100:200"),
+            Ports => json!(["30000:32767", 8080]),
+            ProtoPorts => {
+                json!([{"protocol": "tcp", "port": 22}, {"port": 53, "net": "10.0.0.0/8"}])
+            }
+            Cidrs => json!(["10.0.0.0/8", "fd00::1"]),
+            InterfaceFilters => json!(["docker+", "eth0"]),
+            Interface => json!("wg-v6.cali"),
+            KeyValueList => json!("SNATFullyRandom=true,RestoreSupportsLock="),
+            Regex => json!("^(eth|ens)[0-9]+$"),
+            TextMap => json!({"all": "tcp port 80"}),
+            HealthTimeouts => json!([{"name": "InternalDataplaneMainLoop", "timeout": "90s"}]),
+            RouteTableRange => json!({"min": 1, "max": 250}),
+            RouteTableRanges => json!([{"min": 1, "max": 250}, {"min": 300, "max": 400}]),
+            ConntrackTimeouts => json!({"creationGracePeriod": "10s", "tcpEstablished": "Auto"}),
+        }
+    }
+
+    /// Every field of the table, at once, in lower case: parsed, stored in Calico's
+    /// spelling, and reported (one warning each) as stored without effect.
+    #[test]
+    fn every_field_of_the_table_parses_and_is_stored() {
+        let spec: Map<String, Value> = FIELDS
+            .iter()
+            .map(|(name, ty)| (name.to_ascii_lowercase(), sample(*ty)))
+            .collect();
+        let s = parse(Value::Object(spec)).expect("every field");
+        assert_eq!(s.stored.len(), FIELDS.len());
+        for (name, _) in FIELDS {
+            assert!(s.stored.contains_key(*name), "{name}");
+        }
+        let r = super::super::Resource::FelixConfiguration(super::super::Object::new("default", s));
+        assert_eq!(super::super::stored_only(&r).len(), FIELDS.len());
+        // And each field refuses a value of the wrong type, naming itself.
+        for (name, ty) in FIELDS {
+            let wrong = match ty {
+                Bool => serde_json::json!("maybe"),
+                _ => serde_json::json!({"not": ["this"]}),
+            };
+            let e = parse(serde_json::json!({ *name: wrong })).expect_err(name);
+            assert_eq!(e.field, format!("spec.{name}"), "{e}");
         }
     }
 

@@ -150,3 +150,48 @@ pub fn stored_only(r: &Resource) -> Vec<FieldWarning> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row of `field` (its last path segment) in docs/api.md's tables.
+    fn doc_row<'a>(docs: &'a str, field: &str) -> Option<&'a str> {
+        let leaf = field.rsplit('.').next().unwrap_or(field);
+        docs.lines().find(|l| {
+            l.starts_with(&format!("| `{leaf}` |")) || l.starts_with(&format!("| `bgp.{leaf}` |"))
+        })
+    }
+
+    /// Every field the corpus of Calico manifests sets that tern stores only is marked
+    /// so in docs/api.md, and every warning starts with "stored;".
+    #[test]
+    fn docs_mark_every_stored_only_field() {
+        let docs = include_str!("../../docs/api.md");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/valid");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("corpus") {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+            for r in crate::manifest::parse_documents(&text).expect("corpus parses") {
+                for w in stored_only(&r) {
+                    assert!(w.message.starts_with("stored; "), "{w}");
+                    seen += 1;
+                    if r.kind() == super::super::Kind::FelixConfiguration {
+                        assert!(docs.contains(
+                            "Every other field of Calico's FelixConfiguration is **stored only**"
+                        ));
+                        continue;
+                    }
+                    let row = doc_row(docs, &w.field)
+                        .unwrap_or_else(|| panic!("{}: no row in docs/api.md", w.field));
+                    assert!(
+                        row.contains("**Stored only**") || row.contains("**stored only**"),
+                        "{}: {row}",
+                        w.field
+                    );
+                }
+            }
+        }
+        assert!(seen > 10, "the corpus sets stored-only fields");
+    }
+}
