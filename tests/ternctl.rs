@@ -3,45 +3,10 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::Cluster;
+use common::{Cluster, ternctl};
 use tern::pki::Role;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ternctl(c: &Cluster, role: &Role, args: &[&str], stdin: Option<&str>) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ternctl"));
-    cmd.args(args)
-        .envs(c.ternctl_env(role))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("ternctl runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    let o = child.wait_with_output().expect("ternctl finishes");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
 
 const POOLS: &str = "\
 apiVersion: projectcalico.org/v3

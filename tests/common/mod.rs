@@ -5,6 +5,7 @@
 pub mod bgp;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -294,4 +295,40 @@ pub fn podman(netns: &str, dir: &std::path::Path, args: &[&str]) -> anyhow::Resu
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// What a ternctl run printed and its exit code.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run ternctl as a subprocess against the cluster, as `role`.
+pub fn ternctl(c: &Cluster, role: &Role, args: &[&str], stdin: Option<&str>) -> Out {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ternctl"));
+    cmd.args(args)
+        .envs(c.ternctl_env(role))
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("ternctl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    let o = child.wait_with_output().expect("ternctl finishes");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
 }

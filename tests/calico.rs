@@ -1,0 +1,508 @@
+//! Calico drop-in: tern's corpus of Calico manifests (tests/manifests) applied with
+//! ternctl as an operator would, a Calico export imported and its sessions rendered,
+//! calicoctl's habits (label, validate, version), reverse peerIP peerings, and
+//! FelixConfiguration driving an agent's NAT. ternctl runs as a subprocess against a
+//! live controller over mTLS; agents run in-process against it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::{Cluster, Out, recording_agent, ternctl};
+use tern::pki::Role;
+
+fn manifests(dir: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/manifests")
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("manifest directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}", root.display());
+    files
+}
+
+/// The `# <tag>: ` lines at the top of a manifest.
+fn header(path: &Path, tag: &str) -> BTreeSet<String> {
+    let prefix = format!("# {tag}: ");
+    std::fs::read_to_string(path)
+        .expect("read manifest")
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+/// The warnings a ternctl run printed (without the `Warning: ` prefix).
+fn warnings(o: &Out) -> BTreeSet<String> {
+    o.stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("Warning: ").map(str::to_string))
+        .collect()
+}
+
+fn run(c: &Cluster, args: &[&str]) -> Out {
+    tokio::task::block_in_place(|| ternctl(c, &Role::Admin, args, None))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_applies_with_exactly_its_warnings_and_refusals_change_nothing() {
+    let c = Cluster::start().await;
+    for file in manifests("valid") {
+        let f = file.to_str().expect("utf8 path");
+        let want = header(&file, "warning");
+        // Offline first: the same validator, no server.
+        let o = run(&c, &["validate", "-f", f]);
+        assert_eq!(o.code, 0, "{f}: validate: {}", o.stderr);
+        assert_eq!(warnings(&o), want, "{f}: validate warnings");
+        let o = run(&c, &["apply", "-f", f]);
+        assert_eq!(o.code, 0, "{f}: apply: {}", o.stderr);
+        assert!(
+            o.stdout.starts_with("Successfully applied"),
+            "{f}: {}",
+            o.stdout
+        );
+        assert_eq!(warnings(&o), want, "{f}: apply warnings");
+    }
+
+    // Field names in any case are stored in Calico's spelling.
+    let o = run(
+        &c,
+        &["get", "bgpfilter", "export-only-blocks", "-o", "json"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(
+        v["spec"]["exportV4"][0]["communities"]["values"][0],
+        "64512:100"
+    );
+    assert!(v["spec"].get("exportv4").is_none());
+    let o = run(&c, &["get", "ippool", "pool-team-a", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["spec"]["blockSize"], 24);
+    assert_eq!(v["spec"]["nodeSelector"], "rack == 'r1'");
+    let o = run(&c, &["get", "felixconfig", "default", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["spec"]["logSeverityScreen"], "Info");
+    assert_eq!(v["spec"]["iptablesMarkMask"], 4_294_901_760u64);
+    assert_eq!(v["spec"]["natPortRange"], "32768:65535");
+    let o = run(&c, &["get", "bgpconfig", "default", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["spec"]["asNumber"], 64512, "0xfc00, YAML's hex");
+    let o = run(&c, &["get", "nodes", "kube-node-1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(
+        v["metadata"]["labels"]["route-reflector"], "true",
+        "YAML 1.1 yes"
+    );
+    assert!(v.get("status").is_none(), "Calico's status is dropped");
+
+    for file in manifests("invalid") {
+        let f = file.to_str().expect("utf8 path");
+        let field = header(&file, "error");
+        let field = field.iter().next().expect("an error line");
+        let before = c.etcd_dump().await;
+        let o = run(&c, &["apply", "-f", f]);
+        assert_ne!(o.code, 0, "{f}: refused");
+        assert!(
+            o.stderr.contains(&format!("{field}: ")),
+            "{f}: the error names {field}: {}",
+            o.stderr
+        );
+        assert_eq!(c.etcd_dump().await, before, "{f}: etcd unchanged");
+        let o = run(&c, &["validate", "-f", f]);
+        assert_ne!(o.code, 0, "{f}: validate refuses too");
+        assert!(
+            o.stderr.contains(&format!("{field}: ")),
+            "{f}: {}",
+            o.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_bird_cannot_carry_is_refused_on_the_peer_that_names_it() {
+    let c = Cluster::start().await;
+    // What the controller writes at start (its default BGPConfiguration, its cache
+    // marker) is there before the comparison below.
+    let settled = common::eventually(10, async || {
+        let (keys, _) = c.etcd_dump().await;
+        keys.keys()
+            .any(|k| k.ends_with("/bgpconfiguration/default"))
+            && keys.keys().any(|k| k.contains("marker"))
+    })
+    .await;
+    assert!(settled);
+    // A Secret holding such a value cannot be written through the API any more; one
+    // left from before (written straight into etcd here) makes peerings naming it fail.
+    let bad = tern::manifest::parse_documents(
+        "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: old}\nstringData: {pw: 'a\"b'}\n",
+    )
+    .expect("secret")
+    .remove(0);
+    let mut etcd = c.etcd.client().await.expect("etcd client");
+    etcd.put(
+        tern::model::resource_key(&c.prefix, tern::model::Kind::Secret, "old"),
+        bad.to_json_bytes(),
+        None,
+    )
+    .await
+    .expect("put");
+    let before = c.etcd_dump().await;
+    for doc in [
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, password: {secretKeyRef: {name: old, key: pw}}}\n",
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeMeshPassword: {secretKeyRef: {name: old, key: pw}}}\n",
+    ] {
+        let o = tokio::task::block_in_place(|| {
+            ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(doc))
+        });
+        assert_ne!(o.code, 0);
+        assert!(
+            o.stderr
+                .contains("secretKeyRef: key pw of Secret old holds a character BIRD cannot carry"),
+            "{}",
+            o.stderr
+        );
+        assert!(!o.stderr.contains("a\"b"), "the value is never shown");
+    }
+    assert_eq!(c.etcd_dump().await, before);
+    // Another key of the same Secret, or a Secret not written yet, is fine.
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Admin,
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, password: {secretKeyRef: {name: later, key: pw}}}\n",
+            ),
+        )
+    });
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ternctl_label_version_and_validate_work_as_calicoctl_does() {
+    let c = Cluster::start().await;
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Admin,
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 10.0.0.1/24}}\n",
+            ),
+        )
+    });
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let o = run(&c, &["label", "nodes", "n1", "rack=r1"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "Successfully set label rack on node n1\n"),
+        "{}",
+        o.stderr
+    );
+    let o = run(&c, &["label", "nodes", "n1", "rack=r2"]);
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr
+            .contains("key rack is already present with value r1; use --overwrite"),
+        "{}",
+        o.stderr
+    );
+    let o = run(&c, &["label", "nodes", "n1", "rack=r2", "--overwrite"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(&c, &["get", "nodes", "n1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["metadata"]["labels"]["rack"], "r2");
+    let o = run(&c, &["label", "nodes", "n1", "rack", "--remove"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "Successfully removed label rack from node n1\n"),
+        "{}",
+        o.stderr
+    );
+    let o = run(&c, &["label", "nodes", "n1", "rack", "--remove"]);
+    assert_ne!(o.code, 0, "nothing to remove");
+    let o = run(&c, &["label", "nodes", "n1", "Bad Key=x"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("metadata.labels"), "{}", o.stderr);
+    let o = run(&c, &["label", "nodes", "nope", "a=b"]);
+    assert_ne!(o.code, 0);
+    // A viewer may not label.
+    let o = tokio::task::block_in_place(|| {
+        ternctl(&c, &Role::Viewer, &["label", "nodes", "n1", "a=b"], None)
+    });
+    assert_ne!(o.code, 0);
+
+    let o = run(&c, &["version"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        o.stdout,
+        format!("Client Version:     {v}\nController Version: {v}\n")
+    );
+
+    // validate needs no server at all.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("pools.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/16}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: b}\nspec: {cidr: 10.0.128.0/17}\n",
+    )
+    .expect("write");
+    let o = tokio::task::block_in_place(|| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ternctl"));
+        cmd.args(["--server", "127.0.0.1:1", "validate", "-f"])
+            .arg(&f);
+        cmd.output().expect("ternctl runs")
+    });
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("document 2: spec.cidr: 10.0.128.0/17 overlaps IPPool \"a\""),
+        "{stderr}"
+    );
+}
+
+/// The sessions (BIRD protocol names) a rendered configuration holds.
+fn sessions(bird: &str) -> BTreeSet<String> {
+    bird.lines()
+        .filter_map(|l| l.trim().strip_prefix("protocol bgp "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calico_export_imports_and_renders_the_clusters_sessions() {
+    let c = Cluster::start().await;
+    let export =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests/export/calico-export.yaml");
+    let f = export.to_str().expect("utf8 path");
+    let o = run(&c, &["datastore", "import", "-f", f]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let table: Vec<&str> = o
+        .stdout
+        .lines()
+        .take_while(|l| !l.starts_with("skipped"))
+        .collect();
+    let normalized: Vec<String> = table
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        normalized,
+        [
+            "KIND CREATED REPLACED SKIPPED REFUSED",
+            // The controller wrote its default BGPConfiguration at start.
+            "BGPConfiguration 0 1 0 0",
+            "BGPPeer 2 0 0 0",
+            "BlockAffinity 1 0 0 0",
+            "ClusterInformation 0 0 1 0",
+            "FelixConfiguration 1 0 0 0",
+            "GlobalNetworkPolicy 0 0 1 0",
+            "IPPool 1 0 0 0",
+            "Node 3 0 0 0",
+            "Secret 1 0 0 0",
+        ]
+    );
+    assert!(
+        o.stdout.contains(
+            "skipped GlobalNetworkPolicy(default.allow-dns): network policy is not tern's job"
+        ),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("skipped ClusterInformation(default): Calico's own bookkeeping")
+    );
+    assert!(
+        o.stderr.contains("Warning: IPPool(default-ipv4-ippool): spec.ipipMode: stored; tern builds no IPIP tunnels"),
+        "{}",
+        o.stderr
+    );
+    // Server metadata was dropped: the controller set its own.
+    let got = run(&c, &["get", "bgppeer", "rack2-tor", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&got.stdout).expect("json");
+    assert_ne!(v["metadata"]["uid"], "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d");
+    // Importing again replaces.
+    let o = run(&c, &["datastore", "import", "-f", f]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Node", "0", "3", "0", "0"]),
+        "{}",
+        o.stdout
+    );
+
+    // What tern now holds, as the migration guide reads it back, renders the sessions
+    // Calico's confd gave kube-node-2: the mesh, the global peer and its own peer, with
+    // Calico's names.
+    let mut all = String::new();
+    for kind in [
+        "nodes",
+        "bgpconfigs",
+        "bgppeers",
+        "ippools",
+        "blockaffinities",
+        "felixconfigs",
+        "secrets",
+    ] {
+        let o = run(&c, &["get", kind, "-o", "yaml", "--show-secrets"]);
+        assert_eq!(o.code, 0, "{kind}: {}", o.stderr);
+        all.push_str(&o.stdout);
+        all.push_str("---\n");
+    }
+    let bird = tern_agent::render::render_offline(
+        &all,
+        "kube-node-2",
+        tern_agent::render::What::Bird,
+        Default::default(),
+        &Default::default(),
+    )
+    .expect("renders");
+    assert_eq!(
+        sessions(&bird),
+        [
+            "Global_10_0_0_1",
+            "Mesh_10_0_0_10",
+            "Mesh_10_0_0_11",
+            "Node_10_0_0_2"
+        ]
+        .map(String::from)
+        .into()
+    );
+    assert!(
+        bird.contains("password \"rack2-tor-Pa55\""),
+        "the imported Secret's password"
+    );
+    assert!(
+        bird.contains("192.168.12.0/26"),
+        "the imported block is advertised"
+    );
+    // FelixConfiguration's natOutgoingExclusions reached the NAT calculation.
+    let nat = tern_agent::render::render_offline(
+        &all,
+        "kube-node-2",
+        tern_agent::render::What::Nat,
+        Default::default(),
+        &Default::default(),
+    )
+    .expect("renders NAT");
+    assert!(
+        nat.contains("10.0.0.10"),
+        "host addresses are excluded: {nat}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_ip_peering_reaches_the_node_it_names() {
+    let c = Cluster::start().await;
+    let docs = "\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: pair}
+stringData: {pw: pair-Pa55}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: n1-to-n2}
+spec: {node: n1, peerIP: 10.0.0.2, asNumber: 64512, password: {secretKeyRef: {name: pair, key: pw}}}
+";
+    // The nodes register first (an address that is already some BGPPeer's peerIP is
+    // not one an agent may register for itself; an administrator may).
+    let (a1, _) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    let (a2, _) = recording_agent(&c, "n2", "10.0.0.2/24", vec![c.server()]).await;
+    let o = tokio::task::block_in_place(|| {
+        ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(docs))
+    });
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let both = common::eventually(15, async || {
+        let v2 = a2.sync.view.read().clone();
+        v2.peers.contains_key("n1-to-n2") && v2.nodes.contains_key("n1")
+    })
+    .await;
+    assert!(both, "the peering and n1 reach n2");
+    let v1 = a1.sync.view.read().clone();
+    let v2 = a2.sync.view.read().clone();
+    assert_eq!(v2.secret_value("pair", "pw"), Some("pair-Pa55"));
+    // Each side's renderer configures its end of the one session.
+    let opts = Default::default();
+    let b1 = tern_agent::calc::bird::render(&v1, "n1", &opts).expect("n1 renders");
+    let b2 = tern_agent::calc::bird::render(&v2, "n2", &opts).expect("n2 renders");
+    assert!(sessions(&b1).contains("Node_10_0_0_2"), "{b1}");
+    assert!(sessions(&b2).contains("Node_10_0_0_1"), "{b2}");
+    assert!(b2.contains("password \"pair-Pa55\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn felix_configuration_drives_an_agents_nat() {
+    let c = Cluster::start().await;
+    let docs = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pods}
+spec: {cidr: 10.244.0.0/16, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec: {natOutgoingAddress: 203.0.113.7, natPortRange: '32768:60999', iptablesNATOutgoingInterfaceFilter: eth+, logSeverityScreen: Info}
+---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: node.n1}
+spec: {natPortRange: '40000:50000'}
+";
+    let o = tokio::task::block_in_place(|| {
+        ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(docs))
+    });
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    let programmed = common::eventually(15, async || {
+        driver
+            .current()
+            .is_some_and(|s| s.v4.snat_address.is_some())
+    })
+    .await;
+    assert!(programmed, "the NAT state was programmed");
+    let s = driver.current().expect("a state");
+    assert_eq!(s.v4.snat_address, Some("203.0.113.7".parse().expect("ip")));
+    assert_eq!(
+        s.port_range.map(|p| p.to_string()).as_deref(),
+        Some("40000:50000"),
+        "node.n1 wins"
+    );
+    assert_eq!(s.interface_filter.map(|f| f.nft()).as_deref(), Some("eth*"));
+    // AgentConfiguration at the same scope wins over FelixConfiguration.
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Admin,
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: default}\nspec: {natOutgoingAddress: 203.0.113.8}\n",
+            ),
+        )
+    });
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let moved = common::eventually(15, async || {
+        driver
+            .current()
+            .is_some_and(|s| s.v4.snat_address == Some("203.0.113.8".parse().expect("ip")))
+    })
+    .await;
+    assert!(moved);
+    drop(agent);
+}
