@@ -1,8 +1,9 @@
 //! IPv6 end to end, beside IPv4: the node-to-node mesh and route reflectors over both
 //! families, IPv6 blocks advertised over IPv6 sessions to a router, IPv6 pods reached
 //! from outside, NAT outgoing for IPv6 pools (the node's address outside, the pod's
-//! own without NAT), dual-stack pods; and a route reflector that takes its clients by
-//! dynamic BGP, whose configuration stays as it is while clients come and go.
+//! own without NAT), dual-stack pods; and two route reflectors (of two clusters) that
+//! take their clients by dynamic BGP and each other by explicit sessions, whose
+//! configurations stay as they are while clients come and go.
 //!
 //! ```text
 //!   ext 198.51.100.2 / 2001:db8:e::2
@@ -257,10 +258,30 @@ spec:
   password: {secretKeyRef: {name: bgp, key: clients}}
 ---
 apiVersion: tern.dev/v1
+kind: BGPPeer
+metadata: {name: between-reflectors}
+spec:
+  nodeSelector: has(reflector)
+  peerSelector: has(reflector)
+  password: {secretKeyRef: {name: bgp, key: clients}}
+---
+apiVersion: tern.dev/v1
 kind: Node
 metadata: {name: rr, labels: {reflector: 'true'}}
 spec: {bgp: {ipv4Address: 192.168.81.10/24, ipv6Address: 'fd81::10/64', routeReflectorClusterID: 224.0.0.1}}
+---
+apiVersion: tern.dev/v1
+kind: Node
+metadata: {name: rr2, labels: {reflector: 'true'}}
+spec: {bgp: {ipv4Address: 192.168.81.11/24, ipv6Address: 'fd81::11/64', routeReflectorClusterID: 224.0.0.2}}
 ";
+
+/// The reflectors: name, IPv4 and IPv6 address. Of two clusters, so each takes the
+/// other as a client too (by an explicit session: a range on both ends only listens).
+const REFLECTORS: [(&str, &str, &str); 2] = [
+    ("rr", "192.168.81.10", "fd81::10"),
+    ("rr2", "192.168.81.11", "fd81::11"),
+];
 
 fn addr4(i: usize) -> String {
     format!("192.168.81.{}", 20 + i)
@@ -285,9 +306,11 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
     let c = Cluster::start().await;
     let dir = tempfile::tempdir()?;
     let lan = Lan::new()?;
-    let rr = Netns::new("rr")?;
+    let rrs = [Netns::new("rr")?, Netns::new("rr2")?];
     let clients = [Netns::new("c0")?, Netns::new("c1")?, Netns::new("c2")?];
-    lan.attach(&rr, "eth0", &["192.168.81.10/24", "fd81::10/64"])?;
+    for (n, (_, a4, a6)) in rrs.iter().zip(REFLECTORS) {
+        lan.attach(n, "eth0", &[&format!("{a4}/24"), &format!("{a6}/64")])?;
+    }
     for (i, n) in clients.iter().enumerate() {
         lan.attach(
             n,
@@ -297,14 +320,12 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
         forwarding(n)?;
     }
     apply(&c, REFLECTION).await;
-    let rr_dir = dir.path().join("rr");
-    let rr_agent = start_agent(
-        &c,
-        &rr,
-        &rr_dir,
-        &AgentSpec::new("rr", "192.168.81.10/24", "fd81::10/64"),
-    )
-    .await;
+    let mut rr_agents = Vec::new();
+    for (n, (name, a4, a6)) in rrs.iter().zip(REFLECTORS) {
+        let (a4, a6) = (format!("{a4}/24"), format!("{a6}/64"));
+        let spec = AgentSpec::new(name, &a4, &a6);
+        rr_agents.push(start_agent(&c, n, &dir.path().join(name), &spec).await);
+    }
     let mut agents = Vec::new();
     let names = ["c0", "c1", "c2"];
     for i in 0..2 {
@@ -313,37 +334,46 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
         agents.push(start_agent(&c, &clients[i], &dir.path().join(names[i]), &spec).await);
     }
 
-    // 1. The reflector accepts both clients in both families through its ranges; the
-    // clients keep their explicit sessions to it.
-    let s = wait_sessions(
-        &c,
-        "rr",
-        40,
-        "both clients accepted in both families",
-        |s| {
-            (0..2).all(|i| {
-                [addr4(i), addr6(i)]
-                    .iter()
-                    .all(|a| established(s, a).is_some_and(|x| x.name.starts_with("Dynamic_")))
-            })
-        },
-    )
-    .await?;
-    ensure!(
-        s.iter()
-            .any(|x| x.name == "Dynamic_192_168_81_0_24" && x.peer_address == "192.168.81.0/24"),
-        "the listening range shows: {s:#?}"
-    );
+    // 1. Each reflector accepts both clients in both families through its ranges, and
+    // keeps an explicit session to the other reflector; the clients keep their explicit
+    // sessions to both.
+    for (rr, _, _) in REFLECTORS {
+        let s = wait_sessions(
+            &c,
+            rr,
+            40,
+            "both clients accepted in both families, the other reflector explicit",
+            |s| {
+                (0..2).all(|i| {
+                    [addr4(i), addr6(i)]
+                        .iter()
+                        .all(|a| established(s, a).is_some_and(|x| x.name.starts_with("Dynamic_")))
+                }) && REFLECTORS.iter().filter(|r| r.0 != rr).all(|(_, a4, a6)| {
+                    [a4, a6]
+                        .iter()
+                        .all(|a| established(s, a).is_some_and(|x| x.name.starts_with("Node_")))
+                })
+            },
+        )
+        .await?;
+        ensure!(
+            s.iter()
+                .any(|x| x.name == "Dynamic_192_168_81_0_24" && x.peer_address == "192.168.81.0/24"),
+            "the listening range shows on {rr}: {s:#?}"
+        );
+    }
     for name in &names[..2] {
         wait_sessions(
             &c,
             name,
             20,
-            "the client's sessions to the reflector",
+            "the client's sessions to both reflectors",
             |s| {
-                ["192.168.81.10", "fd81::10"]
-                    .iter()
-                    .all(|p| established(s, p).is_some_and(|x| x.name.starts_with("Node_")))
+                REFLECTORS.iter().all(|(_, a4, a6)| {
+                    [a4, a6]
+                        .iter()
+                        .all(|p| established(s, p).is_some_and(|x| x.name.starts_with("Node_")))
+                })
             },
         )
         .await?;
@@ -360,20 +390,23 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
             &clients[0],
             fam,
             20,
-            &format!("c0 learned {b} through the reflector"),
+            &format!("c0 learned {b} through the reflectors"),
             |r| r.iter().any(|(d, g)| *d == b && *g == gw),
         )
         .await?;
     }
 
-    // 2. A third client joins: it is accepted, and the reflector's configuration is
-    // neither rewritten nor reloaded.
-    let (before, mtime) = live_config(&rr_dir)?;
-    let reload = node_status(&c, "rr")
-        .await
-        .bgp
-        .map(|b| b.last_reload)
-        .unwrap_or_default();
+    // 2. A third client joins: both reflectors accept it, and neither reflector's
+    // configuration is rewritten or reloaded.
+    let mut before = Vec::new();
+    for (rr, _, _) in REFLECTORS {
+        let reload = node_status(&c, rr)
+            .await
+            .bgp
+            .map(|b| b.last_reload)
+            .unwrap_or_default();
+        before.push((live_config(&dir.path().join(rr))?, reload));
+    }
     let (a4, a6) = (format!("{}/24", addr4(2)), format!("{}/64", addr6(2)));
     agents.push(
         start_agent(
@@ -384,53 +417,61 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
         )
         .await,
     );
-    wait_sessions(&c, "rr", 40, "the third client accepted", |s| {
-        [addr4(2), addr6(2)]
-            .iter()
-            .all(|a| established(s, a).is_some())
-    })
-    .await?;
-    let after = node_status(&c, "rr").await;
-    ensure!(
-        after
+    for (rr, _, _) in REFLECTORS {
+        wait_sessions(&c, rr, 40, "the third client accepted", |s| {
+            [addr4(2), addr6(2)]
+                .iter()
+                .all(|a| established(s, a).is_some())
+        })
+        .await?;
+    }
+    for ((rr, _, _), (file, reload)) in REFLECTORS.iter().zip(&before) {
+        let now = node_status(&c, rr)
+            .await
             .bgp
-            .as_ref()
-            .map(|b| b.last_reload.clone())
-            .unwrap_or_default()
-            == reload,
-        "the reflector was reloaded for a joining client"
-    );
-    ensure!(
-        live_config(&rr_dir)? == (before.clone(), mtime),
-        "the reflector's file changed"
-    );
-    ensure!(
-        !before.contains(&addr4(2)),
-        "the reflector's configuration names a client"
-    );
+            .map(|b| b.last_reload)
+            .unwrap_or_default();
+        ensure!(now == *reload, "{rr} was reloaded for a joining client");
+        ensure!(
+            live_config(&dir.path().join(rr))? == *file,
+            "{rr}'s file changed"
+        );
+        ensure!(
+            !file.0.contains(&addr4(2)),
+            "{rr}'s configuration names a client"
+        );
+    }
 
-    // 3. It leaves (agent stopped, Node deleted): no reload either, and its session
-    // goes away.
+    // 3. It leaves (agent stopped, Node deleted): no reload either, and its sessions
+    // go away.
     let gone = agents.pop().context("c2")?;
     gone.stop();
     cleanup_node(&clients[2], &dir.path().join("c2"))?;
     delete(&c, "node", "c2").await;
-    wait_sessions(&c, "rr", 40, "the third client's sessions gone", |s| {
-        !s.iter()
-            .any(|x| x.peer_address == addr4(2) && x.bgp_state == "Established")
-    })
-    .await?;
+    for (rr, _, _) in REFLECTORS {
+        wait_sessions(&c, rr, 40, "the third client's sessions gone", |s| {
+            !s.iter()
+                .any(|x| x.peer_address == addr4(2) && x.bgp_state == "Established")
+        })
+        .await?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ensure!(
-        live_config(&rr_dir)? == (before, mtime),
-        "the reflector's file changed"
-    );
+    for ((rr, _, _), (file, _)) in REFLECTORS.iter().zip(&before) {
+        ensure!(
+            live_config(&dir.path().join(rr))? == *file,
+            "{rr}'s file changed"
+        );
+    }
 
     for a in agents {
         a.stop();
     }
-    rr_agent.stop();
-    cleanup_node(&rr, &rr_dir)?;
+    for a in rr_agents {
+        a.stop();
+    }
+    for (n, (rr, _, _)) in rrs.iter().zip(REFLECTORS) {
+        cleanup_node(n, &dir.path().join(rr))?;
+    }
     for (i, n) in clients.iter().take(2).enumerate() {
         cleanup_node(n, &dir.path().join(names[i]))?;
     }

@@ -544,8 +544,10 @@ fn explicit_session(
         long_lived_stale_time: None,
         bfd: None,
         // Only clients chosen as nodes (selector or reverse peering) can be taken by
-        // a range; a peerIP names one address on purpose.
-        client_range: if rr_cluster_id.is_some() && !r.by_ip {
+        // a range; a peerIP names one address on purpose. A client that reflects for
+        // another cluster stays explicit: it takes us as its client, and if both ends
+        // only listened on a range, neither would connect.
+        client_range: if rr_cluster_id.is_some() && !r.by_ip && r.rr_cluster_id.is_none() {
             r.net
         } else {
             None

@@ -703,6 +703,10 @@ fn session_options_reach_mesh_and_peers() {
 
 /// A reflector, `clients` client nodes in 10.1.0.0/16 and one peering for all.
 fn reflector_view(clients: usize, mode: &str) -> View {
+    view(&reflector_view_yaml(clients, mode))
+}
+
+fn reflector_view_yaml(clients: usize, mode: &str) -> String {
     let mut y = String::from(
         "---\napiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: rr, labels: {rr: 'true'}}\n\
          spec: {bgp: {ipv4Address: 10.1.0.1/16, routeReflectorClusterID: 1.1.1.1}}\n",
@@ -725,7 +729,7 @@ fn reflector_view(clients: usize, mode: &str) -> View {
         )
         .replace("/24", "/16");
     }
-    view(&y)
+    y
 }
 
 #[test]
@@ -744,4 +748,27 @@ fn dynamic_reflectors_do_not_change_when_clients_come_and_go() {
     let explicit = build(&reflector_view(3, "Explicit"), "rr");
     assert_eq!(names(&explicit).len(), 3);
     assert!(explicit.families[0].dynamic.is_empty());
+}
+
+#[test]
+fn dynamic_reflectors_of_two_clusters_connect_to_each_other() {
+    // A second reflector, of another cluster, in the clients' range: each reflector
+    // takes the other as a client, and a range alone on both ends would only listen.
+    let y = reflector_view_yaml(3, "Dynamic")
+        + "---\napiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: rr2, labels: {rr: 'true'}}\n\
+           spec: {bgp: {ipv4Address: 10.1.9.1/16, routeReflectorClusterID: 2.2.2.2}}\n"
+        + &doc(
+            "BGPPeer",
+            "between-rrs",
+            "  nodeSelector: has(rr)\n  peerSelector: has(rr)\n",
+        );
+    let v = view(&y);
+    for (me, other) in [("rr", "Node_10_1_9_1"), ("rr2", "Node_10_1_0_1")] {
+        let p = build(&v, me);
+        assert_eq!(names(&p), [other], "{me}'s explicit sessions");
+        let s = session(&p, other);
+        assert!(!s.passive && s.rr_cluster_id.is_some(), "{me}: {s:?}");
+        // Its clients still come through the range.
+        assert_eq!(p.families[0].dynamic.len(), 1, "{me}");
+    }
 }
