@@ -21,6 +21,25 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// Parse an RFC 3339 time, as [`rfc3339`] writes them.
+pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+impl crate::proto::BgpStatus {
+    /// The same state but for what moves with the clock alone: every session's uptime
+    /// (it grows with every poll). Two states equal in this form tell nothing new, so
+    /// a report for the difference is not worth sending or storing; a reader adds the
+    /// time since the report to the uptimes it carries.
+    pub fn without_uptimes(&self) -> crate::proto::BgpStatus {
+        let mut s = self.clone();
+        for x in &mut s.sessions {
+            x.uptime_seconds = 0;
+        }
+        s
+    }
+}
+
 /// Wait for SIGTERM or SIGINT.
 pub async fn shutdown_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -69,5 +88,30 @@ mod tests {
     fn timestamps_are_whole_seconds_in_utc() {
         let t = time::macros::datetime!(2026-11-24 19:41:35.123 +02:00);
         assert_eq!(super::rfc3339(t), "2026-11-24T17:41:35Z");
+        assert_eq!(
+            super::parse_rfc3339("2026-11-24T17:41:35Z"),
+            Some(time::macros::datetime!(2026-11-24 17:41:35 UTC))
+        );
+        assert_eq!(super::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn uptimes_alone_are_no_change() {
+        use crate::proto::{BgpSession, BgpStatus};
+        let at = |uptime_seconds, bgp_state: &str| BgpStatus {
+            state: "running".into(),
+            sessions: vec![BgpSession {
+                name: "Mesh_10_0_0_2".into(),
+                bgp_state: bgp_state.into(),
+                uptime_seconds,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let a = at(10, "Established");
+        assert_eq!(a.without_uptimes(), at(15, "Established").without_uptimes());
+        assert_ne!(a.without_uptimes(), at(0, "Active").without_uptimes());
+        // The original keeps its uptimes.
+        assert_eq!(a.sessions[0].uptime_seconds, 10);
     }
 }

@@ -599,7 +599,7 @@ impl ApplyLoop {
         calc::nat::desired(&self.sync.view.read(), &self.node)
     }
 
-    /// Refresh BGP session state; true when it changed.
+    /// Refresh BGP session state; true when it changed in more than its uptimes.
     async fn poll_bgp(&mut self) -> bool {
         let Some(bgp) = self.bgp.as_mut() else {
             return false;
@@ -616,7 +616,8 @@ impl ApplyLoop {
         if fresh.error.is_empty() {
             fresh.error = old.error.clone();
         }
-        let changed = fresh != old;
+        // An uptime grows with every poll: not a change worth a report.
+        let changed = fresh.without_uptimes() != old.without_uptimes();
         self.metrics.set_bgp_sessions(&fresh.sessions);
         self.status.bgp = Some(fresh);
         changed

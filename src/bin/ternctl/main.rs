@@ -1020,7 +1020,16 @@ fn session_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<String>> {
 
 /// The detail of each session of a family (tern's, beside calicoctl's table): uptime,
 /// the hold and keepalive times in force, BFD, routes, and BIRD's last error.
-fn session_detail_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<String>> {
+fn session_detail_rows(
+    status: &proto::NodeStatus,
+    family: u32,
+    now: time::OffsetDateTime,
+) -> Vec<Vec<String>> {
+    // Uptimes are as of the report (an agent does not report for an uptime alone):
+    // add the time since.
+    let since_report = tern::util::parse_rfc3339(&status.reported_at)
+        .and_then(|at| u64::try_from((now - at).whole_seconds()).ok())
+        .unwrap_or(0);
     let secs = |n: u64| {
         if n == 0 {
             "-".to_string()
@@ -1046,7 +1055,11 @@ fn session_detail_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<Strin
             vec![
                 s.peer_address.clone(),
                 s.bgp_state.clone(),
-                secs(s.uptime_seconds),
+                secs(if s.uptime_seconds == 0 {
+                    0
+                } else {
+                    s.uptime_seconds + since_report
+                }),
                 timers,
                 if s.bfd_state.is_empty() {
                     "-".to_string()
@@ -1138,7 +1151,7 @@ fn print_status(name: &str, info: Option<&proto::NodeInfo>, status: &proto::Node
                         "ROUTES IN/OUT/FILTERED",
                         "LAST ERROR",
                     ],
-                    &session_detail_rows(status, fam),
+                    &session_detail_rows(status, fam, time::OffsetDateTime::now_utc()),
                     &[],
                 )
             );
@@ -1705,5 +1718,35 @@ mod tests {
         // A /48 pool's addresses are counted up to u64::MAX.
         assert_eq!(super::pct(6, u64::MAX), "0%");
         assert_eq!(super::pct(u64::MAX - 6, u64::MAX), "100%");
+    }
+
+    #[test]
+    fn uptimes_count_from_the_report() {
+        use tern::proto::{BgpSession, BgpStatus, NodeStatus};
+        let status = NodeStatus {
+            reported_at: "2026-12-05T10:00:00Z".into(),
+            bgp: Some(BgpStatus {
+                sessions: vec![
+                    BgpSession {
+                        peer_address: "10.0.0.2".into(),
+                        family: 4,
+                        uptime_seconds: 60,
+                        ..Default::default()
+                    },
+                    BgpSession {
+                        peer_address: "10.0.0.3".into(),
+                        family: 4,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let now = time::macros::datetime!(2026-12-05 10:00:30 UTC);
+        let rows = super::session_detail_rows(&status, 4, now);
+        assert_eq!(rows[0][2], "1m30s", "{rows:?}");
+        // Not known: stays unknown.
+        assert_eq!(rows[1][2], "-", "{rows:?}");
     }
 }
