@@ -1,7 +1,8 @@
 //! The lab end to end: `deploy/lab up` with the workspace's binaries, then every claim
 //! of the lab checked again from the outside, in both address families (the router's
 //! kernel routes, the source addresses the internet host sees, before and after a
-//! patch, a connection from the internet host to a pod), `up` again over a running lab,
+//! patch, a connection from the internet host to a pod, route reflectors in place of
+//! the mesh and back), `up` again over a running lab,
 //! and `deploy/lab down` leaving no namespace, process, interface or file behind.
 //!
 //! The lab runs in a directory and under a namespace prefix of its own
@@ -525,6 +526,133 @@ fn check_claims(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Route reflectors in both families, checked from the outside: host1 becomes a
+/// reflector taking its clients by dynamic BGP, the mesh goes, host2 learns host3's
+/// blocks of both families through it and pods of the two reach each other; then the
+/// mesh comes back.
+fn check_reflector(lab: &Lab) -> anyhow::Result<()> {
+    let nodes = lab.node_addresses()?;
+    let blocks = lab.blocks()?;
+    let pods = lab.pods()?;
+    let pod = |name: &str| {
+        pods.iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("pod {name}"))
+    };
+    let (from, to) = (pod("host2-pod-a")?, pod("host3-pod-a")?);
+    // Each row of the session table: (peer, peer type, info).
+    let sessions = |node: &str| -> anyhow::Result<Vec<(String, String, String)>> {
+        let out = lab.ternctl(&["node", "status", node])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                (c.len() == 7 && c[1].parse::<IpAddr>().is_ok())
+                    .then(|| (c[1].to_string(), c[2].to_string(), c[5].to_string()))
+            })
+            .collect())
+    };
+    let within = |what: &str, f: &dyn Fn() -> anyhow::Result<bool>| -> anyhow::Result<()> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if f()? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!("{what}: not within 60 s")
+    };
+    let established = |node: &str, peer: IpAddr, ty: &str| -> anyhow::Result<bool> {
+        Ok(sessions(node)?.iter().any(|(p, t, info)| {
+            *p == peer.to_string() && t == ty && info.starts_with("Established")
+        }))
+    };
+    let reach = || -> anyhow::Result<bool> {
+        Ok([IpAddr::V4(to.ip), IpAddr::V6(to.ip6)]
+            .iter()
+            .all(|ip| exec(&from.ns, &["ping", "-c", "1", "-W", "2", &ip.to_string()]).is_ok()))
+    };
+
+    lab.ternctl(&[
+        "patch",
+        "node",
+        "host1",
+        "--patch",
+        r#"{"metadata":{"labels":{"route-reflector":"true"}},"spec":{"bgp":{"routeReflectorClusterID":"224.0.0.1"}}}"#,
+    ])?;
+    let peer = lab.dir.join("intent/test-peer-with-reflector.yaml");
+    std::fs::write(
+        &peer,
+        "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: test-peer-with-reflector}\n\
+         spec: {nodeSelector: '!has(route-reflector)', peerSelector: has(route-reflector)}\n",
+    )?;
+    lab.ternctl(&["apply", "-f", &peer.display().to_string()])?;
+    lab.ternctl(&[
+        "patch",
+        "bgpconfiguration",
+        "default",
+        "--patch",
+        r#"{"spec":{"nodeToNodeMeshEnabled":false,"routeReflectorClients":"Dynamic"}}"#,
+    ])?;
+    let (rr4, rr6) = nodes["host1"];
+    for client in ["host2", "host3"] {
+        let (c4, c6) = nodes[client];
+        for (rr, c) in [(rr4, c4), (rr6, c6)] {
+            within(
+                &format!("{client} peering with the reflector at {rr}"),
+                &|| established(client, rr, "node specific"),
+            )?;
+            within(
+                &format!("the reflector accepting {client} ({c}) by range"),
+                &|| established("host1", c, "route reflector client"),
+            )?;
+        }
+    }
+    let (h3v4, h3v6) = nodes["host3"];
+    within("host2's mesh sessions to host3 gone", &|| {
+        Ok(!sessions("host2")?
+            .iter()
+            .any(|(p, _, _)| *p == h3v4.to_string() || *p == h3v6.to_string()))
+    })?;
+    let host2 = lab.ns("host2");
+    for (n, b, _) in blocks.iter().filter(|(n, _, _)| n == "host3") {
+        let via = if b.addr().is_ipv6() { h3v6 } else { h3v4 };
+        let fam = if b.addr().is_ipv6() { "-6" } else { "-4" };
+        within(&format!("host2 routing {n}'s {b} via {via}"), &|| {
+            let r = exec(&host2, &["ip", fam, "route", "show", &b.to_string()])?;
+            Ok(r.contains("proto bird") && r.contains(&format!("via {via} ")))
+        })?;
+    }
+    within(
+        "host2-pod-a reaching host3-pod-a through reflected routes",
+        &reach,
+    )?;
+
+    // Back to the mesh.
+    lab.ternctl(&[
+        "patch",
+        "bgpconfiguration",
+        "default",
+        "--patch",
+        r#"{"spec":{"nodeToNodeMeshEnabled":true,"routeReflectorClients":null}}"#,
+    ])?;
+    lab.ternctl(&["delete", "bgppeer", "test-peer-with-reflector"])?;
+    lab.ternctl(&[
+        "patch",
+        "node",
+        "host1",
+        "--patch",
+        r#"{"metadata":{"labels":{"route-reflector":null}},"spec":{"bgp":{"routeReflectorClusterID":null}}}"#,
+    ])?;
+    for peer in [h3v4, h3v6] {
+        within(&format!("host2's mesh session to {peer}"), &|| {
+            established("host2", peer, "node-to-node mesh")
+        })?;
+    }
+    within("host2-pod-a reaching host3-pod-a over the mesh", &reach)?;
+    Ok(())
+}
+
 #[test]
 fn lab_up_checks_and_down_leaves_nothing() -> anyhow::Result<()> {
     let mut lab = Lab::new()?;
@@ -532,6 +660,7 @@ fn lab_up_checks_and_down_leaves_nothing() -> anyhow::Result<()> {
 
     lab.up()?;
     check_claims(&lab)?;
+    check_reflector(&lab)?;
     let status = lab.lab(&["status"], Duration::from_secs(60))?;
     for what in [
         "controller",
