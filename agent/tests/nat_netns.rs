@@ -895,6 +895,45 @@ fn bench_helper_runs_and_cleans_up() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nft::differences` reads a real table back: none after an apply, and each pool
+/// and setting that differs is named.
+#[test]
+fn differences_name_what_the_kernel_table_lacks_or_has_too() -> anyhow::Result<()> {
+    with_netns("diff", |ns, exec| {
+        let mut d = NftDriver::new(exec);
+        let mut want = NatState::default();
+        want.v4.nat_pools.insert("10.244.0.0/16".parse()?);
+        want.v4.all_pools = want.v4.nat_pools.clone();
+        want.v4.all_pools.insert("10.96.0.0/16".parse()?);
+        d.apply(&want)?;
+        let table = || ns.run("nft", &["-j", "list", "table", "inet", "tern"]);
+        let found = dataplane::nft::differences(&table()?, &want)?;
+        ensure!(found.is_empty(), "after an apply: {found:?}");
+
+        let mut other = want.clone();
+        other.v4.nat_pools.insert("10.250.0.0/24".parse()?);
+        other.v4.all_pools.insert("10.250.0.0/24".parse()?);
+        other.v4.all_pools.remove(&"10.96.0.0/16".parse()?);
+        let found = dataplane::nft::differences(&table()?, &other)?;
+        ensure!(
+            found
+                == [
+                    "set nat-pools-v4 lacks 10.250.0.0/24",
+                    "set other-pools-v4 has 10.96.0.0/16 too"
+                ],
+            "{found:?}"
+        );
+        other.port_range = Some(PortRange { lo: 1024, hi: 2047 });
+        let found = dataplane::nft::differences(&table()?, &other)?;
+        ensure!(
+            found.iter().any(|f| f.contains("rule(s) that differ")),
+            "a changed setting changes the rules: {found:?}"
+        );
+        d.cleanup()?;
+        Ok(())
+    })
+}
+
 // ---- The nftables driver's nft -i session ----
 
 /// Run `f` in a fresh namespace; afterwards no process may be left in it (sessions are

@@ -667,6 +667,34 @@ fn diff(l: &Layout, o: &Observed) -> Diff {
     d
 }
 
+/// How a table read back from the kernel (`nft -j list table inet tern`) differs from
+/// the table `desired` calls for, in words; empty when the kernel holds exactly that
+/// state. For checks from outside the agent: `tern-bench chaos` compares every agent's
+/// kernel with the intent it reads from the API.
+pub fn differences(json: &str, desired: &NatState) -> Result<Vec<String>, DataplaneError> {
+    let l = layout(desired);
+    let d = diff(&l, &Observed::parse(json)?);
+    let mut out = d.structural;
+    for c in &d.elements {
+        let set = &l.sets[c.set];
+        if !c.add.is_empty() {
+            out.push(format!(
+                "set {} lacks {}",
+                set.name,
+                element_list(set, &c.add)
+            ));
+        }
+        if !c.del.is_empty() {
+            out.push(format!(
+                "set {} has {} too",
+                set.name,
+                element_list(set, &c.del)
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// A private copy of a transaction for the session to `include`; removed on drop.
 #[derive(Debug)]
 struct TempScript {
