@@ -474,6 +474,103 @@ spec: {node: n2, peerIP: 10.0.1.254, asNumber: 65000, password: {secretKeyRef: {
     );
 }
 
+/// With the mesh off an agent sees only the Nodes its peerings select, but a NAT that
+/// exempts every host's address (`natOutgoingExclusions: IPPoolsAndHostIPs`) needs
+/// every Node: switching it on (and a Node created afterwards) reaches the agent's NAT
+/// state, and switching it off leaves only the NAT pools. (Found by `tern-bench chaos`:
+/// agents NATed traffic to the hosts outside their BGP view.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_address_exemptions_take_every_node_without_the_mesh() {
+    let c = Cluster::start().await;
+    let docs = "\
+apiVersion: tern.dev/v1
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false}
+---
+apiVersion: tern.dev/v1
+kind: IPPool
+metadata: {name: p}
+spec: {cidr: 10.244.0.0/16, natOutgoing: true}
+---
+apiVersion: tern.dev/v1
+kind: Node
+metadata: {name: far}
+spec: {bgp: {ipv4Address: 10.0.0.9/24}}
+";
+    let mut api = c.admin().await;
+    let mut last = 0;
+    for d in tern::manifest::parse_documents(docs).expect("docs") {
+        last = api
+            .apply(proto::ApplyRequest {
+                resource: Some(tern::model::protojson::to_proto(&d, true)),
+            })
+            .await
+            .expect("apply")
+            .into_inner()
+            .resource
+            .and_then(|r| r.metadata)
+            .map(|m| m.resource_version.parse().expect("revision"))
+            .expect("resource");
+    }
+    let (a1, d1) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    let (a2, _d2) = recording_agent(&c, "n2", "10.0.0.2/24", vec![c.server()]).await;
+    assert!(a1.wait_applied(last, Duration::from_secs(10)).await);
+    assert!(a2.wait_applied(last, Duration::from_secs(10)).await);
+    assert!(
+        !a1.sync.view.read().nodes.contains_key("far"),
+        "no peering selects it"
+    );
+    let hosts = |d: &tern_agent::dataplane::RecordingDriver| -> Vec<String> {
+        let st = d.current().unwrap_or_default();
+        st.v4.host_addresses.iter().map(|a| a.to_string()).collect()
+    };
+    let set_exclusions =
+        async |api: &mut tern::proto::resource_service_client::ResourceServiceClient<_>,
+               what: &str|
+               -> i64 {
+            api.apply(proto::ApplyRequest {
+            resource: Some(res(&format!(
+                "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {{name: default}}\nspec: {{natOutgoingExclusions: {what}}}\n"
+            ))),
+        })
+        .await
+        .expect("apply")
+        .into_inner()
+        .resource
+        .and_then(|r| r.metadata)
+        .map(|m| m.resource_version.parse().expect("revision"))
+        .expect("resource")
+        };
+    // On a live stream: the configuration change brings every Node.
+    let r = set_exclusions(&mut api, "IPPoolsAndHostIPs").await;
+    assert!(a1.wait_applied(r, Duration::from_secs(10)).await);
+    assert!(
+        eventually(10, async || hosts(&d1)
+            == ["10.0.0.1", "10.0.0.2", "10.0.0.9"])
+        .await,
+        "every host's address is exempt: {:?}",
+        hosts(&d1)
+    );
+    // A Node created afterwards arrives too.
+    let r = create(
+        &c,
+        res("apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: later}\nspec: {bgp: {ipv4Address: 10.0.0.7/24}}\n"),
+    )
+    .await;
+    assert!(a1.wait_applied(r, Duration::from_secs(10)).await);
+    assert!(
+        eventually(10, async || hosts(&d1).contains(&"10.0.0.7".to_string())).await,
+        "{:?}",
+        hosts(&d1)
+    );
+    // Off again: the Nodes no peering selects leave the view.
+    let r = set_exclusions(&mut api, "IPPoolsOnly").await;
+    assert!(a1.wait_applied(r, Duration::from_secs(10)).await);
+    assert!(eventually(10, async || hosts(&d1).is_empty()).await);
+    assert!(eventually(10, async || !a1.sync.view.read().nodes.contains_key("far")).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_errors_are_precise() {
     let c = Cluster::start().await;

@@ -4,7 +4,8 @@
 //! The changes from revision `from` to the head are computed from the events after
 //! `from`: a key that changed is sent if it is in the view now, and removed if it was
 //! in the view at `from` and is not any more. When the *inputs* of the filter changed
-//! (a peer, the mesh setting, the node's own labels), keys that did not change can
+//! (a peer, the mesh setting, the NAT host exemption, the node's own labels), keys
+//! that did not change can
 //! enter or leave the view too; then every object of the affected kinds is compared
 //! under the old and the new inputs. The inputs at `from` are rebuilt from the
 //! history (values before the first change after `from`), so a reconnecting agent
@@ -13,8 +14,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tern::model::effective::{layered, node_config_name};
-use tern::model::{BGPConfigurationSpec, BGPPeer, Kind, Resource};
+use tern::model::effective::{self, layered, node_config_name};
+use tern::model::{BGPConfigurationSpec, BGPPeer, Kind, NatOutgoingExclusions, Resource};
 use tern::proto;
 
 use super::filter::{Inputs, inputs};
@@ -34,8 +35,23 @@ fn inputs_from_lookup<'a>(
         Some(Resource::BGPConfiguration(c)) => Some(&c.spec),
         _ => None,
     };
-    let config: BGPConfigurationSpec = layered([cfg("default"), cfg(&node_config_name(node))]);
-    inputs(node, me, &config, peers)
+    let own = node_config_name(node);
+    let config: BGPConfigurationSpec = layered([cfg("default"), cfg(&own)]);
+    let agent = |name: &str| match lookup(Kind::AgentConfiguration, name) {
+        Some(Resource::AgentConfiguration(c)) => Some(&c.spec),
+        _ => None,
+    };
+    let felix = |name: &str| match lookup(Kind::FelixConfiguration, name) {
+        Some(Resource::FelixConfiguration(c)) => Some(&c.spec),
+        _ => None,
+    };
+    // The agent exempts every Node's address from NAT: it needs every Node.
+    let host_ips =
+        effective::agent_config(felix("default"), agent("default"), felix(&own), agent(&own))
+            .nat_outgoing_exclusions
+            .unwrap_or_default()
+            == NatOutgoingExclusions::IPPoolsAndHostIPs;
+    inputs(node, me, &config, peers).with_host_ips(host_ips)
 }
 
 fn peers_of<'a>(it: impl Iterator<Item = &'a Arc<Entry>>) -> impl Iterator<Item = &'a BGPPeer> {
@@ -250,6 +266,9 @@ mod tests {
     const PEER_B: &str = "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: tor-b}\nspec: {node: b, peerIP: 10.0.0.253, asNumber: 65000, password: {secretKeyRef: {name: s1, key: other}}}\n";
     const POOL: &str =
         "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n";
+    const NODE_C: &str = "apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: c}\nspec: {bgp: {ipv4Address: 10.0.0.3/24}}\n";
+    const HOST_IPS: &str = "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: default}\nspec: {natOutgoingExclusions: IPPoolsAndHostIPs}\n";
+    const FELIX_HOST_IPS_B: &str = "apiVersion: tern.dev/v1\nkind: FelixConfiguration\nmetadata: {name: node.b}\nspec: {natOutgoingExclusions: IPPoolsAndHostIPs}\n";
 
     /// Every prefix of a history: the changes from any revision, replayed onto the
     /// snapshot at that revision, give the snapshot at the head. Run forwards,
@@ -264,7 +283,11 @@ mod tests {
             (PEER_R1, false),
             (PEER_B, false),
             (MESH_OFF, false),
+            (NODE_C, false),
+            (HOST_IPS, false),
             (PEER_RR, false),
+            (HOST_IPS, true),
+            (FELIX_HOST_IPS_B, false),
             (NODE_A_R2, false),
             (PEER_R1, true),
             (NODE_A, false),
@@ -272,6 +295,7 @@ mod tests {
             (PEER_B, true),
             (SECRET, true),
             (PEER_RR, true),
+            (FELIX_HOST_IPS_B, true),
             (POOL, true),
         ];
         let variants: Vec<Vec<(&str, bool)>> = vec![

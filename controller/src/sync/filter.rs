@@ -1,9 +1,11 @@
 //! Which resources belong in a node's view (pure).
 //!
 //! Membership depends on a few *inputs*: the node's own labels, whether the mesh is
-//! on, and the BGPPeers that concern the node. From them follow the peers it gets,
-//! the other Nodes it needs (all of them with the mesh; else those its peerings
-//! select), and the Secret *keys* its peerings reference. A Secret is in a node's view
+//! on, whether its NAT exempts every host's address (`natOutgoingExclusions:
+//! IPPoolsAndHostIPs`), and the BGPPeers that concern the node. From them follow the
+//! peers it gets, the other Nodes it needs (all of them with the mesh or the host
+//! exemption; else those its peerings select), and the Secret *keys* its peerings
+//! reference. A Secret is in a node's view
 //! only when one of its own sessions uses it, and then with only the keys its sessions
 //! use: no agent receives another node's secrets, even from a shared Secret.
 
@@ -125,6 +127,15 @@ pub fn inputs<'a>(
 }
 
 impl Inputs {
+    /// `host_ips`: the node's NAT exempts every host's address (`natOutgoingExclusions:
+    /// IPPoolsAndHostIPs`), so it needs every Node, whatever its peerings.
+    pub fn with_host_ips(mut self, host_ips: bool) -> Inputs {
+        if host_ips {
+            self.nodes = NodeNeed::All;
+        }
+        self
+    }
+
     /// Is this resource in the node's view?
     pub fn contains(&self, r: &Resource) -> bool {
         let name = r.name();
@@ -162,7 +173,9 @@ impl Inputs {
     pub fn depends_on(node: &str, kind: Kind, name: &str) -> bool {
         match kind {
             Kind::BGPPeer => true,
-            Kind::BGPConfiguration => name == "default" || name.strip_prefix("node.") == Some(node),
+            Kind::BGPConfiguration | Kind::AgentConfiguration | Kind::FelixConfiguration => {
+                name == "default" || name.strip_prefix("node.") == Some(node)
+            }
             Kind::Node => name == node,
             _ => false,
         }
@@ -282,7 +295,12 @@ spec: {node: b, cidr: 10.244.0.0/26}
     }
 
     fn view_for(v: &View, node: &str, mesh_on: bool) -> BTreeSet<(Kind, String)> {
-        let inp = inputs(node, v.nodes.get(node), &mesh(mesh_on), v.peers.values());
+        view_with(v, node, mesh_on, false)
+    }
+
+    fn view_with(v: &View, node: &str, mesh_on: bool, host_ips: bool) -> BTreeSet<(Kind, String)> {
+        let inp = inputs(node, v.nodes.get(node), &mesh(mesh_on), v.peers.values())
+            .with_host_ips(host_ips);
         let all: Vec<Resource> = tern::manifest::parse_documents(DOCS).expect("valid docs");
         all.into_iter()
             .filter(|r| inp.contains(r))
@@ -328,6 +346,25 @@ spec: {node: b, cidr: 10.244.0.0/26}
         assert!(b.contains(&(Kind::Node, "a".into())));
         assert!(b.contains(&(Kind::Node, "c".into())));
         assert!(b.contains(&(Kind::BGPPeer, "to-rr".into())));
+    }
+
+    #[test]
+    fn a_nat_that_exempts_host_addresses_needs_every_node() {
+        let v = View::from_yaml(DOCS).expect("valid");
+        // Mesh off: a sees only b for BGP, but exempting every host's address from
+        // NAT (IPPoolsAndHostIPs) takes every Node's addresses.
+        let a = view_with(&v, "a", false, true);
+        assert!(
+            ["a", "b", "c"]
+                .iter()
+                .all(|n| a.contains(&(Kind::Node, n.to_string())))
+        );
+        assert!(!a.contains(&(Kind::BGPPeer, "tor-r2".into())));
+        for kind in [Kind::AgentConfiguration, Kind::FelixConfiguration] {
+            assert!(Inputs::depends_on("a", kind, "default"));
+            assert!(Inputs::depends_on("a", kind, "node.a"));
+            assert!(!Inputs::depends_on("a", kind, "node.b"));
+        }
     }
 
     #[test]
