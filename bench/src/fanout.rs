@@ -47,7 +47,7 @@ pub struct Args {
     batch: usize,
 }
 
-fn raise_nofile() -> anyhow::Result<()> {
+pub(crate) fn raise_nofile() -> anyhow::Result<()> {
     let (_, hard) = rlimit::Resource::NOFILE.get()?;
     let want = 1_048_576u64.min(hard.max(65_536));
     rlimit::Resource::NOFILE

@@ -22,6 +22,10 @@
 //!   BFD and with the hold time alone.
 //! - `session`: how soon a BGP session's change reaches the node's status at the
 //!   controller (the real agent binary and BIRD, a peer BIRD).
+//! - `chaos`: 3 etcd members, controller replicas and N agents while writers churn the
+//!   intent and controllers, etcd members and agents are killed with SIGKILL and
+//!   started again; then the time to converge, and every agent's programmed state
+//!   against the final intent (the library's `chaos` module; a test runs it small).
 
 mod bfd;
 mod bird;
@@ -59,6 +63,8 @@ enum Command {
     Bfd(bfd::Args),
     /// Time for a BGP session change to reach the node's status at the controller.
     Session(session::Args),
+    /// Kill -9 controllers, etcd members and agents under churn; check convergence.
+    Chaos(tern_bench::chaos::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,7 +78,28 @@ fn main() -> anyhow::Result<()> {
         Command::Reflector(a) => reflector::run(a),
         Command::Bfd(a) => bfd::run(a),
         Command::Session(a) => session::run(a),
+        Command::Chaos(o) => chaos(o),
     }
+}
+
+fn chaos(o: tern_bench::chaos::Options) -> anyhow::Result<()> {
+    use tern_bench::chaos::Mode;
+    if o.mode == Mode::Netns && !o.inside {
+        let mut args: Vec<String> = std::env::args().skip(1).collect();
+        args.push("--inside".into());
+        return in_fresh_netns(&args);
+    }
+    fanout::raise_nofile()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(tern_bench::chaos::run(&o))?;
+    println!("machine: {}", machine());
+    report.print();
+    if !report.passed() {
+        anyhow::bail!("the chaos run found problems (see above)");
+    }
+    Ok(())
 }
 
 /// Run this benchmark binary again, with `args`, inside a fresh network namespace (so the
@@ -188,17 +215,7 @@ pub fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
 
 /// The tern-controller binary: the one given, else the one next to this binary.
 pub fn controller_bin(given: Option<&std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.clone());
-    }
-    let p = std::env::current_exe()?.with_file_name("tern-controller");
-    if !p.exists() {
-        anyhow::bail!(
-            "{} not found: build it first (cargo build --release -p tern-controller) or pass --controller-bin",
-            p.display()
-        );
-    }
-    Ok(p)
+    tern_bench::chaos::sibling_bin(given, "tern-controller")
 }
 
 /// A `tern-controller` release process on a loopback port, over `etcd`, with a
