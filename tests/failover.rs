@@ -254,3 +254,71 @@ async fn the_leader_dies_under_writes_and_agent_streams() {
         assert_eq!(d.current().map(|s| s.v4.all_pools.len()), Some(acked.len()));
     }
 }
+
+/// A delete whose answer is lost (the member it went to froze with it in flight) is
+/// sent to the next member instead of failing with UNAVAILABLE: a delete, with or
+/// without a resourceVersion, is a guarded write (the version read first, and a Node's
+/// status report, by their mod revisions). Found by `tern-bench chaos`: deletes failed
+/// whenever the etcd member under them died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_answer_is_lost_is_sent_again() {
+    let mut c = Cluster::without_controller();
+    let mut etcd = EtcdCluster::start(3).expect("etcd cluster");
+    let leader = etcd.leader(Duration::from_secs(20)).await.expect("leader");
+    // The controller asks a follower first; freezing it loses the answer without an
+    // election.
+    let follower = (leader + 1) % 3;
+    let server = controller_on(&mut c, &etcd, follower).await;
+    let mut api = c.admin().await;
+    api.create(proto::CreateRequest {
+        resource: Some(pool("gone", "10.10.0.0/16")),
+    })
+    .await
+    .expect("create");
+    let (agent, _) = recording_agent(&c, "n1", "10.0.0.1/24", vec![server.clone()]).await;
+    assert!(agent.wait_applied(1, Duration::from_secs(10)).await);
+    let mut kv = etcd.client().await.expect("etcd client");
+    let status_key = format!("{}/_status/n1", c.prefix);
+    assert!(
+        eventually(10, async || {
+            kv.get(status_key.as_str(), None)
+                .await
+                .is_ok_and(|r| !r.kvs().is_empty())
+        })
+        .await,
+        "the agent's status report is stored"
+    );
+    let frozen = etcd.endpoint(follower);
+    for (kind, name) in [("node", "n1"), ("ippool", "gone")] {
+        assert!(
+            eventually(15, async || healthy(&c, &frozen) == 1).await,
+            "the member is the controller's first choice"
+        );
+        etcd.freeze(follower).expect("freeze");
+        let r = api
+            .delete(proto::DeleteRequest {
+                kind: kind.into(),
+                name: name.into(),
+                resource_version: String::new(),
+            })
+            .await;
+        etcd.thaw(follower).expect("thaw");
+        let deleted = r.unwrap_or_else(|e| panic!("delete {kind} {name} failed: {e}"));
+        assert_eq!(
+            deleted.into_inner().metadata.map(|m| m.name).as_deref(),
+            Some(name),
+            "the deleted object is returned"
+        );
+        let e = api
+            .get(proto::GetRequest {
+                kind: kind.into(),
+                name: name.into(),
+                show_secrets: false,
+            })
+            .await
+            .expect_err("gone");
+        assert_eq!(e.code(), Code::NotFound);
+    }
+    let left = kv.get(status_key.as_str(), None).await.expect("get");
+    assert!(left.kvs().is_empty(), "the node's status went with it");
+}

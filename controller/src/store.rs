@@ -608,9 +608,15 @@ impl Store {
         }
     }
 
-    /// Delete iff the mod revision is `expected` (or unconditionally with `None`).
-    /// Returns the deleted object; None when it was deleted but could not be read (a
-    /// corrupt document is deleted all the same).
+    /// Delete iff the mod revision is `expected` (or whatever version is there with
+    /// `None`). Returns the deleted object; None when it was deleted but could not be
+    /// read (a corrupt document is deleted all the same).
+    ///
+    /// The transaction is guarded either way (the version read first, by its mod
+    /// revision; a Node's status report, deleted with it, by its own), so a delete
+    /// whose answer was lost with an etcd member is sent to the next member instead of
+    /// failing: a second delivery after a first success fails its compares. Without
+    /// `expected`, a version that changed between the read and the delete is read again.
     pub async fn delete(
         &self,
         kind: Kind,
@@ -618,53 +624,82 @@ impl Store {
         expected: Option<i64>,
     ) -> Result<Option<Resource>, StoreError> {
         let key = self.key(kind, name);
-        let cmp = match expected {
-            Some(rev) => Cmp::ModRevision(key.clone(), rev),
-            None => Cmp::Exists(key.clone()),
+        // The node's last status report goes with it (a node re-created under the
+        // name starts without its predecessor's status).
+        let status = (kind == Kind::Node).then(|| self.status_key(name));
+        let not_found = || StoreError::NotFound {
+            kind,
+            name: name.to_string(),
         };
-        let mut ops = vec![Op::Delete(key.clone())];
-        if kind == Kind::Node {
-            // The node's last status report goes with it (a node re-created under the
-            // name starts without its predecessor's status).
-            ops.push(Op::Delete(self.status_key(name)));
-        }
-        let out = self
-            .txn(
-                Txn::new()
-                    .when([cmp])
-                    .then(ops)
-                    .otherwise([Op::Get(key.clone())]),
-            )
-            .await?;
-        if out.succeeded {
-            if let Some(prev) = out.deleted() {
-                return Ok(match self.decode(prev) {
-                    Ok(s) => Some(s.resource),
-                    Err(e) => {
-                        warn!(error = %e, "deleted an unreadable object");
-                        None
-                    }
+        let decoded = |kv: &Kv| match self.decode(kv) {
+            Ok(s) => Some(s.resource),
+            Err(e) => {
+                warn!(error = %e, "deleted an unreadable object");
+                None
+            }
+        };
+        for attempt in 0..MAX_GUARD_RETRIES {
+            let read = self
+                .txn(Txn::read(
+                    std::iter::once(key.clone()).chain(status.clone()),
+                ))
+                .await?;
+            let found = read.gets();
+            let Some(current) = found.first().copied().flatten().cloned() else {
+                return Err(not_found());
+            };
+            if let Some(rev) = expected
+                && current.mod_revision != rev
+            {
+                return Err(StoreError::Conflict {
+                    kind,
+                    name: name.to_string(),
+                    expected: rev.to_string(),
+                    current: current.mod_revision,
                 });
             }
-            return Err(StoreError::NotFound {
-                kind,
-                name: name.to_string(),
-            });
+            let mut when = vec![Cmp::ModRevision(key.clone(), current.mod_revision)];
+            let mut ops = vec![Op::Delete(key.clone())];
+            if let Some(s) = &status {
+                when.push(match found.get(1).copied().flatten() {
+                    Some(kv) => Cmp::ModRevision(s.clone(), kv.mod_revision),
+                    None => Cmp::Absent(s.clone()),
+                });
+                ops.push(Op::Delete(s.clone()));
+            }
+            let out = self
+                .txn(
+                    Txn::new()
+                        .when(when)
+                        .then(ops)
+                        .otherwise([Op::Get(key.clone())]),
+                )
+                .await?;
+            if out.succeeded {
+                return Ok(decoded(&current));
+            }
+            match out.gets().first().copied().flatten() {
+                // Sent twice after a lost answer: gone, by our first delivery or another's.
+                None if out.resent => return Ok(decoded(&current)),
+                None => return Err(not_found()),
+                Some(c) if c.mod_revision != current.mod_revision => {
+                    if let Some(rev) = expected {
+                        return Err(StoreError::Conflict {
+                            kind,
+                            name: name.to_string(),
+                            expected: rev.to_string(),
+                            current: c.mod_revision,
+                        });
+                    }
+                    debug!(%kind, %name, attempt, "changed before the delete; reading again");
+                }
+                // The status report changed (a report landed): read again.
+                Some(_) => {
+                    debug!(%kind, %name, attempt, "status changed before the delete; reading again")
+                }
+            }
         }
-        match out.gets().first().copied().flatten() {
-            // Sent twice after a lost answer: gone, by our first delivery or another's.
-            None if out.resent => Ok(None),
-            None => Err(StoreError::NotFound {
-                kind,
-                name: name.to_string(),
-            }),
-            Some(c) => Err(StoreError::Conflict {
-                kind,
-                name: name.to_string(),
-                expected: expected.unwrap_or(0).to_string(),
-                current: c.mod_revision,
-            }),
-        }
+        Err(StoreError::Contention(format!("{kind}({name})")))
     }
 
     /// The current etcd revision (a cheap read).

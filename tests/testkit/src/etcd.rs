@@ -301,6 +301,33 @@ impl EtcdCluster {
         }
     }
 
+    /// Stop a member with SIGSTOP: it keeps its connections open but answers nothing
+    /// (so an answer is lost with the request in flight) until [`EtcdCluster::thaw`].
+    pub fn freeze(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, "STOP")
+    }
+
+    /// Let a frozen member run again (SIGCONT).
+    pub fn thaw(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, "CONT")
+    }
+
+    fn signal(&mut self, i: usize, sig: &str) -> anyhow::Result<()> {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .map(Child::id)
+            .with_context(|| format!("etcd member {i} is not running"))?;
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+
     /// Start a killed member again on its data and ports.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);
