@@ -143,6 +143,9 @@ pub struct Kill {
 pub struct Report {
     pub summary: String,
     pub ops: Stats,
+    /// Operations answered after more than [`churn::SLOW`]: since the churn started,
+    /// how long, what, in how many calls.
+    pub slow: Vec<(Duration, Duration, String, usize)>,
     pub kills: Vec<Kill>,
     /// Processes that ended by themselves (with how, and their log's end).
     pub crashes: Vec<String>,
@@ -191,6 +194,14 @@ impl Report {
         }
         for (code, (n, msg)) in &s.failed_calls {
             println!("  failed call {code} x{n} (sent again), e.g. {msg}");
+        }
+        for (at, took, what, calls) in &self.slow {
+            println!(
+                "  slow: +{:.1} s {what} answered after {:.1} s ({calls} call{})",
+                at.as_secs_f64(),
+                took.as_secs_f64(),
+                if *calls == 1 { "" } else { "s" }
+            );
         }
         let count = |p: &str| self.kills.iter().filter(|k| k.what.starts_with(p)).count();
         println!(
@@ -752,9 +763,16 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
             .join("/")
     );
     let failed = converged_after.is_none();
+    let mut slow: Vec<_> = stats
+        .slow
+        .drain(..)
+        .map(|(at, took, what, calls)| (at.saturating_duration_since(t0), took, what, calls))
+        .collect();
+    slow.sort_by_key(|s| s.0);
     let mut report = Report {
         summary,
         ops: stats,
+        slow,
         kills,
         crashes,
         converged_after,

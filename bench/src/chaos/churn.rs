@@ -30,6 +30,8 @@ use tonic::{Code, Status};
 
 /// How long a writer keeps retrying one call before it gives up on it.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
+/// An operation answered after longer than this is listed.
+pub const SLOW: Duration = Duration::from_secs(2);
 /// A call without an answer for this long counts as failed (outcome unknown).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -136,6 +138,9 @@ pub struct Stats {
     pub gave_up: usize,
     /// The longest an operation took to be answered, retries included.
     pub longest: Duration,
+    /// Operations answered after more than [`SLOW`]: when each was issued, how long it
+    /// took, what it was and how many calls it took.
+    pub slow: Vec<(Instant, Duration, String, usize)>,
     /// Reads of an object to learn its state.
     pub reads: usize,
 }
@@ -155,6 +160,7 @@ impl Stats {
         self.retried += o.retried;
         self.gave_up += o.gave_up;
         self.longest = self.longest.max(o.longest);
+        self.slow.extend(o.slow);
         self.reads += o.reads;
     }
 
@@ -219,6 +225,7 @@ impl Api {
     async fn call<T, Fut>(
         &mut self,
         stats: &mut Stats,
+        what: &str,
         mut f: impl FnMut(ResourceServiceClient<Channel>) -> Fut,
     ) -> Outcome<T>
     where
@@ -226,25 +233,29 @@ impl Api {
     {
         let start = Instant::now();
         let mut calls = 0;
+        let done = |stats: &mut Stats, calls: usize| {
+            let took = start.elapsed();
+            stats.longest = stats.longest.max(took);
+            if took > SLOW {
+                stats.slow.push((start, took, what.to_string(), calls));
+            }
+            if calls > 1 {
+                stats.retried += 1;
+            }
+        };
         loop {
             calls += 1;
             let client = self.clients[self.current].clone();
             let status = match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
                 Ok(Ok(r)) => {
-                    stats.longest = stats.longest.max(start.elapsed());
-                    if calls > 1 {
-                        stats.retried += 1;
-                    }
+                    done(stats, calls);
                     return Outcome::Ok(r.into_inner());
                 }
                 Ok(Err(s)) => s,
                 Err(_) => Status::deadline_exceeded(format!("no answer within {CALL_TIMEOUT:?}")),
             };
             if !retryable(&status) {
-                stats.longest = stats.longest.max(start.elapsed());
-                if calls > 1 {
-                    stats.retried += 1;
-                }
+                done(stats, calls);
                 return Outcome::Refused {
                     status,
                     retried: calls > 1,
@@ -252,7 +263,7 @@ impl Api {
             }
             stats
                 .failed_calls
-                .entry(code_name(status.code()))
+                .entry(format!("{} ({what})", code_name(status.code())))
                 .or_insert((0, status.message().chars().take(200).collect()))
                 .0 += 1;
             self.current = (self.current + 1) % self.clients.len();
@@ -268,7 +279,7 @@ impl Api {
     pub async fn list_all(&mut self) -> anyhow::Result<proto::ListResponse> {
         let mut stats = Stats::default();
         match self
-            .call(&mut stats, |mut c| async move {
+            .call(&mut stats, "list", |mut c| async move {
                 c.list(proto::ListRequest::default()).await
             })
             .await
@@ -398,9 +409,10 @@ impl Writer {
     async fn read(&mut self, obj: Obj) {
         self.stats.reads += 1;
         let (kind, name) = (obj.kind().as_str().to_string(), self.name(obj));
+        let what = format!("get {}", obj.kind());
         let r = self
             .api
-            .call(&mut self.stats, |mut c| {
+            .call(&mut self.stats, &what, |mut c| {
                 let (kind, name) = (kind.clone(), name.clone());
                 async move {
                     c.get(proto::GetRequest {
@@ -595,9 +607,10 @@ impl Writer {
     async fn create(&mut self, obj: Obj, state: &Expect, v: Value) {
         self.count("create", obj);
         let res = resource(&v);
+        let what = format!("create {}", obj.kind());
         let r = self
             .api
-            .call(&mut self.stats, |mut c| {
+            .call(&mut self.stats, &what, |mut c| {
                 let res = res.clone();
                 async move {
                     c.create(proto::CreateRequest {
@@ -624,9 +637,10 @@ impl Writer {
     async fn apply(&mut self, obj: Obj, _state: &Expect, v: Value) {
         self.count("apply", obj);
         let res = resource(&v);
+        let what = format!("apply {}", obj.kind());
         let r = self
             .api
-            .call(&mut self.stats, |mut c| {
+            .call(&mut self.stats, &what, |mut c| {
                 let res = res.clone();
                 async move {
                     c.apply(proto::ApplyRequest {
@@ -654,9 +668,10 @@ impl Writer {
         self.count("patch", obj);
         let (kind, name) = (obj.kind().as_str().to_string(), self.name(obj));
         let patch = patch.to_string();
+        let what = format!("patch {}", obj.kind());
         let r = self
             .api
-            .call(&mut self.stats, |mut c| {
+            .call(&mut self.stats, &what, |mut c| {
                 let (kind, name, patch) = (kind.clone(), name.clone(), patch.clone());
                 async move {
                     c.patch(proto::PatchRequest {
@@ -687,9 +702,10 @@ impl Writer {
     async fn delete(&mut self, obj: Obj, state: &Expect) {
         self.count("delete", obj);
         let (kind, name) = (obj.kind().as_str().to_string(), self.name(obj));
+        let what = format!("delete {}", obj.kind());
         let r = self
             .api
-            .call(&mut self.stats, |mut c| {
+            .call(&mut self.stats, &what, |mut c| {
                 let (kind, name) = (kind.clone(), name.clone());
                 async move {
                     c.delete(proto::DeleteRequest {
