@@ -366,7 +366,8 @@ impl Fleet {
         }
     }
 
-    /// The agent's own account (in-process agents only): its last apply error.
+    /// The agent's own account: its last apply error (in-process), or the last
+    /// warnings and errors of its log.
     pub fn last_error(&self, i: usize) -> Option<String> {
         match &self.agents {
             Agents::Recording(v) => v[i]
@@ -375,8 +376,13 @@ impl Fleet {
                 .map(|r| r.agent.applied.borrow().last_error.clone())
                 .filter(|e| !e.is_empty()),
             Agents::Netns { agents, .. } => {
-                let tail = agents[i].proc.log_tail(3);
-                (!tail.is_empty()).then_some(tail)
+                let tail = agents[i].proc.log_tail(200);
+                let last: Vec<&str> = tail
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                let last = last[last.len().saturating_sub(3)..].join("\n");
+                (!last.is_empty()).then_some(last)
             }
         }
     }
