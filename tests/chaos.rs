@@ -39,20 +39,18 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn options(args: &[&str]) -> anyhow::Result<Options> {
+/// A short run: 2 controllers, 12 s of churn at 10 writes/s, a kill every ~1.2 s.
+fn options(mode: &str, agents: &str, seed: &str, extra: &[&str]) -> anyhow::Result<Options> {
     let dir = bin_dir()?;
     let controller = dir.join("tern-controller").display().to_string();
     let agent = dir.join("tern-agent").display().to_string();
+    #[rustfmt::skip]
     let mut all = vec![
-        "chaos",
-        "--controller-bin",
-        &controller,
-        "--agent-bin",
-        &agent,
-        "--converge-timeout",
-        "60",
+        "chaos", "--mode", mode, "--agents", agents, "--seed", seed,
+        "--controllers", "2", "--duration", "12", "--rate", "10", "--kill-every", "1.2",
+        "--converge-timeout", "60", "--controller-bin", &controller, "--agent-bin", &agent,
     ];
-    all.extend_from_slice(args);
+    all.extend_from_slice(extra);
     Ok(Options::try_parse_from(all)?)
 }
 
@@ -70,22 +68,7 @@ async fn run_and_check(o: &Options) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recording_agents_converge_through_kills() -> anyhow::Result<()> {
-    let o = options(&[
-        "--mode",
-        "recording",
-        "--agents",
-        "6",
-        "--controllers",
-        "2",
-        "--duration",
-        "12",
-        "--rate",
-        "10",
-        "--kill-every",
-        "1.2",
-        "--seed",
-        "11",
-    ])?;
+    let o = options("recording", "6", "11", &[])?;
     run_and_check(&o).await
 }
 
@@ -123,23 +106,7 @@ fn inside_the_runs_namespace() -> anyhow::Result<()> {
     if std::env::var_os(INSIDE_ENV).is_none() {
         return Ok(());
     }
-    let o = options(&[
-        "--mode",
-        "netns",
-        "--inside",
-        "--agents",
-        "3",
-        "--controllers",
-        "2",
-        "--duration",
-        "12",
-        "--rate",
-        "10",
-        "--kill-every",
-        "1.2",
-        "--seed",
-        "12",
-    ])?;
+    let o = options("netns", "3", "12", &["--inside"])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -35,21 +35,51 @@ fn healthy(c: &Cluster, endpoint: &str) -> i64 {
         .get()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_follower_is_skipped_and_no_call_fails() {
+/// A 3-member cluster and a controller that asks a follower first (so that losing that
+/// member involves no election), with pool `pool_name` created and agent n1 connected.
+struct FollowerFirst {
+    c: Cluster,
+    etcd: EtcdCluster,
+    follower: usize,
+    api: ResourceServiceClient<Channel>,
+    agent: tern_agent::agent::Agent,
+    driver: tern_agent::dataplane::RecordingDriver,
+}
+
+async fn follower_first(pool_name: &str) -> FollowerFirst {
     let mut c = Cluster::without_controller();
     let mut etcd = EtcdCluster::start(3).expect("etcd cluster");
     let leader = etcd.leader(Duration::from_secs(20)).await.expect("leader");
-    // Kill a follower, the member the controller asks first (no election here).
     let follower = (leader + 1) % 3;
     let server = controller_on(&mut c, &etcd, follower).await;
     let mut api = c.admin().await;
     api.create(proto::CreateRequest {
-        resource: Some(pool("before", "10.10.0.0/16")),
+        resource: Some(pool(pool_name, "10.10.0.0/16")),
     })
     .await
-    .expect("create before the kill");
-    let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![server.clone()]).await;
+    .expect("create");
+    let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![server]).await;
+    FollowerFirst {
+        c,
+        etcd,
+        follower,
+        api,
+        agent,
+        driver,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_follower_is_skipped_and_no_call_fails() {
+    // Kill a follower, the member the controller asks first (no election here).
+    let FollowerFirst {
+        c,
+        mut etcd,
+        follower,
+        mut api,
+        agent,
+        driver,
+    } = follower_first("before").await;
 
     etcd.kill(follower);
     let mut failures = Vec::new();
@@ -262,20 +292,16 @@ async fn the_leader_dies_under_writes_and_agent_streams() {
 /// whenever the etcd member under them died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_whose_answer_is_lost_is_sent_again() {
-    let mut c = Cluster::without_controller();
-    let mut etcd = EtcdCluster::start(3).expect("etcd cluster");
-    let leader = etcd.leader(Duration::from_secs(20)).await.expect("leader");
-    // The controller asks a follower first; freezing it loses the answer without an
+    // Freezing the member the controller asks first loses the answer without an
     // election.
-    let follower = (leader + 1) % 3;
-    let server = controller_on(&mut c, &etcd, follower).await;
-    let mut api = c.admin().await;
-    api.create(proto::CreateRequest {
-        resource: Some(pool("gone", "10.10.0.0/16")),
-    })
-    .await
-    .expect("create");
-    let (agent, _) = recording_agent(&c, "n1", "10.0.0.1/24", vec![server.clone()]).await;
+    let FollowerFirst {
+        c,
+        mut etcd,
+        follower,
+        mut api,
+        agent,
+        ..
+    } = follower_first("gone").await;
     assert!(agent.wait_applied(1, Duration::from_secs(10)).await);
     let mut kv = etcd.client().await.expect("etcd client");
     let status_key = format!("{}/_status/n1", c.prefix);

@@ -604,141 +604,122 @@ impl Writer {
         }
     }
 
+    /// Send a write (retrying); None when no replica answered (the object's state is
+    /// then unknown).
+    async fn write<T, Fut>(
+        &mut self,
+        verb: &str,
+        obj: Obj,
+        f: impl FnMut(ResourceServiceClient<Channel>) -> Fut,
+    ) -> Option<Result<T, (Status, bool)>>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.count(verb, obj);
+        let what = format!("{verb} {}", obj.kind());
+        match self.api.call(&mut self.stats, &what, f).await {
+            Outcome::Ok(r) => Some(Ok(r)),
+            Outcome::Refused { status, retried } => Some(Err((status, retried))),
+            Outcome::GaveUp => {
+                self.expect.insert(obj, Expect::Unknown);
+                None
+            }
+        }
+    }
+
     async fn create(&mut self, obj: Obj, state: &Expect, v: Value) {
-        self.count("create", obj);
         let res = resource(&v);
-        let what = format!("create {}", obj.kind());
         let r = self
-            .api
-            .call(&mut self.stats, &what, |mut c| {
-                let res = res.clone();
-                async move {
-                    c.create(proto::CreateRequest {
-                        resource: Some(res),
-                    })
-                    .await
-                }
+            .write("create", obj, |mut c| {
+                let resource = Some(res.clone());
+                async move { c.create(proto::CreateRequest { resource }).await }
             })
             .await;
         match r {
-            Outcome::Ok(r) => self.acknowledged(obj, &r),
-            Outcome::Refused { status, retried } => {
+            None => {}
+            Some(Ok(r)) => self.acknowledged(obj, &r),
+            Some(Err((status, retried))) => {
                 let contradiction =
                     status.code() == Code::AlreadyExists && *state == Expect::Absent;
                 self.refused(obj, "create", status, retried, contradiction)
                     .await;
             }
-            Outcome::GaveUp => {
-                self.expect.insert(obj, Expect::Unknown);
-            }
         }
     }
 
     async fn apply(&mut self, obj: Obj, _state: &Expect, v: Value) {
-        self.count("apply", obj);
         let res = resource(&v);
-        let what = format!("apply {}", obj.kind());
         let r = self
-            .api
-            .call(&mut self.stats, &what, |mut c| {
-                let res = res.clone();
-                async move {
-                    c.apply(proto::ApplyRequest {
-                        resource: Some(res),
-                    })
-                    .await
-                }
+            .write("apply", obj, |mut c| {
+                let resource = Some(res.clone());
+                async move { c.apply(proto::ApplyRequest { resource }).await }
             })
             .await;
         match r {
-            Outcome::Ok(r) => match r.resource {
+            None => {}
+            Some(Ok(r)) => match r.resource {
                 Some(res) => self.acknowledged(obj, &res),
                 None => self.read(obj).await,
             },
-            Outcome::Refused { status, retried } => {
+            Some(Err((status, retried))) => {
                 self.refused(obj, "apply", status, retried, false).await;
-            }
-            Outcome::GaveUp => {
-                self.expect.insert(obj, Expect::Unknown);
             }
         }
     }
 
     async fn patch(&mut self, obj: Obj, state: &Expect, patch: Value) {
-        self.count("patch", obj);
         let (kind, name) = (obj.kind().as_str().to_string(), self.name(obj));
         let patch = patch.to_string();
-        let what = format!("patch {}", obj.kind());
         let r = self
-            .api
-            .call(&mut self.stats, &what, |mut c| {
-                let (kind, name, patch) = (kind.clone(), name.clone(), patch.clone());
-                async move {
-                    c.patch(proto::PatchRequest {
-                        kind,
-                        name,
-                        r#type: proto::PatchType::Merge as i32,
-                        patch,
-                        resource_version: String::new(),
-                    })
-                    .await
-                }
+            .write("patch", obj, |mut c| {
+                let req = proto::PatchRequest {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    r#type: proto::PatchType::Merge as i32,
+                    patch: patch.clone(),
+                    resource_version: String::new(),
+                };
+                async move { c.patch(req).await }
             })
             .await;
         match r {
-            Outcome::Ok(r) => self.acknowledged(obj, &r),
-            Outcome::Refused { status, retried } => {
+            None => {}
+            Some(Ok(r)) => self.acknowledged(obj, &r),
+            Some(Err((status, retried))) => {
                 let contradiction =
                     status.code() == Code::NotFound && matches!(state, Expect::Present(_));
                 self.refused(obj, "patch", status, retried, contradiction)
                     .await;
             }
-            Outcome::GaveUp => {
-                self.expect.insert(obj, Expect::Unknown);
-            }
         }
     }
 
     async fn delete(&mut self, obj: Obj, state: &Expect) {
-        self.count("delete", obj);
         let (kind, name) = (obj.kind().as_str().to_string(), self.name(obj));
-        let what = format!("delete {}", obj.kind());
         let r = self
-            .api
-            .call(&mut self.stats, &what, |mut c| {
-                let (kind, name) = (kind.clone(), name.clone());
-                async move {
-                    c.delete(proto::DeleteRequest {
-                        kind,
-                        name,
-                        resource_version: String::new(),
-                    })
-                    .await
-                }
+            .write("delete", obj, |mut c| {
+                let req = proto::DeleteRequest {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    resource_version: String::new(),
+                };
+                async move { c.delete(req).await }
             })
             .await;
-        match r {
-            Outcome::Ok(_) => {
-                self.stats.ok += 1;
-                self.expect.insert(obj, Expect::Absent);
-            }
+        let done = match &r {
+            None => return,
+            Some(Ok(_)) => true,
             // A retry of a delete that landed finds nothing: the delete is done.
-            Outcome::Refused {
-                status,
-                retried: true,
-            } if status.code() == Code::NotFound => {
-                self.stats.ok += 1;
-                self.expect.insert(obj, Expect::Absent);
-            }
-            Outcome::Refused { status, retried } => {
-                let contradiction =
-                    status.code() == Code::NotFound && matches!(state, Expect::Present(_));
-                self.refused(obj, "delete", status, retried, contradiction)
-                    .await;
-            }
-            Outcome::GaveUp => {
-                self.expect.insert(obj, Expect::Unknown);
-            }
+            Some(Err((s, retried))) => *retried && s.code() == Code::NotFound,
+        };
+        if done {
+            self.stats.ok += 1;
+            self.expect.insert(obj, Expect::Absent);
+        } else if let Some(Err((status, retried))) = r {
+            let contradiction =
+                status.code() == Code::NotFound && matches!(state, Expect::Present(_));
+            self.refused(obj, "delete", status, retried, contradiction)
+                .await;
         }
     }
 }
