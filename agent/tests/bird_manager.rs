@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use tern::proto::{BgpSession, BgpStatus};
@@ -492,7 +492,10 @@ fn external_bird_is_only_written_and_reloaded() -> Result<()> {
     ensure!(ns.pids().is_empty(), "external mode started a process");
     ensure!(m.status()?.state == "not running");
 
-    // "Someone else" starts BIRD on our file.
+    // "Someone else" starts BIRD on our file, written a while before. (Started within
+    // the time `show status` takes to answer, BIRD could as well have read an older
+    // file as far as the manager can tell, and gets a reload: right, but not this case.)
+    std::fs::File::open(&live)?.set_modified(SystemTime::now() - Duration::from_secs(60))?;
     let mut bird = external_bird(&ns, &live, &socket)?;
     // It read the installed file at start: nothing to reload.
     ensure!(m.apply(&cfg)? == ApplyOutcome::Unchanged);
@@ -544,6 +547,35 @@ fn external_bird_on_another_file_stays_an_error() -> Result<()> {
     }
     sh("kill", &["-TERM", &bird.id().to_string()])?;
     bird.wait()?;
+    Ok(())
+}
+
+/// The live file is dated from the rename that gave it its content, not from the staged
+/// copy written before `bird -p` checked it: a BIRD that read the live file during the
+/// check read the previous content and must not look as if it had read this one. A
+/// `bird -p` that takes 300 ms makes the difference plain.
+#[test]
+fn the_live_file_is_dated_from_its_rename() -> Result<()> {
+    let ns = Ns::new()?;
+    let dir = tempfile::tempdir()?;
+    let mut opts = options(&ns, dir.path(), BirdMode::External);
+    let slow = dir.path().join("slow-bird");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 0.3\nexec bird \"$@\"\n")?;
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o700))?;
+    opts.bird_bin = slow.display().to_string();
+    let live = opts.config_path.clone();
+    let before = SystemTime::now();
+    let err = BirdManager::new(opts)?
+        .apply(&config("10.0.0.5", ""))
+        .err()
+        .context("nobody runs BIRD here")?;
+    ensure!(matches!(err, BirdError::NotRunning { .. }), "{err:?}");
+    let mtime = std::fs::metadata(&live)?.modified()?;
+    let age = mtime.duration_since(before)?;
+    ensure!(
+        age >= Duration::from_millis(300),
+        "the live file is dated {age:?} after the apply began, before the check ended"
+    );
     Ok(())
 }
 

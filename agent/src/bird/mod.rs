@@ -24,8 +24,13 @@
 //! "BIRD loaded it" is known for a reload this manager did (same BIRD boot time). After an
 //! agent restart it is read from BIRD's times: BIRD read its file after the file's last
 //! change when `now - mtime > (BIRD's current time - max(last reboot, last
-//! reconfiguration))`, with `now` taken before asking BIRD. Any doubt means one more
-//! reload, which BIRD 2 performs without touching protocols whose configuration is equal.
+//! reconfiguration))`, with `now` taken before asking BIRD. The live file's mtime is set
+//! just after the rename that gave it its content (not left at the staged write, which
+//! precedes the `bird -p` check): a BIRD that read the file during the check read the
+//! previous content. Any doubt means one more reload, which BIRD 2 performs without
+//! touching protocols whose configuration is equal. The doubt is as long as the answer
+//! to `show status` takes: a BIRD that read the file within that time of its rename
+//! gets the reload too.
 //!
 //! The configuration holds BGP passwords: files are 0600, and neither errors nor logs
 //! ever carry its contents (secrets quoted back by BIRD are redacted).
@@ -577,6 +582,10 @@ impl BirdManager {
             let _ = fs::remove_file(staging);
             return Err(io("renaming the staging file to", live)(e));
         }
+        // The file's date is when it took this content (see the module's notes).
+        File::open(live)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(io("dating", live))?;
         if let Some(dir) = live.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)
                 .and_then(|d| d.sync_all())
