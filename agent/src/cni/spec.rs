@@ -675,16 +675,20 @@ pub fn mac_string(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// A digest of an attachment (hex), for names that must fit an interface name.
-fn digest(a: &Attachment) -> [u8; 32] {
-    crate::calc::bird::sha256::digest(format!("{}/{}", a.container_id, a.ifname).as_bytes())
+/// The SHA-256 digest of an attachment, for names that must fit an interface name.
+fn digest(a: &Attachment) -> ring::digest::Digest {
+    let id = format!("{}/{}", a.container_id, a.ifname);
+    ring::digest::digest(&ring::digest::SHA256, id.as_bytes())
 }
 
 /// The host-side veth of an attachment: `cali` and 11 hex digits of a digest of
 /// container id and interface name (15 bytes, the longest name Linux takes).
 pub fn host_veth(a: &Attachment) -> String {
-    let d = digest(a);
-    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest(a)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!(
         "{HOST_VETH_PREFIX}{}",
         &hex[..MAX_IFNAME - HOST_VETH_PREFIX.len()]
@@ -695,6 +699,7 @@ pub fn host_veth(a: &Attachment) -> String {
 /// digest (so ADD knows it without reading it back).
 pub fn container_mac(a: &Attachment) -> [u8; 6] {
     let d = digest(a);
+    let d = d.as_ref();
     [(d[20] & 0xfe) | 0x02, d[21], d[22], d[23], d[24], d[25]]
 }
 

@@ -22,7 +22,6 @@ use tern::model::{
 };
 
 use super::RenderError;
-use super::sha256;
 
 /// BIRD's longest symbol (`SYM_MAX_LEN`).
 const BIRD_MAX_SYMBOL: usize = 64;
@@ -146,7 +145,8 @@ pub(super) fn symbol(name: &str, direction: Direction, family: Family) -> String
     let part = if clean == name && clean.len() <= room {
         clean
     } else {
-        let hash: String = sha256::digest(name.as_bytes())[..4]
+        let hash: String = ring::digest::digest(&ring::digest::SHA256, name.as_bytes()).as_ref()
+            [..4]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -531,6 +531,11 @@ mod tests {
             Family::V4,
         );
         assert_ne!(a, b);
+        // The suffix is the first four bytes of SHA-256 of the name.
+        assert_eq!(
+            a,
+            "'bgp_46characters.exactly.so.should.trunc-9615cbdc_exportFilterV4'"
+        );
         for s in [&a, &b] {
             assert_eq!(s.len() - 2, BIRD_MAX_SYMBOL, "{s}");
         }

@@ -21,8 +21,6 @@
 mod filters;
 mod peers;
 mod plan;
-// Also the CNI plugin's digest of an attachment (its veth name).
-pub(crate) mod sha256;
 mod text;
 
 use std::net::Ipv4Addr;

@@ -15,7 +15,7 @@ use tern::view::View;
 
 use super::filters::{self, Community, Direction};
 use super::peers;
-use super::{BirdOptions, RenderError, RouterId, sha256};
+use super::{BirdOptions, RenderError, RouterId};
 
 /// The label that keeps a node from advertising Service addresses (Kubernetes' own).
 pub(super) const EXCLUDE_SERVICES_LABEL: &str =
@@ -422,7 +422,8 @@ pub(super) fn build(view: &View, node: &str, opts: &BirdOptions) -> Result<Plan,
 
 /// Calico's `CALICO_ROUTER_ID=hash`: the first four bytes of SHA-256 of the node name.
 pub(super) fn hash_router_id(node: &str) -> Ipv4Addr {
-    let d = sha256::digest(node.as_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA256, node.as_bytes());
+    let d = d.as_ref();
     Ipv4Addr::new(d[0], d[1], d[2], d[3])
 }
 

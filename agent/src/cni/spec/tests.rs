@@ -297,6 +297,10 @@ fn names_derived_from_an_attachment() {
         ifname: "b.c".into(),
     };
     assert_ne!(host_veth(&c1), host_veth(&c2));
+    // The names of attachments made by earlier versions: DEL, CHECK and GC find them
+    // only while the derivation stays the same (SHA-256 of "<container id>/<ifname>").
+    assert_eq!(v, "cali60373cf9024");
+    assert_eq!(mac_string(&container_mac(&a)), "52:ab:0e:5a:f6:47");
 
     let mac = container_mac(&a);
     assert_eq!(mac[0] & 0x01, 0, "unicast");
