@@ -19,7 +19,6 @@
 //! reads it back before the next write.
 
 pub mod bench;
-mod intervals;
 pub mod iptables;
 pub mod nft;
 pub mod recording;
