@@ -269,7 +269,7 @@ fn every_example_parses_validates_and_renders_a_config_bird_accepts() -> anyhow:
             .map(|r| r.metadata().name.clone())
             .collect();
         nodes.dedup();
-        let opts = tern_agent::calc::bird::BirdOptions::default();
+        let opts = tern_agent::calc::bird::RenderOptions::default();
         for node in &nodes {
             let what = format!("{} for node {node}", path.display());
             let config = tern_agent::render::render_offline(
@@ -312,7 +312,7 @@ fn examples_show_their_topology() -> anyhow::Result<()> {
             node,
             what,
             tern_agent::render::RenderDataplane::Nftables,
-            &tern_agent::calc::bird::BirdOptions::default(),
+            &tern_agent::calc::bird::RenderOptions::default(),
         )
     };
     use tern_agent::render::What::{Bird, Nat};

@@ -81,7 +81,7 @@ pub struct AgentConfig {
 /// BGP: how to render, and the speaker to hand the configuration to.
 #[derive(Debug)]
 pub struct BgpSettings {
-    pub render: calc::bird::BirdOptions,
+    pub render: calc::bird::RenderOptions,
     pub dataplane: Box<dyn BgpDataplane>,
 }
 

@@ -7,7 +7,7 @@ use tern::proto;
 
 use crate::agent::{BgpDataplane, BgpSettings};
 use crate::bird::{self, ApplyOutcome, BirdManager, BirdMode};
-use crate::calc::bird::BirdOptions as RenderOptions;
+use crate::calc::bird::RenderOptions;
 use crate::exec::Exec;
 
 /// BIRD behind the apply loop.

@@ -12,7 +12,7 @@ use tern::client::ClientTls;
 use tern::model::{DataplaneKind, Family, IfAddr};
 use tern::proto;
 use tern_agent::agent::{AgentConfig, NatChoice};
-use tern_agent::calc::bird::{BirdOptions, RouterId};
+use tern_agent::calc::bird::{RenderOptions, RouterId};
 use tern_agent::dataplane::IptablesBackend;
 use tern_agent::exec::Exec;
 use tern_agent::render::{RenderDataplane, What};
@@ -204,7 +204,7 @@ fn render(
     } else {
         std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
     };
-    let opts = BirdOptions { router_id };
+    let opts = RenderOptions { router_id };
     let out = tern_agent::render::render_offline(&text, node, what, dataplane, &opts)?;
     print!("{out}");
     Ok(())
@@ -312,7 +312,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             &a.state_dir,
             &a.bird_socket,
             mode == BirdMode::Managed,
-            BirdOptions {
+            RenderOptions {
                 router_id: a.router_id,
             },
         )?),

@@ -3,7 +3,8 @@
 
 use tern::view::View;
 
-use crate::calc;
+use crate::calc::{self, nat::NatState};
+use crate::dataplane;
 
 /// What to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,14 +29,20 @@ pub fn render_offline(
     node: &str,
     what: What,
     dataplane: RenderDataplane,
-    bird: &calc::bird::BirdOptions,
+    bird: &calc::bird::RenderOptions,
 ) -> anyhow::Result<String> {
     let view = View::from_yaml(input)?;
     match what {
         What::Bird => Ok(calc::bird::render(&view, node, bird)?),
-        What::Nat => {
-            let state = calc::nat::desired(&view, node);
-            Ok(crate::dataplane::render_text(dataplane, &state))
-        }
+        What::Nat => Ok(render_text(dataplane, &calc::nat::desired(&view, node))),
+    }
+}
+
+/// The ruleset text a driver would program for `state` on a host that has none yet:
+/// the `nft -f` script, or the `iptables-restore --noflush` input of both families.
+pub fn render_text(dataplane: RenderDataplane, state: &NatState) -> String {
+    match dataplane {
+        RenderDataplane::Nftables => dataplane::nft::render(state),
+        RenderDataplane::Iptables => dataplane::iptables::render(state),
     }
 }

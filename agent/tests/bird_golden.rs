@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tern_agent::calc::bird::{BirdOptions, RouterId};
+use tern_agent::calc::bird::{RenderOptions, RouterId};
 use tern_agent::render::{RenderDataplane, What, render_offline};
 
 fn golden_dir() -> PathBuf {
@@ -74,7 +74,7 @@ fn check_case(dir: &Path) -> Result<()> {
         Some(r) => r.parse().map_err(|e: String| anyhow!("router-id: {e}"))?,
         None => RouterId::NodeAddress,
     };
-    let opts = BirdOptions { router_id };
+    let opts = RenderOptions { router_id };
     let rendered = render_offline(&input, node, What::Bird, RenderDataplane::default(), &opts);
 
     let (file, actual) = match &rendered {

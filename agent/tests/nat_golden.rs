@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use tern::view::View;
 use tern_agent::calc::nat::desired;
-use tern_agent::dataplane::render_text;
-use tern_agent::render::RenderDataplane;
+use tern_agent::render::{RenderDataplane, render_text};
 
 const NODE: &str = "node-a";
 

@@ -18,13 +18,13 @@ use anyhow::{Context as _, bail, ensure};
 use tern::model::{DataplaneKind, PortRange};
 use tern::view::View;
 use tern_agent::calc::nat::{NatState, desired};
-use tern_agent::dataplane::bench::pool_state;
 use tern_agent::dataplane::nft::session::{NftSession, SessionError};
 use tern_agent::dataplane::{
     self, ApplyOutcome, IptablesBackend, IptablesDriver, NatDriver, NftDriver,
 };
 use tern_agent::exec::Exec;
 use tern_testkit::netns::{self, Netns, veth};
+use tern_testkit::pools;
 
 #[test]
 fn netns_helper() {
@@ -865,36 +865,6 @@ fn auto_selects_nftables_and_cleanup_all_removes_every_back_end() -> anyhow::Res
     Ok(())
 }
 
-/// The benchmark helper works for every driver (tiny sizes; the numbers are not checked).
-#[test]
-fn bench_helper_runs_and_cleans_up() -> anyhow::Result<()> {
-    use tern_agent::dataplane::bench::{BenchDriver, bench_apply};
-    netns::require_root()?;
-    let ns = Netns::new("bench")?;
-    let name = ns.name().to_string();
-    let result = (|| {
-        let exec = Exec::in_netns(ns.name());
-        for d in [
-            BenchDriver::Nftables,
-            BenchDriver::Iptables(IptablesBackend::Nft),
-            BenchDriver::Iptables(IptablesBackend::Legacy),
-        ] {
-            let r = bench_apply(&exec, d, 20, 2)?;
-            ensure!(r.pools == 20 && r.runs == 2 && !r.full.is_zero(), "{r:?}");
-        }
-        let ruleset = ns.run("nft", &["list", "ruleset"])?;
-        ensure!(
-            !ruleset.contains("tern") && !ruleset.contains("TERN"),
-            "{ruleset}"
-        );
-        Ok::<_, anyhow::Error>(())
-    })();
-    drop(ns);
-    result?;
-    ensure!(!netns::exists(&name), "namespace {name} left behind");
-    Ok(())
-}
-
 /// `nft::differences` reads a real table back: none after an apply, and each pool
 /// and setting that differs is named.
 #[test]
@@ -1160,6 +1130,15 @@ fn nft_session_death_timeout_and_drop() -> anyhow::Result<()> {
         ensure!(matches!(e, SessionError::Ended(_)), "{e}");
         Ok(())
     })
+}
+
+/// `n` natOutgoing IPv4 /24 pools that no interval set merges.
+fn pool_state(n: usize) -> NatState {
+    let mut s = NatState::default();
+    for net in pools::spaced_v4(n) {
+        s.add_pool(net, true);
+    }
+    s
 }
 
 /// The kernel holds what was applied: a read-back finds nothing to repair.

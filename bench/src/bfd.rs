@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tern::view::View;
-use tern_agent::calc::bird::{BirdOptions as RenderOptions, render};
+use tern_agent::calc::bird::{RenderOptions, render};
 use tern_testkit::netns::{Lan, Netns};
 use tern_testkit::routers::{Frr, start_bird};
 

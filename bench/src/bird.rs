@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tern::view::View;
 use tern_agent::bird::{ApplyOutcome, BirdManager, BirdMode, BirdOptions};
-use tern_agent::calc::bird::{BirdOptions as RenderOptions, render};
+use tern_agent::calc::bird::{RenderOptions, render};
 
 use crate::machine;
 

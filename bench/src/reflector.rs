@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tern::view::View;
 use tern_agent::bird::{ApplyOutcome, BirdManager};
-use tern_agent::calc::bird::{BirdOptions as RenderOptions, render};
+use tern_agent::calc::bird::{RenderOptions, render};
 
 use crate::bird::median;
 use crate::machine;

@@ -72,6 +72,15 @@ impl NatState {
         }
     }
 
+    /// Add a pool's CIDR (to the NAT pools too with `nat_outgoing`).
+    pub fn add_pool(&mut self, net: IpNet, nat_outgoing: bool) {
+        let fam = self.family_mut(Family::of_net(&net));
+        fam.all_pools.insert(net);
+        if nat_outgoing {
+            fam.nat_pools.insert(net);
+        }
+    }
+
     /// Number of pools (both families).
     pub fn pool_count(&self) -> usize {
         self.v4.all_pools.len() + self.v6.all_pools.len()
@@ -87,12 +96,7 @@ impl NatState {
 pub fn desired(view: &View, node: &str) -> NatState {
     let mut state = NatState::default();
     for pool in view.pools.values() {
-        let net = pool.spec.cidr.net().trunc();
-        let fam = state.family_mut(Family::of_net(&net));
-        fam.all_pools.insert(net);
-        if pool.spec.nat_outgoing {
-            fam.nat_pools.insert(net);
-        }
+        state.add_pool(pool.spec.cidr.net().trunc(), pool.spec.nat_outgoing);
     }
 
     let config = view.agent_config_for(node);

@@ -18,7 +18,6 @@
 //! always safe, and a driver that lost track of the kernel (a failed write, a restart)
 //! reads it back before the next write.
 
-pub mod bench;
 pub mod iptables;
 pub mod nft;
 pub mod recording;
@@ -30,7 +29,6 @@ use tern::model::DataplaneKind;
 
 use crate::calc::nat::NatState;
 use crate::exec::{Exec, ExecError};
-use crate::render::RenderDataplane;
 
 pub use iptables::{IptablesBackend, IptablesDriver};
 pub use nft::NftDriver;
@@ -206,15 +204,6 @@ pub fn cleanup_all(exec: &Exec) -> Result<(), DataplaneError> {
     }
 }
 
-/// The ruleset text a driver would program for `state` on a host that has none yet:
-/// the `nft -f` script, or the `iptables-restore --noflush` input of both families.
-pub fn render_text(dataplane: RenderDataplane, state: &NatState) -> String {
-    match dataplane {
-        RenderDataplane::Nftables => nft::render(state),
-        RenderDataplane::Iptables => iptables::render(state),
-    }
-}
-
 /// Rule identity: `tern:` and a 64-bit FNV-1a hash of the rule's text, as a comment on
 /// the rule, so a read-back can tell our rules apart and notice a changed one.
 pub(crate) fn rule_id(text: &str) -> String {
@@ -232,16 +221,7 @@ pub(crate) fn rule_id(text: &str) -> String {
 pub(crate) fn test_state(nat: &[&str], other: &[&str]) -> NatState {
     let mut s = NatState::default();
     for c in nat.iter().chain(other) {
-        let n: ipnet::IpNet = c.parse().expect("cidr");
-        let fam = if n.addr().is_ipv4() {
-            &mut s.v4
-        } else {
-            &mut s.v6
-        };
-        fam.all_pools.insert(n);
-        if nat.contains(c) {
-            fam.nat_pools.insert(n);
-        }
+        s.add_pool(c.parse().expect("cidr"), nat.contains(c));
     }
     s
 }

@@ -4,4 +4,5 @@
 
 pub mod etcd;
 pub mod netns;
+pub mod pools;
 pub mod routers;

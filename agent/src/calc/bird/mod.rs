@@ -56,7 +56,7 @@ impl std::str::FromStr for RouterId {
 
 /// Options of the renderer that do not come from the view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BirdOptions {
+pub struct RenderOptions {
     pub router_id: RouterId,
 }
 
@@ -100,7 +100,7 @@ pub enum RenderError {
 }
 
 /// Render the whole BIRD 2 configuration of `node`.
-pub fn render(view: &View, node: &str, opts: &BirdOptions) -> Result<String, RenderError> {
+pub fn render(view: &View, node: &str, opts: &RenderOptions) -> Result<String, RenderError> {
     let plan = plan::build(view, node, opts)?;
     Ok(text::write(&plan))
 }

@@ -15,7 +15,7 @@ use tern::view::View;
 
 use super::filters::{self, Community, Direction};
 use super::peers;
-use super::{BirdOptions, RenderError, RouterId};
+use super::{RenderError, RenderOptions, RouterId};
 
 /// The label that keeps a node from advertising Service addresses (Kubernetes' own).
 pub(super) const EXCLUDE_SERVICES_LABEL: &str =
@@ -335,7 +335,7 @@ fn effective_port(port: Option<u16>) -> Option<u16> {
 }
 
 /// Build the plan of `node`.
-pub(super) fn build(view: &View, node: &str, opts: &BirdOptions) -> Result<Plan, RenderError> {
+pub(super) fn build(view: &View, node: &str, opts: &RenderOptions) -> Result<Plan, RenderError> {
     let me_node = view
         .nodes
         .get(node)

@@ -27,7 +27,7 @@ fn doc(kind: &str, name: &str, spec: &str) -> String {
 }
 
 fn build(v: &View, node: &str) -> Plan {
-    plan::build(v, node, &BirdOptions::default()).expect("renders")
+    plan::build(v, node, &RenderOptions::default()).expect("renders")
 }
 
 fn sessions(p: &Plan, family: Family) -> Vec<&Session> {
@@ -143,7 +143,7 @@ fn mesh_off_password_restart_time_and_missing_secrets() {
     // The plan can be debug-printed (logs) without the secret.
     assert!(!format!("{p:?}").contains("s3cret"));
     assert!(
-        render(&v, "a", &BirdOptions::default())
+        render(&v, "a", &RenderOptions::default())
             .expect("renders")
             .contains("password \"s3cret\";")
     );
@@ -164,7 +164,7 @@ fn unquotable_password_is_an_error_without_the_secret() {
             "  peerIP: 10.0.0.254\n  asNumber: 65000\n  password:\n    secretKeyRef: {name: s, key: k}\n",
         )
         + "---\napiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: 'bad\"pass'}\n";
-    let e = render(&view(&y), "a", &BirdOptions::default()).expect_err("quote");
+    let e = render(&view(&y), "a", &RenderOptions::default()).expect_err("quote");
     assert!(matches!(e, RenderError::UnquotablePassword { .. }));
     assert!(!e.to_string().contains("bad"), "{e}");
     assert!(e.to_string().contains("BGPPeer tor"), "{e}");
@@ -178,12 +178,12 @@ fn router_ids() {
         "  bgp:\n    ipv6Address: fd00::1/64\n",
     ));
     assert_eq!(
-        plan::build(&v, "kube-master", &BirdOptions::default()),
+        plan::build(&v, "kube-master", &RenderOptions::default()),
         Err(RenderError::NoRouterId {
             node: "kube-master".into()
         })
     );
-    let hash = BirdOptions {
+    let hash = RenderOptions {
         router_id: RouterId::Hash,
     };
     // Calico's value for this name (its confd test case mesh/hash).
@@ -191,7 +191,7 @@ fn router_ids() {
         plan::build(&v, "kube-master", &hash).map(|p| p.router_id),
         Ok(Ipv4Addr::new(25, 79, 212, 8))
     );
-    let explicit = BirdOptions {
+    let explicit = RenderOptions {
         router_id: "192.0.2.1".parse().expect("router id"),
     };
     assert_eq!(
@@ -237,7 +237,7 @@ fn blocks_pending_deleted_and_single_address() {
     assert_eq!(p.families[1].family, Family::V6);
     assert_eq!(p.families[1].blocks.len(), 1);
     assert!(p.families[1].sessions.is_empty());
-    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "a", &RenderOptions::default()).expect("renders");
     assert!(text.contains("route 10.1.0.0/26 blackhole;"));
     assert!(!text.contains("route 10.2.0.1/32 blackhole;"));
     assert!(text.contains("if ( net = 10.2.0.1/32 ) then { accept; }"));
@@ -276,7 +276,7 @@ fn pools_export_and_kernel_programming() {
         .collect();
     // Default programClusterRoutes (EnabledNoEncapOnly): BIRD programs unencapsulated pools.
     assert_eq!(kernel, ["ipip", "vx"]);
-    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "a", &RenderOptions::default()).expect("renders");
     let export = text
         .split("function tern_export_v4")
         .nth(1)
@@ -420,7 +420,7 @@ fn route_reflector_clients_and_next_hops() {
     assert!(la.same_as);
     assert_eq!(la.local_as.map(|a| a.0), Some(65000));
     assert!(la.rr_cluster_id.is_some());
-    let text = render(&view(&y), "rr1", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "rr1", &RenderOptions::default()).expect("renders");
     assert!(text.contains("next hop keep;"));
 }
 
@@ -445,7 +445,7 @@ fn peer_options() {
         p.families[0].peer_routes,
         [(ip4("192.0.2.1"), ip4("10.0.0.254"))]
     );
-    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "a", &RenderOptions::default()).expect("renders");
     for line in [
         "ttl security on;",
         "multihop 2;",
@@ -486,7 +486,7 @@ fn bind_mode_and_listen_port_go_to_the_templates() {
         "tor",
         "  peerIP: 192.0.2.1\n  asNumber: 65000\n  sourceAddress: None\n",
     );
-    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "a", &RenderOptions::default()).expect("renders");
     assert!(text.contains("local port 1790;"));
     assert!(text.contains(
         "template bgp tern_bgp_v4 from tern_bgp {\n  local 10.0.0.1;\n  strict bind on;\n}"
@@ -544,7 +544,7 @@ fn communities_resolve_names_dedupe_and_validate() {
     assert_eq!(cs, ["(100, 6532)", "(5663, 12)", "(100, 555, 107)"]);
     let bad = node("a", "10.0.0.1", "") + &cfg(", '70000:1'");
     assert!(matches!(
-        plan::build(&view(&bad), "a", &BirdOptions::default()),
+        plan::build(&view(&bad), "a", &RenderOptions::default()),
         Err(RenderError::Community { .. })
     ));
 }
@@ -594,7 +594,7 @@ fn filters_are_called_in_order_and_defined_once() {
             "'bgp_f2_exportFilterV4'"
         ]
     );
-    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "a", &RenderOptions::default()).expect("renders");
     assert!(text.contains("'bgp_f1_importFilterV4'(false);"));
 }
 
@@ -623,8 +623,8 @@ fn sessions_need_an_address_of_their_family() {
 #[test]
 fn output_is_deterministic_and_kinds_are_named_as_calico() {
     let v = mesh_view(&[("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")]);
-    let one = render(&v, "a", &BirdOptions::default()).expect("renders");
-    let two = render(&v.clone(), "a", &BirdOptions::default()).expect("renders");
+    let one = render(&v, "a", &RenderOptions::default()).expect("renders");
+    let two = render(&v.clone(), "a", &RenderOptions::default()).expect("renders");
     assert_eq!(one, two);
     let p = build(&v, "a");
     assert!(
@@ -643,7 +643,7 @@ fn names_cannot_break_out_of_comments() {
     let y = node("a", "10.0.0.1", "")
         + "---\napiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {name: \"x\\nprotocol device evil {}\"}\n\
            spec: {peerIP: 192.0.2.1, asNumber: 65000}\n";
-    let text = render(&view(&y), "a", &BirdOptions::default()).expect("renders");
+    let text = render(&view(&y), "a", &RenderOptions::default()).expect("renders");
     assert!(
         text.contains("description \"BGPPeer x protocol device evil {}\";"),
         "{text}"
@@ -692,10 +692,10 @@ fn session_options_reach_mesh_and_peers() {
     // No session with BFD: no `protocol bfd`.
     let off = view(&y.replace("  nodeMeshBFDProfile: fast\n", ""));
     assert!(!build(&off, "a").bfd);
-    let text = render(&off, "a", &BirdOptions::default()).expect("renders");
+    let text = render(&off, "a", &RenderOptions::default()).expect("renders");
     assert!(!text.contains("protocol bfd"));
     assert!(
-        render(&v, "a", &BirdOptions::default())
+        render(&v, "a", &RenderOptions::default())
             .expect("renders")
             .contains("protocol bfd tern_bfd {")
     );
@@ -734,7 +734,7 @@ fn reflector_view_yaml(clients: usize, mode: &str) -> String {
 
 #[test]
 fn dynamic_reflectors_do_not_change_when_clients_come_and_go() {
-    let opts = BirdOptions::default();
+    let opts = RenderOptions::default();
     let one = render(&reflector_view(3, "Dynamic"), "rr", &opts).expect("renders");
     let many = render(&reflector_view(50, "Dynamic"), "rr", &opts).expect("renders");
     assert_eq!(one, many, "the reflector's configuration names no client");
