@@ -163,7 +163,7 @@ pub fn agent_findings(fleet: &Fleet, i: usize, intent: &Intent) -> Vec<String> {
     .map(|d| format!("NAT: {d}"))
     .collect();
     if let Some(bird) = &got.bird {
-        let opts = calc::bird::BirdOptions::default();
+        let opts = calc::bird::RenderOptions::default();
         match (bird, calc::bird::render(&intent.view, node, &opts)) {
             (_, Err(e)) => out.push(format!("BIRD: the final intent does not render: {e}")),
             (Err(e), Ok(_)) => out.push(format!("BIRD: no configuration: {e}")),
