@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::effective::{self, layered, node_config_name};
+use crate::model::effective::{self, node_config_name};
 use crate::model::{
     AgentConfiguration, AgentConfigurationSpec, BFDProfile, BGPConfiguration, BGPConfigurationSpec,
     BGPFilter, BGPPeer, BlockAffinity, FelixConfiguration, IPPool, Kind, Node, Resource, Secret,
@@ -153,12 +153,7 @@ impl View {
     /// The BGPConfiguration that applies to a node: the `default` one with the node's
     /// `node.<name>` laid over it (see [`crate::model::effective`]).
     pub fn bgp_config_for(&self, node: &str) -> BGPConfigurationSpec {
-        layered([
-            self.bgp_configs.get("default").map(|c| &c.spec),
-            self.bgp_configs
-                .get(&node_config_name(node))
-                .map(|c| &c.spec),
-        ])
+        effective::bgp_config(node, |name| self.bgp_configs.get(name).map(|c| &c.spec))
     }
 
     /// The AgentConfiguration that applies to a node: FelixConfiguration and

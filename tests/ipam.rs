@@ -914,3 +914,119 @@ async fn concurrent_claims_through_two_replicas_never_get_the_same_block() {
         y.expect("assign 2").into_inner().address
     );
 }
+
+/// IPReservation, allowedUses and assignmentMode, against real etcd: the reconcile
+/// loop claims blocks of automatic workload pools only, a Manual pool gives addresses
+/// only when named, a pool without the Workload use never gives pod addresses, and no
+/// reserved address is ever handed out (a reservation made after an assignment holds
+/// for the next one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_allowed_uses_and_assignment_mode() {
+    let c = Cluster::start().await;
+    for doc in [
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: auto}\nspec: {cidr: 10.50.0.0/16, blockSize: 29}\n",
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: manual}\nspec: {cidr: 10.51.0.0/16, blockSize: 29, assignmentMode: Manual}\n",
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: tunnel}\nspec: {cidr: 10.52.0.0/16, blockSize: 29, allowedUses: [Tunnel]}\n",
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: lb}\nspec: {cidr: 10.53.0.0/16, allowedUses: [LoadBalancer]}\n",
+        "apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata: {name: gateways}\nspec: {reservedCIDRs: [10.50.0.0/31, 10.50.0.3, 10.51.0.0]}\n",
+    ] {
+        create(&c, res(doc)).await;
+    }
+    create(&c, node("n1", "")).await;
+    // Only the automatic workload pool gets a block by itself.
+    wait_blocks(&c, &set(&[("n1", "auto")]), 10).await;
+    // Give the loop another pass: still no block of the other pools.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(node_pools(&c).await, set(&[("n1", "auto")]));
+
+    let mut api = ipam(&c).await;
+    let mut got = Vec::new();
+    for i in 0..6 {
+        let a = api
+            .assign_address(assign("n1", &format!("pod{i}"), 4, ""))
+            .await
+            .expect("assign")
+            .into_inner();
+        got.push(a.address);
+    }
+    // 10.50.0.0, .1 and .3 are reserved: the /29 gives .2, .4-.7, then a new block.
+    assert_eq!(
+        got,
+        [
+            "10.50.0.2",
+            "10.50.0.4",
+            "10.50.0.5",
+            "10.50.0.6",
+            "10.50.0.7",
+            "10.50.0.8"
+        ]
+    );
+    // A reservation made now holds for the next assignment.
+    c.admin()
+        .await
+        .apply(proto::ApplyRequest {
+            resource: Some(res(
+                "apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata: {name: later}\nspec: {reservedCIDRs: [10.50.0.9/32, 10.50.0.10/31]}\n",
+            )),
+        })
+        .await
+        .expect("apply reservation");
+    let a = api
+        .assign_address(assign("n1", "pod6", 4, ""))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(a.address, "10.50.0.12");
+
+    // The Manual pool: only when named, and its reservation holds too.
+    let a = api
+        .assign_address(assign("n1", "manual0", 0, "manual"))
+        .await
+        .expect("assign from the named manual pool")
+        .into_inner();
+    assert_eq!(a.address, "10.51.0.1");
+    // Pools without the Workload use give no pod address, named or not.
+    for p in ["tunnel", "lb"] {
+        expect_status(
+            api.assign_address(assign("n1", "x", 0, p)).await,
+            Code::FailedPrecondition,
+            "",
+            p,
+        );
+        expect_status(
+            api.claim_block(claim("n1", p, 0)).await,
+            Code::FailedPrecondition,
+            "",
+            p,
+        );
+    }
+    // With the automatic pool disabled, an unnamed request finds no pool: the Manual
+    // one is not taken unasked.
+    patch(&c, "IPPool", "auto", r#"{"spec": {"disabled": true}}"#).await;
+    let e = api
+        .assign_address(assign("n1", "pod7", 4, ""))
+        .await
+        .expect_err("no automatic pool");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("assignmentMode Automatic"), "{e:?}");
+    let (affs, recs) = etcd_blocks(&c).await;
+    check_invariants(&affs, &recs);
+    assert!(
+        recs.iter().all(|r| r.pool == "auto" || r.pool == "manual"),
+        "{recs:?}"
+    );
+    let reserved = [
+        "10.50.0.0",
+        "10.50.0.1",
+        "10.50.0.3",
+        "10.50.0.9",
+        "10.50.0.10",
+        "10.50.0.11",
+        "10.51.0.0",
+    ];
+    for r in &recs {
+        for a in r.allocations.keys() {
+            assert!(!reserved.contains(&a.as_str()), "{a} is reserved");
+        }
+    }
+}

@@ -15,8 +15,10 @@
 //!
 //! The rooms: address arithmetic is `tern::addr` (shared with validation and the
 //! agent); [`keys`] names what IPAM stores and checks what callers name; [`planner`]
-//! decides (pure); [`usage`] reports; [`transactions`] reads, decides and writes;
-//! [`reconciler`] is the loop of each replica.
+//! decides (pure); [`usage`] reports; [`check`] finds inconsistencies (pure);
+//! [`transactions`] reads, decides and writes; [`admin`] holds the administrator's
+//! tools (check, one address shown or released); [`reconciler`] is the loop of each
+//! replica.
 //!
 //! Invariants (see docs/ipam.md for the whole story):
 //! - a block record and its BlockAffinity are created and deleted in the same etcd
@@ -32,17 +34,26 @@
 //!   of replicas may run the reconcile loop at once: losers re-read and find nothing
 //!   left to do.
 //!
-//! Every address of a block is handed out, the first and last included: a block is
+//! Pools: only those whose `allowedUses` has `Workload` give blocks and addresses; a
+//! `Manual` pool only when named (see [`PoolView::automatic`]). No address an
+//! IPReservation covers is handed out (the assignment compares the reservations
+//! unchanged since its read).
+//!
+//! Every address of a block is handed out (but reserved ones), the first and last included: a block is
 //! routed whole (one blackhole route per block in BIRD, one /32 or /128 route per
 //! workload), never used as a subnet on a link, so it has no network or broadcast
 //! address to protect. This is what Calico does.
 
+mod admin;
+mod check;
 mod keys;
 mod planner;
 mod reconciler;
 mod transactions;
 mod usage;
 
+pub use admin::{AddressInfo, ReleasedIp};
+pub use check::{CheckInput, CheckReport, Problem, StoredHandle, check};
 pub use keys::*;
 pub use planner::*;
 pub use reconciler::{IpamTuning, PassReport, Reconciler, spawn_reconciler};
@@ -71,7 +82,11 @@ pub enum IpamError {
         node: String,
         selector: String,
     },
-    #[error("no enabled IPv{family} pool selects node {node:?}")]
+    #[error("IPPool {0:?} gives no workload addresses (its allowedUses has no Workload)")]
+    NotForWorkloads(String),
+    #[error(
+        "no IPv{family} pool selects node {node:?} for automatic assignment (enabled, allowedUses with Workload, assignmentMode Automatic)"
+    )]
     NoPool { family: u32, node: String },
     #[error("no free block left in IPPool {}", .0.join(", "))]
     Exhausted(Vec<String>),

@@ -250,9 +250,11 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         .set_serving::<proto::sync_service_server::SyncServiceServer<SyncApi>>()
         .await;
     // ---- IPAM (controller/src/api/ipam.rs): IpamService. ----
-    let ipam =
-        proto::ipam_service_server::IpamServiceServer::new(crate::api::ipam::IpamApi::new(ipam))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let ipam = proto::ipam_service_server::IpamServiceServer::new(crate::api::ipam::IpamApi::new(
+        ipam,
+        config.ipam.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     health_reporter
         .set_serving::<proto::ipam_service_server::IpamServiceServer<crate::api::ipam::IpamApi>>()
         .await;

@@ -5,7 +5,8 @@
 //! to a node is the layers laid one over the other in a fixed order, a field set in a
 //! later layer winning and an unset field letting the earlier one show through; a list
 //! counts as set when it is not empty. This is the one place that rule is written: the
-//! agent's view, the controller's per-node filter and `ternctl` all call [`layered`].
+//! agent's view, the controller's per-node filter and `ternctl` all call [`layered`]
+//! (for BGPConfiguration through [`bgp_config`]).
 //!
 //! ## AgentConfiguration and FelixConfiguration
 //! Both kinds feed one model, [`AgentConfigurationSpec`]: a FelixConfiguration's NAT
@@ -178,6 +179,16 @@ impl From<&FelixConfigurationSpec> for AgentConfigurationSpec {
 /// The name of a node's own object of a configuration kind.
 pub fn node_config_name(node: &str) -> String {
     format!("node.{node}")
+}
+
+/// The effective BGPConfiguration of a node: `default` with the node's `node.<name>`
+/// laid over it, `get` finding a BGPConfiguration by name. The one resolver for the
+/// agent's view and the controller's per-node filter.
+pub fn bgp_config<'a>(
+    node: &str,
+    get: impl Fn(&str) -> Option<&'a BGPConfigurationSpec>,
+) -> BGPConfigurationSpec {
+    layered([get("default"), get(&node_config_name(node))])
 }
 
 /// The effective AgentConfiguration of a node from the four layers (module docs).

@@ -121,6 +121,18 @@ impl IPPoolSpec {
     pub fn vxlan_mode(&self) -> EncapMode {
         self.vxlan_mode.unwrap_or_default()
     }
+    /// Whether the pool allows `using` (unset `allowedUses` is Calico's default,
+    /// `[Workload, Tunnel]`).
+    pub fn allows(&self, using: AllowedUse) -> bool {
+        if self.allowed_uses.is_empty() {
+            matches!(using, AllowedUse::Workload | AllowedUse::Tunnel)
+        } else {
+            self.allowed_uses.contains(&using)
+        }
+    }
+    pub fn assignment_mode(&self) -> AssignmentMode {
+        self.assignment_mode.unwrap_or_default()
+    }
 }
 
 // ---------------------------------------------------------------------------------

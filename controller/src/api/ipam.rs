@@ -6,7 +6,7 @@
 //! |---|---|
 //! | a malformed field (named in a `BadRequest` detail) | INVALID_ARGUMENT |
 //! | unknown node or pool | NOT_FOUND |
-//! | disabled pool, pool that does not select the node, no pool of the family | FAILED_PRECONDITION |
+//! | disabled pool, pool without the Workload use, pool that does not select the node, no pool of the family | FAILED_PRECONDITION |
 //! | no free block left | RESOURCE_EXHAUSTED |
 //! | lost too many races | ABORTED |
 
@@ -20,8 +20,8 @@ use tracing::{Instrument as _, info, info_span};
 use super::invalid_field;
 use crate::authz::{caller, check_ipam_node};
 use crate::ipam::{
-    BlockRecord, Ipam, IpamError, MAX_HANDLE_BYTES, check_handle, check_node, check_pool,
-    parse_family,
+    BlockRecord, Ipam, IpamError, IpamTuning, MAX_HANDLE_BYTES, Problem, check_handle, check_node,
+    check_pool, parse_family,
 };
 
 impl From<IpamError> for Status {
@@ -31,6 +31,7 @@ impl From<IpamError> for Status {
             IpamError::InvalidArgument { field, reason } => invalid_field(field, reason),
             IpamError::NodeNotFound(_) | IpamError::PoolNotFound(_) => Status::not_found(msg),
             IpamError::PoolDisabled(_)
+            | IpamError::NotForWorkloads(_)
             | IpamError::NotSelected { .. }
             | IpamError::NoPool { .. } => Status::failed_precondition(msg),
             IpamError::Exhausted(_) => Status::resource_exhausted(msg),
@@ -56,18 +57,39 @@ fn block_message(r: &BlockRecord) -> proto::Block {
 #[derive(Debug, Clone)]
 pub struct IpamApi {
     ipam: Ipam,
+    tuning: IpamTuning,
     nodes: NodeQueues,
 }
 
 impl IpamApi {
     /// The API over the same [`Ipam`] as the replica's reconcile loop (so that it can
-    /// wake the loop).
-    pub fn new(ipam: Ipam) -> Self {
+    /// wake the loop), reporting the loop's `tuning` as IPAM's configuration.
+    pub fn new(ipam: Ipam, tuning: IpamTuning) -> Self {
         IpamApi {
             ipam,
+            tuning,
             nodes: NodeQueues::default(),
         }
     }
+}
+
+fn problems(v: &[Problem]) -> Vec<proto::IpamProblem> {
+    v.iter()
+        .map(|p| proto::IpamProblem {
+            address: p.address.map(|a| a.to_string()).unwrap_or_default(),
+            block: p.block.map(|b| b.to_string()).unwrap_or_default(),
+            node: p.node.clone(),
+            handle: p.handle.clone(),
+            pool: p.pool.clone(),
+            reason: p.reason.clone(),
+        })
+        .collect()
+}
+
+/// An address field: required, an IPv4 or IPv6 address.
+fn parse_address(s: &str) -> Result<std::net::IpAddr, Status> {
+    s.parse()
+        .map_err(|_| invalid_field("address", format!("{s:?} is not an IP address")))
 }
 
 /// One queue per node for the calls that write a node's blocks (assign, release,
@@ -199,6 +221,81 @@ impl IpamService for IpamApi {
             .await?;
         Ok(Response::new(proto::ReleaseAddressResponse {
             addresses: addresses.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn show_address(
+        &self,
+        req: Request<proto::ShowAddressRequest>,
+    ) -> Result<Response<proto::ShowAddressResponse>, Status> {
+        let address = parse_address(&req.into_inner().address)?;
+        let a = self.ipam.show_address(address).await?;
+        Ok(Response::new(proto::ShowAddressResponse {
+            address: address.to_string(),
+            pool: a.pool,
+            block: a.block.map(|b| b.to_string()).unwrap_or_default(),
+            node: a.node,
+            handle: a.handle,
+            reservations: a.reservations,
+        }))
+    }
+
+    async fn show_configuration(
+        &self,
+        _req: Request<proto::IpamConfigurationRequest>,
+    ) -> Result<Response<proto::IpamConfiguration>, Status> {
+        Ok(Response::new(proto::IpamConfiguration {
+            strict_affinity: true,
+            auto_allocate_blocks: self.tuning.auto_blocks,
+            max_blocks_per_host: 0,
+        }))
+    }
+
+    async fn check(
+        &self,
+        _req: Request<proto::IpamCheckRequest>,
+    ) -> Result<Response<proto::IpamCheckReport>, Status> {
+        let r = self
+            .ipam
+            .check()
+            .instrument(info_span!("ipam.check"))
+            .await?;
+        Ok(Response::new(proto::IpamCheckReport {
+            revision: r.revision,
+            blocks: r.blocks,
+            addresses_in_use: r.addresses_in_use,
+            handles: r.handles,
+            leaked: problems(&r.leaked),
+            orphan_handles: problems(&r.orphan_handles),
+            stale_blocks: problems(&r.stale_blocks),
+            borrowed: problems(&r.borrowed),
+            reserved_in_use: problems(&r.reserved_in_use),
+        }))
+    }
+
+    async fn release_ip(
+        &self,
+        req: Request<proto::ReleaseIpRequest>,
+    ) -> Result<Response<proto::ReleaseIpResponse>, Status> {
+        let req = req.into_inner();
+        let address = parse_address(&req.address)?;
+        if !req.handle.is_empty() {
+            check_handle(&req.handle)?;
+        }
+        if !req.node.is_empty() {
+            check_node(&req.node)?;
+        }
+        let r = self
+            .ipam
+            .release_ip(address, &req.handle, &req.node)
+            .instrument(info_span!("ipam.release_ip", %address))
+            .await?;
+        Ok(Response::new(proto::ReleaseIpResponse {
+            allocation: r.allocation,
+            handle_record: r.handle_record,
+            handle: r.handle,
+            block: r.block.map(|b| b.to_string()).unwrap_or_default(),
+            node: r.node,
         }))
     }
 

@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use tern::addr::{bounds, from_ordinal, overlaps, same_family, size};
-use tern::model::{AffinityState, Family, IPPoolSpec, Resource};
+use tern::addr::{bounds, from_ordinal, ordinal, overlaps, same_family, size};
+use tern::model::{AffinityState, AllowedUse, AssignmentMode, Family, IPPoolSpec, Resource};
 
 use super::{BlockRecord, IpamError};
 
@@ -57,47 +57,84 @@ pub fn first_free_block(pool: &IpNet, block_len: u8, occupied: &[IpNet]) -> Opti
     IpNet::new(addr, block_len).ok()
 }
 
+/// The ordinal ranges of `block` (inclusive, sorted, merged) that `reserved` covers
+/// (IPReservations; other families are ignored).
+fn reserved_ordinals(block: &IpNet, reserved: &[IpNet]) -> Vec<(u128, u128)> {
+    let (start, end) = bounds(block);
+    let mut out: Vec<(u128, u128)> = reserved
+        .iter()
+        .filter(|r| same_family(r, block))
+        .map(bounds)
+        .filter(|&(s, e)| s <= end && e >= start)
+        .map(|(s, e)| (s.max(start) - start, e.min(end) - start))
+        .collect();
+    out.sort_unstable();
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(out.len());
+    for (s, e) in out {
+        match merged.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+}
+
 /// A free address of `block`, looking from ordinal `next` on and wrapping around, so
 /// that a released address is reused as late as possible. Returns the address and the
 /// ordinal to look from next time. Every address of the block is used (see the module
-/// documentation).
+/// documentation) except those `reserved` covers (IPReservations), which are never
+/// handed out.
 pub fn pick_address(
     block: &IpNet,
     allocations: &BTreeMap<IpAddr, String>,
     next: u64,
+    reserved: &[IpNet],
 ) -> Option<(IpAddr, u64)> {
     let size = size(block);
     let (start, _) = bounds(block);
-    let used = allocations.keys().filter(|a| block.contains(*a)).count() as u128;
-    if used >= size {
+    let held = reserved_ordinals(block, reserved);
+    let is_reserved = |ord: u128| held.iter().any(|&(s, e)| s <= ord && ord <= e);
+    let reserved_count: u128 = held.iter().map(|&(s, e)| e - s + 1).sum();
+    let used_unreserved = allocations
+        .keys()
+        .filter(|a| block.contains(*a))
+        .filter(|a| !is_reserved(ordinal(**a) - start))
+        .count() as u128;
+    if used_unreserved + reserved_count >= size {
         return None;
     }
     let family = Family::of_net(block);
-    let first = u128::from(next) % size;
-    // Among used + 1 consecutive ordinals at least one is free.
-    for i in 0..=used {
-        let ord = if first >= size - i {
-            first - (size - i)
-        } else {
-            first + i
-        };
+    let mut ord = u128::from(next) % size;
+    // Each step either jumps over a reserved range or visits one ordinal; among the
+    // unreserved ordinals, used_unreserved + 1 visited ones hold a free one.
+    let mut visited = 0u128;
+    let mut steps = 0usize;
+    while visited <= used_unreserved && steps <= held.len() * 2 + size as usize {
+        steps += 1;
+        if let Some(&(_, e)) = held.iter().find(|&&(s, e)| s <= ord && ord <= e) {
+            ord = if e + 1 >= size { 0 } else { e + 1 };
+            continue;
+        }
         let addr = from_ordinal(family, start + ord)?;
         if !allocations.contains_key(&addr) {
             let after = u64::try_from((ord + 1) % size).unwrap_or(0);
             return Some((addr, after));
         }
+        visited += 1;
+        ord = if ord + 1 >= size { 0 } else { ord + 1 };
     }
     None
 }
 
-/// The first block (in the order given) with a free address, that address, and the
-/// block's next ordinal after taking it.
+/// The first block (in the order given) with a free address that no reservation
+/// covers, that address, and the block's next ordinal after taking it.
 pub fn choose_address<'a>(
     blocks: impl IntoIterator<Item = &'a BlockRecord>,
+    reserved: &[IpNet],
 ) -> Option<(&'a BlockRecord, IpAddr, u64)> {
-    blocks
-        .into_iter()
-        .find_map(|b| pick_address(&b.cidr, &b.allocations, b.next_ordinal).map(|(a, n)| (b, a, n)))
+    blocks.into_iter().find_map(|b| {
+        pick_address(&b.cidr, &b.allocations, b.next_ordinal, reserved).map(|(a, n)| (b, a, n))
+    })
 }
 
 /// A node as IPAM sees it.
@@ -129,6 +166,18 @@ impl PoolView {
     }
     pub fn selects(&self, node: &NodeView) -> bool {
         self.spec.node_selector.matches(&node.labels)
+    }
+    /// Whether the pool gives workload (pod) addresses: its `allowedUses` has
+    /// `Workload`.
+    pub fn for_workloads(&self) -> bool {
+        self.spec.allows(AllowedUse::Workload)
+    }
+    /// Whether IPAM may take blocks and addresses from the pool without being asked
+    /// for it by name: enabled, for workloads, and `assignmentMode: Automatic`.
+    pub fn automatic(&self) -> bool {
+        !self.spec.disabled
+            && self.for_workloads()
+            && self.spec.assignment_mode() == AssignmentMode::Automatic
     }
 }
 
@@ -180,6 +229,14 @@ pub(crate) fn affinity_view(r: &Resource, rev: i64) -> Option<AffinityView> {
     }
 }
 
+/// The networks an IPReservation keeps from IPAM.
+pub(crate) fn reserved_networks(r: &Resource, _rev: i64) -> Option<Vec<IpNet>> {
+    match r {
+        Resource::IPReservation(o) => Some(o.spec.networks().collect()),
+        _ => None,
+    }
+}
+
 /// The pool a block belongs to: the pool it names, if that pool still exists and
 /// holds the block; for blocks that name no pool, the pool that holds it.
 pub fn effective_pool<'a>(
@@ -195,8 +252,9 @@ pub fn effective_pool<'a>(
 }
 
 /// The pools a new block or address for `node` may come from, in the order to try:
-/// the named pool (which must exist, be enabled and select the node), else every
-/// enabled pool of the family that selects the node, by name.
+/// the named pool (which must exist, be enabled, allow the `Workload` use and select
+/// the node; a `Manual` pool is fine when named), else every pool of the family that
+/// selects the node and that IPAM may use unasked ([`PoolView::automatic`]), by name.
 pub fn candidate_pools<'a>(
     pools: &'a BTreeMap<String, PoolView>,
     node: &NodeView,
@@ -222,6 +280,9 @@ pub fn candidate_pools<'a>(
         if p.spec.disabled {
             return Err(IpamError::PoolDisabled(name.to_string()));
         }
+        if !p.for_workloads() {
+            return Err(IpamError::NotForWorkloads(name.to_string()));
+        }
         if !p.selects(node) {
             return Err(IpamError::NotSelected {
                 pool: name.to_string(),
@@ -239,7 +300,7 @@ pub fn candidate_pools<'a>(
     };
     let out: Vec<&PoolView> = pools
         .values()
-        .filter(|p| p.family() == family && !p.spec.disabled && p.selects(node))
+        .filter(|p| p.family() == family && p.automatic() && p.selects(node))
         .collect();
     if out.is_empty() {
         return Err(IpamError::NoPool {
@@ -417,7 +478,7 @@ pub fn plan(s: &Snapshot, auto_blocks: bool) -> Vec<Action> {
     if auto_blocks {
         for node in s.nodes.values() {
             for pool in s.pools.values() {
-                if !pool.spec.disabled
+                if pool.automatic()
                     && pool.selects(node)
                     && !has_block.contains(&(node.name.as_str(), pool.name.as_str()))
                 {

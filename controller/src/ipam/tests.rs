@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use tern::model::{AffinityState, Family, IPPoolSpec, Resource};
+use tern::model::{AffinityState, AllowedUse, AssignmentMode, Family, IPPoolSpec, Resource};
 
 use super::transactions::affinity_resource;
 use super::*;
@@ -189,7 +189,7 @@ fn pick_address_uses_every_address_round_robin() {
     let mut allocs = BTreeMap::new();
     let mut next = 0;
     let mut got = Vec::new();
-    while let Some((a, n)) = pick_address(&block, &allocs, next) {
+    while let Some((a, n)) = pick_address(&block, &allocs, next, &[]) {
         allocs.insert(a, format!("h{}", got.len()));
         got.push(a);
         next = n;
@@ -201,17 +201,17 @@ fn pick_address_uses_every_address_round_robin() {
     // A released address is reused only after the others.
     allocs.remove(&addr("10.0.0.1"));
     assert_eq!(
-        pick_address(&block, &allocs, next),
+        pick_address(&block, &allocs, next, &[]),
         Some((addr("10.0.0.1"), 2))
     );
     allocs.remove(&addr("10.0.0.2"));
     allocs.remove(&addr("10.0.0.1"));
     assert_eq!(
-        pick_address(&block, &allocs, 2),
+        pick_address(&block, &allocs, 2, &[]),
         Some((addr("10.0.0.2"), 3))
     );
     assert_eq!(
-        pick_address(&block, &allocs, 3),
+        pick_address(&block, &allocs, 3, &[]),
         Some((addr("10.0.0.1"), 2))
     );
 }
@@ -222,12 +222,18 @@ fn pick_address_ignores_stray_allocations_and_handles_ipv6() {
     let mut allocs = BTreeMap::new();
     allocs.insert(addr("10.0.0.1"), "stray".to_string());
     allocs.insert(addr("fd00::"), "a".to_string());
-    assert_eq!(pick_address(&block, &allocs, 0), Some((addr("fd00::1"), 2)));
-    assert_eq!(pick_address(&block, &allocs, 7), Some((addr("fd00::3"), 0)));
+    assert_eq!(
+        pick_address(&block, &allocs, 0, &[]),
+        Some((addr("fd00::1"), 2))
+    );
+    assert_eq!(
+        pick_address(&block, &allocs, 7, &[]),
+        Some((addr("fd00::3"), 0))
+    );
     for i in 1..4 {
         allocs.insert(addr(&format!("fd00::{i}")), format!("h{i}"));
     }
-    assert_eq!(pick_address(&block, &allocs, 0), None);
+    assert_eq!(pick_address(&block, &allocs, 0, &[]), None);
 }
 
 #[test]
@@ -236,10 +242,64 @@ fn choose_address_takes_the_first_block_with_room() {
     full.allocations.insert(addr("10.0.0.0"), "a".into());
     full.allocations.insert(addr("10.0.0.1"), "b".into());
     let free = BlockRecord::new(net("10.0.0.2/31"), "p", "n");
-    let (b, a, _) = choose_address([&full, &free]).expect("room");
+    let (b, a, _) = choose_address([&full, &free], &[]).expect("room");
     assert_eq!((b.cidr, a), (net("10.0.0.2/31"), addr("10.0.0.2")));
-    assert!(choose_address([&full]).is_none());
-    assert!(choose_address(std::iter::empty()).is_none());
+    assert!(choose_address([&full], &[]).is_none());
+    assert!(choose_address(std::iter::empty(), &[]).is_none());
+}
+
+#[test]
+fn reserved_addresses_are_never_picked() {
+    let block = net("10.0.0.0/29");
+    let reserved = [
+        net("10.0.0.0/31"),
+        net("10.0.0.4/32"),
+        net("192.168.0.0/16"),
+    ];
+    let mut allocs = BTreeMap::new();
+    let mut next = 0;
+    let mut got = Vec::new();
+    while let Some((a, n)) = pick_address(&block, &allocs, next, &reserved) {
+        allocs.insert(a, format!("h{}", got.len()));
+        got.push(a);
+        next = n;
+    }
+    assert_eq!(
+        got,
+        ["10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6", "10.0.0.7"].map(addr)
+    );
+    // Starting inside a reserved range, and wrapping around into one.
+    allocs.clear();
+    assert_eq!(
+        pick_address(&block, &allocs, 4, &reserved),
+        Some((addr("10.0.0.5"), 6))
+    );
+    assert_eq!(
+        pick_address(&block, &allocs, 8, &[net("10.0.0.0/30")]),
+        Some((addr("10.0.0.4"), 5))
+    );
+    // An address allocated before its reservation counts once.
+    allocs.insert(addr("10.0.0.0"), "old".into());
+    for a in ["10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6"] {
+        allocs.insert(addr(a), a.into());
+    }
+    assert_eq!(
+        pick_address(&block, &allocs, 0, &reserved),
+        Some((addr("10.0.0.7"), 0))
+    );
+    // A block reserved whole has no address; the next block is chosen.
+    let all = BlockRecord::new(net("10.0.1.0/30"), "p", "n");
+    let other = BlockRecord::new(net("10.0.2.0/30"), "p", "n");
+    let (b, a, _) =
+        choose_address([&all, &other], &[net("10.0.0.0/23")]).expect("the second block");
+    assert_eq!((b.cidr, a), (net("10.0.2.0/30"), addr("10.0.2.0")));
+    assert!(choose_address([&all], &[net("10.0.1.0/30")]).is_none());
+    // IPv6: a reservation of one address in a large block.
+    let v6 = net("fd00::/122");
+    assert_eq!(
+        pick_address(&v6, &BTreeMap::new(), 0, &[net("fd00::/128")]),
+        Some((addr("fd00::1"), 2))
+    );
 }
 
 // ---- names, keys, records ------------------------------------------------------
@@ -387,6 +447,77 @@ fn candidate_pools_by_name_or_family() {
         names(candidate_pools(&ps, &r1, None, Some(Family::V4)).expect("v4")),
         ["a-v4", "b-v4", "d-v4"]
     );
+}
+
+fn uses(mut p: PoolView, uses: &[AllowedUse], mode: AssignmentMode) -> PoolView {
+    p.spec.allowed_uses = uses.to_vec();
+    p.spec.assignment_mode = Some(mode);
+    p
+}
+
+#[test]
+fn manual_pools_only_by_name_and_workload_addresses_only_from_workload_pools() {
+    use AllowedUse::{LoadBalancer, Tunnel, Workload};
+    let ps = pools(vec![
+        pool("auto", "10.0.0.0/16", 26),
+        uses(
+            pool("manual", "10.1.0.0/16", 26),
+            &[Workload],
+            AssignmentMode::Manual,
+        ),
+        uses(
+            pool("tunnel", "10.2.0.0/16", 26),
+            &[Tunnel],
+            AssignmentMode::Automatic,
+        ),
+        uses(
+            pool("lb", "10.3.0.0/16", 26),
+            &[LoadBalancer],
+            AssignmentMode::Automatic,
+        ),
+        uses(
+            pool("both", "10.4.0.0/16", 26),
+            &[Tunnel, Workload],
+            AssignmentMode::Automatic,
+        ),
+    ]);
+    let n = node("n1", &[]);
+    let names = |v: Vec<&PoolView>| v.into_iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(candidate_pools(&ps, &n, None, Some(Family::V4)).expect("v4")),
+        ["auto", "both"]
+    );
+    assert_eq!(
+        names(candidate_pools(&ps, &n, Some("manual"), None).expect("named")),
+        ["manual"]
+    );
+    for name in ["tunnel", "lb"] {
+        let e = candidate_pools(&ps, &n, Some(name), None).expect_err(name);
+        assert!(matches!(e, IpamError::NotForWorkloads(_)), "{e}");
+        assert!(e.to_string().contains("allowedUses has no Workload"), "{e}");
+    }
+    let only_manual = pools(vec![uses(
+        pool("manual", "10.1.0.0/16", 26),
+        &[Workload],
+        AssignmentMode::Manual,
+    )]);
+    let e = candidate_pools(&only_manual, &n, None, Some(Family::V4)).expect_err("none");
+    assert!(e.to_string().contains("assignmentMode Automatic"), "{e}");
+
+    // The reconcile loop claims blocks of automatic workload pools only.
+    let snap = Snapshot {
+        nodes: nodes(vec![n.clone()]),
+        pools: ps,
+        ..Snapshot::default()
+    };
+    let claims: Vec<String> = plan(&snap, true)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Claim { pool, .. } => Some(pool),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims, ["auto", "both"]);
 }
 
 #[test]
@@ -741,4 +872,115 @@ fn usage_counts_blocks_and_addresses() {
     let (_, only) = usage(&ps, &affs, &[], Some("n3"));
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].node, "n3");
+}
+
+// ---- the consistency check --------------------------------------------------------
+
+fn handle(node: &str, h: &str, a: &str, block: &str) -> StoredHandle {
+    StoredHandle {
+        node: node.into(),
+        family: Family::of_addr(&addr(a)),
+        handle: h.into(),
+        record: HandleRecord {
+            address: addr(a),
+            block: net(block),
+        },
+    }
+}
+
+#[test]
+fn check_finds_leaks_orphans_stale_blocks_borrowed_and_reserved_addresses() {
+    let mut b1 = BlockRecord::new(net("10.0.0.0/29"), "p", "n1");
+    b1.allocations.insert(addr("10.0.0.1"), "ok".into());
+    b1.allocations.insert(addr("10.0.0.2"), "leaked".into());
+    b1.allocations.insert(addr("10.0.0.3"), "lent".into());
+    b1.allocations.insert(addr("10.0.0.4"), "old".into());
+    let mut gone_node = BlockRecord::new(net("10.0.0.8/29"), "p", "gone");
+    gone_node.allocations.insert(addr("10.0.0.9"), "g".into());
+    let gone_pool = BlockRecord::new(net("10.9.0.0/29"), "deleted", "n1");
+    let input = CheckInput {
+        revision: 42,
+        nodes: ["n1", "n2"].map(String::from).into(),
+        pools: pools(vec![pool("p", "10.0.0.0/16", 29)]),
+        affinities: vec![
+            aff("n1", "10.0.0.0/29", "p"),
+            aff("n3", "10.0.0.16/29", "p"),
+        ],
+        records: vec![b1, gone_node, gone_pool],
+        handles: vec![
+            handle("n1", "ok", "10.0.0.1", "10.0.0.0/29"),
+            handle("n2", "lent", "10.0.0.3", "10.0.0.0/29"),
+            handle("n1", "old", "10.0.0.4", "10.0.0.0/29"),
+            // Its block holds another address for it; its block is gone; its node is.
+            handle("n1", "stale", "10.0.0.5", "10.0.0.0/29"),
+            handle("n1", "nowhere", "10.5.0.1", "10.5.0.0/29"),
+            handle("gone", "g", "10.0.0.9", "10.0.0.8/29"),
+        ],
+        reserved: vec![("gw".into(), net("10.0.0.4/32"))],
+    };
+    let r = check(&input);
+    assert_eq!(
+        (r.revision, r.blocks, r.addresses_in_use, r.handles),
+        (42, 3, 5, 6)
+    );
+    let what = |v: &[Problem]| {
+        v.iter()
+            .map(|p| {
+                format!(
+                    "{} {} {} {}",
+                    p.address.map(|a| a.to_string()).unwrap_or_default(),
+                    p.block.map(|b| b.to_string()).unwrap_or_default(),
+                    p.node,
+                    p.handle
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(what(&r.leaked), ["10.0.0.2 10.0.0.0/29 n1 leaked"]);
+    assert_eq!(what(&r.borrowed), ["10.0.0.3 10.0.0.0/29 n1 lent"]);
+    assert_eq!(what(&r.reserved_in_use), ["10.0.0.4 10.0.0.0/29 n1 old"]);
+    assert!(r.reserved_in_use[0].reason.contains("IPReservation gw"));
+    assert_eq!(
+        what(&r.orphan_handles),
+        [
+            "10.0.0.5 10.0.0.0/29 n1 stale",
+            "10.0.0.9 10.0.0.8/29 gone g",
+            "10.5.0.1 10.5.0.0/29 n1 nowhere",
+        ]
+    );
+    assert_eq!(
+        r.orphan_handles
+            .iter()
+            .map(|p| p.reason.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "block 10.0.0.0/29 does not hold 10.0.0.5 for it",
+            "its node is deleted",
+            "its block 10.5.0.0/29 does not exist",
+        ]
+    );
+    assert_eq!(
+        r.stale_blocks
+            .iter()
+            .map(|p| format!("{} {} {}", p.block.expect("block"), p.node, p.reason))
+            .collect::<Vec<_>>(),
+        [
+            "10.0.0.8/29 gone its node is deleted",
+            "10.0.0.16/29 n3 its node is deleted",
+            "10.9.0.0/29 n1 its pool is deleted",
+        ]
+    );
+    assert_eq!(r.problems(), 9);
+    // A consistent set of records has no problem.
+    let mut fine = BlockRecord::new(net("10.0.0.0/29"), "p", "n1");
+    fine.allocations.insert(addr("10.0.0.1"), "ok".into());
+    let clean = CheckInput {
+        nodes: ["n1"].map(String::from).into(),
+        pools: pools(vec![pool("p", "10.0.0.0/16", 29)]),
+        affinities: vec![aff("n1", "10.0.0.0/29", "p")],
+        records: vec![fine],
+        handles: vec![handle("n1", "ok", "10.0.0.1", "10.0.0.0/29")],
+        ..CheckInput::default()
+    };
+    assert_eq!(check(&clean).problems(), 0);
 }

@@ -18,12 +18,13 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use super::{
     AffinityView, BlockRecord, HandleRecord, IpamError, NodeView, PoolView, ReleaseReason,
     Snapshot, affinity_name, affinity_view, candidate_pools, choose_address, decode_handle,
-    effective_pool, first_free_block, node_view, parse_block_segment, pool_view, usage,
+    effective_pool, first_free_block, node_view, parse_block_segment, pool_view, reserved_networks,
+    usage,
 };
 use crate::store::{Cmp, Kv, Op, Store, Txn};
 
 /// How many times a request re-reads and retries when other writers win the race.
-const MAX_ATTEMPTS: usize = 32;
+pub(super) const MAX_ATTEMPTS: usize = 32;
 
 /// Handle keys deleted in the same transaction as their block (etcd allows 128
 /// operations per transaction by default); larger blocks drop the rest afterwards.
@@ -110,13 +111,13 @@ pub(crate) enum Done {
 /// IPAM over the store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ipam {
-    store: Store,
+    pub(super) store: Store,
     /// Wakes this replica's reconcile loop when something the cache cannot see
     /// changed (a block became empty: it may be releasable now).
     pub(crate) poke: Arc<Notify>,
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(kv: &Kv) -> Result<T, IpamError> {
+pub(super) fn decode_json<T: serde::de::DeserializeOwned>(kv: &Kv) -> Result<T, IpamError> {
     serde_json::from_slice(&kv.value).map_err(|e| IpamError::Corrupt {
         key: kv.key.clone(),
         reason: e.to_string(),
@@ -131,28 +132,32 @@ impl Ipam {
         }
     }
 
-    fn affinity_key(&self, name: &str) -> String {
+    pub(super) fn affinity_key(&self, name: &str) -> String {
         self.store.key(Kind::BlockAffinity, name)
     }
 
-    fn node_key(&self, node: &str) -> String {
+    pub(super) fn node_key(&self, node: &str) -> String {
         self.store.key(Kind::Node, node)
     }
 
-    fn pool_key(&self, pool: &str) -> String {
+    pub(super) fn pool_key(&self, pool: &str) -> String {
         self.store.key(Kind::IPPool, pool)
     }
 
-    fn block_key(&self, cidr: &IpNet) -> String {
+    pub(super) fn block_key(&self, cidr: &IpNet) -> String {
         self.store.ipam_block_key(cidr)
     }
 
-    fn handle_key(&self, node: &str, family: Family, handle: &str) -> String {
+    pub(super) fn handle_key(&self, node: &str, family: Family, handle: &str) -> String {
         self.store.ipam_handle_key(node, family, handle)
     }
 
     /// Decode resources, skipping (and logging) unreadable ones.
-    fn decode_all<T>(&self, kvs: &[Kv], f: impl Fn(&Resource, i64) -> Option<T>) -> Vec<T> {
+    pub(super) fn decode_all<T>(
+        &self,
+        kvs: &[Kv],
+        f: impl Fn(&Resource, i64) -> Option<T>,
+    ) -> Vec<T> {
         kvs.iter()
             .filter_map(|kv| match self.store.decode(kv) {
                 Ok(s) => f(&s.resource, s.mod_revision),
@@ -164,20 +169,24 @@ impl Ipam {
             .collect()
     }
 
-    fn decode_one<T>(&self, kv: Option<&Kv>, f: impl Fn(&Resource, i64) -> Option<T>) -> Option<T> {
+    pub(super) fn decode_one<T>(
+        &self,
+        kv: Option<&Kv>,
+        f: impl Fn(&Resource, i64) -> Option<T>,
+    ) -> Option<T> {
         self.decode_all(kv.map(std::slice::from_ref).unwrap_or_default(), f)
             .into_iter()
             .next()
     }
 
-    fn pools_of(&self, kvs: &[Kv]) -> BTreeMap<String, PoolView> {
+    pub(super) fn pools_of(&self, kvs: &[Kv]) -> BTreeMap<String, PoolView> {
         self.decode_all(kvs, pool_view)
             .into_iter()
             .map(|p| (p.name.clone(), p))
             .collect()
     }
 
-    fn record_cidrs(&self, kvs: &[Kv]) -> BTreeSet<IpNet> {
+    pub(super) fn record_cidrs(&self, kvs: &[Kv]) -> BTreeSet<IpNet> {
         let prefix = self.store.ipam_blocks_prefix();
         kvs.iter()
             .filter_map(|kv| {
@@ -210,7 +219,7 @@ impl Ipam {
     }
 
     /// Block records by CIDR with their mod revisions (absent ones left out).
-    async fn read_records(
+    pub(super) async fn read_records(
         &self,
         cidrs: &[IpNet],
     ) -> Result<BTreeMap<IpNet, (BlockRecord, i64)>, IpamError> {
@@ -223,7 +232,10 @@ impl Ipam {
         Ok(out)
     }
 
-    async fn read_record(&self, cidr: &IpNet) -> Result<Option<(BlockRecord, i64)>, IpamError> {
+    pub(super) async fn read_record(
+        &self,
+        cidr: &IpNet,
+    ) -> Result<Option<(BlockRecord, i64)>, IpamError> {
         Ok(self.read_records(&[*cidr]).await?.remove(cidr))
     }
 
@@ -321,11 +333,18 @@ impl Ipam {
         pool: Option<&str>,
     ) -> Result<Assigned, IpamError> {
         for attempt in 0..MAX_ATTEMPTS {
-            let (n, pools, affs, [h4, h6]) = self.store.ipam_assign_read(node, handle).await?;
+            let read = self.store.ipam_assign_read(node, handle).await?;
+            let [h4, h6] = read.handles;
+            let affs = read.affinities;
+            let reserved: Vec<IpNet> = self
+                .decode_all(&read.reservations, reserved_networks)
+                .into_iter()
+                .flatten()
+                .collect();
             let n = self
-                .decode_one(n.as_ref(), node_view)
+                .decode_one(read.node.as_ref(), node_view)
                 .ok_or_else(|| IpamError::NodeNotFound(node.to_string()))?;
-            let pools = self.pools_of(&pools);
+            let pools = self.pools_of(&read.pools);
             let fam = match (family, pool) {
                 (Some(f), _) => f,
                 (None, Some(p)) => pools
@@ -387,7 +406,7 @@ impl Ipam {
                 .filter_map(|c| records.get(c))
                 .filter(|(r, _)| r.node == node)
                 .map(|(r, _)| r);
-            if let Some((block, address, next)) = choose_address(ordered) {
+            if let Some((block, address, next)) = choose_address(ordered, &reserved) {
                 let rev = records.get(&block.cidr).map_or(0, |(_, rev)| *rev);
                 let mut updated = block.clone();
                 updated.allocations.insert(address, handle.to_string());
@@ -404,6 +423,12 @@ impl Ipam {
                             .when([
                                 Cmp::ModRevision(self.block_key(&block.cidr), rev),
                                 Cmp::Absent(hkey.clone()),
+                                // No reservation was made or changed since the read:
+                                // the address is not reserved when it is handed out.
+                                Cmp::PrefixUnchangedSince(
+                                    self.store.kind_prefix(Kind::IPReservation),
+                                    read.revision,
+                                ),
                             ])
                             .then([
                                 Op::put(self.block_key(&block.cidr), updated.to_bytes()),
@@ -765,7 +790,7 @@ impl Ipam {
 
 /// A short random pause before re-reading after losing a race, growing with the
 /// attempt, so that competing replicas fall out of step.
-async fn contention_pause(attempt: usize) {
+pub(super) async fn contention_pause(attempt: usize) {
     let cap = 5u64.saturating_mul(1 << attempt.min(6));
     let ms = rand::random_range(0..=cap);
     tokio::time::sleep(Duration::from_millis(ms)).await;

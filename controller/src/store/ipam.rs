@@ -25,6 +25,33 @@ pub struct IpamRead {
     /// Block records (keys only unless asked for values).
     pub records: Vec<Kv>,
     pub node: Option<Kv>,
+    pub reservations: Vec<Kv>,
+}
+
+/// What the consistency check reads, at one revision.
+#[derive(Debug, Default)]
+pub struct CheckRead {
+    pub revision: i64,
+    /// Node keys (values left out).
+    pub nodes: Vec<Kv>,
+    pub pools: Vec<Kv>,
+    pub affinities: Vec<Kv>,
+    pub records: Vec<Kv>,
+    pub handles: Vec<Kv>,
+    pub reservations: Vec<Kv>,
+}
+
+/// What an address assignment reads, at one revision.
+#[derive(Debug, Default)]
+pub struct AssignRead {
+    pub revision: i64,
+    pub node: Option<Kv>,
+    pub pools: Vec<Kv>,
+    pub reservations: Vec<Kv>,
+    /// The node's BlockAffinities.
+    pub affinities: Vec<Kv>,
+    /// The handle's keys, IPv4 then IPv6.
+    pub handles: [Option<Kv>; 2],
 }
 
 impl Store {
@@ -39,7 +66,7 @@ impl Store {
 
     /// `<prefix>/_ipam/handles/<node>/`.
     pub fn ipam_node_handles_prefix(&self, node: &str) -> String {
-        format!("{}handles/{node}/", self.internal_prefix("ipam"))
+        format!("{}{node}/", self.ipam_handles_prefix())
     }
 
     pub fn ipam_handle_key(&self, node: &str, family: Family, handle: &str) -> String {
@@ -78,26 +105,68 @@ impl Store {
             Some(n) => r.get(&self.key(Kind::Node, n)).await?,
             None => None,
         };
+        let reservations = r
+            .range(&self.range_of(Some(Kind::IPReservation)), false)
+            .await?;
         Ok(IpamRead {
             revision: r.revision(),
             pools,
             affinities,
             records,
             node,
+            reservations,
         })
     }
 
-    /// What an address assignment reads, at one revision: the node, every pool, the
-    /// node's BlockAffinities and the node's handle keys of `handle` (IPv4, IPv6).
+    /// `<prefix>/_ipam/handles/`.
+    pub fn ipam_handles_prefix(&self) -> String {
+        format!("{}handles/", self.internal_prefix("ipam"))
+    }
+
+    /// Everything the consistency check reads, at one revision: node keys, pools,
+    /// BlockAffinities, block records, handle records and IPReservations.
+    pub async fn ipam_check_read(&self) -> Result<CheckRead, StoreError> {
+        let mut r = self.read_at(None);
+        let nodes = r.range(&self.range_of(Some(Kind::Node)), true).await?;
+        let pools = r.range(&self.range_of(Some(Kind::IPPool)), false).await?;
+        let affinities = r
+            .range(&self.range_of(Some(Kind::BlockAffinity)), false)
+            .await?;
+        let records = r
+            .range(&Range::prefix(self.ipam_blocks_prefix()), false)
+            .await?;
+        let handles = r
+            .range(&Range::prefix(self.ipam_handles_prefix()), false)
+            .await?;
+        let reservations = r
+            .range(&self.range_of(Some(Kind::IPReservation)), false)
+            .await?;
+        Ok(CheckRead {
+            revision: r.revision(),
+            nodes,
+            pools,
+            affinities,
+            records,
+            handles,
+            reservations,
+        })
+    }
+
+    /// What an address assignment reads, at one revision: the node, every pool, every
+    /// IPReservation, the node's BlockAffinities and the node's handle keys of
+    /// `handle` (IPv4, IPv6).
     pub async fn ipam_assign_read(
         &self,
         node: &str,
         handle: &str,
-    ) -> Result<(Option<Kv>, Vec<Kv>, Vec<Kv>, [Option<Kv>; 2]), StoreError> {
+    ) -> Result<AssignRead, StoreError> {
         let mut r = self.read_at(None);
         let n = r.get(&self.key(Kind::Node, node)).await?;
         let pools = r.range(&self.range_of(Some(Kind::IPPool)), false).await?;
-        let affs = r
+        let reservations = r
+            .range(&self.range_of(Some(Kind::IPReservation)), false)
+            .await?;
+        let affinities = r
             .range(
                 &Range::prefix(format!("{}{node}-", self.kind_prefix(Kind::BlockAffinity))),
                 false,
@@ -109,7 +178,14 @@ impl Store {
         let h6 = r
             .get(&self.ipam_handle_key(node, Family::V6, handle))
             .await?;
-        Ok((n, pools, affs, [h4, h6]))
+        Ok(AssignRead {
+            revision: r.revision(),
+            node: n,
+            pools,
+            reservations,
+            affinities,
+            handles: [h4, h6],
+        })
     }
 
     /// What listing a node's handles reads, at one revision: the node, and its handle

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tern::model::effective::{self, layered, node_config_name};
+use tern::model::effective::{self, bgp_config, node_config_name};
 use tern::model::{BGPConfigurationSpec, BGPPeer, Kind, NatOutgoingExclusions, Resource};
 use tern::proto;
 
@@ -36,7 +36,7 @@ fn inputs_from_lookup<'a>(
         _ => None,
     };
     let own = node_config_name(node);
-    let config: BGPConfigurationSpec = layered([cfg("default"), cfg(&own)]);
+    let config: BGPConfigurationSpec = bgp_config(node, cfg);
     let agent = |name: &str| match lookup(Kind::AgentConfiguration, name) {
         Some(Resource::AgentConfiguration(c)) => Some(&c.spec),
         _ => None,
