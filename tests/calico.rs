@@ -48,6 +48,11 @@ fn run(c: &Cluster, args: &[&str]) -> Out {
     tokio::task::block_in_place(|| ternctl(c, &Role::Admin, args, None))
 }
 
+/// `ternctl apply -f -` of `docs`, as the administrator.
+fn apply(c: &Cluster, docs: &str) -> Out {
+    tokio::task::block_in_place(|| ternctl(c, &Role::Admin, &["apply", "-f", "-"], Some(docs)))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_applies_with_exactly_its_warnings_and_refusals_change_nothing() {
     let c = Cluster::start().await;
@@ -156,9 +161,7 @@ async fn a_password_bird_cannot_carry_is_refused_on_the_peer_that_names_it() {
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, password: {secretKeyRef: {name: old, key: pw}}}\n",
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeMeshPassword: {secretKeyRef: {name: old, key: pw}}}\n",
     ] {
-        let o = tokio::task::block_in_place(|| {
-            ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(doc))
-        });
+        let o = apply(&c, doc);
         assert_ne!(o.code, 0);
         assert!(
             o.stderr
@@ -170,32 +173,20 @@ async fn a_password_bird_cannot_carry_is_refused_on_the_peer_that_names_it() {
     }
     assert_eq!(c.etcd_dump().await, before);
     // Another key of the same Secret, or a Secret not written yet, is fine.
-    let o = tokio::task::block_in_place(|| {
-        ternctl(
-            &c,
-            &Role::Admin,
-            &["apply", "-f", "-"],
-            Some(
-                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, password: {secretKeyRef: {name: later, key: pw}}}\n",
-            ),
-        )
-    });
+    let o = apply(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 65000, password: {secretKeyRef: {name: later, key: pw}}}\n",
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ternctl_label_version_and_validate_work_as_calicoctl_does() {
     let c = Cluster::start().await;
-    let o = tokio::task::block_in_place(|| {
-        ternctl(
-            &c,
-            &Role::Admin,
-            &["apply", "-f", "-"],
-            Some(
-                "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 10.0.0.1/24}}\n",
-            ),
-        )
-    });
+    let o = apply(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 10.0.0.1/24}}\n",
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
 
     let o = run(&c, &["label", "nodes", "n1", "rack=r1"]);
@@ -424,9 +415,7 @@ spec: {node: n1, peerIP: 10.0.0.2, asNumber: 64512, password: {secretKeyRef: {na
     // not one an agent may register for itself; an administrator may).
     let (a1, _) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
     let (a2, _) = recording_agent(&c, "n2", "10.0.0.2/24", vec![c.server()]).await;
-    let o = tokio::task::block_in_place(|| {
-        ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(docs))
-    });
+    let o = apply(&c, docs);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let both = common::eventually(15, async || {
         let v2 = a2.sync.view.read().clone();
@@ -465,9 +454,7 @@ kind: FelixConfiguration
 metadata: {name: node.n1}
 spec: {natPortRange: '40000:50000'}
 ";
-    let o = tokio::task::block_in_place(|| {
-        ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(docs))
-    });
+    let o = apply(&c, docs);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
     let programmed = common::eventually(15, async || {
@@ -486,16 +473,10 @@ spec: {natPortRange: '40000:50000'}
     );
     assert_eq!(s.interface_filter.map(|f| f.nft()).as_deref(), Some("eth*"));
     // AgentConfiguration at the same scope wins over FelixConfiguration.
-    let o = tokio::task::block_in_place(|| {
-        ternctl(
-            &c,
-            &Role::Admin,
-            &["apply", "-f", "-"],
-            Some(
-                "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: default}\nspec: {natOutgoingAddress: 203.0.113.8}\n",
-            ),
-        )
-    });
+    let o = apply(
+        &c,
+        "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: default}\nspec: {natOutgoingAddress: 203.0.113.8}\n",
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     let moved = common::eventually(15, async || {
         driver
@@ -505,4 +486,250 @@ spec: {natPortRange: '40000:50000'}
     .await;
     assert!(moved);
     drop(agent);
+}
+
+/// Put a handle record straight into etcd (damage only a hand or a bug could do).
+async fn put_handle(c: &Cluster, node: &str, handle: &str, address: &str, block: &str) {
+    let mut etcd = c.etcd.client().await.expect("etcd client");
+    etcd.put(
+        format!("{}/_ipam/handles/{node}/4/{handle}", c.prefix),
+        serde_json::json!({"address": address, "block": block}).to_string(),
+        None,
+    )
+    .await
+    .expect("put handle");
+}
+
+async fn delete_handle(c: &Cluster, node: &str, handle: &str) {
+    let mut etcd = c.etcd.client().await.expect("etcd client");
+    let r = etcd
+        .delete(
+            format!("{}/_ipam/handles/{node}/4/{handle}", c.prefix),
+            None,
+        )
+        .await
+        .expect("delete handle");
+    assert_eq!(r.deleted(), 1, "{node}/{handle}");
+}
+
+/// calicoctl's IPAM habits: `ipam show --ip | --show-borrowed | --show-configuration`,
+/// `ipam check [--show-problem-ips] [-o report.json]` and `ipam release --ip |
+/// --from-report`, against records damaged in etcd on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ternctl_ipam_show_check_and_release() {
+    let c = Cluster::start().await;
+    let o = apply(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.60.0.0/16, blockSize: 29}\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {}\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n2}\nspec: {}\n",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for (h, want) in [
+        ("a", "10.60.0.0"),
+        ("b", "10.60.0.1"),
+        ("c", "10.60.0.2"),
+        ("d", "10.60.0.3"),
+    ] {
+        let o = run(
+            &c,
+            &[
+                "ipam", "assign", "--node", "n1", "--handle", h, "--pool", "p",
+            ],
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(
+            o.stdout
+                .starts_with(&format!("{want} (block 10.60.0.0/29)")),
+            "{}",
+            o.stdout
+        );
+    }
+    let o = run(&c, &["ipam", "check"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("Check complete; found 0 problems."),
+        "{}",
+        o.stdout
+    );
+
+    // A reservation after the fact; a leaked address (its handle record gone); a handle
+    // with no owner (its block does not hold the address); a borrowed address (its
+    // handle record moved to another node).
+    let o = apply(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata: {name: late}\nspec: {reservedCIDRs: [10.60.0.3]}\n",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    delete_handle(&c, "n1", "a").await;
+    put_handle(&c, "n1", "ghost", "10.60.0.5", "10.60.0.0/29").await;
+    delete_handle(&c, "n1", "c").await;
+    put_handle(&c, "n2", "c", "10.60.0.2", "10.60.0.0/29").await;
+
+    let o = run(&c, &["ipam", "show", "--ip", "10.60.0.1"]);
+    assert_eq!(
+        o.stdout,
+        "IP 10.60.0.1 is in use\n  handle: b\n  pool:   p\n  block:  10.60.0.0/29 (node n1)\n"
+    );
+    let o = run(&c, &["ipam", "show", "--ip", "10.60.0.3"]);
+    assert!(
+        o.stdout.contains("reserved by IPReservation late"),
+        "{}",
+        o.stdout
+    );
+    let o = run(&c, &["ipam", "show", "--ip", "10.60.0.6"]);
+    assert!(
+        o.stdout.starts_with("IP 10.60.0.6 is not assigned\n"),
+        "{}",
+        o.stdout
+    );
+    let o = run(&c, &["ipam", "show", "--ip", "192.0.2.1"]);
+    assert_eq!(o.stdout, "IP 192.0.2.1 is not in any IP pool\n");
+    let o = run(&c, &["ipam", "show", "--ip", "nope"]);
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("address: \"nope\" is not an IP address"),
+        "{}",
+        o.stderr
+    );
+
+    let o = run(&c, &["ipam", "show", "--show-borrowed"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let row = o
+        .stdout
+        .lines()
+        .find(|l| l.contains("10.60.0.2"))
+        .expect("a row");
+    let cells: Vec<&str> = row
+        .split('|')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        cells,
+        ["10.60.0.2", "n2", "10.60.0.0/29", "n1", "c"],
+        "{}",
+        o.stdout
+    );
+    let o = run(&c, &["ipam", "show", "--show-configuration"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for (k, v) in [
+        ("StrictAffinity", "true"),
+        ("AutoAllocateBlocks", "true"),
+        ("MaxBlocksPerHost", "0"),
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l.contains(k) && l.contains(v)),
+            "{k}: {}",
+            o.stdout
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let rp = report.to_str().expect("utf8 path");
+    let o = run(&c, &["ipam", "check", "--show-problem-ips", "-o", rp]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for line in [
+        "Found 1 leaked address.",
+        "  10.60.0.0 block 10.60.0.0/29 node n1 handle a: allocated, but no handle record points at it",
+        "Found 1 handle with no owner.",
+        "  10.60.0.5 block 10.60.0.0/29 node n1 handle ghost: block 10.60.0.0/29 does not hold 10.60.0.5 for it",
+        "Found 0 blocks of deleted nodes or pools.",
+        "Found 1 borrowed address.",
+        "Found 1 reserved address in use.",
+        "Check complete; found 4 problems.",
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{}",
+            o.stdout
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(json["leaked"][0]["address"], "10.60.0.0");
+    assert_eq!(json["orphanHandles"][0]["handle"], "ghost");
+    assert_eq!(json["reservedInUse"][0]["address"], "10.60.0.3");
+
+    // A viewer may check but not release.
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Viewer,
+            &["ipam", "release", "--from-report", rp],
+            None,
+        )
+    });
+    assert_ne!(o.code, 0);
+    let before = c.etcd_dump().await;
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Viewer,
+            &["ipam", "release", "--ip", "10.60.0.1"],
+            None,
+        )
+    });
+    assert_ne!(o.code, 0);
+    assert_eq!(
+        c.etcd_dump().await,
+        before,
+        "a refused release changes nothing"
+    );
+
+    let o = run(&c, &["ipam", "release", "--from-report", rp]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("Released 2 problems; skipped 0."),
+        "{}",
+        o.stdout
+    );
+    let o = run(&c, &["ipam", "check"]);
+    assert!(
+        o.stdout.contains("Found 0 leaked addresses."),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("Found 0 handles with no owner."),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("found 2 problems"), "{}", o.stdout);
+    // The same report again: nothing left to do.
+    let o = run(&c, &["ipam", "release", "--from-report", rp]);
+    assert!(
+        o.stdout.contains("Released 0 problems; skipped 2."),
+        "{}",
+        o.stdout
+    );
+    // The released address is handed out again (it is free, not reserved).
+    let o = run(&c, &["ipam", "show", "--ip", "10.60.0.0"]);
+    assert!(
+        o.stdout.starts_with("IP 10.60.0.0 is not assigned"),
+        "{}",
+        o.stdout
+    );
+
+    let o = run(&c, &["ipam", "release", "--ip", "10.60.0.3"]);
+    assert_eq!(
+        o.stdout, "Released 10.60.0.3 (handle d, block 10.60.0.0/29, node n1)\n",
+        "{}",
+        o.stderr
+    );
+    let o = run(&c, &["ipam", "release", "--ip", "10.60.0.3"]);
+    assert_eq!(o.stdout, "IP 10.60.0.3 is not assigned\n");
+    // Its handle is gone with it: releasing the handle finds nothing.
+    let o = run(&c, &["ipam", "release", "--node", "n1", "--handle", "d"]);
+    assert_eq!(o.stdout, "Handle d holds no address\n");
+    let o = run(
+        &c,
+        &["ipam", "release", "--ip", "10.60.0.1", "--node", "n1"],
+    );
+    assert_ne!(o.code, 0, "--ip and --node do not go together");
+    let o = run(&c, &["ipam", "check"]);
+    assert!(
+        o.stdout.contains("found 1 problem"),
+        "the borrowed one: {}",
+        o.stdout
+    );
 }

@@ -79,6 +79,7 @@ fn problems(v: &[Problem]) -> Vec<proto::IpamProblem> {
             address: p.address.map(|a| a.to_string()).unwrap_or_default(),
             block: p.block.map(|b| b.to_string()).unwrap_or_default(),
             node: p.node.clone(),
+            block_node: p.block_node.clone(),
             handle: p.handle.clone(),
             pool: p.pool.clone(),
             reason: p.reason.clone(),

@@ -47,8 +47,10 @@ pub struct CheckInput {
 pub struct Problem {
     pub address: Option<IpAddr>,
     pub block: Option<IpNet>,
-    /// The block's node, or the handle's.
+    /// The handle's node (for a block finding, the block's node).
     pub node: String,
+    /// The block's node, when the block exists.
+    pub block_node: String,
     pub handle: String,
     pub pool: String,
     pub reason: String,
@@ -106,29 +108,34 @@ pub fn check(input: &CheckInput) -> CheckReport {
                 .get(&(family, handle.as_str(), *addr))
                 .map(|v| v.iter().filter(|h| h.record.block == r.cidr).collect())
                 .unwrap_or_default();
-            let problem = |reason: String| Problem {
+            let problem = |node: &str, reason: String| Problem {
                 address: Some(*addr),
                 block: Some(r.cidr),
-                node: r.node.clone(),
+                node: node.to_string(),
+                block_node: r.node.clone(),
                 handle: handle.clone(),
                 pool: r.pool.clone(),
                 reason,
             };
             if holders.is_empty() {
                 out.leaked.push(problem(
+                    &r.node,
                     "allocated, but no handle record points at it: releasing its handle cannot free it"
                         .into(),
                 ));
             } else if holders.iter().all(|h| h.node != r.node) {
                 let nodes: Vec<&str> = holders.iter().map(|h| h.node.as_str()).collect();
-                out.borrowed.push(problem(format!(
-                    "held by a handle of node {} in a block of node {}",
-                    nodes.join(", "),
-                    r.node
-                )));
+                out.borrowed.push(problem(
+                    &nodes.join(","),
+                    format!(
+                        "held by a handle of node {} in a block of node {}",
+                        nodes.join(", "),
+                        r.node
+                    ),
+                ));
             }
             if let Some((name, net)) = input.reserved.iter().find(|(_, n)| n.contains(addr)) {
-                out.reserved_in_use.push(problem(format!(
+                out.reserved_in_use.push(problem(&r.node, format!(
                     "in use, but reserved by IPReservation {name} ({net}): assigned before the reservation"
                 )));
             }
@@ -158,6 +165,10 @@ pub fn check(input: &CheckInput) -> CheckReport {
                 block: Some(h.record.block),
                 node: h.node.clone(),
                 handle: h.handle.clone(),
+                block_node: by_cidr
+                    .get(&h.record.block)
+                    .map(|b| b.node.clone())
+                    .unwrap_or_default(),
                 pool: by_cidr
                     .get(&h.record.block)
                     .map(|b| b.pool.clone())
@@ -193,6 +204,7 @@ pub fn check(input: &CheckInput) -> CheckReport {
                 address: None,
                 block: Some(cidr),
                 node: node.to_string(),
+                block_node: node.to_string(),
                 handle: String::new(),
                 pool: pool.to_string(),
                 reason: reason.to_string(),

@@ -937,7 +937,8 @@ fn check_finds_leaks_orphans_stale_blocks_borrowed_and_reserved_addresses() {
             .collect::<Vec<_>>()
     };
     assert_eq!(what(&r.leaked), ["10.0.0.2 10.0.0.0/29 n1 leaked"]);
-    assert_eq!(what(&r.borrowed), ["10.0.0.3 10.0.0.0/29 n1 lent"]);
+    assert_eq!(what(&r.borrowed), ["10.0.0.3 10.0.0.0/29 n2 lent"]);
+    assert_eq!(r.borrowed[0].block_node, "n1");
     assert_eq!(what(&r.reserved_in_use), ["10.0.0.4 10.0.0.0/29 n1 old"]);
     assert!(r.reserved_in_use[0].reason.contains("IPReservation gw"));
     assert_eq!(

@@ -1,5 +1,6 @@
 //! `ternctl`: a calicoctl-style client of the tern controller over gRPC.
 
+mod ipam;
 mod table;
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use tern::proto::{
 };
 use tonic::transport::Channel;
 
-use table::{Align, boxed, columns};
+use table::{boxed, columns};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,7 +131,7 @@ enum Command {
     /// IP address management.
     Ipam {
         #[command(subcommand)]
-        command: IpamCommand,
+        command: ipam::IpamCommand,
     },
     /// Create a CA and certificates for controllers, agents and users.
     Certs {
@@ -183,52 +184,6 @@ enum DatastoreCommand {
 enum NodeCommand {
     /// BGP sessions and dataplane state of a node (every node when none is named).
     Status { node: Option<String> },
-}
-
-#[derive(Debug, Subcommand)]
-enum IpamCommand {
-    /// Pools and their usage; with --show-blocks every block and its node.
-    Show {
-        #[arg(long)]
-        node: Option<String>,
-        #[arg(long)]
-        show_blocks: bool,
-    },
-    /// Assign one address to HANDLE from NODE's blocks (claiming a block when they are
-    /// full), as a CNI plugin does; prints the address. Idempotent per node, handle and
-    /// family.
-    Assign {
-        #[arg(long)]
-        node: String,
-        /// The owner of the address, e.g. a container ID.
-        #[arg(long)]
-        handle: String,
-        /// Take the address from this pool.
-        #[arg(long)]
-        pool: Option<String>,
-        /// 4 or 6: any pool of the family that selects the node (default 4 without
-        /// --pool).
-        #[arg(long)]
-        family: Option<u32>,
-    },
-    /// Release every address HANDLE holds on NODE; prints them.
-    Release {
-        #[arg(long)]
-        node: String,
-        #[arg(long)]
-        handle: String,
-    },
-    /// Claim one more block for NODE from a pool that selects it; prints the block.
-    ClaimBlock {
-        #[arg(long)]
-        node: String,
-        #[arg(long)]
-        pool: Option<String>,
-        /// 4 or 6: the first pool of the family that selects the node (default 4
-        /// without --pool).
-        #[arg(long)]
-        family: Option<u32>,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,19 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node {
             command: NodeCommand::Status { node },
         } => node_status(&ctx, node).await,
-        Command::Ipam { command } => match command {
-            IpamCommand::Show { node, show_blocks } => ipam_show(&ctx, node, show_blocks).await,
-            IpamCommand::Assign {
-                node,
-                handle,
-                pool,
-                family,
-            } => ipam_assign(&ctx, node, handle, pool, family).await,
-            IpamCommand::Release { node, handle } => ipam_release(&ctx, node, handle).await,
-            IpamCommand::ClaimBlock { node, pool, family } => {
-                ipam_claim_block(&ctx, node, pool, family).await
-            }
-        },
+        Command::Ipam { command } => ipam::run(&ctx, command).await,
         Command::Certs { command } => certs(command),
         Command::Validate { filename } => validate_file(&filename),
         Command::Version => version(&ctx).await,
@@ -994,7 +937,7 @@ async fn patch_cmd(
 }
 
 // ------------------------------------------------------------------------------------
-// node status, ipam show
+// node status
 
 fn session_rows(status: &proto::NodeStatus, family: u32) -> Vec<Vec<String>> {
     status
@@ -1193,155 +1136,6 @@ async fn node_status(ctx: &Ctx, node: Option<String>) -> anyhow::Result<ExitCode
         let status = info.status.clone().unwrap_or_default();
         print_status(&name, Some(info), &status);
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn pct(part: u64, total: u64) -> String {
-    if total == 0 {
-        return "0%".into();
-    }
-    // In u128: an IPv6 pool's size is near u64::MAX, and part * 100 + total / 2 would
-    // overflow.
-    let (part, total) = (u128::from(part), u128::from(total));
-    format!("{}%", (part * 100 + total / 2) / total)
-}
-
-async fn ipam_show(ctx: &Ctx, node: Option<String>, show_blocks: bool) -> anyhow::Result<ExitCode> {
-    let mut ipam = ctx.ipam().await?;
-    let r = ipam
-        .show(proto::IpamShowRequest {
-            node: node.clone().unwrap_or_default(),
-        })
-        .await
-        .map_err(|e| anyhow!("Failed to show IPAM: {}", status_msg(&e)))?
-        .into_inner();
-    let mut header = vec!["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"];
-    let with_nodes = show_blocks || node.is_some();
-    if with_nodes {
-        header.push("NODE");
-    }
-    let mut rows = Vec::new();
-    for p in &r.pools {
-        let free = p.addresses_total.saturating_sub(p.addresses_in_use);
-        let mut row = vec![
-            "IP Pool".to_string(),
-            p.cidr.clone(),
-            p.addresses_total.to_string(),
-            format!(
-                "{} ({})",
-                p.addresses_in_use,
-                pct(p.addresses_in_use, p.addresses_total)
-            ),
-            format!("{} ({})", free, pct(free, p.addresses_total)),
-        ];
-        if with_nodes {
-            row.push(String::new());
-        }
-        rows.push(row);
-        if with_nodes {
-            for bl in r.blocks.iter().filter(|bl| bl.pool == p.name) {
-                let free = bl.addresses_total.saturating_sub(bl.addresses_in_use);
-                rows.push(vec![
-                    "Block".to_string(),
-                    bl.cidr.clone(),
-                    bl.addresses_total.to_string(),
-                    format!(
-                        "{} ({})",
-                        bl.addresses_in_use,
-                        pct(bl.addresses_in_use, bl.addresses_total)
-                    ),
-                    format!("{} ({})", free, pct(free, bl.addresses_total)),
-                    bl.node.clone(),
-                ]);
-            }
-        }
-    }
-    let align = [
-        Align::Left,
-        Align::Left,
-        Align::Right,
-        Align::Left,
-        Align::Left,
-        Align::Left,
-    ];
-    print!("{}", boxed(&header, &rows, &align));
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The family sent with a request: as given (the controller checks it); else 4 when no
-/// pool is named (with a pool, 0 lets the controller take the pool's family).
-fn ipam_family(pool: &Option<String>, family: Option<u32>) -> u32 {
-    match family {
-        Some(f) => f,
-        None if pool.is_some() => 0,
-        None => 4,
-    }
-}
-
-async fn ipam_assign(
-    ctx: &Ctx,
-    node: String,
-    handle: String,
-    pool: Option<String>,
-    family: Option<u32>,
-) -> anyhow::Result<ExitCode> {
-    let family = ipam_family(&pool, family);
-    let mut ipam = ctx.ipam().await?;
-    let r = ipam
-        .assign_address(proto::AssignAddressRequest {
-            node,
-            handle,
-            family,
-            pool: pool.unwrap_or_default(),
-        })
-        .await
-        .map_err(|e| anyhow!("Failed to assign an address: {}", status_msg(&e)))?
-        .into_inner();
-    println!("{} (block {})", r.address, r.block);
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn ipam_release(ctx: &Ctx, node: String, handle: String) -> anyhow::Result<ExitCode> {
-    let mut ipam = ctx.ipam().await?;
-    let r = ipam
-        .release_address(proto::ReleaseAddressRequest {
-            node,
-            handle: handle.clone(),
-        })
-        .await
-        .map_err(|e| anyhow!("Failed to release addresses: {}", status_msg(&e)))?
-        .into_inner();
-    if r.addresses.is_empty() {
-        println!("Handle {handle} holds no address");
-    } else {
-        for a in &r.addresses {
-            println!("Released {a}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn ipam_claim_block(
-    ctx: &Ctx,
-    node: String,
-    pool: Option<String>,
-    family: Option<u32>,
-) -> anyhow::Result<ExitCode> {
-    let family = ipam_family(&pool, family);
-    let mut ipam = ctx.ipam().await?;
-    let b = ipam
-        .claim_block(proto::ClaimBlockRequest {
-            node,
-            pool: pool.unwrap_or_default(),
-            family,
-        })
-        .await
-        .map_err(|e| anyhow!("Failed to claim a block: {}", status_msg(&e)))?
-        .into_inner();
-    println!(
-        "Claimed block {} of pool {} for node {} ({})",
-        b.cidr, b.pool, b.node, b.state
-    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1711,15 +1505,6 @@ fn certs(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn percentages_of_ipv6_pools_do_not_overflow() {
-        assert_eq!(super::pct(1, 4), "25%");
-        assert_eq!(super::pct(0, 0), "0%");
-        // A /48 pool's addresses are counted up to u64::MAX.
-        assert_eq!(super::pct(6, u64::MAX), "0%");
-        assert_eq!(super::pct(u64::MAX - 6, u64::MAX), "100%");
-    }
-
     #[test]
     fn uptimes_count_from_the_report() {
         use tern::proto::{BgpSession, BgpStatus, NodeStatus};
