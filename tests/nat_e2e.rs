@@ -284,6 +284,78 @@ async fn nat_follows_the_api_with_iptables_legacy() -> anyhow::Result<()> {
     scenario(DataplaneKind::Iptables, IptablesBackend::Legacy).await
 }
 
+/// Calico's FelixConfiguration drives the real kernel's NAT as AgentConfiguration does,
+/// through the one effective model (docs/api.md, "How FelixConfiguration and
+/// AgentConfiguration combine"): `default` sets the address and port range, a
+/// `node.<name>` interface filter narrows it, and AgentConfiguration at the same scope
+/// wins over FelixConfiguration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn felix_configuration_drives_the_kernels_nat() -> anyhow::Result<()> {
+    netns::require_root()?;
+    let c = Cluster::start().await;
+    let h = hosts(true)?;
+    set_nat(&c, true).await;
+    // As imported from a Calico cluster, before the agent starts.
+    apply_docs(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {natOutgoingAddress: 203.0.113.9, natPortRange: '40000:40999', logSeverityScreen: Info}\n",
+    )
+    .await;
+    let a = agent(&c, &h, DataplaneKind::Nftables, IptablesBackend::Default).await;
+    expect_seen(&h, SNAT, "FelixConfiguration default natOutgoingAddress").await?;
+    let port = tokio::task::block_in_place(|| h.pod.tcp_probe(sock(EXT)))?.port();
+    ensure!(
+        (40000..=40999).contains(&port),
+        "natPortRange: the external host saw source port {port}"
+    );
+
+    // The node's own FelixConfiguration: NAT only out of eth+ (the way out is to-ext).
+    let mut applied = a.applied.clone();
+    let rev = apply_docs(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.host-1}\nspec: {iptablesNATOutgoingInterfaceFilter: eth+}\n",
+    )
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        applied.wait_for(|x| x.revision >= rev && x.last_error.is_empty()),
+    )
+    .await
+    .context("the node's FelixConfiguration was applied")??;
+    expect_seen(
+        &h,
+        POD,
+        "no NAT out of an interface the filter does not match",
+    )
+    .await?;
+
+    // AgentConfiguration of the same node wins over its FelixConfiguration.
+    apply_docs(
+        &c,
+        "apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: node.host-1}\nspec: {natOutgoingInterfaceFilter: to-+}\n",
+    )
+    .await;
+    expect_seen(&h, SNAT, "AgentConfiguration's filter matches to-ext").await?;
+
+    // Without FelixConfiguration default, no fixed address: the host's own.
+    c.admin()
+        .await
+        .delete(proto::DeleteRequest {
+            kind: "FelixConfiguration".into(),
+            name: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .context("delete FelixConfiguration default")?;
+    expect_seen(&h, HOST, "FelixConfiguration default deleted").await?;
+
+    a.stop();
+    tern_agent::dataplane::cleanup_all(&Exec::in_netns(h.host.name())).context("cleanup")?;
+    let ruleset = h.host.run("nft", &["list", "ruleset"])?;
+    ensure!(!ruleset.contains("table inet tern"), "no tern table left");
+    Ok(())
+}
+
 /// The agent restarts while the pod talks to the outside: no packet is lost and every
 /// new connection is NATed (the external host cannot route the pod network back, so a
 /// single un-NATed packet would go unanswered).
