@@ -199,6 +199,90 @@ async fn crud_every_kind_with_defaults() {
     assert_eq!(e.code(), Code::NotFound);
 }
 
+/// The fields of a write's response that say what was stored without effect.
+fn warned(r: &proto::Resource) -> Vec<String> {
+    r.warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.field, w.message))
+        .collect()
+}
+
+/// Create, update, patch and apply answer with one warning per field tern stores
+/// without acting on, so any gRPC client (grpcurl, Python) sees them; reads carry none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_with_one_warning_per_stored_only_field() {
+    let c = Cluster::start().await;
+    let mut api = c.admin().await;
+    let ipip = "spec.ipipMode: stored; tern builds no IPIP tunnels";
+    let vxlan = "spec.vxlanMode: stored; tern builds no VXLAN tunnels";
+    let created = api
+        .create(proto::CreateRequest {
+            resource: Some(res(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16, ipipMode: Always, vxlanMode: Never}\n",
+            )),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(
+        warned(&created),
+        [ipip],
+        "vxlanMode: Never asks for nothing"
+    );
+
+    let mut next = created.clone();
+    next.warnings.clear();
+    let mut spec = next.spec.take().expect("spec");
+    spec.fields.insert(
+        "namespaceSelector".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("team == 'a'".into())),
+        },
+    );
+    next.spec = Some(spec);
+    let updated = api
+        .update(proto::UpdateRequest {
+            resource: Some(next),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    let ns = "spec.namespaceSelector: stored; tern knows no namespaces: the pool serves every workload its nodeSelector allows";
+    assert_eq!(warned(&updated), [ipip, ns]);
+
+    let patched = api
+        .patch(proto::PatchRequest {
+            kind: "ippool".into(),
+            name: "p".into(),
+            r#type: PatchType::Merge as i32,
+            patch: r#"{"spec":{"ipipMode": "Never", "vxlanMode": "Always"}}"#.into(),
+            resource_version: String::new(),
+        })
+        .await
+        .expect("patch")
+        .into_inner();
+    assert_eq!(warned(&patched), [vxlan, ns]);
+
+    let applied = api
+        .apply(proto::ApplyRequest {
+            resource: Some(res(
+                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: workloads}\nspec: {localWorkloadSelector: app == 'lb', asNumber: 65001}\n",
+            )),
+        })
+        .await
+        .expect("apply")
+        .into_inner()
+        .resource
+        .expect("resource");
+    assert_eq!(
+        warned(&applied),
+        ["spec.localWorkloadSelector: stored; tern makes no BGP sessions with workloads"]
+    );
+
+    let got = api.get(get("ippool", "p")).await.expect("get").into_inner();
+    assert!(got.warnings.is_empty(), "a read carries no warnings");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_version_preconditions() {
     let c = Cluster::start().await;

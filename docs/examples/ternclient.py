@@ -57,9 +57,12 @@ def main():
             on = {"on": True, "off": False}[args.nat[0]]
             patch = json.dumps({"spec": {"natOutgoing": on}})
             try:
-                api.Patch(api_pb2.PatchRequest(kind="IPPool", name=args.nat[1], patch=patch))
+                written = api.Patch(api_pb2.PatchRequest(kind="IPPool", name=args.nat[1], patch=patch))
             except grpc.RpcError as e:
                 sys.exit(f"{e.code().name}: {e.details()}")
+            # A write's response names every field the controller stored without acting on it.
+            for w in written.warnings:
+                print(f"Warning: {w.field}: {w.message}", file=sys.stderr)
             print(f"Successfully patched 1 'IPPool' resource")
         for pool in api.List(api_pb2.ListRequest(kind="IPPool")).items:
             spec = MessageToDict(pool.spec)
