@@ -392,6 +392,65 @@ async fn a_calico_export_imports_and_renders_the_clusters_sessions() {
     );
 }
 
+/// As in Calico (and as docs/api.md says), a BGPPeer with a peerIP and no asNumber is
+/// accepted; its session takes the AS of the node owning the address, else the
+/// cluster's AS (an iBGP session).
+#[test]
+fn a_peer_ip_without_as_number_takes_the_nodes_or_the_clusters_as() {
+    let docs = "\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false, asNumber: 64513}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n1}
+spec: {bgp: {ipv4Address: 10.0.0.1/24}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n2}
+spec: {bgp: {ipv4Address: 10.0.0.2/24, asNumber: 65099}}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: to-n2}
+spec: {node: n1, peerIP: 10.0.0.2}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 192.0.2.1}
+";
+    let parsed = tern::manifest::parse_documents(docs).expect("parses");
+    for r in &parsed {
+        tern::validate::validate(r).unwrap_or_else(|e| panic!("{}: {e:?}", r.name()));
+    }
+    let bird = tern_agent::render::render_offline(
+        docs,
+        "n1",
+        tern_agent::render::What::Bird,
+        Default::default(),
+        &Default::default(),
+    )
+    .expect("renders");
+    assert_eq!(
+        sessions(&bird),
+        ["Global_192_0_2_1", "Node_10_0_0_2"]
+            .map(String::from)
+            .into()
+    );
+    assert!(
+        bird.contains("neighbor 10.0.0.2 as 65099;"),
+        "n2's AS: {bird}"
+    );
+    assert!(
+        bird.contains("neighbor 192.0.2.1 as 64513;"),
+        "the cluster's AS: {bird}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_ip_peering_reaches_the_node_it_names() {
     let c = Cluster::start().await;
