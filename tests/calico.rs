@@ -792,3 +792,86 @@ async fn ternctl_ipam_show_check_and_release() {
         o.stdout
     );
 }
+
+/// `ipam check` reports blocks of deleted nodes or pools (and the handles of a deleted
+/// node). The controller here waits an hour before a reconcile pass, so the blocks stay
+/// for the check to find; `release --from-report` leaves them to that pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ternctl_ipam_check_reports_blocks_of_deleted_nodes_and_pools() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.ipam.auto_blocks = false;
+    cfg.ipam.debounce = std::time::Duration::from_secs(3600);
+    cfg.ipam.resync = std::time::Duration::from_secs(3600);
+    c.add_controller_with(cfg).await;
+    let o = apply(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.61.0.0/16, blockSize: 29}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: q}\nspec: {cidr: 10.62.0.0/16, blockSize: 29}\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {}\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n2}\nspec: {}\n",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for (node, handle, pool) in [("n1", "a", "p"), ("n2", "b", "q")] {
+        let o = run(
+            &c,
+            &[
+                "ipam", "assign", "--node", node, "--handle", handle, "--pool", pool,
+            ],
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+    }
+    let o = run(&c, &["ipam", "check"]);
+    assert!(
+        o.stdout.contains("Check complete; found 0 problems."),
+        "{}",
+        o.stdout
+    );
+    for (kind, name) in [("node", "n1"), ("ippool", "q")] {
+        let o = run(&c, &["delete", kind, name]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let rp = report.to_str().expect("utf8 path");
+    let o = run(&c, &["ipam", "check", "--show-problem-ips", "-o", rp]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for line in [
+        "Found 0 leaked addresses.",
+        "Found 1 handle with no owner.",
+        "  10.61.0.0 block 10.61.0.0/29 node n1 handle a: its node is deleted",
+        "Found 2 blocks of deleted nodes or pools.",
+        "  block 10.61.0.0/29 node n1: its node is deleted",
+        "  block 10.62.0.0/29 node n2: its pool is deleted",
+        "Check complete; found 3 problems.",
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l == line),
+            "{line:?} in:\n{}",
+            o.stdout
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(json["staleBlocks"][1]["pool"], "q");
+
+    // The handle is released by hand; the blocks are the reconcile loop's.
+    let o = run(&c, &["ipam", "release", "--from-report", rp]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains(
+            "2 blocks of deleted nodes or pools: the controller's reconcile loop releases them"
+        ),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("Released 1 problem; skipped 0."),
+        "{}",
+        o.stdout
+    );
+    let o = run(&c, &["ipam", "check"]);
+    assert!(
+        o.stdout.contains("Found 0 handles with no owner."),
+        "{}",
+        o.stdout
+    );
+}
