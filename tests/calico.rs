@@ -53,6 +53,50 @@ fn apply(c: &Cluster, docs: &str) -> Out {
     tokio::task::block_in_place(|| ternctl(c, &Role::Admin, &["apply", "-f", "-"], Some(docs)))
 }
 
+/// Assert that a successful run printed `text` on stdout.
+fn says(o: &Out, text: &str) {
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains(text), "{text:?} in:\n{}", o.stdout);
+}
+
+/// Assert that a successful run printed every line of `lines` (each a line's start).
+fn says_lines(o: &Out, lines: &[&str]) {
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for line in lines {
+        assert!(
+            o.stdout.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{}",
+            o.stdout
+        );
+    }
+}
+
+/// A BIRD configuration or a NAT ruleset rendered offline for `node`.
+fn render(docs: &str, node: &str, what: tern_agent::render::What) -> String {
+    tern_agent::render::render_offline(docs, node, what, Default::default(), &Default::default())
+        .expect("renders")
+}
+
+/// `ternctl ipam check --show-problem-ips -o FILE`: its output, the report's path and
+/// the directory holding it (removed when dropped).
+fn check_with_report(c: &Cluster) -> (Out, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let rp = report.to_str().expect("utf8 path");
+    let o = run(c, &["ipam", "check", "--show-problem-ips", "-o", rp]);
+    (o, report, dir)
+}
+
+/// `ternctl ipam assign` of one address to `handle` on `node` from `pool`.
+fn assign(c: &Cluster, node: &str, handle: &str, pool: &str) -> Out {
+    run(
+        c,
+        &[
+            "ipam", "assign", "--node", node, "--handle", handle, "--pool", pool,
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corpus_applies_with_exactly_its_warnings_and_refusals_change_nothing() {
     let c = Cluster::start().await;
@@ -301,12 +345,9 @@ async fn a_calico_export_imports_and_renders_the_clusters_sessions() {
             "Secret 1 0 0 0",
         ]
     );
-    assert!(
-        o.stdout.contains(
-            "skipped GlobalNetworkPolicy(default.allow-dns): network policy is not tern's job"
-        ),
-        "{}",
-        o.stdout
+    says(
+        &o,
+        "skipped GlobalNetworkPolicy(default.allow-dns): network policy is not tern's job",
     );
     assert!(
         o.stdout
@@ -350,14 +391,7 @@ async fn a_calico_export_imports_and_renders_the_clusters_sessions() {
         all.push_str(&o.stdout);
         all.push_str("---\n");
     }
-    let bird = tern_agent::render::render_offline(
-        &all,
-        "kube-node-2",
-        tern_agent::render::What::Bird,
-        Default::default(),
-        &Default::default(),
-    )
-    .expect("renders");
+    let bird = render(&all, "kube-node-2", tern_agent::render::What::Bird);
     assert_eq!(
         sessions(&bird),
         [
@@ -378,14 +412,7 @@ async fn a_calico_export_imports_and_renders_the_clusters_sessions() {
         "the imported block is advertised"
     );
     // FelixConfiguration's natOutgoingExclusions reached the NAT calculation.
-    let nat = tern_agent::render::render_offline(
-        &all,
-        "kube-node-2",
-        tern_agent::render::What::Nat,
-        Default::default(),
-        &Default::default(),
-    )
-    .expect("renders NAT");
+    let nat = render(&all, "kube-node-2", tern_agent::render::What::Nat);
     assert!(
         nat.contains("10.0.0.10"),
         "host addresses are excluded: {nat}"
@@ -427,14 +454,7 @@ spec: {peerIP: 192.0.2.1}
     for r in &parsed {
         tern::validate::validate(r).unwrap_or_else(|e| panic!("{}: {e:?}", r.name()));
     }
-    let bird = tern_agent::render::render_offline(
-        docs,
-        "n1",
-        tern_agent::render::What::Bird,
-        Default::default(),
-        &Default::default(),
-    )
-    .expect("renders");
+    let bird = render(docs, "n1", tern_agent::render::What::Bird);
     assert_eq!(
         sessions(&bird),
         ["Global_192_0_2_1", "Node_10_0_0_2"]
@@ -588,12 +608,7 @@ async fn ternctl_ipam_show_check_and_release() {
         ("c", "10.60.0.2"),
         ("d", "10.60.0.3"),
     ] {
-        let o = run(
-            &c,
-            &[
-                "ipam", "assign", "--node", "n1", "--handle", h, "--pool", "p",
-            ],
-        );
+        let o = assign(&c, "n1", h, "p");
         assert_eq!(o.code, 0, "{}", o.stderr);
         assert!(
             o.stdout
@@ -604,11 +619,7 @@ async fn ternctl_ipam_show_check_and_release() {
     }
     let o = run(&c, &["ipam", "check"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(
-        o.stdout.contains("Check complete; found 0 problems."),
-        "{}",
-        o.stdout
-    );
+    says(&o, "Check complete; found 0 problems.");
 
     // A reservation after the fact; a leaked address (its handle record gone); a handle
     // with no owner (its block does not hold the address); a borrowed address (its
@@ -629,11 +640,7 @@ async fn ternctl_ipam_show_check_and_release() {
         "IP 10.60.0.1 is in use\n  handle: b\n  pool:   p\n  block:  10.60.0.0/29 (node n1)\n"
     );
     let o = run(&c, &["ipam", "show", "--ip", "10.60.0.3"]);
-    assert!(
-        o.stdout.contains("reserved by IPReservation late"),
-        "{}",
-        o.stdout
-    );
+    says(&o, "reserved by IPReservation late");
     let o = run(&c, &["ipam", "show", "--ip", "10.60.0.6"]);
     assert!(
         o.stdout.starts_with("IP 10.60.0.6 is not assigned\n"),
@@ -682,27 +689,21 @@ async fn ternctl_ipam_show_check_and_release() {
         );
     }
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report = dir.path().join("report.json");
+    let (o, report, _dir) = check_with_report(&c);
     let rp = report.to_str().expect("utf8 path");
-    let o = run(&c, &["ipam", "check", "--show-problem-ips", "-o", rp]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    for line in [
-        "Found 1 leaked address.",
-        "  10.60.0.0 block 10.60.0.0/29 node n1 handle a: allocated, but no handle record points at it",
-        "Found 1 handle with no owner.",
-        "  10.60.0.5 block 10.60.0.0/29 node n1 handle ghost: block 10.60.0.0/29 does not hold 10.60.0.5 for it",
-        "Found 0 blocks of deleted nodes or pools.",
-        "Found 1 borrowed address.",
-        "Found 1 reserved address in use.",
-        "Check complete; found 4 problems.",
-    ] {
-        assert!(
-            o.stdout.lines().any(|l| l.starts_with(line)),
-            "{line:?} in:\n{}",
-            o.stdout
-        );
-    }
+    says_lines(
+        &o,
+        &[
+            "Found 1 leaked address.",
+            "  10.60.0.0 block 10.60.0.0/29 node n1 handle a: allocated, but no handle record points at it",
+            "Found 1 handle with no owner.",
+            "  10.60.0.5 block 10.60.0.0/29 node n1 handle ghost: block 10.60.0.0/29 does not hold 10.60.0.5 for it",
+            "Found 0 blocks of deleted nodes or pools.",
+            "Found 1 borrowed address.",
+            "Found 1 reserved address in use.",
+            "Check complete; found 4 problems.",
+        ],
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert_eq!(json["leaked"][0]["address"], "10.60.0.0");
@@ -737,30 +738,14 @@ async fn ternctl_ipam_show_check_and_release() {
 
     let o = run(&c, &["ipam", "release", "--from-report", rp]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(
-        o.stdout.contains("Released 2 problems; skipped 0."),
-        "{}",
-        o.stdout
-    );
+    says(&o, "Released 2 problems; skipped 0.");
     let o = run(&c, &["ipam", "check"]);
-    assert!(
-        o.stdout.contains("Found 0 leaked addresses."),
-        "{}",
-        o.stdout
-    );
-    assert!(
-        o.stdout.contains("Found 0 handles with no owner."),
-        "{}",
-        o.stdout
-    );
-    assert!(o.stdout.contains("found 2 problems"), "{}", o.stdout);
+    says(&o, "Found 0 leaked addresses.");
+    says(&o, "Found 0 handles with no owner.");
+    says(&o, "found 2 problems");
     // The same report again: nothing left to do.
     let o = run(&c, &["ipam", "release", "--from-report", rp]);
-    assert!(
-        o.stdout.contains("Released 0 problems; skipped 2."),
-        "{}",
-        o.stdout
-    );
+    says(&o, "Released 0 problems; skipped 2.");
     // The released address is handed out again (it is free, not reserved).
     let o = run(&c, &["ipam", "show", "--ip", "10.60.0.0"]);
     assert!(
@@ -810,45 +795,30 @@ async fn ternctl_ipam_check_reports_blocks_of_deleted_nodes_and_pools() {
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
     for (node, handle, pool) in [("n1", "a", "p"), ("n2", "b", "q")] {
-        let o = run(
-            &c,
-            &[
-                "ipam", "assign", "--node", node, "--handle", handle, "--pool", pool,
-            ],
-        );
+        let o = assign(&c, node, handle, pool);
         assert_eq!(o.code, 0, "{}", o.stderr);
     }
     let o = run(&c, &["ipam", "check"]);
-    assert!(
-        o.stdout.contains("Check complete; found 0 problems."),
-        "{}",
-        o.stdout
-    );
+    says(&o, "Check complete; found 0 problems.");
     for (kind, name) in [("node", "n1"), ("ippool", "q")] {
         let o = run(&c, &["delete", kind, name]);
         assert_eq!(o.code, 0, "{}", o.stderr);
     }
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report = dir.path().join("report.json");
+    let (o, report, _dir) = check_with_report(&c);
     let rp = report.to_str().expect("utf8 path");
-    let o = run(&c, &["ipam", "check", "--show-problem-ips", "-o", rp]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    for line in [
-        "Found 0 leaked addresses.",
-        "Found 1 handle with no owner.",
-        "  10.61.0.0 block 10.61.0.0/29 node n1 handle a: its node is deleted",
-        "Found 2 blocks of deleted nodes or pools.",
-        "  block 10.61.0.0/29 node n1: its node is deleted",
-        "  block 10.62.0.0/29 node n2: its pool is deleted",
-        "Check complete; found 3 problems.",
-    ] {
-        assert!(
-            o.stdout.lines().any(|l| l == line),
-            "{line:?} in:\n{}",
-            o.stdout
-        );
-    }
+    says_lines(
+        &o,
+        &[
+            "Found 0 leaked addresses.",
+            "Found 1 handle with no owner.",
+            "  10.61.0.0 block 10.61.0.0/29 node n1 handle a: its node is deleted",
+            "Found 2 blocks of deleted nodes or pools.",
+            "  block 10.61.0.0/29 node n1: its node is deleted",
+            "  block 10.62.0.0/29 node n2: its pool is deleted",
+            "Check complete; found 3 problems.",
+        ],
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert_eq!(json["staleBlocks"][1]["pool"], "q");
@@ -856,22 +826,11 @@ async fn ternctl_ipam_check_reports_blocks_of_deleted_nodes_and_pools() {
     // The handle is released by hand; the blocks are the reconcile loop's.
     let o = run(&c, &["ipam", "release", "--from-report", rp]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(
-        o.stdout.contains(
-            "2 blocks of deleted nodes or pools: the controller's reconcile loop releases them"
-        ),
-        "{}",
-        o.stdout
+    says(
+        &o,
+        "2 blocks of deleted nodes or pools: the controller's reconcile loop releases them",
     );
-    assert!(
-        o.stdout.contains("Released 1 problem; skipped 0."),
-        "{}",
-        o.stdout
-    );
+    says(&o, "Released 1 problem; skipped 0.");
     let o = run(&c, &["ipam", "check"]);
-    assert!(
-        o.stdout.contains("Found 0 handles with no owner."),
-        "{}",
-        o.stdout
-    );
+    says(&o, "Found 0 handles with no owner.");
 }
