@@ -834,3 +834,86 @@ async fn ternctl_ipam_check_reports_blocks_of_deleted_nodes_and_pools() {
     let o = run(&c, &["ipam", "check"]);
     says(&o, "Found 0 handles with no owner.");
 }
+
+/// Every key of a JSON value, at any depth (inside lists too), in lowercase.
+fn keys_of(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                out.insert(k.to_ascii_lowercase());
+                keys_of(v, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| keys_of(v, out)),
+        _ => {}
+    }
+}
+
+/// The corpus sets every field docs/api.md lists for Calico's kinds (tern's own
+/// additions aside), so a field the model drops or the validator refuses shows up in
+/// the corpus test above.
+#[test]
+fn the_corpus_sets_every_field_of_calicos_kinds() {
+    // Fields docs/api.md lists that Calico's kinds do not have.
+    let terns_own: BTreeSet<&str> = [
+        "BGPPeer.bfdProfile",
+        "BGPPeer.connectRetryTime",
+        "BGPPeer.holdTime",
+        "BGPPeer.longLivedStaleTime",
+        "BGPConfiguration.nodeMeshBFDProfile",
+        "BGPConfiguration.nodeMeshConnectRetryTime",
+        "BGPConfiguration.nodeMeshHoldTime",
+        "BGPConfiguration.nodeMeshKeepaliveTime",
+        "BGPConfiguration.nodeMeshLongLivedStaleTime",
+        "BGPConfiguration.routeReflectorClients",
+        "BlockAffinity.pool",
+    ]
+    .into();
+    let mut set: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for file in manifests("valid") {
+        let text = std::fs::read_to_string(&file).expect("read manifest");
+        for r in tern::manifest::parse_documents(&text).expect("the corpus parses") {
+            let v = r.to_value();
+            keys_of(
+                v.get("spec").unwrap_or(&serde_json::Value::Null),
+                set.entry(r.kind().as_str().to_string()).or_default(),
+            );
+        }
+    }
+    let docs = include_str!("../docs/api.md");
+    let mut missing = Vec::new();
+    for kind in [
+        "IPPool",
+        "IPReservation",
+        "BGPPeer",
+        "BGPConfiguration",
+        "BGPFilter",
+        "Node",
+        "BlockAffinity",
+        "FelixConfiguration",
+    ] {
+        let section = docs
+            .split("\n## ")
+            .find(|s| s.starts_with(&format!("{kind}\n")))
+            .unwrap_or_else(|| panic!("docs/api.md has a section {kind}"));
+        let corpus = set.get(kind).cloned().unwrap_or_default();
+        let mut fields = 0;
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let first = row.split(" | ").next().unwrap_or_default();
+            for name in first.split('`').skip(1).step_by(2) {
+                fields += 1;
+                let leaf = name.rsplit('.').next().unwrap_or(name);
+                if !terns_own.contains(format!("{kind}.{leaf}").as_str())
+                    && !corpus.contains(&leaf.to_ascii_lowercase())
+                {
+                    missing.push(format!("{kind}.{name}"));
+                }
+            }
+        }
+        assert!(fields > 0, "{kind}: no field rows in docs/api.md");
+    }
+    assert!(
+        missing.is_empty(),
+        "not set in tests/manifests/valid: {missing:?}"
+    );
+}
