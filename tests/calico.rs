@@ -471,6 +471,85 @@ spec: {peerIP: 192.0.2.1}
     );
 }
 
+/// An import goes on past what the controller refuses, reports it per kind with the
+/// field and the reason, and exits non-zero; what it refused is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datastore_import_reports_what_it_refused_and_goes_on() {
+    let c = Cluster::start().await;
+    let export = "\
+apiVersion: projectcalico.org/v3
+kind: IPPoolList
+items:
+- metadata: {name: good, resourceVersion: '41', uid: 0c1d}
+  spec: {cidr: 10.70.0.0/16}
+  apiVersion: projectcalico.org/v3
+  kind: IPPool
+- apiVersion: projectcalico.org/v3
+  kind: IPPool
+  metadata: {name: host-bits}
+  spec: {cidr: 10.71.0.1/16}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 192.0.2.1, asNumber: 65001}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPFilter
+metadata: {name: reject-with-operations}
+spec: {exportV4: [{action: Reject, cidr: 10.0.0.0/8, matchOperator: In, operations: [{setPriority: {value: 10}}]}]}
+---
+apiVersion: projectcalico.org/v3
+kind: Gadget
+metadata: {name: g}
+";
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Admin,
+            &["datastore", "import", "-f", "-"],
+            Some(export),
+        )
+    });
+    assert_eq!(o.code, 1, "{}\n{}", o.stdout, o.stderr);
+    let rows: Vec<String> = o
+        .stdout
+        .lines()
+        .take_while(|l| !l.starts_with("skipped") && !l.starts_with("refused"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "KIND CREATED REPLACED SKIPPED REFUSED",
+            "BGPFilter 0 0 0 1",
+            "BGPPeer 1 0 0 0",
+            "Gadget 0 0 1 0",
+            "IPPool 1 0 0 1",
+        ]
+    );
+    for note in [
+        "skipped Gadget(g): not a kind tern knows",
+        "refused IPPool(host-bits): spec.cidr: ",
+        "refused BGPFilter(reject-with-operations): spec.exportV4[0].operations: ",
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l.starts_with(note)),
+            "{note:?} in:\n{}",
+            o.stdout
+        );
+    }
+    for (kind, name, stored) in [
+        ("ippool", "good", true),
+        ("bgppeer", "tor", true),
+        ("ippool", "host-bits", false),
+        ("bgpfilter", "reject-with-operations", false),
+    ] {
+        let o = run(&c, &["get", kind, name]);
+        assert_eq!(o.code == 0, stored, "{kind} {name}: {}", o.stderr);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_ip_peering_reaches_the_node_it_names() {
     let c = Cluster::start().await;

@@ -1313,10 +1313,9 @@ fn unused_calico_kind(kind: &str) -> Option<&'static str> {
         "IPAMBlock" | "IPAMHandle" | "IPAMConfig" | "IPAMConfiguration" => {
             "tern's IPAM keeps its own records (BlockAffinities are imported)"
         }
-        "ClusterInformation"
-        | "KubeControllersConfiguration"
-        | "CalicoNodeStatus"
-        | "BGPFilterList" => "Calico's own bookkeeping",
+        "ClusterInformation" | "KubeControllersConfiguration" | "CalicoNodeStatus" => {
+            "Calico's own bookkeeping"
+        }
         _ => return None,
     })
 }
