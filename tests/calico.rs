@@ -172,6 +172,43 @@ async fn the_corpus_applies_with_exactly_its_warnings_and_refusals_change_nothin
     }
 }
 
+/// `create` and `replace` print one warning per stored-only field, as `apply` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_and_replace_print_one_warning_per_stored_only_field() {
+    let c = Cluster::start().await;
+    let write = |verb: &str, spec: &str| {
+        let doc = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {spec}\n"
+        );
+        tokio::task::block_in_place(|| ternctl(&c, &Role::Admin, &[verb, "-f", "-"], Some(&doc)))
+    };
+    let ipip = "IPPool(p): spec.ipipMode: stored; tern builds no IPIP tunnels";
+    let o = write(
+        "create",
+        "{cidr: 10.80.0.0/16, ipipMode: CrossSubnet, vxlanMode: Never}",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(warnings(&o), [ipip.to_string()].into());
+    let o = write(
+        "replace",
+        "{cidr: 10.80.0.0/16, ipipMode: CrossSubnet, namespaceSelector: team == 'a'}",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        warnings(&o),
+        [
+            ipip.to_string(),
+            "IPPool(p): spec.namespaceSelector: stored; tern knows no namespaces: the pool serves every workload its nodeSelector allows".to_string(),
+        ]
+        .into()
+    );
+    let lines = o.stderr.lines().filter(|l| l.starts_with("Warning: "));
+    assert_eq!(lines.count(), 2, "one line per field: {}", o.stderr);
+    let o = write("replace", "{cidr: 10.80.0.0/16}");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(warnings(&o).is_empty(), "{}", o.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_bird_cannot_carry_is_refused_on_the_peer_that_names_it() {
     let c = Cluster::start().await;
