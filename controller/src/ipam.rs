@@ -39,10 +39,10 @@
 //! IPReservation covers is handed out (the assignment compares the reservations
 //! unchanged since its read).
 //!
-//! Every address of a block is handed out (but reserved ones), the first and last included: a block is
-//! routed whole (one blackhole route per block in BIRD, one /32 or /128 route per
-//! workload), never used as a subnet on a link, so it has no network or broadcast
-//! address to protect. This is what Calico does.
+//! Every address of a block that no IPReservation covers is handed out, the first and
+//! last included: a block is routed whole (one blackhole route per block in BIRD, one
+//! /32 or /128 route per workload), never used as a subnet on a link, so it has no
+//! network or broadcast address to protect. This is what Calico does.
 
 mod admin;
 mod check;
