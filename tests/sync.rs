@@ -831,3 +831,97 @@ async fn a_panicking_apply_task_ends_the_agent() {
         .expect("the agent ends once its apply task panics");
     assert_eq!(why, "an agent task panicked");
 }
+
+/// The cache revision of a replica, from its metrics.
+fn cache_revision(c: &Cluster, replica: usize) -> i64 {
+    c.controllers[replica]
+        .metrics()
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_cache_revision "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// After changes stop, every connected node shows the same applied revision, the head
+/// of the replicas' caches: IPAM's per-node blocks (each seen by its own node only) and
+/// the other nodes' changes reach the rest as bookmarks, which the agents report too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converged_cluster_shows_one_revision_on_every_node() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.sync.ping_interval = Duration::from_millis(300);
+    c.add_controller_with(cfg.clone()).await;
+    c.add_controller_with(cfg).await;
+    let replicas = [
+        c.controllers[0].addr().to_string(),
+        c.controllers[1].addr().to_string(),
+    ];
+    let mut agents = Vec::new();
+    for i in 0..6 {
+        let (agent, _) = recording_agent(
+            &c,
+            &format!("n{i}"),
+            &format!("10.0.0.{}/24", i + 1),
+            vec![replicas[i % 2].clone()],
+        )
+        .await;
+        agents.push(agent);
+    }
+    // Churn: pools (a block per node and pool), peers of one node, a Node.
+    for round in 0..3 {
+        create(&c, pool(&format!("p{round}"), &format!("10.{}.0.0/16", 100 + round))).await;
+        patch_nat(&c, &format!("p{round}"), round % 2 == 0).await;
+        create(
+            &c,
+            res(&format!(
+                "apiVersion: tern.dev/v1\nkind: BGPPeer\nmetadata: {{name: peer{round}}}\n\
+                 spec: {{node: n{round}, peerIP: 192.0.2.{}, asNumber: 64512}}\n",
+                round + 1
+            )),
+        )
+        .await;
+    }
+    create(
+        &c,
+        res("apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: extra}\nspec: {bgp: {ipv4Address: 10.0.0.99/24}}\n"),
+    )
+    .await;
+    c.admin()
+        .await
+        .delete(proto::DeleteRequest {
+            kind: "ippool".into(),
+            name: "p0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+
+    // Changes stop (IPAM settles by itself); every node converges on the head.
+    let mut nodes = c.nodes(&Role::Admin).await;
+    let mut last = Vec::new();
+    let converged = eventually(60, async || {
+        let head = cache_revision(&c, 0);
+        if head == 0 || head != cache_revision(&c, 1) {
+            return false;
+        }
+        let Ok(list) = nodes.list_nodes(proto::ListNodesRequest::default()).await else {
+            return false;
+        };
+        last = list
+            .into_inner()
+            .nodes
+            .into_iter()
+            .filter(|n| n.connected)
+            .map(|n| (n.node.and_then(|r| r.metadata).map(|m| m.name), n.applied_revision))
+            .collect();
+        last.len() == agents.len() && last.iter().all(|(_, rev)| *rev == head)
+    })
+    .await;
+    assert!(
+        converged,
+        "heads {} / {}, nodes {last:?}",
+        cache_revision(&c, 0),
+        cache_revision(&c, 1)
+    );
+}

@@ -334,7 +334,14 @@ impl ApplyLoop {
                             dirty = true;
                         }
                     } else {
+                        // A bookmark: the host is as the view at `rev` asks. Report that
+                        // revision, so that nodes in sync show the same one.
                         self.applied.send_modify(|a| a.revision = a.revision.max(rev));
+                        if rev > self.status.applied_revision {
+                            self.status.applied_revision = rev;
+                            self.metrics.applied_revision.set(rev);
+                            self.publish_status();
+                        }
                     }
                 }
                 () = async {

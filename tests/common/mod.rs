@@ -240,6 +240,20 @@ pub async fn recording_agent(
     tern_agent::agent::Agent,
     tern_agent::dataplane::RecordingDriver,
 ) {
+    recording_agent_with(c, node, address, controllers, |_| {}).await
+}
+
+/// Like [`recording_agent`], with the agent's configuration adjusted by `tune`.
+pub async fn recording_agent_with(
+    c: &Cluster,
+    node: &str,
+    address: &str,
+    controllers: Vec<String>,
+    tune: impl FnOnce(&mut tern_agent::agent::AgentConfig),
+) -> (
+    tern_agent::agent::Agent,
+    tern_agent::dataplane::RecordingDriver,
+) {
     let tls = c.client_tls(&Role::Node(node.to_string()));
     let mut sync = tern_agent::sync::SyncConfig::new(node.to_string(), controllers, tls);
     sync.registration.ipv4_address = address.to_string();
@@ -256,6 +270,8 @@ pub async fn recording_agent(
         status_interval: std::time::Duration::from_secs(1),
         metrics_listen: None,
     };
+    let mut cfg = cfg;
+    tune(&mut cfg);
     let agent = tern_agent::agent::start(cfg).await.expect("agent starts");
     (agent, driver)
 }
