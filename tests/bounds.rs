@@ -553,3 +553,114 @@ async fn address_theft_is_refused_and_changes_nothing() {
         .await
         .expect("an address of its own inside the networks is fine");
 }
+
+/// A value of the first replica's metrics (0 when absent).
+fn metric(c: &Cluster, name: &str) -> f64 {
+    c.controllers[0]
+        .metrics()
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The stored status report of a node and the mod revision of its key.
+async fn stored_status(c: &Cluster, node: &str) -> Option<(proto::NodeStatus, i64)> {
+    let mut etcd = c.etcd.client().await.expect("etcd client");
+    let resp = etcd
+        .get(format!("{}/_status/{node}", c.prefix), None)
+        .await
+        .expect("etcd get");
+    let kv = resp.kvs().first()?;
+    let status = prost::Message::decode(kv.value()).expect("a stored report");
+    Some((status, kv.mod_revision()))
+}
+
+/// An agent that resends its status report (unchanged) every 100 ms, and the revision
+/// of its report once the report says its dataplane is programmed.
+async fn chatty_agent(c: &Cluster) -> (tern_agent::agent::Agent, i64) {
+    let (agent, _) =
+        common::recording_agent_with(c, "n1", "10.0.0.1/24", vec![c.server()], |cfg| {
+            cfg.resync_interval = Duration::from_millis(100);
+        })
+        .await;
+    let mut rev = 0;
+    assert!(
+        common::eventually(30, async || {
+            match stored_status(c, "n1").await {
+                Some((s, r)) if s.dataplane.as_ref().is_some_and(|d| d.state == "programmed") => {
+                    rev = r;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await,
+        "the agent's report is stored"
+    );
+    (agent, rev)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_status_report_is_not_written_again() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.status_heartbeat = Duration::from_secs(3600);
+    c.add_controller_with(cfg).await;
+    let (_agent, rev) = chatty_agent(&c).await;
+    let writes = metric(&c, "tern_status_writes_total");
+    let unchanged = metric(&c, "tern_status_reports_unchanged_total");
+    assert!(
+        common::eventually(30, async || {
+            metric(&c, "tern_status_reports_unchanged_total") >= unchanged + 20.0
+        })
+        .await,
+        "the agent resends its report"
+    );
+    assert_eq!(metric(&c, "tern_status_writes_total"), writes);
+    assert_eq!(stored_status(&c, "n1").await.map(|s| s.1), Some(rev));
+
+    // A change of the report is written.
+    let mut admin = c.admin().await;
+    admin
+        .create(proto::CreateRequest {
+            resource: Some(common::pool("p1", "10.30.0.0/16")),
+        })
+        .await
+        .expect("create");
+    assert!(
+        common::eventually(30, async || {
+            stored_status(&c, "n1")
+                .await
+                .is_some_and(|(s, r)| r > rev && s.dataplane.is_some_and(|d| d.all_pools_v4 == 1))
+        })
+        .await,
+        "the changed report is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_status_report_is_rewritten_after_the_heartbeat() {
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.status_heartbeat = Duration::from_millis(400);
+    c.add_controller_with(cfg).await;
+    let (_agent, rev) = chatty_agent(&c).await;
+    let writes = metric(&c, "tern_status_writes_total");
+    assert!(
+        common::eventually(30, async || {
+            metric(&c, "tern_status_writes_total") >= writes + 3.0
+        })
+        .await,
+        "the heartbeat rewrites the unchanged report"
+    );
+    let (status, now) = stored_status(&c, "n1").await.expect("stored");
+    assert!(now > rev, "the key was rewritten");
+    assert!(!status.reported_at.is_empty());
+    // Still far fewer writes than reports.
+    assert!(
+        metric(&c, "tern_status_reports_unchanged_total") > 0.0,
+        "most resent reports are not written"
+    );
+}

@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     /// Create this IPv4 pool (`default-ipv4-ippool`, natOutgoing) when there is no pool.
     pub default_ipv4_pool: Option<Cidr>,
     pub status_writes_per_sec: u32,
+    /// An unchanged status report is rewritten after between half and all of this.
+    pub status_heartbeat: Duration,
     pub sync: SyncTuning,
     pub ipam: crate::ipam::IpamTuning,
     pub connections: ConnectionLimits,
@@ -151,6 +153,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub status_writes_per_sec: Option<u32>,
+    pub status_heartbeat: Option<String>,
     pub ipam_auto_blocks: Option<bool>,
     pub max_watches_per_identity: Option<usize>,
     pub history_bytes: Option<usize>,
@@ -207,6 +210,7 @@ impl ControllerConfig {
             controller_id: format!("controller-{}", &uuid::Uuid::new_v4().to_string()[..8]),
             default_ipv4_pool: None,
             status_writes_per_sec: 500,
+            status_heartbeat: Duration::from_secs(600),
             sync: SyncTuning::default(),
             ipam: crate::ipam::IpamTuning::default(),
             connections: ConnectionLimits::default(),

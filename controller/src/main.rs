@@ -82,6 +82,10 @@ struct Cli {
     /// Upper bound on agent status writes to etcd per second [default: 500]
     #[arg(long, env = "TERN_STATUS_WRITES_PER_SEC")]
     status_writes_per_sec: Option<u32>,
+    /// An agent's status is written to etcd when it changes, and an unchanged one again
+    /// after between half and all of this [default: 10m]
+    #[arg(long, env = "TERN_STATUS_HEARTBEAT")]
+    status_heartbeat: Option<GoDuration>,
     /// Open ResourceService.Watch streams one identity may hold [default: 32]
     #[arg(long, env = "TERN_MAX_WATCHES_PER_IDENTITY")]
     max_watches_per_identity: Option<usize>,
@@ -297,6 +301,12 @@ fn build_config(cli: Cli) -> anyhow::Result<(ControllerConfig, String, LogFormat
             .status_writes_per_sec
             .or(file.status_writes_per_sec)
             .unwrap_or(500),
+        status_heartbeat: duration(
+            cli.status_heartbeat,
+            file.status_heartbeat,
+            "statusHeartbeat",
+            Duration::from_secs(600),
+        )?,
         sync: SyncTuning {
             history_bytes: cli
                 .history_bytes

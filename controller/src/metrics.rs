@@ -46,6 +46,8 @@ pub struct Metrics {
     pub connections_closed: Family<CloseLabels, Counter>,
     pub watch_streams: Gauge,
     pub watch_disconnects_slow: Counter,
+    pub status_writes: Counter,
+    pub status_reports_unchanged: Counter,
     registry: parking_lot::Mutex<Registry>,
 }
 
@@ -69,6 +71,8 @@ impl Metrics {
             connections_closed: Family::default(),
             watch_streams: Gauge::default(),
             watch_disconnects_slow: Counter::default(),
+            status_writes: Counter::default(),
+            status_reports_unchanged: Counter::default(),
             registry: parking_lot::Mutex::new(Registry::with_prefix("tern")),
         };
         {
@@ -163,6 +167,16 @@ impl Metrics {
                 "Connections the listener closed, by reason (handshake_timeout, \
                  handshake_failed, evicted, preface_timeout, idle)",
                 m.connections_closed.clone(),
+            );
+            r.register(
+                "status_writes",
+                "Agent status reports written to etcd",
+                m.status_writes.clone(),
+            );
+            r.register(
+                "status_reports_unchanged",
+                "Agent status reports not written: the same as the stored one",
+                m.status_reports_unchanged.clone(),
             );
         }
         Arc::new(m)

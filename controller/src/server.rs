@@ -186,6 +186,8 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         store.clone(),
         config.controller_id.clone(),
         config.status_writes_per_sec,
+        config.status_heartbeat,
+        metrics.clone(),
     );
     tasks.extend(status.spawn());
     if let Some(t) = &tls {

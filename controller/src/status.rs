@@ -5,13 +5,20 @@
 //!   `<prefix>/_status/<node>` by one flush task at a bounded rate: reports that arrive
 //!   while a node waits for its turn replace each other, so thousands of agents cost
 //!   at most `max_writes_per_sec` etcd writes.
+//! - A report is written only when it differs from the one stored (its time of report
+//!   aside: agents resend unchanged reports, and the replica stamps each with the time
+//!   it arrived), or when the stored one is older than the node's heartbeat period
+//!   (between half and all of `heartbeat`, fixed per node, so that agents connected
+//!   together do not all rewrite together). What is stored is known from this
+//!   replica's own writes, and read from etcd when a node connects.
 //! - A connected agent has a key `<prefix>/_connections/<node>` attached to this
 //!   replica's lease: it disappears when the stream closes, and by itself when the
 //!   replica dies (lease expiry).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prost::Message as _;
@@ -20,6 +27,7 @@ use tern::proto;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// The value of a connection key.
@@ -37,9 +45,27 @@ pub struct Connection {
 
 #[derive(Default)]
 struct Pending {
-    latest: HashMap<String, proto::NodeStatus>,
+    /// The report to write per node, with its digest.
+    latest: HashMap<String, (proto::NodeStatus, u64)>,
     queue: VecDeque<String>,
     queued: HashSet<String>,
+}
+
+/// What etcd holds for a node, as far as this replica knows.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    digest: u64,
+    /// When it was reported.
+    at: Instant,
+}
+
+/// A report's identity for the comparison: every field but the time of report.
+fn digest(s: &proto::NodeStatus) -> u64 {
+    let mut s = s.clone();
+    s.reported_at.clear();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.encode_to_vec().hash(&mut h);
+    h.finish()
 }
 
 /// Status reports and connection liveness of the agents on this replica.
@@ -54,6 +80,10 @@ pub struct StatusHub {
     lease: Mutex<i64>,
     wake: Notify,
     max_writes_per_sec: u32,
+    /// The report stored for each node connected here.
+    stored: Mutex<HashMap<String, Stored>>,
+    heartbeat: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for StatusHub {
@@ -135,7 +165,15 @@ fn bound_report(s: &mut proto::NodeStatus) {
 }
 
 impl StatusHub {
-    pub fn new(store: Store, controller_id: String, max_writes_per_sec: u32) -> Arc<StatusHub> {
+    /// At most `max_writes_per_sec` report writes; an unchanged report is rewritten
+    /// after (half to all of) `heartbeat`.
+    pub fn new(
+        store: Store,
+        controller_id: String,
+        max_writes_per_sec: u32,
+        heartbeat: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<StatusHub> {
         Arc::new(StatusHub {
             store,
             controller_id,
@@ -145,7 +183,60 @@ impl StatusHub {
             lease: Mutex::new(0),
             wake: Notify::new(),
             max_writes_per_sec: max_writes_per_sec.max(1),
+            stored: Mutex::new(HashMap::new()),
+            heartbeat,
+            metrics,
         })
+    }
+
+    /// How old a node's stored report may get before an unchanged one is rewritten:
+    /// between half and all of the heartbeat, fixed per node.
+    fn heartbeat_of(&self, node: &str) -> Duration {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        node.hash(&mut h);
+        let spread = (h.finish() % 1024) as f64 / 1024.0;
+        self.heartbeat.mul_f64(0.5 + spread / 2.0)
+    }
+
+    /// Whether a report with this digest must be written.
+    fn differs(&self, node: &str, digest: u64) -> bool {
+        match self.stored.lock().get(node) {
+            Some(s) => s.digest != digest || s.at.elapsed() >= self.heartbeat_of(node),
+            None => true,
+        }
+    }
+
+    /// Learn what etcd holds for a node that connected (its last replica may have been
+    /// another one).
+    async fn read_stored(&self, node: &str) {
+        let stored = match self.store.status_report(node).await {
+            Ok(Some(v)) => match proto::NodeStatus::decode(v.as_slice()) {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            Ok(None) => return,
+            Err(e) => {
+                debug!(node, error = %e, "cannot read the stored status report");
+                return;
+            }
+        };
+        let age = time::OffsetDateTime::parse(
+            &stored.reported_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+        .and_then(|t| Duration::try_from(time::OffsetDateTime::now_utc() - t).ok())
+        .unwrap_or(self.heartbeat);
+        let at = Instant::now()
+            .checked_sub(age.min(self.heartbeat))
+            .unwrap_or_else(Instant::now);
+        self.stored.lock().insert(
+            node.to_string(),
+            Stored {
+                digest: digest(&stored),
+                at,
+            },
+        );
     }
 
     pub fn controller_id(&self) -> &str {
@@ -162,8 +253,13 @@ impl StatusHub {
             status.reported_at = tern::util::now_rfc3339();
         }
         self.latest.lock().insert(node.to_string(), status.clone());
+        let d = digest(&status);
+        if !self.differs(node, d) {
+            self.metrics.status_reports_unchanged.inc();
+            return;
+        }
         let mut p = self.pending.lock();
-        p.latest.insert(node.to_string(), status);
+        p.latest.insert(node.to_string(), (status, d));
         if p.queued.insert(node.to_string()) {
             p.queue.push_back(node.to_string());
         }
@@ -226,6 +322,7 @@ impl StatusHub {
             stream,
         };
         self.connections.lock().insert(node.to_string(), c.clone());
+        self.read_stored(node).await;
         self.put_connection(node, &c).await
     }
 
@@ -249,6 +346,8 @@ impl StatusHub {
             return;
         };
         self.latest.lock().remove(node);
+        // Another replica may write its reports next.
+        self.stored.lock().remove(node);
         let value = serde_json::to_vec(&c).expect("a Connection always serializes");
         if let Err(e) = self.store.delete_connection_if(node, value).await {
             debug!(node, error = %e, "could not remove the connection key; the lease will");
@@ -303,7 +402,7 @@ impl StatusHub {
     }
 
     /// Put unwritten reports back, unless a newer report arrived meanwhile.
-    fn requeue(&self, batch: Vec<(String, proto::NodeStatus)>) {
+    fn requeue(&self, batch: Vec<(String, (proto::NodeStatus, u64))>) {
         let mut p = self.pending.lock();
         for (node, s) in batch {
             p.latest.entry(node.clone()).or_insert(s);
@@ -320,7 +419,7 @@ impl StatusHub {
         loop {
             self.wake.notified().await;
             loop {
-                let batch: Vec<(String, proto::NodeStatus)> = {
+                let batch: Vec<(String, (proto::NodeStatus, u64))> = {
                     let mut p = self.pending.lock();
                     let mut out = Vec::new();
                     let mut bytes = 0;
@@ -330,7 +429,7 @@ impl StatusHub {
                         };
                         p.queued.remove(&node);
                         if let Some(s) = p.latest.remove(&node) {
-                            bytes += s.encoded_len() + node.len() + 64;
+                            bytes += s.0.encoded_len() + node.len() + 64;
                             out.push((node, s));
                         }
                     }
@@ -344,7 +443,7 @@ impl StatusHub {
                 // queued when the Node is deleted cannot bring its status back.
                 let encoded: Vec<(String, Vec<u8>)> = batch
                     .iter()
-                    .map(|(node, s)| (node.clone(), s.encode_to_vec()))
+                    .map(|(node, (s, _))| (node.clone(), s.encode_to_vec()))
                     .collect();
                 if let Err(e) = self.store.put_status_reports(&encoded).await {
                     match e {
@@ -369,6 +468,25 @@ impl StatusHub {
                         }
                     }
                     continue;
+                }
+                self.metrics.status_writes.inc_by(n as u64);
+                {
+                    let now = Instant::now();
+                    let live = self.connections.lock();
+                    let mut stored = self.stored.lock();
+                    for (node, (_, digest)) in &batch {
+                        // Only for nodes still connected here: a node that left may
+                        // report through another replica next.
+                        if live.contains_key(node) {
+                            stored.insert(
+                                node.clone(),
+                                Stored {
+                                    digest: *digest,
+                                    at: now,
+                                },
+                            );
+                        }
+                    }
                 }
                 let pause = Duration::from_secs_f64(n as f64 / f64::from(self.max_writes_per_sec));
                 tokio::time::sleep(pause).await;
