@@ -45,6 +45,23 @@ pub struct Args {
     /// Agents connected at a time while ramping up.
     #[arg(long, default_value_t = 250)]
     batch: usize,
+    /// How often each agent reads its NAT state back and republishes its status, in
+    /// seconds (tern-agent's default is 30).
+    #[arg(long, default_value_t = 3600)]
+    agent_resync: u64,
+    /// Give every node an address block (tern-controller --ipam-auto-blocks).
+    #[arg(long)]
+    ipam: bool,
+    /// After the updates, let the cluster settle for --idle-settle seconds, then count
+    /// the etcd writes of this many idle seconds (0: skip).
+    #[arg(long, default_value_t = 0)]
+    idle_seconds: u64,
+    #[arg(long, default_value_t = 30)]
+    idle_settle: u64,
+    /// tern-controller --status-heartbeat (0s: every report is written, as before
+    /// reports were compared) [default: the controller's]
+    #[arg(long)]
+    status_heartbeat: Option<String>,
 }
 
 pub(crate) fn raise_nofile() -> anyhow::Result<()> {
@@ -89,6 +106,111 @@ struct Outcome {
     server_rss: u64,
     server_rss_base: u64,
     ramp: Duration,
+    idle: Option<Idle>,
+}
+
+/// What etcd wrote while the cluster was idle.
+#[derive(Debug, Default)]
+struct Idle {
+    seconds: f64,
+    /// Keys written (puts and deletes), by what they are.
+    status: u64,
+    connections: u64,
+    ipam: u64,
+    resources: u64,
+    other: u64,
+    /// etcd revisions (transactions that wrote).
+    revisions: u64,
+    /// The most keys written in one 10-second window.
+    max_10s: u64,
+    controller_cpu_s: f64,
+}
+
+impl Idle {
+    fn keys(&self) -> u64 {
+        self.status + self.connections + self.ipam + self.resources + self.other
+    }
+}
+
+/// Wait until the controller's IPAM has given `nodes` blocks.
+pub async fn wait_for_blocks(tls: &ClientTls, addr: &str, nodes: usize) -> anyhow::Result<()> {
+    let mut ipam = proto::ipam_service_client::IpamServiceClient::new(tls.connect(addr).await?)
+        .max_decoding_message_size(64 << 20);
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let blocks = ipam
+            .show(proto::IpamShowRequest::default())
+            .await?
+            .into_inner()
+            .blocks
+            .len();
+        if blocks >= nodes {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {blocks} of {nodes} blocks claimed");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Let the cluster settle, then count what etcd writes for `secs` seconds: every key
+/// event under the prefix (a watch on the whole keyspace), and the revisions they took.
+async fn measure_idle(etcd: &Etcd, pid: u32, settle: u64, secs: u64) -> anyhow::Result<Idle> {
+    use etcd_client::{GetOptions, WatchOptions};
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let mut c = etcd.client().await?;
+    let rev = c
+        .get("/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    let mut stream = c
+        .watch(
+            "/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1),
+            ),
+        )
+        .await?;
+    let (cpu0, _) = proc_usage(pid)?;
+    let t0 = Instant::now();
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut idle = Idle::default();
+    let mut revisions = std::collections::BTreeSet::new();
+    let mut windows: std::collections::BTreeMap<u64, u64> = Default::default();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(end) => break,
+            m = stream.message() => {
+                let Some(resp) = m? else { bail!("the etcd watch ended") };
+                let window = t0.elapsed().as_secs() / 10;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    revisions.insert(kv.mod_revision());
+                    *windows.entry(window).or_default() += 1;
+                    let key = String::from_utf8_lossy(kv.key());
+                    let what = key.strip_prefix("/tern/v1/").unwrap_or("");
+                    match what.split('/').next().unwrap_or("") {
+                        "_status" => idle.status += 1,
+                        "_connections" => idle.connections += 1,
+                        "_ipam" => idle.ipam += 1,
+                        "" => idle.other += 1,
+                        s if s.starts_with('_') || s.starts_with("zz-") => idle.other += 1,
+                        _ => idle.resources += 1,
+                    }
+                }
+            }
+        }
+    }
+    let (cpu1, _) = proc_usage(pid)?;
+    idle.seconds = t0.elapsed().as_secs_f64();
+    idle.revisions = revisions.len() as u64;
+    idle.max_10s = windows.values().copied().max().unwrap_or(0);
+    idle.controller_cpu_s = cpu1 - cpu0;
+    Ok(idle)
 }
 
 fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
@@ -141,6 +263,24 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
         pct(floor, 50.0),
         pct(floor, 99.0)
     );
+    if let Some(i) = &r.idle {
+        let per_s = |n: u64| n as f64 / i.seconds.max(1e-9);
+        println!(
+            "idle for {:.0} s: {:.2} keys written/s ({:.2} etcd revisions/s; most in 10 s: {}): \
+             status {:.2}/s, connections {:.2}/s, IPAM {:.2}/s, resources {:.2}/s, other {:.2}/s; \
+             controller CPU {:.1}%",
+            i.seconds,
+            per_s(i.keys()),
+            per_s(i.revisions),
+            i.max_10s,
+            per_s(i.status),
+            per_s(i.connections),
+            per_s(i.ipam),
+            per_s(i.resources),
+            per_s(i.other),
+            100.0 * i.controller_cpu_s / i.seconds.max(1e-9)
+        );
+    }
     println!(
         "| {} | {mode} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} |",
         a.agents,
@@ -215,7 +355,7 @@ async fn etcd_floor(etcd: &Etcd, n: usize, rate: f64) -> anyhow::Result<Vec<f64>
     Ok(out)
 }
 
-async fn admin_client(
+pub async fn admin_client(
     tls: &ClientTls,
     addr: &str,
 ) -> anyhow::Result<ResourceServiceClient<tonic::transport::Channel>> {
@@ -259,18 +399,22 @@ fn patch(kind: &str, name: &str, json: String) -> proto::PatchRequest {
 }
 
 async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
+    let mut extra = vec![
+        "--log-level",
+        "warn",
+        "--status-writes-per-sec",
+        "1000",
+        // Block claims for thousands of nodes are IPAM's cost, not the fan-out's.
+        "--ipam-auto-blocks",
+        if a.ipam { "true" } else { "false" },
+    ];
+    if let Some(h) = &a.status_heartbeat {
+        extra.extend(["--status-heartbeat", h.as_str()]);
+    }
     let ctl = crate::LocalController::start(
         etcd,
         &controller_bin(a.controller_bin.as_ref())?,
-        &[
-            "--log-level",
-            "warn",
-            "--status-writes-per-sec",
-            "1000",
-            // Block claims for thousands of nodes are IPAM's cost, not the fan-out's.
-            "--ipam-auto-blocks",
-            "false",
-        ],
+        &extra,
     )?;
     let pid = ctl.pid();
     let (tls, addr) = (ctl.admin.clone(), ctl.addr.clone());
@@ -286,7 +430,8 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     api.create(proto::CreateRequest {
         resource: Some(tern::model::protojson::to_proto(
             &tern::manifest::parse_documents(
-                "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: bench}\nspec: {cidr: 10.128.0.0/16}\n",
+                // A /12 holds a /26 block for each of 16,384 nodes (with --ipam).
+                "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: bench}\nspec: {cidr: 10.128.0.0/12}\n",
             )?
             .remove(0),
             false,
@@ -315,7 +460,7 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
                 exec: tern_agent::exec::Exec::host(),
                 nat: NatChoice::Driver(Box::new(RecordingDriver::bounded(2))),
                 bgp: None,
-                resync_interval: Duration::from_secs(3600),
+                resync_interval: Duration::from_secs(a.agent_resync.max(1)),
                 status_interval: Duration::from_secs(3600),
                 metrics_listen: None,
             };
@@ -392,6 +537,20 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     // The observer tasks record an apply a moment after the agent publishes it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (lat, lat_issued, missing) = latencies(&applied, &sent);
+    let idle = if a.idle_seconds > 0 {
+        if a.ipam {
+            // Idle means IPAM is done too: every node has its block.
+            let t = Instant::now();
+            wait_for_blocks(&tls, &addr, a.agents).await?;
+            println!(
+                "every node had its block {:.0} s after the updates",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Some(measure_idle(etcd, pid, a.idle_settle, a.idle_seconds).await?)
+    } else {
+        None
+    };
     for o in observers {
         o.abort();
     }
@@ -405,6 +564,7 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         server_rss: rss,
         server_rss_base: rss_base,
         ramp,
+        idle,
     })
 }
 
@@ -496,5 +656,6 @@ async fn etcd_direct(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         server_rss: rss,
         server_rss_base: rss_base,
         ramp,
+        idle: None,
     })
 }

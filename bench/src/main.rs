@@ -26,10 +26,14 @@
 //!   intent and controllers, etcd members and agents are killed with SIGKILL and
 //!   started again; then the time to converge, and every agent's programmed state
 //!   against the final intent (the library's `chaos` module; a test runs it small).
+//! - `etcd-size`: etcd's database for N nodes (Nodes, blocks, addresses, peers, status
+//!   reports), as `etcdctl endpoint status` reports it, before and after compaction
+//!   and defragmentation.
 
 mod bfd;
 mod bird;
 mod cni;
+mod etcd_size;
 mod fanout;
 mod nat;
 mod reflector;
@@ -65,6 +69,8 @@ enum Command {
     Session(session::Args),
     /// Kill -9 controllers, etcd members and agents under churn; check convergence.
     Chaos(tern_bench::chaos::Options),
+    /// etcd's database size for N nodes, before and after compaction and defrag.
+    EtcdSize(etcd_size::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bfd(a) => bfd::run(a),
         Command::Session(a) => session::run(a),
         Command::Chaos(o) => chaos(o),
+        Command::EtcdSize(a) => etcd_size::run(a),
     }
 }
 
