@@ -771,6 +771,9 @@ const LAB_OTHER_FLAGS: &[&str] = &[
     "--initial-advertise-peer-urls",
     "--initial-cluster",
     "--logger",
+    "--auto-compaction-mode",
+    "--auto-compaction-retention",
+    "--quota-backend-bytes",
     "--release",
     "--no-install-recommends",
     "--net",
@@ -782,3 +785,178 @@ const LAB_OTHER_FLAGS: &[&str] = &[
     "--format",
     "--list",
 ];
+
+// ------------------------------------------------------------------ etcd
+
+/// The flags of an etcd command line, as (flag, value).
+type EtcdFlags = Vec<(String, String)>;
+
+/// The flags of an etcd command line: `--flag=value`, `--flag value` or a flag alone.
+fn etcd_flags(words: &[&str]) -> EtcdFlags {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        if let Some(f) = words[i].strip_prefix("--") {
+            match f.split_once('=') {
+                Some((k, v)) => out.push((format!("--{k}"), v.to_string())),
+                None => {
+                    let value = words
+                        .get(i + 1)
+                        .filter(|w| !w.starts_with("--"))
+                        .map(|w| w.to_string());
+                    if value.is_some() {
+                        i += 1;
+                    }
+                    out.push((format!("--{f}"), value.unwrap_or_default()));
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every way tern's deployment runs etcd: (where, its flags).
+fn etcd_command_lines() -> anyhow::Result<Vec<(String, EtcdFlags)>> {
+    let mut out = Vec::new();
+    // The lab: the etcd command in start_etcd(), backslash continuations joined.
+    let lab = read(&deploy("lab"))?;
+    let body = lab
+        .split("start_etcd() {")
+        .nth(1)
+        .and_then(|b| b.split("\n}").next())
+        .context("deploy/lab: no start_etcd()")?;
+    let joined = body.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find(|l| l.contains(" etcd --"))
+        .context("deploy/lab: start_etcd() runs no etcd")?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let etcd = words
+        .iter()
+        .position(|w| *w == "etcd")
+        .context("deploy/lab: etcd")?;
+    out.push(("deploy/lab".to_string(), etcd_flags(&words[etcd + 1..])));
+
+    // systemd: the unit's flags and the member settings of its environment file.
+    let unit = deploy("systemd/tern-etcd.service");
+    let s = unit_settings(&read(&unit)?);
+    ensure!(
+        setting(&s, "EnvironmentFile") == ["/etc/tern/etcd.env"],
+        "{}: EnvironmentFile=/etc/tern/etcd.env",
+        unit.display()
+    );
+    let exec = setting(&s, "ExecStart");
+    ensure!(exec.len() == 1, "{}: one ExecStart", unit.display());
+    let words: Vec<&str> = exec[0].split_whitespace().collect();
+    ensure!(
+        words.first().is_some_and(|w| w.ends_with("/etcd")),
+        "{}: ExecStart runs etcd",
+        unit.display()
+    );
+    let mut flags = etcd_flags(&words[1..]);
+    let env = read(&deploy("systemd/etcd.env"))?;
+    for line in env.lines().map(str::trim) {
+        if let Some((k, v)) = line.split_once('=')
+            && let Some(name) = k.strip_prefix("ETCD_")
+        {
+            let flag = format!("--{}", name.to_ascii_lowercase().replace('_', "-"));
+            ensure!(
+                !flags.iter().any(|(f, _)| *f == flag),
+                "deploy/systemd: {flag} is set both in tern-etcd.service and etcd.env (etcd refuses that)"
+            );
+            flags.push((flag, v.to_string()));
+        }
+    }
+    out.push(("deploy/systemd/tern-etcd.service".to_string(), flags));
+
+    // Kubernetes: the etcd StatefulSet's container.
+    let path = deploy("kubernetes/etcd.yaml");
+    let sts = yaml_documents(&path)?
+        .into_iter()
+        .find(|d| str_at(d, &["kind"]) == Some("StatefulSet"))
+        .context("deploy/kubernetes/etcd.yaml: no StatefulSet")?;
+    let spec = at(&sts, &["spec", "template", "spec"]).context("etcd.yaml: no pod template")?;
+    let container = seq(spec, &["containers"])
+        .into_iter()
+        .next()
+        .context("etcd.yaml: no container")?;
+    let command: Vec<&str> = seq(container, &["command"])
+        .into_iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    ensure!(
+        command.first() == Some(&"etcd"),
+        "etcd.yaml: the container runs etcd ({command:?})"
+    );
+    out.push((path.display().to_string(), etcd_flags(&command[1..])));
+    Ok(out)
+}
+
+/// The lab, the systemd unit and the Kubernetes manifest run etcd with auto-compaction
+/// of its history and a space quota, with flags this etcd knows.
+#[test]
+fn etcd_runs_with_compaction_and_a_space_quota() -> anyhow::Result<()> {
+    let help = Command::new("etcd")
+        .arg("--help")
+        .output()
+        .context("running etcd --help (tests/run installs etcd-server)")?;
+    let known = flags(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&help.stdout),
+        String::from_utf8_lossy(&help.stderr)
+    ));
+    ensure!(
+        known.contains("--auto-compaction-mode"),
+        "etcd --help lists no flags"
+    );
+    for (what, flags) in etcd_command_lines()? {
+        for (f, _) in &flags {
+            ensure!(known.contains(f), "{what}: {f} is not a flag of etcd");
+        }
+        let value = |name: &str| {
+            flags
+                .iter()
+                .find(|(f, _)| f == name)
+                .map(|(_, v)| v.as_str())
+                .with_context(|| format!("{what}: etcd runs without {name}"))
+        };
+        let mode = value("--auto-compaction-mode")?;
+        ensure!(
+            mode == "revision" || mode == "periodic",
+            "{what}: --auto-compaction-mode {mode:?}"
+        );
+        let retention = value("--auto-compaction-retention")?;
+        ensure!(
+            !retention.is_empty() && retention != "0",
+            "{what}: --auto-compaction-retention {retention:?} compacts nothing"
+        );
+        if mode == "revision" {
+            retention
+                .parse::<u64>()
+                .with_context(|| format!("{what}: a revision retention is a number"))?;
+        }
+        let quota: u64 = value("--quota-backend-bytes")?
+            .parse()
+            .with_context(|| format!("{what}: --quota-backend-bytes is a number of bytes"))?;
+        ensure!(
+            quota > 0 && quota <= 8 << 30,
+            "{what}: --quota-backend-bytes {quota} (etcd suggests at most 8 GiB)"
+        );
+    }
+    let ops = read(&repo().join("docs/operations.md"))?;
+    for want in [
+        "--auto-compaction-mode",
+        "--auto-compaction-retention",
+        "--quota-backend-bytes",
+        "etcdctl endpoint status",
+        "tern-bench etcd-size",
+    ] {
+        ensure!(ops.contains(want), "docs/operations.md does not mention {want}");
+    }
+    ensure!(
+        read(&repo().join("README.md"))?.contains("docs/operations.md"),
+        "README.md links docs/operations.md"
+    );
+    Ok(())
+}
