@@ -589,7 +589,11 @@ async fn chatty_agent(c: &Cluster) -> (tern_agent::agent::Agent, i64) {
     assert!(
         common::eventually(30, async || {
             match stored_status(c, "n1").await {
-                Some((s, r)) if s.dataplane.as_ref().is_some_and(|d| d.state == "programmed") => {
+                Some((s, r))
+                    if s.dataplane
+                        .as_ref()
+                        .is_some_and(|d| d.state == "programmed") =>
+                {
                     rev = r;
                     true
                 }

@@ -952,7 +952,10 @@ fn etcd_runs_with_compaction_and_a_space_quota() -> anyhow::Result<()> {
         "etcdctl endpoint status",
         "tern-bench etcd-size",
     ] {
-        ensure!(ops.contains(want), "docs/operations.md does not mention {want}");
+        ensure!(
+            ops.contains(want),
+            "docs/operations.md does not mention {want}"
+        );
     }
     ensure!(
         read(&repo().join("README.md"))?.contains("docs/operations.md"),

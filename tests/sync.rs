@@ -870,7 +870,11 @@ async fn a_converged_cluster_shows_one_revision_on_every_node() {
     }
     // Churn: pools (a block per node and pool), peers of one node, a Node.
     for round in 0..3 {
-        create(&c, pool(&format!("p{round}"), &format!("10.{}.0.0/16", 100 + round))).await;
+        create(
+            &c,
+            pool(&format!("p{round}"), &format!("10.{}.0.0/16", 100 + round)),
+        )
+        .await;
         patch_nat(&c, &format!("p{round}"), round % 2 == 0).await;
         create(
             &c,
@@ -913,7 +917,12 @@ async fn a_converged_cluster_shows_one_revision_on_every_node() {
             .nodes
             .into_iter()
             .filter(|n| n.connected)
-            .map(|n| (n.node.and_then(|r| r.metadata).map(|m| m.name), n.applied_revision))
+            .map(|n| {
+                (
+                    n.node.and_then(|r| r.metadata).map(|m| m.name),
+                    n.applied_revision,
+                )
+            })
             .collect();
         last.len() == agents.len() && last.iter().all(|(_, rev)| *rev == head)
     })

@@ -146,9 +146,7 @@ fn report(i: usize, sessions: usize, round: usize) -> proto::NodeStatus {
 }
 
 /// Keys under tern's prefix by what they are: (count, bytes of keys and values).
-async fn key_census(
-    etcd: &Etcd,
-) -> anyhow::Result<std::collections::BTreeMap<String, (u64, u64)>> {
+async fn key_census(etcd: &Etcd) -> anyhow::Result<std::collections::BTreeMap<String, (u64, u64)>> {
     use etcd_client::GetOptions;
     let mut c = etcd.client().await?;
     let mut out: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
@@ -173,7 +171,11 @@ async fn key_census(
             } else {
                 first.to_string()
             };
-            let what = if first == "_ipam" { what } else { first.to_string() };
+            let what = if first == "_ipam" {
+                what
+            } else {
+                first.to_string()
+            };
             let e = out.entry(what).or_default();
             e.0 += 1;
             e.1 += (kv.key().len() + kv.value().len()) as u64;
@@ -242,7 +244,11 @@ async fn measure(a: Args) -> anyhow::Result<()> {
     // The controller's IPAM gives every node a block; wait for all of them.
     crate::fanout::wait_for_blocks(&tls, &addr, a.nodes).await?;
     let ipam = IpamServiceClient::new(tls.connect(&addr).await?);
-    println!("{} blocks claimed after {:.1} s", a.nodes, t0.elapsed().as_secs_f64());
+    println!(
+        "{} blocks claimed after {:.1} s",
+        a.nodes,
+        t0.elapsed().as_secs_f64()
+    );
     let assign = |i: usize| {
         let mut ipam = ipam.clone();
         async move {

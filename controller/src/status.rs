@@ -255,6 +255,9 @@ impl StatusHub {
         self.latest.lock().insert(node.to_string(), status.clone());
         let d = digest(&status);
         if !self.differs(node, d) {
+            // What etcd holds is this report already: a different one still waiting
+            // (a change that reverted before its turn) must not be written over it.
+            self.pending.lock().latest.remove(node);
             self.metrics.status_reports_unchanged.inc();
             return;
         }
@@ -498,6 +501,79 @@ impl StatusHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hub whose store is never reached (nothing here flushes).
+    fn hub(heartbeat: Duration) -> Arc<StatusHub> {
+        let store = Store::new(
+            &crate::store::EtcdOptions {
+                endpoints: vec!["127.0.0.1:9".into()],
+                ..Default::default()
+            },
+            "/t",
+            &crate::store::StoreTuning::default(),
+            &crate::store::StoreMetrics::default(),
+        )
+        .expect("a store over one endpoint");
+        StatusHub::new(store, "c1".into(), 100, heartbeat, Metrics::new())
+    }
+
+    fn pending_revision(h: &StatusHub, node: &str) -> Option<i64> {
+        h.pending
+            .lock()
+            .latest
+            .get(node)
+            .map(|(s, _)| s.applied_revision)
+    }
+
+    #[tokio::test]
+    async fn only_a_report_that_differs_from_the_stored_one_waits_for_etcd() {
+        let h = hub(Duration::from_secs(3600));
+        let report = |rev: i64, at: &str| proto::NodeStatus {
+            applied_revision: rev,
+            reported_at: at.into(),
+            ..Default::default()
+        };
+        // Nothing known of the node: written.
+        h.report("n1", report(5, "t1"));
+        assert_eq!(pending_revision(&h, "n1"), Some(5));
+        // Written (as the flusher records it); the same report again, at another time,
+        // is not.
+        let (s, d) = h.pending.lock().latest.remove("n1").expect("pending");
+        assert_eq!(d, digest(&s));
+        h.stored.lock().insert(
+            "n1".into(),
+            Stored {
+                digest: d,
+                at: Instant::now(),
+            },
+        );
+        h.report("n1", report(5, "t2"));
+        assert_eq!(pending_revision(&h, "n1"), None);
+        // A change waits for its turn; when the report changes back before it, the
+        // change is not written over what etcd holds.
+        h.report("n1", report(6, "t3"));
+        assert_eq!(pending_revision(&h, "n1"), Some(6));
+        h.report("n1", report(5, "t4"));
+        assert_eq!(pending_revision(&h, "n1"), None);
+        // The heartbeat: an unchanged report older than the node's period is written.
+        let h = hub(Duration::ZERO);
+        h.stored.lock().insert(
+            "n1".into(),
+            Stored {
+                digest: digest(&report(5, "")),
+                at: Instant::now(),
+            },
+        );
+        h.report("n1", report(5, "t5"));
+        assert_eq!(pending_revision(&h, "n1"), Some(5));
+        assert!(
+            (0..100).all(|i| {
+                let p = hub(Duration::from_secs(600)).heartbeat_of(&format!("n{i}"));
+                p >= Duration::from_secs(300) && p <= Duration::from_secs(600)
+            }),
+            "periods spread between half and all of the heartbeat"
+        );
+    }
 
     #[test]
     fn oversized_reports_are_cut_to_fit() {
