@@ -136,6 +136,14 @@ fn report(i: usize, sessions: usize, round: usize) -> proto::NodeStatus {
                     since: "2026-12-05 05:59:59".into(),
                     info: "Established".into(),
                     family: 4,
+                    uptime_seconds: 86_400,
+                    bgp_state: "Established".into(),
+                    hold_time: 90,
+                    keepalive_time: 30,
+                    routes_imported: 12,
+                    routes_exported: 3,
+                    description: format!("BGPPeer peer-{k}"),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

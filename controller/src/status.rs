@@ -6,8 +6,8 @@
 //!   while a node waits for its turn replace each other, so thousands of agents cost
 //!   at most `max_writes_per_sec` etcd writes.
 //! - A report is written only when it differs from the one stored (its time of report
-//!   aside: agents resend unchanged reports, and the replica stamps each with the time
-//!   it arrived), or when the stored one is older than the node's heartbeat period
+//!   and its sessions' uptimes aside: agents resend unchanged reports, the replica
+//!   stamps each with the time it arrived, and an uptime grows on every poll), or when the stored one is older than the node's heartbeat period
 //!   (between half and all of `heartbeat`, fixed per node, so that agents connected
 //!   together do not all rewrite together). What is stored is known from this
 //!   replica's own writes, and read from etcd when a node connects.
@@ -59,10 +59,17 @@ struct Stored {
     at: Instant,
 }
 
-/// A report's identity for the comparison: every field but the time of report.
+/// A report's identity for the comparison: every field but those that move with the
+/// clock alone, the time of report and the sessions' uptimes. (A stored report's
+/// uptimes are as of its time of report; readers add the time since.)
 fn digest(s: &proto::NodeStatus) -> u64 {
     let mut s = s.clone();
     s.reported_at.clear();
+    if let Some(b) = &mut s.bgp {
+        for x in &mut b.sessions {
+            x.uptime_seconds = 0;
+        }
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.encode_to_vec().hash(&mut h);
     h.finish()
@@ -555,12 +562,48 @@ mod tests {
         assert_eq!(pending_revision(&h, "n1"), Some(6));
         h.report("n1", report(5, "t4"));
         assert_eq!(pending_revision(&h, "n1"), None);
+        // A session's uptime grows with every poll: not a change.
+        // (The hub stamps node and replica into each report before comparing.)
+        let with_uptime = |secs: u64, state: &str| proto::NodeStatus {
+            node: "n1".into(),
+            controller: "c1".into(),
+            applied_revision: 5,
+            bgp: Some(proto::BgpStatus {
+                sessions: vec![proto::BgpSession {
+                    name: "Mesh_10_0_0_2".into(),
+                    state: state.into(),
+                    uptime_seconds: secs,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        h.stored.lock().insert(
+            "n1".into(),
+            Stored {
+                digest: digest(&with_uptime(10, "up")),
+                at: Instant::now(),
+            },
+        );
+        h.report("n1", with_uptime(15, "up"));
+        assert_eq!(pending_revision(&h, "n1"), None);
+        h.report("n1", with_uptime(0, "start"));
+        assert_eq!(
+            pending_revision(&h, "n1"),
+            Some(5),
+            "a state change is written"
+        );
         // The heartbeat: an unchanged report older than the node's period is written.
         let h = hub(Duration::ZERO);
         h.stored.lock().insert(
             "n1".into(),
             Stored {
-                digest: digest(&report(5, "")),
+                digest: digest(&proto::NodeStatus {
+                    node: "n1".into(),
+                    controller: "c1".into(),
+                    ..report(5, "")
+                }),
                 at: Instant::now(),
             },
         );
