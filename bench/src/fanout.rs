@@ -411,11 +411,8 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     if let Some(h) = &a.status_heartbeat {
         extra.extend(["--status-heartbeat", h.as_str()]);
     }
-    let ctl = crate::LocalController::start(
-        etcd,
-        &controller_bin(a.controller_bin.as_ref())?,
-        &extra,
-    )?;
+    let ctl =
+        crate::LocalController::start(etcd, &controller_bin(a.controller_bin.as_ref())?, &extra)?;
     let pid = ctl.pid();
     let (tls, addr) = (ctl.admin.clone(), ctl.addr.clone());
     let mut api = admin_client(&tls, &addr).await?;
