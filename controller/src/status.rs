@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use tern::backoff::Backoff;
 
 /// The value of a connection key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,9 @@ struct Pending {
     latest: HashMap<String, (proto::NodeStatus, u64)>,
     queue: VecDeque<String>,
     queued: HashSet<String>,
+    /// The digests of the reports being written now: once written, they are what etcd
+    /// holds, so a report that arrives meanwhile is compared with them.
+    in_flight: HashMap<String, u64>,
 }
 
 /// What etcd holds for a node, as far as this replica knows.
@@ -205,11 +209,15 @@ impl StatusHub {
         self.heartbeat.mul_f64(0.5 + spread / 2.0)
     }
 
-    /// Whether a report with this digest must be written.
-    fn differs(&self, node: &str, digest: u64) -> bool {
-        match self.stored.lock().get(node) {
-            Some(s) => s.digest != digest || s.at.elapsed() >= self.heartbeat_of(node),
-            None => true,
+    /// Whether a report with this digest must be written: it differs from what etcd
+    /// holds (or will hold once the report being written lands), or the stored one is
+    /// older than the node's heartbeat period.
+    fn differs(&self, p: &Pending, node: &str, digest: u64) -> bool {
+        let stored = self.stored.lock().get(node).copied();
+        match (p.in_flight.get(node), stored) {
+            (Some(f), _) => *f != digest,
+            (None, Some(s)) => s.digest != digest || s.at.elapsed() >= self.heartbeat_of(node),
+            (None, None) => true,
         }
     }
 
@@ -261,14 +269,15 @@ impl StatusHub {
         }
         self.latest.lock().insert(node.to_string(), status.clone());
         let d = digest(&status);
-        if !self.differs(node, d) {
+        let mut p = self.pending.lock();
+        if !self.differs(&p, node, d) {
             // What etcd holds is this report already: a different one still waiting
             // (a change that reverted before its turn) must not be written over it.
-            self.pending.lock().latest.remove(node);
+            p.latest.remove(node);
+            drop(p);
             self.metrics.status_reports_unchanged.inc();
             return;
         }
-        let mut p = self.pending.lock();
         p.latest.insert(node.to_string(), (status, d));
         if p.queued.insert(node.to_string()) {
             p.queue.push_back(node.to_string());
@@ -373,15 +382,23 @@ impl StatusHub {
     }
 
     async fn keep_lease(self: Arc<Self>) {
+        // Retries stay well inside the lease's TTL: the connections' keys are gone
+        // until a new lease holds them again.
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs((LEASE_TTL_SECS / 3) as u64),
+        );
         loop {
             let lease = match self.store.lease_grant(LEASE_TTL_SECS).await {
                 Ok(id) => id,
                 Err(e) => {
-                    warn!(error = %e, "cannot get an etcd lease for agent liveness; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let retry_in = backoff.next_delay();
+                    warn!(error = %e, ?retry_in, "cannot get an etcd lease for agent liveness; retrying");
+                    tokio::time::sleep(retry_in).await;
                     continue;
                 }
             };
+            backoff.reset();
             *self.lease.lock() = lease;
             // Re-attach the connections we hold (after a lease loss they expired).
             let conns: Vec<(String, Connection)> = self
@@ -407,7 +424,7 @@ impl StatusHub {
                 }
             }
             warn!(lease, "liveness lease lost; granting a new one");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            backoff.wait().await;
         }
     }
 
@@ -426,6 +443,7 @@ impl StatusHub {
         // Writes are batched into transactions of up to BATCH puts, spaced so that at
         // most max_writes_per_sec puts reach etcd per second.
         const BATCH: usize = 100;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             self.wake.notified().await;
             loop {
@@ -440,6 +458,7 @@ impl StatusHub {
                         p.queued.remove(&node);
                         if let Some(s) = p.latest.remove(&node) {
                             bytes += s.0.encoded_len() + node.len() + 64;
+                            p.in_flight.insert(node.clone(), s.1);
                             out.push((node, s));
                         }
                     }
@@ -455,39 +474,55 @@ impl StatusHub {
                     .iter()
                     .map(|(node, (s, _))| (node.clone(), s.encode_to_vec()))
                     .collect();
-                if let Err(e) = self.store.put_status_reports(&encoded).await {
-                    match e {
-                        StoreError::Unavailable(msg) => {
-                            warn!(error = %msg, reports = n, "writing status reports failed; will retry");
-                            self.requeue(batch);
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        other if n > 1 => {
-                            // One bad report must not take the others down with it:
-                            // write them one by one, dropping only what etcd refuses.
-                            warn!(error = %other, reports = n, "etcd refused a batch of status reports; writing them one by one");
-                            for one in encoded.chunks(1) {
-                                if let Err(e) = self.store.put_status_reports(one).await {
-                                    warn!(node = %one[0].0, error = %e, "status report dropped: etcd refused it");
+                let result = self.store.put_status_reports(&encoded).await;
+                {
+                    let mut p = self.pending.lock();
+                    for (node, _) in &batch {
+                        p.in_flight.remove(node);
+                    }
+                }
+                let written = match result {
+                    Ok(w) => w,
+                    Err(e) => {
+                        match e {
+                            StoreError::Unavailable(msg) => {
+                                let retry_in = backoff.next_delay();
+                                warn!(error = %msg, reports = n, ?retry_in, "writing status reports failed; will retry");
+                                self.requeue(batch);
+                                tokio::time::sleep(retry_in).await;
+                            }
+                            other if n > 1 => {
+                                // One bad report must not take the others down with it:
+                                // write them one by one, dropping only what etcd refuses.
+                                warn!(error = %other, reports = n, "etcd refused a batch of status reports; writing them one by one");
+                                for one in encoded.chunks(1) {
+                                    if let Err(e) = self.store.put_status_reports(one).await {
+                                        warn!(node = %one[0].0, error = %e, "status report dropped: etcd refused it");
+                                    }
                                 }
                             }
+                            other => {
+                                // A request etcd refused would be refused again forever.
+                                warn!(error = %other, "status report dropped: etcd refused it");
+                            }
                         }
-                        other => {
-                            // A request etcd refused would be refused again forever.
-                            warn!(error = %other, "status report dropped: etcd refused it");
-                        }
+                        continue;
                     }
-                    continue;
-                }
-                self.metrics.status_writes.inc_by(n as u64);
+                };
+                backoff.reset();
                 {
                     let now = Instant::now();
                     let live = self.connections.lock();
                     let mut stored = self.stored.lock();
-                    for (node, (_, digest)) in &batch {
-                        // Only for nodes still connected here: a node that left may
-                        // report through another replica next.
-                        if live.contains_key(node) {
+                    for ((node, (_, digest)), written) in batch.iter().zip(written) {
+                        if written {
+                            self.metrics.status_writes.inc();
+                        }
+                        // Only for nodes still connected here (a node that left may
+                        // report through another replica next), and only what was
+                        // written: a report whose Node does not exist (yet) is not
+                        // stored, so the next one is tried again.
+                        if written && live.contains_key(node) {
                             stored.insert(
                                 node.clone(),
                                 Stored {
@@ -495,6 +530,8 @@ impl StatusHub {
                                     at: now,
                                 },
                             );
+                        } else {
+                            stored.remove(node);
                         }
                     }
                 }
@@ -562,6 +599,21 @@ mod tests {
         assert_eq!(pending_revision(&h, "n1"), Some(6));
         h.report("n1", report(5, "t4"));
         assert_eq!(pending_revision(&h, "n1"), None);
+        // A change being written (taken by the flusher, as it does) is what etcd will
+        // hold: a report that changes back meanwhile must be written after it.
+        h.report("n1", report(7, "t5"));
+        let (_, d7) = h.pending.lock().latest.remove("n1").expect("pending");
+        h.pending.lock().in_flight.insert("n1".into(), d7);
+        h.report("n1", report(7, "t6"));
+        assert_eq!(pending_revision(&h, "n1"), None, "the same as in flight");
+        h.report("n1", report(5, "t7"));
+        assert_eq!(
+            pending_revision(&h, "n1"),
+            Some(5),
+            "back to the stored one"
+        );
+        h.pending.lock().in_flight.clear();
+        h.pending.lock().latest.clear();
         // A session's uptime grows with every poll: not a change.
         // (The hub stamps node and replica into each report before comparing.)
         let with_uptime = |secs: u64, state: &str| proto::NodeStatus {

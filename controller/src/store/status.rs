@@ -3,7 +3,7 @@
 
 use tern::model::Kind;
 
-use super::{Cmp, Op, Range, Store, StoreError, Txn};
+use super::{Cmp, Op, OpResult, Range, Store, StoreError, Txn};
 
 impl Store {
     pub fn connection_key(&self, node: &str) -> String {
@@ -70,12 +70,20 @@ impl Store {
             .then([Op::put(self.status_key(node), report.to_vec())])
     }
 
-    /// Write status reports in one transaction, each only while its Node exists.
-    pub async fn put_status_reports(&self, batch: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+    /// Write status reports in one transaction, each only while its Node exists. Says,
+    /// report by report, whether it was written (false: its Node does not exist).
+    pub async fn put_status_reports(
+        &self,
+        batch: &[(String, Vec<u8>)],
+    ) -> Result<Vec<bool>, StoreError> {
         let ops = batch
             .iter()
             .map(|(node, r)| Op::Txn(Box::new(self.put_status_if_node_exists(node, r))));
-        self.txn(Txn::new().then(ops)).await?;
-        Ok(())
+        let out = self.txn(Txn::new().then(ops)).await?;
+        Ok(out
+            .results
+            .iter()
+            .map(|r| matches!(r, OpResult::Txn(t) if t.succeeded))
+            .collect())
     }
 }
