@@ -69,11 +69,7 @@ struct Stored {
 fn digest(s: &proto::NodeStatus) -> u64 {
     let mut s = s.clone();
     s.reported_at.clear();
-    if let Some(b) = &mut s.bgp {
-        for x in &mut b.sessions {
-            x.uptime_seconds = 0;
-        }
-    }
+    s.bgp = s.bgp.as_ref().map(proto::BgpStatus::without_uptimes);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.encode_to_vec().hash(&mut h);
     h.finish()
