@@ -198,8 +198,15 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError
     if private {
         opts.mode(0o600);
     }
-    // Write to a temporary name and rename, so a reader never sees half a file.
-    let tmp = path.with_extension("tmp");
+    // Write to a temporary name and rename, so a reader never sees half a file. The
+    // name is this write's own: two writers of one path (two issues of one role at
+    // once) each rename a whole file of theirs, and neither loses its temporary file
+    // to the other's rename.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.{n}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
     f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
@@ -274,6 +281,19 @@ impl Pki {
     /// Issue a certificate for `role`, valid for `days`.
     pub fn issue(&self, role: &Role, days: i64) -> Result<CertFiles, PkiError> {
         self.issue_with(role, Validity::days(days), &self.files(role))
+    }
+
+    /// Issue a certificate for `role` unless its files exist. Callers in one process
+    /// that ask for the same role at once get one key and certificate pair: without
+    /// the lock, one could read the key of one issue with the certificate of another.
+    pub fn issue_once(&self, role: &Role, days: i64) -> Result<CertFiles, PkiError> {
+        static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
+        let files = self.files(role);
+        if files.cert.exists() && files.key.exists() {
+            return Ok(files);
+        }
+        self.issue(role, days)
     }
 
     /// Issue with an explicit validity and file names (tests use it for expired
@@ -402,5 +422,54 @@ mod tests {
         let der = read_certs(&c.cert).expect("read");
         assert_eq!(Identity::from_der(&der[0]), Ok(Identity::Controller));
         assert!(pki.issue(&Role::Node("Bad_Name".into()), 1).is_err());
+    }
+
+    /// Many callers asking for one role's certificate at once (agents and clients of a
+    /// test starting together) all get the same, matching key and certificate, and no
+    /// temporary file is left behind.
+    #[test]
+    fn concurrent_first_uses_of_a_role_get_one_matching_pair() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::init(dir.path().join("pki"), 365).expect("init");
+        let role = Role::Node("n1".into());
+        let got: Vec<CertFiles> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| pki.issue_once(&role, 30).expect("issue")))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("no panic"))
+                .collect()
+        });
+        assert!(got.iter().all(|f| *f == pki.files(&role)));
+        let der = read_certs(&pki.files(&role).cert).expect("read");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der[0]).expect("parse");
+        let key_pem = std::fs::read_to_string(&pki.files(&role).key).expect("key");
+        let key = KeyPair::from_pem(&key_pem).expect("key pair");
+        assert_eq!(
+            &*cert.public_key().subject_public_key.data,
+            key.public_key_raw(),
+            "the key is the certificate's"
+        );
+        // Writers of one path at once each rename a whole file of their own.
+        let path = dir.path().join("file.pem");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let path = &path;
+                s.spawn(move || write_file(path, &format!("{i}\n").repeat(1000), false));
+            }
+        });
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.lines().all(|l| Some(l) == text.lines().next()),
+            "one writer's whole file"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -113,10 +113,7 @@ impl Cluster {
 
     /// Client TLS settings for a role (issuing its certificate on first use).
     pub fn client_tls(&self, role: &Role) -> ClientTls {
-        let files = self.pki.files(role);
-        if !files.cert.exists() {
-            self.pki.issue(role, 30).expect("issue");
-        }
+        let files = self.pki.issue_once(role, 30).expect("issue");
         ClientTls {
             ca: Some(self.pki.ca_cert()),
             cert: Some(files.cert),

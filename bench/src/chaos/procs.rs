@@ -100,10 +100,7 @@ impl Certs {
 
     /// Client settings of a role, its certificate issued on first use.
     pub fn tls(&self, role: &Role) -> anyhow::Result<ClientTls> {
-        let files = self.pki.files(role);
-        if !files.cert.exists() {
-            self.pki.issue(role, 2)?;
-        }
+        let files = self.pki.issue_once(role, 2)?;
         Ok(ClientTls {
             ca: Some(self.pki.ca_cert()),
             cert: Some(files.cert),
