@@ -668,3 +668,118 @@ async fn an_unchanged_status_report_is_rewritten_after_the_heartbeat() {
         "most resent reports are not written"
     );
 }
+
+/// An HTTP/2 client over an authenticated TLS connection that sends the preface and
+/// acknowledges the server's settings, then only reads: it answers the server's PINGs
+/// when `answer` is set. Counts the PINGs it saw; ends when the server closes the
+/// connection (true) or when `stop` completes (false).
+async fn h2_client(
+    c: &Cluster,
+    answer: bool,
+    pings: Arc<std::sync::atomic::AtomicUsize>,
+    stop: impl std::future::Future<Output = ()>,
+) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
+    let frame = |ty: u8, flags: u8, payload: &[u8]| {
+        let len = u32::try_from(payload.len())
+            .expect("a small frame")
+            .to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let tcp = TcpStream::connect(c.addr()).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tls_connector(c)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, &[]));
+    tls.write_all(&hello).await.expect("preface");
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if tls.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if tls.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let reply = match (head[3], head[4] & ACK) {
+                (SETTINGS, 0) => Some(frame(SETTINGS, ACK, &[])),
+                (PING, 0) => {
+                    pings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    answer.then(|| frame(PING, ACK, &payload))
+                }
+                _ => None,
+            };
+            if let Some(r) = reply
+                && tls.write_all(&r).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = read => true,
+        () = stop => false,
+    }
+}
+
+/// HTTP/2 keepalive: the replica pings a connection that has gone quiet and closes it
+/// when the ping is not answered (a peer that vanished without closing), while a quiet
+/// peer that answers keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_answer_keepalive_pings_is_dropped() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.connections.keepalive_interval = Duration::from_millis(300);
+    cfg.connections.keepalive_timeout = Duration::from_millis(300);
+    // Neither connection carries a call: only the keepalive may close them.
+    cfg.connections.idle_timeout = Duration::from_secs(3600);
+    c.add_controller_with(cfg).await;
+    let c = Arc::new(c);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let silent_pings = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let answering = tokio::spawn({
+        let (c, answered) = (c.clone(), answered.clone());
+        async move {
+            h2_client(&c, true, answered, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let silent = tokio::time::timeout(
+        Duration::from_secs(60),
+        h2_client(&c, false, silent_pings.clone(), std::future::pending()),
+    )
+    .await
+    .expect("the peer that does not answer is closed");
+    assert!(silent, "closed by the replica");
+    assert!(
+        silent_pings.load(Ordering::SeqCst) >= 1,
+        "the replica pinged before it closed the connection"
+    );
+    // The peer that answers keeps its connection through more pings than the silent
+    // one was allowed.
+    let seen = answered.load(Ordering::SeqCst);
+    assert!(
+        common::eventually(60, async || answered.load(Ordering::SeqCst) >= seen + 3).await,
+        "the replica keeps pinging the answering peer"
+    );
+    assert!(!answering.is_finished(), "the answering peer was closed");
+    let _ = stop.send(());
+    assert!(
+        !answering.await.expect("the client task"),
+        "the answering peer's connection stayed open"
+    );
+}
