@@ -2153,6 +2153,13 @@ mod tests {
                     "spec.multiplier",
                     "between 1 and 255",
                 ),
+                // BIRD has no echo mode: there is nothing to set it with.
+                (
+                    "a",
+                    "{echoInterval: 50ms}",
+                    "spec.echoInterval",
+                    "unknown field 'echoInterval', expected one of 'receiveInterval'",
+                ),
             ],
         );
         // Defaults are filled in on write.
