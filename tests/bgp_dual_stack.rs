@@ -1,7 +1,8 @@
 //! IPv6 end to end, beside IPv4: the node-to-node mesh and route reflectors over both
 //! families, IPv6 blocks advertised over IPv6 sessions to a router, IPv6 pods reached
 //! from outside, NAT outgoing for IPv6 pools (the node's address outside, the pod's
-//! own without NAT), dual-stack pods; and two route reflectors (of two clusters) that
+//! own without NAT), dual-stack pods, routes per session in the agent's metrics; and
+//! two route reflectors (of two clusters) that
 //! take their clients by dynamic BGP and each other by explicit sessions, whose
 //! configurations stay as they are while clients come and go.
 //!
@@ -18,11 +19,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use common::Cluster;
 use common::bgp::{
     AgentSpec, EXT, EXT6, add_pod, apply, block_in_pool, block_of, cleanup_node, delete,
-    established, external_host, node_status, sock, start_agent, wait_routes, wait_sessions,
+    established, external_host, metrics_addr, node_status, session_metric, sock, start_agent,
+    wait_routes, wait_sessions,
 };
+use common::{Cluster, http_get};
 use tern_testkit::netns::{self, Lan, Netns, forwarding};
 use tern_testkit::routers::start_bird;
 
@@ -114,13 +116,10 @@ async fn dual_stack_mesh_router_nat_and_pods() -> anyhow::Result<()> {
     )?;
     apply(&c, POOLS).await;
     let (d1, d2) = (dir.path().join("n1"), dir.path().join("n2"));
-    let a1 = start_agent(
-        &c,
-        &n1,
-        &d1,
-        &AgentSpec::new("n1", "192.168.80.11/24", "fd80::11/64"),
-    )
-    .await;
+    let metrics = metrics_addr();
+    let mut spec1 = AgentSpec::new("n1", "192.168.80.11/24", "fd80::11/64");
+    spec1.metrics_listen = Some(metrics);
+    let a1 = start_agent(&c, &n1, &d1, &spec1).await;
     let a2 = start_agent(
         &c,
         &n2,
@@ -175,6 +174,33 @@ async fn dual_stack_mesh_router_nat_and_pods() -> anyhow::Result<()> {
         |r| r.iter().any(|(d, gw)| *d == n2s && gw == "fd80::12"),
     )
     .await?;
+
+    // The agent's metrics count the routes of each session: n1 exports its IPv4 block
+    // and both IPv6 blocks to the router, and imports n2's over the mesh in each family.
+    let want = [
+        ("192.168.80.1", "exported", 1),
+        ("fd80::1", "exported", 2),
+        ("192.168.80.12", "imported", 1),
+        ("fd80::12", "imported", 1),
+    ];
+    let counted = |body: &str| {
+        want.iter().all(|(peer, dir, n)| {
+            session_metric(
+                body,
+                "bgp_session_routes",
+                peer,
+                &[&format!("direction=\"{dir}\"")],
+            )
+            .is_some_and(|v| v >= *n)
+        })
+    };
+    let scrape = || tokio::task::block_in_place(|| http_get(&metrics.to_string()));
+    let ok = common::eventually(10, async || counted(&scrape())).await;
+    ensure!(
+        ok,
+        "routes per session in n1's metrics {want:?}:\n{}",
+        scrape()
+    );
 
     // 3. Pods: pod-a dual stack (IPv4 and IPv6, both NATed outgoing), pod-b with an
     // IPv6 address of the pool without NAT, pod-c on n2 dual stack.
@@ -291,6 +317,15 @@ fn addr6(i: usize) -> String {
     format!("fd81::{}", 20 + i)
 }
 
+/// When the node's agent last reloaded its BIRD, as its status says.
+async fn last_reload(c: &Cluster, node: &str) -> String {
+    node_status(c, node)
+        .await
+        .bgp
+        .map(|b| b.last_reload)
+        .unwrap_or_default()
+}
+
 /// The reflector's live configuration file and its modification time.
 fn live_config(dir: &Path) -> anyhow::Result<(String, std::time::SystemTime)> {
     let p = dir.join("bird.conf");
@@ -400,11 +435,7 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
     // configuration is rewritten or reloaded.
     let mut before = Vec::new();
     for (rr, _, _) in REFLECTORS {
-        let reload = node_status(&c, rr)
-            .await
-            .bgp
-            .map(|b| b.last_reload)
-            .unwrap_or_default();
+        let reload = last_reload(&c, rr).await;
         before.push((live_config(&dir.path().join(rr))?, reload));
     }
     let (a4, a6) = (format!("{}/24", addr4(2)), format!("{}/64", addr6(2)));
@@ -426,11 +457,7 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
         .await?;
     }
     for ((rr, _, _), (file, reload)) in REFLECTORS.iter().zip(&before) {
-        let now = node_status(&c, rr)
-            .await
-            .bgp
-            .map(|b| b.last_reload)
-            .unwrap_or_default();
+        let now = last_reload(&c, rr).await;
         ensure!(now == *reload, "{rr} was reloaded for a joining client");
         ensure!(
             live_config(&dir.path().join(rr))? == *file,
@@ -456,7 +483,9 @@ async fn dynamic_route_reflector_takes_clients_without_a_reload() -> anyhow::Res
         .await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for ((rr, _, _), (file, _)) in REFLECTORS.iter().zip(&before) {
+    for ((rr, _, _), (file, reload)) in REFLECTORS.iter().zip(&before) {
+        let now = last_reload(&c, rr).await;
+        ensure!(now == *reload, "{rr} was reloaded for a leaving client");
         ensure!(
             live_config(&dir.path().join(rr))? == *file,
             "{rr}'s file changed"

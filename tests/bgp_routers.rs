@@ -1,6 +1,8 @@
 //! tern's BGP against other routers, for real: FRR (bgpd, bfdd, zebra installing the
 //! routes it learns) as the top-of-rack router and GoBGP as a second peer, both with
-//! TCP-MD5, both address families, BFD and long-lived graceful restart with FRR.
+//! TCP-MD5, both address families, BFD and long-lived graceful restart with FRR; the
+//! agent's per-session metrics (BFD state) and a session refused by the peer with
+//! BIRD's own words in `ternctl node status`.
 //!
 //! ```text
 //!   ext 198.51.100.2 / 2001:db8:e::2
@@ -21,11 +23,11 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use common::Cluster;
 use common::bgp::{
     AgentSpec, EXT, EXT6, add_pod, apply, block_of, cleanup_node, established, external_host,
-    has_route, sock, start_agent, wait_routes, wait_sessions,
+    has_route, metrics_addr, session_metric, sock, start_agent, wait_routes, wait_sessions,
 };
+use common::{Cluster, http_get};
 use tern_testkit::netns::{self, Lan, Netns, forwarding};
 use tern_testkit::routers::{Frr, GoBgp};
 
@@ -104,7 +106,9 @@ metadata: {name: bgp}
 stringData: {tor: s3cret, gobgp: g0bgp}
 ";
 
-fn peers() -> String {
+/// The BGPPeers; `gobgp_v4` is added to gobgp-v4's spec.
+fn bgp_peers(gobgp_v4: &str) -> String {
+    let gobgp_v4 = format!("connectRetryTime: 2s{gobgp_v4}");
     let mut s = String::new();
     for (name, ip, asn, key, extra) in [
         (
@@ -121,7 +125,7 @@ fn peers() -> String {
             "tor",
             "bfdProfile: fast, holdTime: 600s, keepaliveTime: 200s",
         ),
-        ("gobgp-v4", GOBGP, 65002, "gobgp", "connectRetryTime: 2s"),
+        ("gobgp-v4", GOBGP, 65002, "gobgp", gobgp_v4.as_str()),
         ("gobgp-v6", GOBGP6, 65002, "gobgp", "connectRetryTime: 2s"),
     ] {
         s += &format!(
@@ -130,6 +134,25 @@ fn peers() -> String {
         );
     }
     s
+}
+
+/// `ternctl node status n1` and its session detail row for `peer` (the second row
+/// naming it; the first is in the summary table).
+fn detail_row(c: &Cluster, peer: &str) -> anyhow::Result<(String, String)> {
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
+            .args(["node", "status", "n1"])
+            .envs(c.ternctl_env(&tern::pki::Role::Viewer))
+            .output()
+    })?;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = out
+        .lines()
+        .filter(|l| l.contains(&format!("| {peer} ")))
+        .nth(1)
+        .with_context(|| format!("no detail row for {peer}:\n{out}"))?
+        .to_string();
+    Ok((out, row))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,10 +180,13 @@ async fn frr_and_gobgp_with_md5_bfd_and_both_families() -> anyhow::Result<()> {
     let frr = Frr::start(&tor, dir.path(), &frr_config())?;
     let gobgp = GoBgp::start(&gob, dir.path(), &gobgp_config())?;
 
-    apply(&c, &(RESOURCES.to_string() + &peers())).await;
+    apply(&c, &(RESOURCES.to_string() + &bgp_peers(""))).await;
     let node_dir = dir.path().join("n1");
     let mut spec = AgentSpec::new("n1", "192.168.50.11/24", "fd50::11/64");
     spec.status_interval = Duration::from_secs(3600);
+    let metrics = metrics_addr();
+    spec.metrics_listen = Some(metrics);
+    let scrape = || tokio::task::block_in_place(|| http_get(&metrics.to_string()));
     let agent = start_agent(&c, &n1, &node_dir, &spec).await;
 
     // 1. Every session Established, BFD up towards FRR, the timers as configured.
@@ -197,22 +223,23 @@ async fn frr_and_gobgp_with_md5_bfd_and_both_families() -> anyhow::Result<()> {
     }
 
     // The same detail in `ternctl node status`.
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
-            .args(["node", "status", "n1"])
-            .envs(c.ternctl_env(&tern::pki::Role::Viewer))
-            .output()
-    })?;
-    let out = String::from_utf8_lossy(&out.stdout);
-    let row = out
-        .lines()
-        .filter(|l| l.contains(&format!("| {TOR} ")))
-        .nth(1)
-        .with_context(|| format!("no detail row for {TOR}:\n{out}"))?;
+    let (out, row) = detail_row(&c, TOR)?;
     for want in ["Established", "10m/3m20s", "| Up "] {
         ensure!(row.contains(want), "{want:?} missing from {row:?}:\n{out}");
     }
     ensure!(out.contains("IPv6 BGP session detail"), "{out}");
+    // And in the agent's metrics: BFD Up on both sessions to FRR, none on GoBGP's.
+    let body = scrape();
+    for p in [TOR, TOR6] {
+        ensure!(
+            session_metric(&body, "bgp_session_bfd", p, &["state=\"Up\""]) == Some(1),
+            "BFD Up towards {p} in the metrics:\n{body}"
+        );
+    }
+    ensure!(
+        session_metric(&body, "bgp_session_bfd", GOBGP, &[]).is_none(),
+        "GoBGP's session runs no BFD:\n{body}"
+    );
 
     // 2. FRR's zebra installs n1's blocks of both families; GoBGP has them too; the
     // external host reaches a pod over each family through FRR.
@@ -284,6 +311,13 @@ async fn frr_and_gobgp_with_md5_bfd_and_both_families() -> anyhow::Result<()> {
         down.last_error.contains("BFD"),
         "BIRD's last error names BFD: {down:?}"
     );
+    let body = scrape();
+    for p in [TOR, TOR6] {
+        ensure!(
+            session_metric(&body, "bgp_session_bfd", p, &["state=\"Up\""]).is_none(),
+            "BFD towards {p} no longer Up in the metrics:\n{body}"
+        );
+    }
 
     // 4. The link back: everything returns.
     n1.ip(&["link", "set", "eth0", "up"])?;
@@ -309,6 +343,30 @@ async fn frr_and_gobgp_with_md5_bfd_and_both_families() -> anyhow::Result<()> {
     .await?;
     wait_routes(&tor, "-6", 20, "n1's IPv6 block back at FRR", |r| {
         has_route(r, &b6s)
+    })
+    .await?;
+
+    // 5. GoBGP refuses the session when n1 speaks as another AS (localASNumber):
+    // BIRD's words for it reach the status and `ternctl node status`; then it is undone.
+    apply(&c, &bgp_peers(", localASNumber: 64599")).await;
+    let s = wait_sessions(&c, "n1", 30, "GoBGP's session refused: Bad peer AS", |s| {
+        s.iter()
+            .any(|x| x.peer_address == GOBGP && x.last_error == "Received: Bad peer AS")
+    })
+    .await?;
+    let refused = s
+        .iter()
+        .find(|x| x.peer_address == GOBGP)
+        .context("gobgp session")?;
+    ensure!(refused.bgp_state != "Established", "{refused:?}");
+    let (out, row) = detail_row(&c, GOBGP)?;
+    ensure!(
+        row.contains("| Received: Bad peer AS |"),
+        "the last error in the detail row {row:?}:\n{out}"
+    );
+    apply(&c, &bgp_peers("")).await;
+    wait_sessions(&c, "n1", 30, "GoBGP's session back", |s| {
+        established(s, GOBGP).is_some()
     })
     .await?;
 

@@ -3,25 +3,12 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Cluster, eventually, pool};
+use common::{Cluster, eventually, http_get, pool};
 use tern::pki::Role;
 use tern::proto;
-
-fn http_get(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
 
 /// ternctl as a viewer; it must succeed.
 fn ternctl(c: &Cluster, args: &[&str]) -> String {

@@ -170,6 +170,8 @@ pub struct AgentSpec<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     /// The slow status tick (session changes are reported without it).
     pub status_interval: Duration,
+    /// Where the agent serves its Prometheus metrics (none by default).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl<'a> AgentSpec<'a> {
@@ -180,6 +182,7 @@ impl<'a> AgentSpec<'a> {
             ipv6,
             labels: &[],
             status_interval: Duration::from_millis(500),
+            metrics_listen: None,
         }
     }
 }
@@ -218,9 +221,25 @@ pub async fn start_agent(c: &Cluster, ns: &Netns, dir: &Path, spec: &AgentSpec<'
         }),
         resync_interval: Duration::from_secs(30),
         status_interval: spec.status_interval,
-        metrics_listen: None,
+        metrics_listen: spec.metrics_listen,
     };
     tern_agent::agent::start(cfg).await.expect("agent starts")
+}
+
+/// A loopback address with a free port, for an agent's metrics.
+pub fn metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], tern_testkit::etcd::free_port()))
+}
+
+/// The value of the agent's per-session metric `name` (`bgp_session_routes`,
+/// `bgp_session_bfd`) for the session with `peer` whose other labels include
+/// `labels` (`direction="exported"`, `state="Up"`); None when there is no such series.
+pub fn session_metric(body: &str, name: &str, peer: &str, labels: &[&str]) -> Option<i64> {
+    let peer = format!("peer=\"{peer}\"");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("tern_agent_{name}{{")))
+        .filter(|l| l.contains(&peer) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Stop BIRD and remove BIRD's routes and files of an agent's node (what `tern-agent

@@ -273,6 +273,19 @@ pub async fn recording_agent_with(
     (agent, driver)
 }
 
+/// `GET /metrics` over plain HTTP: the whole answer, headers and body.
+pub fn http_get(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).expect("read");
+    out
+}
+
 /// Poll `f` until it returns true or `secs` pass.
 pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
