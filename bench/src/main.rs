@@ -199,7 +199,12 @@ pub fn machine() -> String {
         .unwrap_or_default()
         .trim()
         .to_string();
-    format!("{cpu}, {cores} cores, {mem} GiB, Linux {kernel}")
+    // The machine may be shared: how busy it was when the run started.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into());
+    format!("{cpu}, {cores} cores, {mem} GiB, Linux {kernel}, load average {load} (1, 5, 15 min)")
 }
 
 /// CPU seconds (user + system) and resident memory (bytes) of a process.
