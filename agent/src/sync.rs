@@ -6,19 +6,27 @@
 //!        │ failover,            │                      Delta  ─► apply to the shared View
 //!        │ jittered backoff     │                      Ping   ─► Pong
 //!        └──── stream ends ◄────┘
-//!  shared View (RwLock) + watch<SyncState>  ──► the apply loop (run.rs)
-//!  watch<Option<NodeStatus>> from the apply loop ──► StatusReport (at most 1/s)
+//!  shared View (RwLock) + watch<SyncState>  ──► the apply loop (agent.rs)
+//!  watch<Option<NodeStatus>> from the apply loop ──► StatusReport (at most one per
+//!                                                    status_interval, the latest)
 //! ```
+//!
+//! The stream is opened through a [`Dial`] (TLS and gRPC; the timer tests give an
+//! in-process controller), and every timer runs on tokio's clock: the reconnect backoff
+//! (`tern::backoff`), the silence timeout and the pacing of status reports are tested
+//! under paused time.
 //!
 //! The view survives reconnects (fail static): the last applied state stays on the
 //! host while the controller is away, and a reconnect names the view's revision so
 //! that a controller with enough history sends only the changes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
-use rand::Rng as _;
+use tern::backoff::Backoff;
 use tern::client::ClientTls;
 use tern::model::{Kind, Resource};
 use tern::proto::{
@@ -26,6 +34,8 @@ use tern::proto::{
 };
 use tern::view::View;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
@@ -94,11 +104,55 @@ pub struct SyncHandle {
 
 /// Start the client task. It runs until the returned handle's task is aborted.
 pub fn spawn(cfg: SyncConfig) -> (SyncHandle, tokio::task::JoinHandle<()>) {
+    let dial = Box::new(TlsDial {
+        tls: cfg.tls.clone(),
+    });
+    spawn_with(cfg, dial)
+}
+
+/// The messages a controller sends on a stream.
+type Inbound = Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<proto::ControllerMessage, tonic::Status>> + Send>,
+>;
+
+/// Opens a sync stream to one controller: `outbound` carries the agent's messages (the
+/// Hello first), the answer the controller's.
+trait Dial: Send + Sync + 'static {
+    fn dial<'a>(
+        &'a self,
+        addr: &'a str,
+        outbound: ReceiverStream<proto::AgentMessage>,
+    ) -> Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>>;
+}
+
+/// The controller over mutual TLS and gRPC.
+struct TlsDial {
+    tls: ClientTls,
+}
+
+impl Dial for TlsDial {
+    fn dial<'a>(
+        &'a self,
+        addr: &'a str,
+        outbound: ReceiverStream<proto::AgentMessage>,
+    ) -> Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>> {
+        Box::pin(async move {
+            let channel = self.tls.connect(addr).await?;
+            let mut client =
+                SyncServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+            let inbound = client.sync(outbound).await?.into_inner();
+            Ok(Box::pin(inbound) as Inbound)
+        })
+    }
+}
+
+fn spawn_with(cfg: SyncConfig, dial: Box<dyn Dial>) -> (SyncHandle, tokio::task::JoinHandle<()>) {
     let view: SharedView = Arc::new(RwLock::new(View::default()));
     let (state_tx, state_rx) = watch::channel(SyncState::default());
     let (status_tx, status_rx) = watch::channel(None);
     let client = Client {
         cfg,
+        dial,
         view: view.clone(),
         state: state_tx,
         status: status_rx,
@@ -139,6 +193,7 @@ impl Pending {
 
 struct Client {
     cfg: SyncConfig,
+    dial: Box<dyn Dial>,
     view: SharedView,
     state: watch::Sender<SyncState>,
     status: watch::Receiver<Option<proto::NodeStatus>>,
@@ -159,11 +214,8 @@ enum StreamError {
     Protocol(String),
 }
 
-fn jitter(d: Duration) -> Duration {
-    // Full jitter between d/2 and d, so reconnect storms spread out.
-    let f: f64 = rand::rng().random_range(0.5..=1.0);
-    d.mul_f64(f)
-}
+/// A stream that lived this long resets the reconnect backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 
 fn decode(item: &proto::Item) -> Result<Resource, String> {
     let mut r = Resource::from_json_bytes(&item.value).map_err(|e| e.to_string())?;
@@ -182,7 +234,8 @@ fn decode(item: &proto::Item) -> Result<Resource, String> {
 
 impl Client {
     async fn run(mut self) {
-        let mut backoff = self.cfg.backoff_min;
+        // Jittered, so that agents cut off together do not come back in step.
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut idx = 0usize;
         loop {
             let n = self.cfg.controllers.len().max(1);
@@ -208,23 +261,18 @@ impl Client {
                 Err(e) => warn!(error = %e, "sync stream ended"),
                 Ok(()) => {}
             }
-            // A stream that lived a while resets the backoff.
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = self.cfg.backoff_min;
+            if started.elapsed() > HEALTHY_STREAM {
+                backoff.reset();
             }
             idx += 1; // fail over to the next controller
-            let wait = jitter(backoff);
+            let wait = backoff.next_delay();
             debug!(?wait, "reconnecting");
             drop(_guard);
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(self.cfg.backoff_max);
         }
     }
 
     async fn stream(&mut self, addr: &str) -> Result<(), StreamError> {
-        let channel = self.cfg.tls.connect(addr).await?;
-        let mut client =
-            SyncServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<proto::AgentMessage>(16);
         let last_revision = {
             let st = self.state.borrow();
@@ -241,7 +289,7 @@ impl Client {
         tx.send(hello)
             .await
             .map_err(|_| StreamError::Protocol("outbound closed".into()))?;
-        let mut inbound = client.sync(ReceiverStream::new(rx)).await?.into_inner();
+        let mut inbound = self.dial.dial(addr, ReceiverStream::new(rx)).await?;
         info!(last_revision, "stream open");
 
         let mut pending: Option<Pending> = None;
@@ -249,17 +297,17 @@ impl Client {
         let mut report_due = false;
         let mut report_timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
         self.status.mark_changed(); // report once per new stream
-        let mut silent_after = tokio::time::Instant::now() + self.cfg.silence_timeout;
+        let mut silent_after = Instant::now() + self.cfg.silence_timeout;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(silent_after) => {
                     return Err(StreamError::Silent(self.cfg.silence_timeout));
                 }
-                m = inbound.message() => {
+                m = inbound.next() => {
                     // Only what the controller sends counts against silence.
-                    silent_after = tokio::time::Instant::now() + self.cfg.silence_timeout;
-                    let m = m?;
+                    silent_after = Instant::now() + self.cfg.silence_timeout;
                     let Some(m) = m else { return Err(StreamError::Closed) };
+                    let m = m?;
                     self.handle(m, &mut pending, &tx).await?;
                 }
                 changed = self.status.changed() => {
@@ -271,12 +319,12 @@ impl Client {
                     let wait = last_report
                         .map(|t| self.cfg.status_interval.saturating_sub(t.elapsed()))
                         .unwrap_or_default();
-                    report_timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                    report_timer.as_mut().reset(Instant::now() + wait);
                 }
                 () = &mut report_timer, if report_due => {
                     report_due = false;
                     last_report = Some(Instant::now());
-                    report_timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    report_timer.as_mut().reset(Instant::now() + Duration::from_secs(3600));
                     let status = self.status.borrow().clone();
                     if let Some(status) = status {
                         let m = proto::AgentMessage {
@@ -454,5 +502,194 @@ mod tests {
             ["a", "b"],
             "a kept from before, b new, c unknown before and unreadable now, gone deleted"
         );
+    }
+
+    // ---- Timers, under tokio's paused time: an in-process controller ----
+
+    /// One dial as the in-process controller sees it.
+    struct Dialed {
+        addr: String,
+        at: Instant,
+        /// The agent's messages (the Hello first).
+        from_agent: ReceiverStream<proto::AgentMessage>,
+        /// The controller's messages to the agent; dropped by the agent when it leaves.
+        to_agent: mpsc::Sender<Result<proto::ControllerMessage, tonic::Status>>,
+    }
+
+    /// Hands every dial to the test; refuses the stream unless `accept`.
+    struct FakeDial {
+        accept: bool,
+        dials: mpsc::UnboundedSender<Dialed>,
+    }
+
+    impl Dial for FakeDial {
+        fn dial<'a>(
+            &'a self,
+            addr: &'a str,
+            outbound: ReceiverStream<proto::AgentMessage>,
+        ) -> Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>> {
+            Box::pin(async move {
+                let (tx, rx) = mpsc::channel(16);
+                let _ = self.dials.send(Dialed {
+                    addr: addr.to_string(),
+                    at: Instant::now(),
+                    from_agent: outbound,
+                    to_agent: tx,
+                });
+                if !self.accept {
+                    return Err(StreamError::Status(tonic::Status::unavailable("refused")));
+                }
+                Ok(Box::pin(ReceiverStream::new(rx)) as Inbound)
+            })
+        }
+    }
+
+    fn start(
+        controllers: &[&str],
+        accept: bool,
+    ) -> (
+        SyncHandle,
+        tokio::task::JoinHandle<()>,
+        mpsc::UnboundedReceiver<Dialed>,
+    ) {
+        let cfg = SyncConfig::new(
+            "node-a".into(),
+            controllers.iter().map(|c| c.to_string()).collect(),
+            ClientTls::default(),
+        );
+        let (dials_tx, dials) = mpsc::unbounded_channel();
+        let (handle, task) = spawn_with(
+            cfg,
+            Box::new(FakeDial {
+                accept,
+                dials: dials_tx,
+            }),
+        );
+        (handle, task, dials)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// `d` within a quarter of `base` (the backoff's jitter).
+    fn around(d: Duration, base: Duration) -> bool {
+        d >= base - base / 4 && d <= base + base / 4
+    }
+
+    fn msg(m: controller_message::Msg) -> Result<proto::ControllerMessage, tonic::Status> {
+        Ok(proto::ControllerMessage { msg: Some(m) })
+    }
+
+    async fn next_from_agent(d: &mut Dialed) -> agent_message::Msg {
+        d.from_agent
+            .next()
+            .await
+            .and_then(|m| m.msg)
+            .expect("the agent sends a message")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_fail_over_and_back_off() {
+        let (_h, task, mut dials) = start(&["a:1", "b:1"], false);
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            seen.push(dials.recv().await.expect("dialed"));
+        }
+        task.abort();
+        let addrs: Vec<&str> = seen.iter().map(|d| d.addr.as_str()).collect();
+        assert_eq!(
+            addrs,
+            [
+                "a:1", "b:1", "a:1", "b:1", "a:1", "b:1", "a:1", "b:1", "a:1"
+            ]
+        );
+        // 200 ms doubling up to the 15 s cap, each within a quarter.
+        for (i, base) in [200, 400, 800, 1600, 3200, 6400, 12_800, 15_000]
+            .into_iter()
+            .enumerate()
+        {
+            let gap = seen[i + 1].at - seen[i].at;
+            assert!(
+                around(gap, ms(base)),
+                "wait {i}: {gap:?}, not around {base} ms"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_a_stream_and_silence_ends_it() {
+        let (_h, task, mut dials) = start(&["a:1"], true);
+        let mut d = dials.recv().await.expect("dialed");
+        assert!(matches!(
+            next_from_agent(&mut d).await,
+            agent_message::Msg::Hello(_)
+        ));
+        let to_agent = d.to_agent.clone();
+        let opened = Instant::now();
+        // A ping every 30 s for five minutes: each answered, the stream kept (the
+        // silence timeout is 45 s).
+        for nonce in 1..=10u64 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            to_agent
+                .send(msg(controller_message::Msg::Ping(proto::Ping { nonce })))
+                .await
+                .expect("the stream is open");
+            match next_from_agent(&mut d).await {
+                agent_message::Msg::Pong(p) => assert_eq!(p.nonce, nonce),
+                other => panic!("a pong, not {other:?}"),
+            }
+        }
+        assert!(dials.try_recv().is_err(), "the agent dialed again");
+        // Then nothing: the agent leaves exactly when the silence timeout has passed.
+        let last = Instant::now();
+        to_agent.closed().await;
+        assert_eq!(last - opened, Duration::from_secs(300));
+        assert_eq!(Instant::now() - last, Duration::from_secs(45));
+        // The stream lived long: the backoff starts over.
+        let again = dials.recv().await.expect("dialed again");
+        assert!(around(again.at - last - Duration::from_secs(45), ms(200)));
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_reports_are_paced_and_carry_the_latest() {
+        let (h, task, mut dials) = start(&["a:1"], true);
+        let status = |e: &str| proto::NodeStatus {
+            node: "node-a".into(),
+            last_error: e.into(),
+            ..proto::NodeStatus::default()
+        };
+        h.status.send_replace(Some(status("first")));
+        let mut d = dials.recv().await.expect("dialed");
+        let t0 = d.at;
+        // Every report with the time it left.
+        let (reports_tx, mut reports) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(m) = d.from_agent.next().await {
+                if let Some(agent_message::Msg::Status(r)) = m.msg {
+                    let e = r.status.map(|s| s.last_error).unwrap_or_default();
+                    let _ = reports_tx.send((Instant::now() - t0, e));
+                }
+            }
+        });
+        // A new stream reports at once.
+        assert_eq!(reports.recv().await, Some((Duration::ZERO, "first".into())));
+        // Three changes within 30 ms: one report, half a second after the last one,
+        // with the latest.
+        for (i, e) in ["b", "c", "d"].into_iter().enumerate() {
+            tokio::time::sleep_until(t0 + ms(10 * (i as u64 + 1))).await;
+            h.status.send_replace(Some(status(e)));
+        }
+        assert_eq!(reports.recv().await, Some((ms(500), "d".into())));
+        // Nothing changes: nothing is sent.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(reports.try_recv().is_err());
+        // A change long after the last report goes at once.
+        let now = Instant::now() - t0;
+        h.status.send_replace(Some(status("e")));
+        assert_eq!(reports.recv().await, Some((now, "e".into())));
+        task.abort();
+        reader.abort();
     }
 }
