@@ -18,8 +18,9 @@ use common::{Cluster, eventually, res};
 use tern::model::DataplaneKind;
 use tern::pki::Role;
 use tern::proto;
-use tern_agent::agent::{Agent, AgentConfig, BgpDataplane, BgpSettings, NatChoice};
+use tern_agent::agent::{Agent, AgentConfig, BgpSettings, NatChoice};
 use tern_agent::dataplane::IptablesBackend;
+use tern_agent::dataplane::{BgpApplied, BgpDataplane, BgpError};
 use tern_agent::exec::Exec;
 use tern_agent::sync::SyncConfig;
 use tern_testkit::netns::{self, Netns, veth};
@@ -416,13 +417,13 @@ async fn dataplane_switches_with_agent_configuration() -> anyhow::Result<()> {
 struct RefusingBgp;
 
 impl BgpDataplane for RefusingBgp {
-    fn apply(&mut self, _: &str) -> Result<bool, String> {
-        Err("BIRD is not running".into())
+    fn apply(&mut self, _: &str) -> Result<BgpApplied, BgpError> {
+        Err(BgpError::Unavailable("BIRD is not running".into()))
     }
     fn status(&mut self) -> proto::BgpStatus {
         proto::BgpStatus::default()
     }
-    fn cleanup(&mut self) -> Result<(), String> {
+    fn cleanup(&mut self) -> Result<(), BgpError> {
         Ok(())
     }
 }

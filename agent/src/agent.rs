@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::future::Future as _;
+use tern::backoff::Backoff;
 use tern::model::DataplaneKind;
 use tern::proto;
 use tokio::sync::watch;
@@ -29,26 +30,12 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::calc;
-use crate::dataplane::{self, IptablesBackend, NatDriver};
+use crate::dataplane::{
+    self, BgpApplied, BgpDataplane, BgpError, DataplaneError, IptablesBackend, NatDriver,
+};
 use crate::exec::Exec;
 use crate::metrics::Metrics;
 use crate::sync::{self, SyncConfig, SyncHandle};
-
-/// The BGP speaker as the apply loop sees it (BIRD in production).
-pub trait BgpDataplane: Send + std::fmt::Debug + 'static {
-    /// Install a rendered configuration. Ok(true) when it was (re)loaded, Ok(false)
-    /// when it was unchanged. A rejected configuration leaves the previous one.
-    fn apply(&mut self, config: &str) -> Result<bool, String>;
-    /// Session state, for the status report.
-    fn status(&mut self) -> proto::BgpStatus;
-    /// A cheap mark that changes whenever a session changes state (polled often; the
-    /// full [`status`](Self::status) is read when it moves). `None`: not known.
-    fn session_marks(&mut self) -> Option<String> {
-        None
-    }
-    /// Remove what it created (for `tern-agent cleanup`).
-    fn cleanup(&mut self) -> Result<(), String>;
-}
 
 /// How the NAT driver is chosen.
 #[derive(Debug)]
@@ -176,6 +163,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<Agent> {
         resync_interval: cfg.resync_interval,
         status_interval: cfg.status_interval,
         status: proto::NodeStatus::default(),
+        nat_phase: NatPhase::Pending,
         session_marks: None,
     };
     tasks.push(tokio::spawn(
@@ -187,6 +175,65 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<Agent> {
         tasks,
     })
 }
+
+/// Why an apply did not go through. The host keeps what it had; the loop retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The NAT state was not programmed (BGP is then not touched).
+    #[error("NAT: {0}")]
+    Nat(#[source] NatError),
+    /// The BIRD configuration could not be rendered from the view.
+    #[error("BGP: cannot render the BIRD configuration: {0}")]
+    Render(#[source] calc::bird::RenderError),
+    /// The BGP speaker did not take the configuration.
+    #[error("BGP: {0}")]
+    Bgp(#[source] BgpError),
+}
+
+/// Why the NAT state was not programmed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// No driver could be built for the configured dataplane, or the driver failed.
+    #[error(transparent)]
+    Driver(#[from] DataplaneError),
+    /// The new driver of a dataplane switch failed its first apply; the old one stays
+    /// in charge (and the switch is tried again).
+    #[error("switching the NAT dataplane from {from} to {to}: {source}")]
+    Switch {
+        from: &'static str,
+        to: &'static str,
+        #[source]
+        source: DataplaneError,
+    },
+}
+
+/// Where the NAT dataplane stands, as the apply loop knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum NatPhase {
+    /// Nothing applied yet.
+    #[default]
+    Pending,
+    /// The last apply succeeded: drift repair may run.
+    Programmed,
+    /// The last apply (or the choice of a driver) failed.
+    Failed,
+}
+
+impl NatPhase {
+    /// The word in the node's status report.
+    fn as_str(self) -> &'static str {
+        match self {
+            NatPhase::Pending => "",
+            NatPhase::Programmed => "programmed",
+            NatPhase::Failed => "error",
+        }
+    }
+}
+
+/// The first retry after a failed apply waits about this long, doubling up to
+/// [`APPLY_BACKOFF_MAX`].
+const APPLY_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const APPLY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The NAT driver in use and the kind it was chosen for.
 #[derive(Debug)]
@@ -207,6 +254,7 @@ struct ApplyLoop {
     resync_interval: Duration,
     status_interval: Duration,
     status: proto::NodeStatus,
+    nat_phase: NatPhase,
     /// The last [`BgpDataplane::session_marks`].
     session_marks: Option<String>,
 }
@@ -245,13 +293,13 @@ async fn blocking<T: Send + 'static>(
 struct Detached;
 
 impl BgpDataplane for Detached {
-    fn apply(&mut self, _: &str) -> Result<bool, String> {
-        Err("the BGP dataplane is busy".into())
+    fn apply(&mut self, _: &str) -> Result<BgpApplied, BgpError> {
+        Err(BgpError::Unavailable("the BGP dataplane is busy".into()))
     }
     fn status(&mut self) -> proto::BgpStatus {
         proto::BgpStatus::default()
     }
-    fn cleanup(&mut self) -> Result<(), String> {
+    fn cleanup(&mut self) -> Result<(), BgpError> {
         Ok(())
     }
 }
@@ -286,7 +334,7 @@ impl ApplyLoop {
         self.status.node = self.node.clone();
         let mut dirty = true;
         let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(APPLY_BACKOFF_MIN, APPLY_BACKOFF_MAX);
         // The generation of the view last tried (applied or not).
         let mut attempted = 0u64;
         let mut resync = tokio::time::interval(self.resync_interval);
@@ -304,15 +352,30 @@ impl ApplyLoop {
                     Ok(()) => {
                         dirty = false;
                         retry_at = None;
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                     }
                     Err(e) => {
-                        warn!(error = %e, retry_in = ?backoff, "apply failed; the host keeps its last applied state");
-                        self.applied.send_modify(|a| a.last_error = e.clone());
+                        let msg = e.to_string();
+                        let wait = backoff.next_delay();
+                        warn!(error = %msg, retry_in = ?wait, "apply failed; the host keeps its last applied state");
+                        self.metrics.apply_errors.inc();
+                        self.status.last_error.clone_from(&msg);
+                        match &e {
+                            ApplyError::Nat(e) => {
+                                self.nat_phase = NatPhase::Failed;
+                                let dp = self.status.dataplane.get_or_insert_with(Default::default);
+                                dp.state = self.nat_phase.as_str().into();
+                                dp.error = e.to_string();
+                            }
+                            ApplyError::Render(_) | ApplyError::Bgp(_) => {
+                                self.status.bgp.get_or_insert_with(Default::default).error =
+                                    msg.clone();
+                            }
+                        }
+                        self.applied.send_modify(|a| a.last_error = msg);
                         // Retried when the backoff expires, or earlier for a new view.
                         dirty = false;
-                        retry_at = Some(tokio::time::Instant::now() + backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        retry_at = Some(tokio::time::Instant::now() + wait);
                     }
                 }
                 self.publish_status();
@@ -374,29 +437,24 @@ impl ApplyLoop {
         }
     }
 
-    /// Compute the desired state from the current view and apply it.
-    async fn apply_once(&mut self, revision: i64, generation: u64) -> Result<(), String> {
+    /// Compute the desired state from the current view and apply it. On an error the
+    /// caller records it in the status.
+    async fn apply_once(&mut self, revision: i64, generation: u64) -> Result<(), ApplyError> {
         let started = Instant::now();
         let (desired, agent_cfg, bird, view_rev) = {
             let view = self.sync.view.read();
             let desired = calc::nat::desired(&view, &self.node);
             let cfg = view.agent_config_for(&self.node);
-            let bird = self.bgp.as_ref().map(|b| {
-                calc::bird::render(&view, &self.node, &b.render).map_err(|e| e.to_string())
-            });
+            let bird = self
+                .bgp
+                .as_ref()
+                .map(|b| calc::bird::render(&view, &self.node, &b.render));
             (desired, cfg, bird, view.revision)
         };
         let revision = revision.max(view_rev);
-        if let Err(e) = self.ensure_driver(agent_cfg.dataplane).await {
-            let dp = self.status.dataplane.get_or_insert_with(Default::default);
-            dp.state = "error".into();
-            dp.error = e.clone();
-            self.status.last_error = format!("NAT: {e}");
-            self.metrics.apply_errors.inc();
-            self.applied
-                .send_modify(|a| a.last_error = self.status.last_error.clone());
-            return Err(self.status.last_error.clone());
-        }
+        self.ensure_driver(agent_cfg.dataplane)
+            .await
+            .map_err(ApplyError::Nat)?;
         let nat = self
             .nat
             .take()
@@ -417,61 +475,32 @@ impl ApplyLoop {
         dp.all_pools_v6 = desired.v6.all_pools.len() as u32;
         dp.nat_pools_v4 = desired.v4.nat_pools.len() as u32;
         dp.nat_pools_v6 = desired.v6.nat_pools.len() as u32;
-        match result {
-            Ok(report) => {
-                dp.state = "programmed".into();
-                dp.error.clear();
-                dp.applies += 1;
-                dp.last_apply = tern::util::now_rfc3339();
-                self.metrics.nat_applies.inc();
-                self.metrics
-                    .nat_apply_seconds
-                    .observe(report.elapsed.as_secs_f64());
-                debug!(outcome = ?report.outcome, elapsed = ?report.elapsed, revision, "NAT applied");
-            }
-            Err(e) => {
-                dp.state = "error".into();
-                dp.error = e.to_string();
-                self.status.last_error = format!("NAT: {e}");
-                self.metrics.apply_errors.inc();
-                self.applied
-                    .send_modify(|a| a.last_error = self.status.last_error.clone());
-                return Err(self.status.last_error.clone());
-            }
-        }
+        let report = result.map_err(|e| ApplyError::Nat(e.into()))?;
+        self.nat_phase = NatPhase::Programmed;
+        dp.state = self.nat_phase.as_str().into();
+        dp.error.clear();
+        dp.applies += 1;
+        dp.last_apply = tern::util::now_rfc3339();
+        self.metrics.nat_applies.inc();
+        self.metrics
+            .nat_apply_seconds
+            .observe(report.elapsed.as_secs_f64());
+        debug!(outcome = ?report.outcome, elapsed = ?report.elapsed, revision, "NAT applied");
         // Routes are advertised only once the NAT state is programmed.
         if let (Some(bgp), Some(rendered)) = (self.bgp.as_mut(), bird) {
-            let cfg = match rendered {
-                Ok(c) => c,
-                Err(e) => {
-                    let msg = format!("BGP: cannot render the BIRD configuration: {e}");
-                    self.status.last_error = msg.clone();
-                    self.status.bgp.get_or_insert_with(Default::default).error = msg.clone();
-                    return Err(msg);
-                }
-            };
+            let cfg = rendered.map_err(ApplyError::Render)?;
             let (dp, result) = bgp_blocking(
                 std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
                 move |d| d.apply(&cfg),
             )
             .await;
             bgp.dataplane = dp;
-            match result {
-                Ok(reloaded) => {
-                    let b = self.status.bgp.get_or_insert_with(Default::default);
-                    b.error.clear();
-                    if reloaded {
-                        b.last_reload = tern::util::now_rfc3339();
-                        self.metrics.bird_reloads.inc();
-                    }
-                }
-                Err(e) => {
-                    let msg = format!("BGP: {e}");
-                    self.status.bgp.get_or_insert_with(Default::default).error = msg.clone();
-                    self.status.last_error = msg.clone();
-                    self.metrics.apply_errors.inc();
-                    return Err(msg);
-                }
+            let applied = result.map_err(ApplyError::Bgp)?;
+            let b = self.status.bgp.get_or_insert_with(Default::default);
+            b.error.clear();
+            if applied == BgpApplied::Reloaded {
+                b.last_reload = tern::util::now_rfc3339();
+                self.metrics.bird_reloads.inc();
             }
             self.poll_bgp().await;
         }
@@ -495,7 +524,7 @@ impl ApplyLoop {
     /// Make sure the right NAT driver is in place for the configured dataplane. A
     /// switch programs the new driver before the old one is cleaned up (the next apply
     /// does it), so NAT never lapses.
-    async fn ensure_driver(&mut self, configured: Option<DataplaneKind>) -> Result<(), String> {
+    async fn ensure_driver(&mut self, configured: Option<DataplaneKind>) -> Result<(), NatError> {
         let (flag, backend) = match &mut self.nat_choice {
             NatChoice::Driver(_) => {
                 if self.nat.is_none()
@@ -526,10 +555,15 @@ impl ApplyLoop {
             return Ok(());
         }
         let exec = self.exec.clone();
-        let new = tokio::task::spawn_blocking(move || dataplane::select(want, exec, backend))
-            .await
-            .map_err(|e| format!("selecting the NAT driver: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let mut new =
+            match tokio::task::spawn_blocking(move || dataplane::select(want, exec, backend)).await
+            {
+                Ok(r) => r?,
+                Err(e) => {
+                    error!(error = %e, "selecting the NAT driver panicked");
+                    std::panic::resume_unwind(e.into_panic())
+                }
+            };
         // A different driver: program the new one first, then remove the old one.
         if let Some(old) = self.nat.take().filter(|o| o.driver.name() != new.name()) {
             info!(
@@ -538,25 +572,19 @@ impl ApplyLoop {
                 "switching NAT dataplane"
             );
             let desired = self.desired_nat();
-            let (new, r) = blocking(new, move |d| d.apply(&desired)).await;
-            if let Err(e) = r {
+            let r;
+            (new, r) = blocking(new, move |d| d.apply(&desired)).await;
+            if let Err(source) = r {
                 // The old driver stays in charge: its state is still on the host and
                 // keeps following the view; the switch is retried with the next apply.
                 let (from, to) = (old.driver.name(), new.name());
                 self.nat = Some(old);
-                return Err(format!(
-                    "switching the NAT dataplane from {from} to {to}: {e}"
-                ));
+                return Err(NatError::Switch { from, to, source });
             }
             let (_, r) = blocking(old.driver, |d| d.cleanup()).await;
             if let Err(e) = r {
                 warn!(error = %e, "cleaning up the previous NAT dataplane failed");
             }
-            self.nat = Some(Nat {
-                driver: new,
-                kind: Some(want),
-            });
-            return Ok(());
         }
         self.nat = Some(Nat {
             driver: new,
@@ -596,10 +624,7 @@ impl ApplyLoop {
 
     /// Whether the last NAT apply succeeded (BGP may still be failing).
     fn nat_programmed(&self) -> bool {
-        self.status
-            .dataplane
-            .as_ref()
-            .is_some_and(|d| d.state == "programmed")
+        self.nat_phase == NatPhase::Programmed
     }
 
     fn desired_nat(&self) -> calc::nat::NatState {

@@ -1,13 +1,14 @@
-//! BIRD as the agent's BGP dataplane: the [`crate::agent::BgpDataplane`] adapter over
+//! BIRD as the agent's BGP dataplane: the [`crate::dataplane::BgpDataplane`] adapter over
 //! [`crate::bird::BirdManager`], and the files and socket it uses.
 
 use std::path::Path;
 
 use tern::proto;
 
-use crate::agent::{BgpDataplane, BgpSettings};
+use crate::agent::BgpSettings;
 use crate::bird::{self, ApplyOutcome, BirdManager, BirdMode};
 use crate::calc::bird::RenderOptions;
+use crate::dataplane::{BgpApplied, BgpDataplane, BgpError};
 use crate::exec::Exec;
 
 /// BIRD behind the apply loop.
@@ -25,14 +26,13 @@ impl Bird {
 }
 
 impl BgpDataplane for Bird {
-    fn apply(&mut self, config: &str) -> Result<bool, String> {
-        match self.mgr.apply(config) {
-            Ok(ApplyOutcome::Unchanged) => Ok(false),
-            Ok(outcome) => {
+    fn apply(&mut self, config: &str) -> Result<BgpApplied, BgpError> {
+        match self.mgr.apply(config)? {
+            ApplyOutcome::Unchanged => Ok(BgpApplied::Unchanged),
+            outcome => {
                 tracing::info!(?outcome, "BIRD configuration installed");
-                Ok(true)
+                Ok(BgpApplied::Reloaded)
             }
-            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -48,9 +48,9 @@ impl BgpDataplane for Bird {
         self.mgr.session_marks()
     }
 
-    fn cleanup(&mut self) -> Result<(), String> {
+    fn cleanup(&mut self) -> Result<(), BgpError> {
         // Stops the watcher first, so BIRD is not restarted behind our back.
-        self.mgr.cleanup().map_err(|e| e.to_string())?;
+        self.mgr.cleanup()?;
         if self.mgr.options().mode == BirdMode::Supervised {
             flush_bird_routes(&self.mgr.options().exec)?;
         }
@@ -113,7 +113,7 @@ pub fn cleanup(exec: &Exec, state_dir: &Path, socket: &Path, managed: bool) -> R
         // BIRD's kernel protocol persists its routes (so a BIRD restart does not flap
         // them); once tern's BIRD is gone for good, its routes go too.
         if let Err(e) = flush_bird_routes(exec) {
-            errors.push(e);
+            errors.push(e.to_string());
         }
     }
     if errors.is_empty() {
@@ -124,10 +124,10 @@ pub fn cleanup(exec: &Exec, state_dir: &Path, socket: &Path, managed: bool) -> R
 }
 
 /// Remove the routes BIRD installed (`proto bird`) in both families.
-pub fn flush_bird_routes(exec: &Exec) -> Result<(), String> {
+pub fn flush_bird_routes(exec: &Exec) -> Result<(), BgpError> {
     for family in ["-4", "-6"] {
         exec.run("ip", &[family, "route", "flush", "proto", "bird"], None)
-            .map_err(|e| format!("removing BIRD's routes: {e}"))?;
+            .map_err(BgpError::Routes)?;
     }
     Ok(())
 }

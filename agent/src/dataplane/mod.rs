@@ -1,4 +1,5 @@
-//! NAT dataplane drivers: turn a [`NatState`] into kernel objects.
+//! The dataplane layer: the NAT drivers, which turn a [`NatState`] into kernel objects,
+//! and beside them the BGP speaker's trait ([`BgpDataplane`], in `bgp.rs`).
 //!
 //! ```text
 //! NatState ──► NatDriver::apply      (one atomic write per change)
@@ -10,14 +11,17 @@
 //!                                  line as one batch), `nft -f -` when there is no session
 //!          iptables::IptablesDriver  TERN-* chains, one `*-restore --noflush` per family
 //!          recording::RecordingDriver  applies nothing, records states (tests, benchmarks)
+//!
+//! rendered BIRD configuration ──► BgpDataplane::apply  (crate::bgp::Bird in production)
 //! ```
 //!
 //! The methods are synchronous (they run `nft` / `iptables-restore`, or talk to the nft
-//! session and wait for its answer); the agent calls
-//! them from `spawn_blocking`. All of them are idempotent: replaying a desired state is
+//! session and wait for its answer); the agent gives each driver a thread of its own
+//! that makes every call (`crate::agent`'s driver owner). All of them are idempotent: replaying a desired state is
 //! always safe, and a driver that lost track of the kernel (a failed write, a restart)
 //! reads it back before the next write.
 
+pub mod bgp;
 pub mod iptables;
 pub mod nft;
 pub mod recording;
@@ -30,6 +34,7 @@ use tern::model::DataplaneKind;
 use crate::calc::nat::NatState;
 use crate::exec::{Exec, ExecError};
 
+pub use bgp::{BgpApplied, BgpDataplane, BgpError};
 pub use iptables::{IptablesBackend, IptablesDriver};
 pub use nft::NftDriver;
 pub use recording::{Recorded, RecordedOp, RecordingDriver};

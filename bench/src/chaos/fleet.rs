@@ -21,9 +21,10 @@ use anyhow::{Context as _, bail};
 use parking_lot::Mutex;
 use tern::client::ClientTls;
 use tern::proto;
-use tern_agent::agent::{Agent, AgentConfig, BgpDataplane, BgpSettings, NatChoice};
+use tern_agent::agent::{Agent, AgentConfig, BgpSettings, NatChoice};
 use tern_agent::calc::nat::NatState;
 use tern_agent::dataplane::RecordingDriver;
+use tern_agent::dataplane::{BgpApplied, BgpDataplane, BgpError};
 use tern_agent::exec::Exec;
 use tern_agent::sync::SyncConfig;
 use tern_testkit::netns::Netns;
@@ -57,11 +58,15 @@ pub enum Nat {
 pub struct RecordedBgp(Arc<Mutex<Option<String>>>);
 
 impl BgpDataplane for RecordedBgp {
-    fn apply(&mut self, config: &str) -> Result<bool, String> {
+    fn apply(&mut self, config: &str) -> Result<BgpApplied, BgpError> {
         let mut last = self.0.lock();
         let changed = last.as_deref() != Some(config);
         *last = Some(config.to_string());
-        Ok(changed)
+        Ok(if changed {
+            BgpApplied::Reloaded
+        } else {
+            BgpApplied::Unchanged
+        })
     }
     fn status(&mut self) -> proto::BgpStatus {
         proto::BgpStatus {
@@ -69,7 +74,7 @@ impl BgpDataplane for RecordedBgp {
             ..Default::default()
         }
     }
-    fn cleanup(&mut self) -> Result<(), String> {
+    fn cleanup(&mut self) -> Result<(), BgpError> {
         *self.0.lock() = None;
         Ok(())
     }
