@@ -5,8 +5,8 @@
 //!                          │ (nothing happens before the first InSync)
 //!                          ▼
 //!   apply loop (one task, the only writer of every dataplane):
-//!     view changed ─► calc::nat::desired ─► NatDriver::apply   (spawn_blocking)
-//!                 └─► calc::bird::render ─► BGP dataplane::apply (only once NAT is programmed)
+//!     view changed ─► calc::nat::desired ─► NatDriver::apply   (on the driver's thread)
+//!                 └─► calc::bird::render ─► BgpDataplane::apply (only once NAT is programmed)
 //!     failure ─► retry with backoff, error in status (state stays as last applied)
 //!     resync tick ─► NatDriver::reconcile (drift repair, counted)
 //!     session watch (every 250 ms) ─► a session changed state? ─► BGP session state
@@ -16,6 +16,9 @@
 //!
 //! Changes that arrive while an apply runs are coalesced into the next one: the loop
 //! always computes from the latest view.
+//!
+//! Each driver lives on an owner of its own (`dataplane::owner`: a thread, or a task for
+//! the recording driver); the loop sends it calls and awaits the answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::calc;
+use crate::dataplane::owner::Owned;
 use crate::dataplane::{
     self, BgpApplied, BgpDataplane, BgpError, DataplaneError, IptablesBackend, NatDriver,
 };
@@ -150,13 +154,20 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<Agent> {
     let node = cfg.sync.node.clone();
     let (handle, sync_task) = sync::spawn(cfg.sync);
     tasks.push(sync_task);
+    let bgp = match cfg.bgp {
+        Some(b) => Some(Bgp {
+            render: b.render,
+            dataplane: Owned::on_thread("bgp", "bgp-driver", b.dataplane)?,
+        }),
+        None => None,
+    };
     let (applied_tx, applied_rx) = watch::channel(Applied::default());
     let apply = ApplyLoop {
         node: node.clone(),
         exec: cfg.exec,
         nat_choice: cfg.nat,
         nat: None,
-        bgp: cfg.bgp,
+        bgp,
         sync: handle.clone(),
         applied: applied_tx,
         metrics,
@@ -238,8 +249,15 @@ const APPLY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The NAT driver in use and the kind it was chosen for.
 #[derive(Debug)]
 struct Nat {
-    driver: Box<dyn NatDriver>,
+    driver: Owned<dyn NatDriver>,
     kind: Option<DataplaneKind>,
+}
+
+/// The BGP speaker behind its owner thread, and how to render for it.
+#[derive(Debug)]
+struct Bgp {
+    render: calc::bird::RenderOptions,
+    dataplane: Owned<dyn BgpDataplane>,
 }
 
 struct ApplyLoop {
@@ -247,7 +265,7 @@ struct ApplyLoop {
     exec: Exec,
     nat_choice: NatChoice,
     nat: Option<Nat>,
-    bgp: Option<BgpSettings>,
+    bgp: Option<Bgp>,
     sync: SyncHandle,
     applied: watch::Sender<Applied>,
     metrics: Arc<Metrics>,
@@ -263,64 +281,15 @@ struct ApplyLoop {
 /// that a change reaches the status report well within a second.
 const SESSION_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Run a driver call off the async threads (nft and iptables-restore block).
-async fn blocking<T: Send + 'static>(
-    driver: Box<dyn NatDriver>,
-    f: impl FnOnce(&mut dyn NatDriver) -> T + Send + 'static,
-) -> (Box<dyn NatDriver>, T) {
-    let mut driver = driver;
+/// Give a NAT driver its owner: a thread when its calls block on tools.
+fn own_nat(driver: Box<dyn NatDriver>) -> Result<Owned<dyn NatDriver>, DataplaneError> {
+    let name = driver.name();
     if !driver.blocks() {
-        let r = f(driver.as_mut());
-        return (driver, r);
+        return Ok(Owned::on_task(name, driver));
     }
-    match tokio::task::spawn_blocking(move || {
-        let r = f(driver.as_mut());
-        (driver, r)
+    Owned::on_thread(name, "nat-driver", driver).map_err(|e| {
+        DataplaneError::Unavailable(format!("cannot start a thread for the {name} driver: {e}"))
     })
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            // The closure panicked: there is no driver to hand back. This is a bug.
-            error!(error = %e, "NAT driver call panicked");
-            std::panic::resume_unwind(e.into_panic())
-        }
-    }
-}
-
-/// Stands in for the BGP dataplane while a blocking call holds it.
-#[derive(Debug)]
-struct Detached;
-
-impl BgpDataplane for Detached {
-    fn apply(&mut self, _: &str) -> Result<BgpApplied, BgpError> {
-        Err(BgpError::Unavailable("the BGP dataplane is busy".into()))
-    }
-    fn status(&mut self) -> proto::BgpStatus {
-        proto::BgpStatus::default()
-    }
-    fn cleanup(&mut self) -> Result<(), BgpError> {
-        Ok(())
-    }
-}
-
-/// Run a BGP dataplane call on a blocking thread (BIRD's tools block).
-async fn bgp_blocking<T: Send + 'static>(
-    mut dp: Box<dyn BgpDataplane>,
-    f: impl FnOnce(&mut dyn BgpDataplane) -> T + Send + 'static,
-) -> (Box<dyn BgpDataplane>, T) {
-    match tokio::task::spawn_blocking(move || {
-        let r = f(dp.as_mut());
-        (dp, r)
-    })
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            error!(error = %e, "BGP dataplane call panicked");
-            std::panic::resume_unwind(e.into_panic())
-        }
-    }
 }
 
 impl ApplyLoop {
@@ -457,20 +426,12 @@ impl ApplyLoop {
             .map_err(ApplyError::Nat)?;
         let nat = self
             .nat
-            .take()
+            .as_ref()
             .expect("ensure_driver leaves a driver in place");
         let d = desired.clone();
-        let (driver, result) = blocking(nat.driver, move |drv| drv.apply(&d)).await;
-        self.nat = Some(Nat {
-            driver,
-            kind: nat.kind,
-        });
+        let result = nat.driver.call(move |drv| drv.apply(&d)).await;
         let dp = self.status.dataplane.get_or_insert_with(Default::default);
-        dp.driver = self
-            .nat
-            .as_ref()
-            .map(|n| n.driver.name().to_string())
-            .unwrap_or_default();
+        dp.driver = nat.driver.name().to_string();
         dp.all_pools_v4 = desired.v4.all_pools.len() as u32;
         dp.all_pools_v6 = desired.v6.all_pools.len() as u32;
         dp.nat_pools_v4 = desired.v4.nat_pools.len() as u32;
@@ -487,15 +448,13 @@ impl ApplyLoop {
             .observe(report.elapsed.as_secs_f64());
         debug!(outcome = ?report.outcome, elapsed = ?report.elapsed, revision, "NAT applied");
         // Routes are advertised only once the NAT state is programmed.
-        if let (Some(bgp), Some(rendered)) = (self.bgp.as_mut(), bird) {
+        if let (Some(bgp), Some(rendered)) = (self.bgp.as_ref(), bird) {
             let cfg = rendered.map_err(ApplyError::Render)?;
-            let (dp, result) = bgp_blocking(
-                std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
-                move |d| d.apply(&cfg),
-            )
-            .await;
-            bgp.dataplane = dp;
-            let applied = result.map_err(ApplyError::Bgp)?;
+            let applied = bgp
+                .dataplane
+                .call(move |d| d.apply(&cfg))
+                .await
+                .map_err(ApplyError::Bgp)?;
             let b = self.status.bgp.get_or_insert_with(Default::default);
             b.error.clear();
             if applied == BgpApplied::Reloaded {
@@ -537,7 +496,7 @@ impl ApplyLoop {
                     )
                 {
                     self.nat = Some(Nat {
-                        driver: d,
+                        driver: own_nat(d)?,
                         kind: None,
                     });
                 }
@@ -555,15 +514,15 @@ impl ApplyLoop {
             return Ok(());
         }
         let exec = self.exec.clone();
-        let mut new =
-            match tokio::task::spawn_blocking(move || dataplane::select(want, exec, backend)).await
-            {
-                Ok(r) => r?,
-                Err(e) => {
-                    error!(error = %e, "selecting the NAT driver panicked");
-                    std::panic::resume_unwind(e.into_panic())
-                }
-            };
+        let new = match tokio::task::spawn_blocking(move || dataplane::select(want, exec, backend))
+            .await
+        {
+            Ok(r) => own_nat(r?)?,
+            Err(e) => {
+                error!(error = %e, "selecting the NAT driver panicked");
+                std::panic::resume_unwind(e.into_panic())
+            }
+        };
         // A different driver: program the new one first, then remove the old one.
         if let Some(old) = self.nat.take().filter(|o| o.driver.name() != new.name()) {
             info!(
@@ -572,17 +531,14 @@ impl ApplyLoop {
                 "switching NAT dataplane"
             );
             let desired = self.desired_nat();
-            let r;
-            (new, r) = blocking(new, move |d| d.apply(&desired)).await;
-            if let Err(source) = r {
+            if let Err(source) = new.call(move |d| d.apply(&desired)).await {
                 // The old driver stays in charge: its state is still on the host and
                 // keeps following the view; the switch is retried with the next apply.
                 let (from, to) = (old.driver.name(), new.name());
                 self.nat = Some(old);
                 return Err(NatError::Switch { from, to, source });
             }
-            let (_, r) = blocking(old.driver, |d| d.cleanup()).await;
-            if let Err(e) = r {
+            if let Err(e) = old.driver.call(|d| d.cleanup()).await {
                 warn!(error = %e, "cleaning up the previous NAT dataplane failed");
             }
         }
@@ -595,14 +551,9 @@ impl ApplyLoop {
 
     /// Read the NAT state back and repair drift.
     async fn reconcile(&mut self) {
-        let Some(nat) = self.nat.take() else { return };
         let desired = self.desired_nat();
-        let (driver, r) = blocking(nat.driver, move |d| d.reconcile(&desired)).await;
-        self.nat = Some(Nat {
-            driver,
-            kind: nat.kind,
-        });
-        match r {
+        let Some(nat) = self.nat.as_ref() else { return };
+        match nat.driver.call(move |d| d.reconcile(&desired)).await {
             Ok(report) if report.repairs > 0 => {
                 warn!(
                     repairs = report.repairs,
@@ -633,15 +584,10 @@ impl ApplyLoop {
 
     /// Refresh BGP session state; true when it changed in more than its uptimes.
     async fn poll_bgp(&mut self) -> bool {
-        let Some(bgp) = self.bgp.as_mut() else {
+        let Some(bgp) = self.bgp.as_ref() else {
             return false;
         };
-        let (dp, mut fresh) = bgp_blocking(
-            std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
-            |d| d.status(),
-        )
-        .await;
-        bgp.dataplane = dp;
+        let mut fresh = bgp.dataplane.call(|d| d.status()).await;
         let old = self.status.bgp.clone().unwrap_or_default();
         // Keep what the apply path knows.
         fresh.last_reload = old.last_reload.clone();
@@ -657,15 +603,10 @@ impl ApplyLoop {
 
     /// Whether a BGP session changed state since the last look (cheap).
     async fn sessions_moved(&mut self) -> bool {
-        let Some(bgp) = self.bgp.as_mut() else {
+        let Some(bgp) = self.bgp.as_ref() else {
             return false;
         };
-        let (dp, marks) = bgp_blocking(
-            std::mem::replace(&mut bgp.dataplane, Box::new(Detached)),
-            |d| d.session_marks(),
-        )
-        .await;
-        bgp.dataplane = dp;
+        let marks = bgp.dataplane.call(|d| d.session_marks()).await;
         if marks.is_none() || marks == self.session_marks {
             return false;
         }

@@ -24,6 +24,7 @@
 pub mod bgp;
 pub mod iptables;
 pub mod nft;
+pub mod owner;
 pub mod recording;
 
 use std::fmt;
@@ -131,8 +132,8 @@ pub trait NatDriver: Send + fmt::Debug {
     /// nothing is there.
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
 
-    /// True when calls block on external tools (the agent then runs them on a
-    /// blocking thread); false for drivers that only touch memory.
+    /// True when calls block on external tools (the agent then gives the driver a
+    /// thread of its own); false for drivers that only touch memory (a task).
     fn blocks(&self) -> bool {
         true
     }
