@@ -613,13 +613,13 @@ spec: {node: n1, peerIP: 10.0.0.2, asNumber: 64512, password: {secretKeyRef: {na
     let o = apply(&c, docs);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let both = common::eventually(15, async || {
-        let v2 = a2.sync.view.read().clone();
+        let v2 = a2.sync.view.snapshot();
         v2.peers.contains_key("n1-to-n2") && v2.nodes.contains_key("n1")
     })
     .await;
     assert!(both, "the peering and n1 reach n2");
-    let v1 = a1.sync.view.read().clone();
-    let v2 = a2.sync.view.read().clone();
+    let v1 = a1.sync.view.snapshot();
+    let v2 = a2.sync.view.snapshot();
     assert_eq!(v2.secret_value("pair", "pw"), Some("pair-Pa55"));
     // Each side's renderer configures its end of the one session.
     let opts = Default::default();

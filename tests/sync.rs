@@ -121,7 +121,7 @@ async fn snapshot_then_deltas_in_order() {
     );
     let states = driver.applied_states();
     assert!(!states.is_empty());
-    let view = agent.sync.view.read().clone();
+    let view = agent.sync.view.snapshot();
     assert!(
         view.pools.contains_key("a")
             && view.pools.contains_key("c")
@@ -243,7 +243,7 @@ async fn full_resync_after_compaction_removes_deleted_objects() {
         .await,
         "pool b removed on the agent"
     );
-    let view = agent.sync.view.read().clone();
+    let view = agent.sync.view.snapshot();
     assert!(!view.pools.contains_key("b"));
     assert!(view.pools.contains_key("a"));
     let m = c.controllers[0].metrics();
@@ -422,8 +422,8 @@ spec: {node: n2, peerIP: 10.0.1.254, asNumber: 65000, password: {secretKeyRef: {
     let (a2, _) = recording_agent(&c, "n2", "10.0.0.2/24", vec![c.server()]).await;
     assert!(a1.wait_applied(last, Duration::from_secs(10)).await);
     assert!(a2.wait_applied(last, Duration::from_secs(10)).await);
-    let v1 = a1.sync.view.read().clone();
-    let v2 = a2.sync.view.read().clone();
+    let v1 = a1.sync.view.snapshot();
+    let v2 = a2.sync.view.snapshot();
     assert_eq!(v1.secret_value("s1", "pw"), Some("first-secret"));
     assert!(!v1.secrets.contains_key("s2"));
     assert_eq!(v2.secret_value("s2", "pw"), Some("second-secret"));
@@ -465,11 +465,11 @@ spec: {node: n2, peerIP: 10.0.1.254, asNumber: 65000, password: {secretKeyRef: {
     assert!(a1.wait_applied(r, Duration::from_secs(5)).await);
     assert!(a2.wait_applied(r, Duration::from_secs(5)).await);
     assert!(
-        !a1.sync.view.read().secrets.contains_key("s1"),
+        !a1.sync.view.snapshot().secrets.contains_key("s1"),
         "s1 left n1's view"
     );
     assert!(
-        a2.sync.view.read().secrets.contains_key("s1"),
+        a2.sync.view.snapshot().secrets.contains_key("s1"),
         "s1 reached n2"
     );
 }
@@ -518,7 +518,7 @@ spec: {bgp: {ipv4Address: 10.0.0.9/24}}
     assert!(a1.wait_applied(last, Duration::from_secs(10)).await);
     assert!(a2.wait_applied(last, Duration::from_secs(10)).await);
     assert!(
-        !a1.sync.view.read().nodes.contains_key("far"),
+        !a1.sync.view.snapshot().nodes.contains_key("far"),
         "no peering selects it"
     );
     let hosts = |d: &tern_agent::dataplane::RecordingDriver| -> Vec<String> {
@@ -568,7 +568,15 @@ spec: {bgp: {ipv4Address: 10.0.0.9/24}}
     let r = set_exclusions(&mut api, "IPPoolsOnly").await;
     assert!(a1.wait_applied(r, Duration::from_secs(10)).await);
     assert!(eventually(10, async || hosts(&d1).is_empty()).await);
-    assert!(eventually(10, async || !a1.sync.view.read().nodes.contains_key("far")).await);
+    assert!(
+        eventually(10, async || !a1
+            .sync
+            .view
+            .snapshot()
+            .nodes
+            .contains_key("far"))
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The agent: sync client, calculation and drivers wired together.
 //!
 //! ```text
-//!   sync::spawn ──► SharedView + watch<SyncState>
+//!   sync::spawn ──► SharedView (snapshots) + watch<SyncState>
 //!                          │ (nothing happens before the first InSync)
 //!                          ▼
 //!   apply loop (one task, the only writer of every dataplane):
@@ -411,7 +411,8 @@ impl ApplyLoop {
     async fn apply_once(&mut self, revision: i64, generation: u64) -> Result<(), ApplyError> {
         let started = Instant::now();
         let (desired, agent_cfg, bird, view_rev) = {
-            let view = self.sync.view.read();
+            // Computed on a snapshot: the sync client keeps taking changes meanwhile.
+            let view = self.sync.view.snapshot();
             let desired = calc::nat::desired(&view, &self.node);
             let cfg = view.agent_config_for(&self.node);
             let bird = self
@@ -579,7 +580,7 @@ impl ApplyLoop {
     }
 
     fn desired_nat(&self) -> calc::nat::NatState {
-        calc::nat::desired(&self.sync.view.read(), &self.node)
+        calc::nat::desired(&self.sync.view.snapshot(), &self.node)
     }
 
     /// Refresh BGP session state; true when it changed in more than its uptimes.

@@ -6,7 +6,7 @@
 //!        │ failover,            │                      Delta  ─► apply to the shared View
 //!        │ jittered backoff     │                      Ping   ─► Pong
 //!        └──── stream ends ◄────┘
-//!  shared View (RwLock) + watch<SyncState>  ──► the apply loop (agent.rs)
+//!  SharedView (snapshots) + watch<SyncState> ──► the apply loop (agent.rs)
 //!  watch<Option<NodeStatus>> from the apply loop ──► StatusReport (at most one per
 //!                                                    status_interval, the latest)
 //! ```
@@ -39,8 +39,26 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-/// The view shared between the sync client (writer) and the apply loop (reader).
-pub type SharedView = Arc<RwLock<View>>;
+/// The view shared between the sync client (the only writer) and its readers (the
+/// apply loop). A reader takes a [`snapshot`](SharedView::snapshot) and computes on it
+/// with no lock held; the writer changes the view in place, or a copy of it while a
+/// snapshot is still in use (copy on write), so neither ever waits for the other's
+/// work.
+#[derive(Debug, Clone, Default)]
+pub struct SharedView(Arc<RwLock<Arc<View>>>);
+
+impl SharedView {
+    /// The view as it is now; it does not change under the caller.
+    pub fn snapshot(&self) -> Arc<View> {
+        Arc::clone(&self.0.read())
+    }
+
+    /// Change the view (the sync client only).
+    fn update<T>(&self, f: impl FnOnce(&mut View) -> T) -> T {
+        let mut current = self.0.write();
+        f(Arc::make_mut(&mut current))
+    }
+}
 
 /// What the apply loop needs to know about the sync.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,7 +165,7 @@ impl Dial for TlsDial {
 }
 
 fn spawn_with(cfg: SyncConfig, dial: Box<dyn Dial>) -> (SyncHandle, tokio::task::JoinHandle<()>) {
-    let view: SharedView = Arc::new(RwLock::new(View::default()));
+    let view = SharedView::default();
     let (state_tx, state_rx) = watch::channel(SyncState::default());
     let (status_tx, status_rx) = watch::channel(None);
     let client = Client {
@@ -374,11 +392,10 @@ impl Client {
             }
             controller_message::Msg::InSync(s) => {
                 if let Some(p) = pending.take() {
-                    let mut view = self.view.write();
-                    let fresh = p.finish(&view, s.revision);
-                    let n = fresh.len();
-                    *view = fresh;
-                    drop(view);
+                    let n = self.view.update(|view| {
+                        *view = p.finish(view, s.revision);
+                        view.len()
+                    });
                     info!(revision = s.revision, resources = n, controller = %s.controller, "in sync (snapshot)");
                 } else {
                     info!(revision = s.revision, controller = %s.controller, "in sync (resumed)");
@@ -396,8 +413,7 @@ impl Client {
                     return Err(StreamError::Protocol("delta during a snapshot".into()));
                 }
                 let mut bad = 0;
-                {
-                    let mut view = self.view.write();
+                self.view.update(|view| {
                     for item in &d.items {
                         if item.value.is_empty() {
                             if let Ok(kind) = item.kind.parse::<Kind>() {
@@ -414,7 +430,7 @@ impl Client {
                         }
                     }
                     view.revision = d.revision;
-                }
+                });
                 let changed = !d.items.is_empty();
                 self.state.send_modify(|st| {
                     st.revision = d.revision;
@@ -502,6 +518,21 @@ mod tests {
             ["a", "b"],
             "a kept from before, b new, c unknown before and unreadable now, gone deleted"
         );
+    }
+
+    #[test]
+    fn a_snapshot_does_not_change_under_its_reader() {
+        let shared = SharedView::default();
+        shared.update(|v| v.revision = 1);
+        let before = shared.snapshot();
+        shared.update(|v| v.revision = 2);
+        assert_eq!(before.revision, 1, "the snapshot taken before the change");
+        assert_eq!(shared.snapshot().revision, 2, "a new snapshot sees it");
+        drop(before);
+        // With no snapshot in use the view is changed in place.
+        let at = Arc::as_ptr(&shared.snapshot());
+        shared.update(|v| v.revision = 3);
+        assert_eq!(Arc::as_ptr(&shared.snapshot()), at);
     }
 
     // ---- Timers, under tokio's paused time: an in-process controller ----
