@@ -7,10 +7,11 @@
 //! ```
 //!
 //! The watcher ticks every 200 ms: it reaps a dead child (or notices an adopted BIRD is
-//! gone), waits out the backoff (by default 0.5 s, doubling up to 30 s, back to the start
-//! after a run of a minute) and starts a new BIRD. BIRD's stdout/stderr go to a log file, never to a
-//! pipe, and BIRD runs in its own process group: it survives the agent (no route flap
-//! when the agent restarts), and the next agent adopts it.
+//! gone), waits out the backoff ([`Pacing`]: `tern::backoff`, by default 0.5 s doubling
+//! up to 30 s, back to the start after a run of a minute) and starts a new BIRD. BIRD's
+//! stdout/stderr go to a log file, never to a pipe, and BIRD runs in its own process
+//! group: it survives the agent (no route flap when the agent restarts), and the next
+//! agent adopts it.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use tern::backoff::Backoff;
 
 use crate::exec::Exec;
 
@@ -110,15 +112,50 @@ enum Proc {
     Adopted(Option<u32>),
 }
 
+/// When to start BIRD again after it died: `tern::backoff` from the configured first
+/// delay up to the maximum, started over after a healthy run. The clock is passed in,
+/// so the pacing is tested without waiting.
+#[derive(Debug)]
+struct Pacing {
+    backoff: Backoff,
+    started_at: Option<Instant>,
+}
+
+impl Pacing {
+    fn new(first: Duration, max: Duration) -> Pacing {
+        Pacing {
+            backoff: Backoff::new(first, max),
+            started_at: None,
+        }
+    }
+
+    /// BIRD started (or was adopted) at `now`.
+    fn started(&mut self, now: Instant) {
+        self.started_at = Some(now);
+    }
+
+    /// BIRD died at `now`, or a start failed then: when to try again, and the wait.
+    fn retry(&mut self, now: Instant) -> (Instant, Duration) {
+        if self
+            .started_at
+            .take()
+            .is_some_and(|t| now.duration_since(t) >= HEALTHY_RUN)
+        {
+            self.backoff.reset();
+        }
+        let wait = self.backoff.next_delay();
+        (now + wait, wait)
+    }
+}
+
 #[derive(Debug)]
 struct State {
     proc: Proc,
-    started_at: Option<Instant>,
+    pacing: Pacing,
     /// Starts and adoptions; every one after the first is a restart.
     starts: u64,
     stopping: bool,
     next_restart: Option<Instant>,
-    backoff: Duration,
     last_exit: Option<String>,
 }
 
@@ -141,11 +178,10 @@ impl Supervisor {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 proc: Proc::None,
-                started_at: None,
+                pacing: Pacing::new(cfg.backoff, cfg.backoff_max),
                 starts: 0,
                 stopping: false,
                 next_restart: None,
-                backoff: cfg.backoff,
                 last_exit: None,
             }),
             wake: Condvar::new(),
@@ -170,7 +206,7 @@ impl Supervisor {
         let mut st = self.shared.state.lock();
         st.proc = Proc::Adopted(pid);
         st.starts += 1;
-        st.started_at = Some(Instant::now());
+        st.pacing.started(Instant::now());
         st.next_restart = None;
     }
 
@@ -185,7 +221,7 @@ impl Supervisor {
         let pid = child.id();
         st.proc = Proc::Child(child);
         st.starts += 1;
-        st.started_at = Some(Instant::now());
+        st.pacing.started(Instant::now());
         st.next_restart = None;
         tracing::info!(pid, restarts = st.starts.saturating_sub(1), "BIRD started");
         Ok((Some(pid), true))
@@ -297,12 +333,12 @@ fn alive(st: &mut State, cfg: &SpawnConfig) -> Option<Option<u32>> {
             Ok(Some(status)) => {
                 let why = status.to_string();
                 let pid = c.id();
-                died(st, cfg, pid.into(), why);
+                died(st, pid.into(), why);
                 None
             }
             Err(e) => {
                 let pid = c.id();
-                died(st, cfg, pid.into(), format!("cannot wait for it: {e}"));
+                died(st, pid.into(), format!("cannot wait for it: {e}"));
                 None
             }
         },
@@ -311,7 +347,7 @@ fn alive(st: &mut State, cfg: &SpawnConfig) -> Option<Option<u32>> {
             if process_alive(pid) {
                 Some(Some(pid))
             } else {
-                died(st, cfg, Some(pid), "exited".into());
+                died(st, Some(pid), "exited".into());
                 None
             }
         }
@@ -319,12 +355,7 @@ fn alive(st: &mut State, cfg: &SpawnConfig) -> Option<Option<u32>> {
             if UnixStream::connect(&cfg.socket_path).is_ok() {
                 Some(None)
             } else {
-                died(
-                    st,
-                    cfg,
-                    None,
-                    "stopped answering on its control socket".into(),
-                );
+                died(st, None, "stopped answering on its control socket".into());
                 None
             }
         }
@@ -332,24 +363,18 @@ fn alive(st: &mut State, cfg: &SpawnConfig) -> Option<Option<u32>> {
 }
 
 /// Record a death and schedule the restart.
-fn died(st: &mut State, cfg: &SpawnConfig, pid: Option<u32>, why: String) {
-    let now = Instant::now();
-    if st
-        .started_at
-        .is_some_and(|t| now.duration_since(t) >= HEALTHY_RUN)
-    {
-        st.backoff = cfg.backoff;
-    }
+fn died(st: &mut State, pid: Option<u32>, why: String) {
+    let (at, wait) = st.pacing.retry(Instant::now());
     tracing::warn!(
         pid,
         exit = %why,
         restarts = st.starts.saturating_sub(1),
-        backoff_ms = u64::try_from(st.backoff.as_millis()).unwrap_or(u64::MAX),
+        backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "BIRD exited; restarting it"
     );
     st.proc = Proc::None;
     st.last_exit = Some(why);
-    st.next_restart = Some(now + st.backoff);
+    st.next_restart = Some(at);
 }
 
 fn watch(shared: &Shared) {
@@ -381,16 +406,14 @@ fn watch(shared: &Shared) {
                         "BIRD restarted"
                     );
                     st.proc = Proc::Child(child);
-                    st.started_at = Some(Instant::now());
+                    st.pacing.started(Instant::now());
                     st.next_restart = None;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot restart BIRD");
-                    st.next_restart = Some(Instant::now() + st.backoff);
+                    st.next_restart = Some(st.pacing.retry(Instant::now()).0);
                 }
             }
-            // The next failure waits twice as long.
-            st.backoff = (st.backoff * 2).min(cfg.backoff_max);
         }
         shared.wake.wait_for(&mut st, TICK);
     }
@@ -446,4 +469,44 @@ pub(crate) fn pid_from_file(pid_file: &std::path::Path, socket: &std::path::Path
         return None;
     }
     still_our_bird(pid, socket).then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `d` within a quarter of `base_ms` (the backoff's jitter).
+    fn around(d: Duration, base_ms: u64) -> bool {
+        let base = Duration::from_millis(base_ms);
+        d >= base - base / 4 && d <= base + base / 4
+    }
+
+    #[test]
+    fn restarts_back_off_and_start_over_after_a_healthy_run() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut p = Pacing::new(Duration::from_millis(500), s(30));
+        p.started(t0);
+        // BIRD dies a second after every start: 0.5 s doubling up to 30 s.
+        let mut now = t0 + s(1);
+        for base in [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000] {
+            let (at, wait) = p.retry(now);
+            assert_eq!(at - now, wait);
+            assert!(around(wait, base), "{wait:?} is not around {base} ms");
+            p.started(at);
+            now = at + s(1);
+        }
+        // A start that fails waits longer still (capped): no run in between.
+        let (at, _) = p.retry(now);
+        let (_, wait) = p.retry(at);
+        assert!(around(wait, 30_000));
+        // A run of a minute: the next death waits the first delay again.
+        p.started(now);
+        let (_, wait) = p.retry(now + HEALTHY_RUN);
+        assert!(around(wait, 500), "{wait:?}");
+        // A shorter run does not.
+        p.started(now);
+        let (_, wait) = p.retry(now + HEALTHY_RUN - s(1));
+        assert!(around(wait, 1000), "{wait:?}");
+    }
 }
