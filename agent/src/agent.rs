@@ -154,29 +154,16 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<Agent> {
     let node = cfg.sync.node.clone();
     let (handle, sync_task) = sync::spawn(cfg.sync);
     tasks.push(sync_task);
-    let bgp = match cfg.bgp {
-        Some(b) => Some(Bgp {
-            render: b.render,
-            dataplane: Owned::on_thread("bgp", "bgp-driver", b.dataplane)?,
-        }),
-        None => None,
-    };
-    let (applied_tx, applied_rx) = watch::channel(Applied::default());
-    let apply = ApplyLoop {
-        node: node.clone(),
-        exec: cfg.exec,
-        nat_choice: cfg.nat,
-        nat: None,
+    let bgp = cfg.bgp.map(own_bgp).transpose()?;
+    let (apply, applied_rx) = ApplyLoop::new(
+        node.clone(),
+        cfg.exec,
+        cfg.nat,
         bgp,
-        sync: handle.clone(),
-        applied: applied_tx,
+        handle.clone(),
         metrics,
-        resync_interval: cfg.resync_interval,
-        status_interval: cfg.status_interval,
-        status: proto::NodeStatus::default(),
-        nat_phase: NatPhase::Pending,
-        session_marks: None,
-    };
+        (cfg.resync_interval, cfg.status_interval),
+    );
     tasks.push(tokio::spawn(
         apply.run().instrument(info_span!("agent", node = %node)),
     ));
@@ -281,6 +268,19 @@ struct ApplyLoop {
 /// that a change reaches the status report well within a second.
 const SESSION_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Give the BGP speaker its owner: a thread when its calls block on tools.
+fn own_bgp(b: BgpSettings) -> std::io::Result<Bgp> {
+    let dataplane = if b.dataplane.blocks() {
+        Owned::on_thread("bgp", "bgp-driver", b.dataplane)?
+    } else {
+        Owned::on_task("bgp", b.dataplane)
+    };
+    Ok(Bgp {
+        render: b.render,
+        dataplane,
+    })
+}
+
 /// Give a NAT driver its owner: a thread when its calls block on tools.
 fn own_nat(driver: Box<dyn NatDriver>) -> Result<Owned<dyn NatDriver>, DataplaneError> {
     let name = driver.name();
@@ -293,6 +293,35 @@ fn own_nat(driver: Box<dyn NatDriver>) -> Result<Owned<dyn NatDriver>, Dataplane
 }
 
 impl ApplyLoop {
+    /// A loop over `sync`'s view; `intervals` are the resync and status intervals.
+    fn new(
+        node: String,
+        exec: Exec,
+        nat_choice: NatChoice,
+        bgp: Option<Bgp>,
+        sync: SyncHandle,
+        metrics: Arc<Metrics>,
+        (resync_interval, status_interval): (Duration, Duration),
+    ) -> (ApplyLoop, watch::Receiver<Applied>) {
+        let (applied, applied_rx) = watch::channel(Applied::default());
+        let apply = ApplyLoop {
+            node,
+            exec,
+            nat_choice,
+            nat: None,
+            bgp,
+            sync,
+            applied,
+            metrics,
+            resync_interval,
+            status_interval,
+            status: proto::NodeStatus::default(),
+            nat_phase: NatPhase::Pending,
+            session_marks: None,
+        };
+        (apply, applied_rx)
+    }
+
     async fn run(mut self) {
         let mut state = self.sync.state.clone();
         info!("waiting for the first complete sync before touching the host");
@@ -617,5 +646,300 @@ impl ApplyLoop {
 
     fn publish_status(&self) {
         self.sync.status.send_replace(Some(self.status.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The apply loop's timers and coalescing, with an in-memory view, the recording
+    //! NAT driver and a BGP speaker stand-in; timers under tokio's paused time.
+
+    use parking_lot::Mutex;
+    use tern::view::View;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant as TokioInstant;
+
+    use super::*;
+    use crate::calc::nat::NatState;
+    use crate::dataplane::{ApplyReport, RecordingDriver};
+    use crate::sync::{SharedView, SyncState};
+
+    /// The sync client's side of a running apply loop.
+    struct Harness {
+        view: SharedView,
+        state: watch::Sender<SyncState>,
+        status: watch::Receiver<Option<proto::NodeStatus>>,
+        applied: watch::Receiver<Applied>,
+        task: JoinHandle<()>,
+    }
+
+    impl Harness {
+        fn start(nat: Box<dyn NatDriver>, bgp: Option<Box<dyn BgpDataplane>>) -> Harness {
+            let view = SharedView::default();
+            let (state, state_rx) = watch::channel(SyncState::default());
+            let (status_tx, status) = watch::channel(None);
+            let sync = SyncHandle {
+                view: view.clone(),
+                state: state_rx,
+                status: status_tx,
+            };
+            let bgp = bgp.map(|dataplane| {
+                own_bgp(BgpSettings {
+                    render: Default::default(),
+                    dataplane,
+                })
+                .expect("owner")
+            });
+            let (apply, applied) = ApplyLoop::new(
+                "node-a".into(),
+                Exec::host(),
+                NatChoice::Driver(nat),
+                bgp,
+                sync,
+                Metrics::new(),
+                (Duration::from_secs(3600), Duration::from_secs(5)),
+            );
+            Harness {
+                view,
+                state,
+                status,
+                applied,
+                task: tokio::spawn(apply.run()),
+            }
+        }
+
+        /// The sync client takes a new view: this node and these pools (natOutgoing).
+        fn change(&self, cidrs: &[&str]) -> u64 {
+            let node = "apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: node-a}\n\
+                        spec: {bgp: {ipv4Address: 10.0.0.1/24}}\n---\n";
+            let pools: String = cidrs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    format!(
+                        "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {{name: p{i}}}\n\
+                         spec: {{cidr: '{c}', natOutgoing: true}}\n---\n"
+                    )
+                })
+                .collect();
+            let fresh = View::from_yaml(&format!("{node}{pools}")).expect("a view");
+            let revision = self.state.borrow().revision + 1;
+            self.view.update(|v| {
+                *v = fresh;
+                v.revision = revision;
+            });
+            self.state.send_modify(|s| {
+                s.synced = true;
+                s.revision = revision;
+                s.generation += 1;
+            });
+            self.state.borrow().generation
+        }
+
+        fn desired(&self) -> NatState {
+            calc::nat::desired(&self.view.snapshot(), "node-a")
+        }
+
+        /// Wait until the view of `generation` is applied (a minute at most: the
+        /// clock is paused in most tests, so a loop that never applies fails at once).
+        async fn applied(&mut self, generation: u64) -> Applied {
+            let wait = self.applied.wait_for(|a| a.generation >= generation);
+            tokio::time::timeout(Duration::from_secs(60), wait)
+                .await
+                .expect("applied within a minute")
+                .expect("the loop runs")
+                .clone()
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// `d` within a quarter of `base` (the backoff's jitter).
+    fn around(d: Duration, base: Duration) -> bool {
+        d >= base - base / 4 && d <= base + base / 4
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_apply_is_retried_with_backoff() {
+        let nat = RecordingDriver::new();
+        nat.fail_next(4);
+        let mut h = Harness::start(Box::new(nat.clone()), None);
+        let mut status = h.status.clone();
+        let generation = h.change(&["10.1.0.0/16"]);
+        // Every attempt publishes the status; note when each failure is reported.
+        let mut failures = Vec::new();
+        while failures.len() < 4 {
+            status.changed().await.expect("the loop runs");
+            let s = status.borrow_and_update().clone().expect("a status");
+            assert_eq!(s.last_error, "NAT: recording: simulated failure");
+            assert_eq!(s.dataplane.expect("dataplane").state, "error");
+            failures.push(TokioInstant::now());
+        }
+        let done = h.applied(generation).await;
+        assert!(done.last_error.is_empty());
+        let ok = TokioInstant::now();
+        // 200 ms doubling, each within a quarter; then the apply goes through.
+        let waits: Vec<Duration> = failures
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .chain([ok - failures[3]])
+            .collect();
+        for (wait, base) in waits.iter().zip([200, 400, 800, 1600]) {
+            assert!(around(*wait, ms(base)), "{wait:?} is not around {base} ms");
+        }
+        assert_eq!(nat.applied_states(), [h.desired()]);
+        let s = h.status.borrow().clone().expect("a status");
+        assert_eq!(s.dataplane.expect("dataplane").state, "programmed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_view_is_tried_at_once_though_the_last_one_waits() {
+        let nat = RecordingDriver::new();
+        nat.fail_next(1);
+        let mut h = Harness::start(Box::new(nat.clone()), None);
+        let mut status = h.status.clone();
+        h.change(&["10.1.0.0/16"]);
+        status.changed().await.expect("the first attempt");
+        let failed = TokioInstant::now();
+        // The backoff would wait about 200 ms; a change of the view does not wait.
+        tokio::time::sleep(ms(20)).await;
+        let generation = h.change(&["10.2.0.0/16"]);
+        h.applied(generation).await;
+        assert_eq!(TokioInstant::now() - failed, ms(20));
+        assert_eq!(nat.applied_states(), [h.desired()]);
+    }
+
+    /// A NAT driver whose applies wait for the test to let them finish.
+    #[derive(Debug)]
+    struct Gated {
+        entered: mpsc::UnboundedSender<NatState>,
+        gate: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl NatDriver for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+        fn apply(&mut self, desired: &NatState) -> Result<ApplyReport, DataplaneError> {
+            let _ = self.entered.send(desired.clone());
+            self.gate.recv().map_err(|_| DataplaneError::Simulated)?;
+            Ok(ApplyReport::default())
+        }
+        fn reconcile(&mut self, _: &NatState) -> Result<ApplyReport, DataplaneError> {
+            Ok(ApplyReport::default())
+        }
+        fn cleanup(&mut self) -> Result<(), DataplaneError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_during_an_apply_are_coalesced_into_one() {
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let (gate, gate_rx) = std::sync::mpsc::channel();
+        let mut h = Harness::start(
+            Box::new(Gated {
+                entered: entered_tx,
+                gate: gate_rx,
+            }),
+            None,
+        );
+        h.change(&["10.1.0.0/16"]);
+        let first = entered.recv().await.expect("the first apply");
+        // Three changes while the first apply runs.
+        h.change(&["10.2.0.0/16"]);
+        h.change(&["10.3.0.0/16"]);
+        let last = h.change(&["10.4.0.0/16"]);
+        gate.send(()).expect("the driver waits");
+        // One more apply, of the latest view.
+        let second = entered.recv().await.expect("the second apply");
+        assert_eq!(second, h.desired());
+        assert_ne!(first, second);
+        gate.send(()).expect("the driver waits");
+        let a = h.applied(last).await;
+        assert_eq!(a.generation, last);
+        assert_eq!(a.applies, 2);
+        assert!(entered.try_recv().is_err(), "no third apply");
+    }
+
+    /// A BGP speaker in memory: its session state is what the test sets.
+    #[derive(Debug, Clone, Default)]
+    struct Speaker {
+        status: Arc<Mutex<proto::BgpStatus>>,
+        polls: Arc<Mutex<Vec<TokioInstant>>>,
+    }
+
+    impl BgpDataplane for Speaker {
+        fn apply(&mut self, _: &str) -> Result<BgpApplied, BgpError> {
+            Ok(BgpApplied::Reloaded)
+        }
+        fn status(&mut self) -> proto::BgpStatus {
+            self.polls.lock().push(TokioInstant::now());
+            self.status.lock().clone()
+        }
+        fn cleanup(&mut self) -> Result<(), BgpError> {
+            Ok(())
+        }
+        fn blocks(&self) -> bool {
+            false
+        }
+    }
+
+    fn session(state: &str, uptime_seconds: u64) -> proto::BgpStatus {
+        proto::BgpStatus {
+            state: "running".into(),
+            sessions: vec![proto::BgpSession {
+                peer_address: "192.0.2.1".into(),
+                bgp_state: state.into(),
+                uptime_seconds,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_tick_reports_a_session_change_and_not_an_uptime() {
+        let speaker = Speaker::default();
+        *speaker.status.lock() = session("Connect", 0);
+        let mut h = Harness::start(
+            Box::new(RecordingDriver::new()),
+            Some(Box::new(speaker.clone())),
+        );
+        let generation = h.change(&["10.1.0.0/16"]);
+        h.applied(generation).await;
+        let mut status = h.status.clone();
+        status.borrow_and_update();
+        let t0 = TokioInstant::now();
+        // Only the uptime moves: polled every 5 s, never reported.
+        *speaker.status.lock() = session("Connect", 10);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(
+            !status.has_changed().expect("the loop runs"),
+            "an uptime was reported"
+        );
+        // The session comes up: reported at the next tick.
+        *speaker.status.lock() = session("Established", 0);
+        status.changed().await.expect("reported");
+        let at = TokioInstant::now() - t0;
+        assert_eq!(at, Duration::from_secs(15), "the third tick after t0");
+        let s = status.borrow().clone().expect("a status");
+        assert_eq!(s.bgp.expect("bgp").sessions[0].bgp_state, "Established");
+        let polls: Vec<Duration> = speaker
+            .polls
+            .lock()
+            .iter()
+            .filter(|t| **t > t0)
+            .map(|t| *t - t0)
+            .collect();
+        assert_eq!(polls, [5, 10, 15].map(Duration::from_secs));
     }
 }

@@ -53,8 +53,8 @@ impl SharedView {
         Arc::clone(&self.0.read())
     }
 
-    /// Change the view (the sync client only).
-    fn update<T>(&self, f: impl FnOnce(&mut View) -> T) -> T {
+    /// Change the view (the sync client, and tests standing in for it).
+    pub(crate) fn update<T>(&self, f: impl FnOnce(&mut View) -> T) -> T {
         let mut current = self.0.write();
         f(Arc::make_mut(&mut current))
     }
@@ -133,6 +133,9 @@ type Inbound = Pin<
     Box<dyn tokio_stream::Stream<Item = Result<proto::ControllerMessage, tonic::Status>> + Send>,
 >;
 
+/// A stream being opened.
+type Dialing<'a> = Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>>;
+
 /// Opens a sync stream to one controller: `outbound` carries the agent's messages (the
 /// Hello first), the answer the controller's.
 trait Dial: Send + Sync + 'static {
@@ -140,7 +143,7 @@ trait Dial: Send + Sync + 'static {
         &'a self,
         addr: &'a str,
         outbound: ReceiverStream<proto::AgentMessage>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>>;
+    ) -> Dialing<'a>;
 }
 
 /// The controller over mutual TLS and gRPC.
@@ -153,7 +156,7 @@ impl Dial for TlsDial {
         &'a self,
         addr: &'a str,
         outbound: ReceiverStream<proto::AgentMessage>,
-    ) -> Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>> {
+    ) -> Dialing<'a> {
         Box::pin(async move {
             let channel = self.tls.connect(addr).await?;
             let mut client =
@@ -558,7 +561,7 @@ mod tests {
             &'a self,
             addr: &'a str,
             outbound: ReceiverStream<proto::AgentMessage>,
-        ) -> Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>> {
+        ) -> Dialing<'a> {
             Box::pin(async move {
                 let (tx, rx) = mpsc::channel(16);
                 let _ = self.dials.send(Dialed {

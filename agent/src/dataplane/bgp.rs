@@ -48,4 +48,9 @@ pub trait BgpDataplane: Send + fmt::Debug + 'static {
     }
     /// Remove what it created (for `tern-agent cleanup`).
     fn cleanup(&mut self) -> Result<(), BgpError>;
+    /// True when calls block on external tools (BIRD's): the agent then gives the
+    /// speaker a thread of its own; false for stand-ins that only touch memory (a task).
+    fn blocks(&self) -> bool {
+        true
+    }
 }
