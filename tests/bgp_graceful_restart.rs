@@ -1,8 +1,8 @@
 //! Graceful restart, proven by counting packets: a steady UDP flow from an external
 //! host to a pod, through FRR as the top-of-rack router (a graceful restart helper, as
-//! FRR is by default), loses not one datagram while the node's agent restarts, while
-//! its BIRD restarts, and while the agent binary is upgraded (stopped, replaced by
-//! another file, started).
+//! FRR is by default; the test checks it is one for n1), loses not one datagram while
+//! the node's agent restarts, while its BIRD restarts, and while the agent binary is
+//! upgraded (stopped, replaced by another file, started).
 //!
 //! ```text
 //!   ext 198.51.100.2 ── tor (FRR, AS 65001) 192.168.60.1 ── lan ── n1 .11 (tern-agent
@@ -192,6 +192,19 @@ async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Resul
         r.iter().any(|(d, gw)| *d == bs && gw == N1)
     })
     .await?;
+    // FRR is the helper of BIRD's graceful restart: BIRD restarts and keeps forwarding
+    // (F bit) for IPv4 unicast, FRR only helps.
+    let nb: serde_json::Value =
+        serde_json::from_str(&frr.vtysh(&["show bgp neighbors 192.168.60.11 json"])?)?;
+    let gr = &nb[N1]["gracefulRestartInfo"];
+    ensure!(
+        gr["localGrMode"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Helper"))
+            && gr["remoteGrMode"] == "Restart"
+            && gr["ipv4Unicast"]["fBit"] == true,
+        "FRR's view of graceful restart with n1: {gr}"
+    );
     let pod_ip = block.hosts().next().context("a pod address")?;
     add_pod(&n1, &pod, "cali1", Some(pod_ip), None)?;
 
