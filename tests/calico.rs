@@ -71,10 +71,36 @@ fn says_lines(o: &Out, lines: &[&str]) {
     }
 }
 
-/// A BIRD configuration or a NAT ruleset rendered offline for `node`.
+/// A BIRD configuration or a NAT ruleset rendered offline for `node`; a BIRD
+/// configuration must pass `bird -p -c`.
 fn render(docs: &str, node: &str, what: tern_agent::render::What) -> String {
-    tern_agent::render::render_offline(docs, node, what, Default::default(), &Default::default())
-        .expect("renders")
+    let bird = matches!(what, tern_agent::render::What::Bird);
+    let text = tern_agent::render::render_offline(
+        docs,
+        node,
+        what,
+        Default::default(),
+        &Default::default(),
+    )
+    .expect("renders");
+    if bird {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("bird.conf");
+        std::fs::write(&path, &text).expect("write the configuration");
+        let out = std::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run `bird -p` (install bird2: tests/run does)");
+        assert!(
+            out.status.success(),
+            "BIRD rejects the rendered configuration: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text
 }
 
 /// `ternctl ipam check --show-problem-ips -o FILE`: its output, the report's path and
