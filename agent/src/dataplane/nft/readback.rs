@@ -44,12 +44,26 @@ struct TableJson {
     name: String,
 }
 
+/// The table an object belongs to.
 #[derive(Debug, Deserialize)]
-struct SetJson {
+struct InTable {
     #[serde(default)]
     family: String,
     #[serde(default)]
     table: String,
+}
+
+impl InTable {
+    /// In tern's table.
+    fn ours(&self) -> bool {
+        ours(&self.family, &self.table)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SetJson {
+    #[serde(flatten)]
+    at: InTable,
     #[serde(default)]
     name: String,
     /// A word (`ipv4_addr`), or a list for a concatenation (never one of ours).
@@ -65,10 +79,8 @@ struct SetJson {
 
 #[derive(Debug, Deserialize)]
 struct ChainJson {
-    #[serde(default)]
-    family: String,
-    #[serde(default)]
-    table: String,
+    #[serde(flatten)]
+    at: InTable,
     #[serde(default)]
     name: String,
     #[serde(rename = "type", default, deserialize_with = "lenient")]
@@ -83,10 +95,8 @@ struct ChainJson {
 
 #[derive(Debug, Deserialize)]
 struct RuleJson {
-    #[serde(default)]
-    family: String,
-    #[serde(default)]
-    table: String,
+    #[serde(flatten)]
+    at: InTable,
     #[serde(default)]
     chain: String,
     #[serde(default, deserialize_with = "lenient")]
@@ -254,7 +264,7 @@ impl Observed {
             if let Some(t) = item.table {
                 o.present |= ours(&t.family, &t.name);
             }
-            if let Some(s) = item.set.filter(|s| ours(&s.family, &s.table)) {
+            if let Some(s) = item.set.filter(|s| s.at.ours()) {
                 let elements = match s.elem {
                     Elements::List(list) => list
                         .iter()
@@ -272,7 +282,7 @@ impl Observed {
                     },
                 );
             }
-            if let Some(c) = item.chain.filter(|c| ours(&c.family, &c.table)) {
+            if let Some(c) = item.chain.filter(|c| c.at.ours()) {
                 o.rules.entry(c.name.clone()).or_default();
                 o.chains.insert(
                     c.name,
@@ -284,7 +294,7 @@ impl Observed {
                     },
                 );
             }
-            if let Some(r) = item.rule.filter(|r| ours(&r.family, &r.table)) {
+            if let Some(r) = item.rule.filter(|r| r.at.ours()) {
                 o.rules.entry(r.chain).or_default().push(r.comment);
             }
         }
