@@ -133,17 +133,16 @@ type Inbound = Pin<
     Box<dyn tokio_stream::Stream<Item = Result<proto::ControllerMessage, tonic::Status>> + Send>,
 >;
 
+/// The agent's messages to the controller (the Hello first).
+type Outbound = ReceiverStream<proto::AgentMessage>;
+
 /// A stream being opened.
 type Dialing<'a> = Pin<Box<dyn Future<Output = Result<Inbound, StreamError>> + Send + 'a>>;
 
 /// Opens a sync stream to one controller: `outbound` carries the agent's messages (the
 /// Hello first), the answer the controller's.
 trait Dial: Send + Sync + 'static {
-    fn dial<'a>(
-        &'a self,
-        addr: &'a str,
-        outbound: ReceiverStream<proto::AgentMessage>,
-    ) -> Dialing<'a>;
+    fn dial<'a>(&'a self, addr: &'a str, outbound: Outbound) -> Dialing<'a>;
 }
 
 /// The controller over mutual TLS and gRPC.
@@ -152,11 +151,7 @@ struct TlsDial {
 }
 
 impl Dial for TlsDial {
-    fn dial<'a>(
-        &'a self,
-        addr: &'a str,
-        outbound: ReceiverStream<proto::AgentMessage>,
-    ) -> Dialing<'a> {
+    fn dial<'a>(&'a self, addr: &'a str, outbound: Outbound) -> Dialing<'a> {
         Box::pin(async move {
             let channel = self.tls.connect(addr).await?;
             let mut client =
@@ -557,11 +552,7 @@ mod tests {
     }
 
     impl Dial for FakeDial {
-        fn dial<'a>(
-            &'a self,
-            addr: &'a str,
-            outbound: ReceiverStream<proto::AgentMessage>,
-        ) -> Dialing<'a> {
+        fn dial<'a>(&'a self, addr: &'a str, outbound: Outbound) -> Dialing<'a> {
             Box::pin(async move {
                 let (tx, rx) = mpsc::channel(16);
                 let _ = self.dials.send(Dialed {
