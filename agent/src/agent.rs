@@ -875,6 +875,8 @@ mod tests {
     struct Speaker {
         status: Arc<Mutex<proto::BgpStatus>>,
         polls: Arc<Mutex<Vec<TokioInstant>>>,
+        /// What `session_marks` answers (None: the speaker has none).
+        marks: Arc<Mutex<Option<String>>>,
     }
 
     impl BgpDataplane for Speaker {
@@ -884,6 +886,9 @@ mod tests {
         fn status(&mut self) -> proto::BgpStatus {
             self.polls.lock().push(TokioInstant::now());
             self.status.lock().clone()
+        }
+        fn session_marks(&mut self) -> Option<String> {
+            self.marks.lock().clone()
         }
         fn cleanup(&mut self) -> Result<(), BgpError> {
             Ok(())
@@ -941,5 +946,31 @@ mod tests {
             .map(|t| *t - t0)
             .collect();
         assert_eq!(polls, [5, 10, 15].map(Duration::from_secs));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_change_is_reported_within_a_session_watch_tick() {
+        let speaker = Speaker::default();
+        *speaker.status.lock() = session("Connect", 0);
+        *speaker.marks.lock() = Some("connect".into());
+        let mut h = Harness::start(
+            Box::new(RecordingDriver::new()),
+            Some(Box::new(speaker.clone())),
+        );
+        let generation = h.change(&["10.1.0.0/16"]);
+        h.applied(generation).await;
+        let mut status = h.status.clone();
+        // Let the watch take in the first mark, then start on a status tick's heels.
+        tokio::time::sleep(Duration::from_millis(5_100)).await;
+        status.borrow_and_update();
+        let t0 = TokioInstant::now();
+        *speaker.status.lock() = session("Established", 0);
+        *speaker.marks.lock() = Some("established".into());
+        status.changed().await.expect("reported");
+        // The next session watch tick (every 250 ms), long before the status tick.
+        let waited = TokioInstant::now() - t0;
+        assert!(waited <= ms(250), "{waited:?}");
+        let s = status.borrow().clone().expect("a status");
+        assert_eq!(s.bgp.expect("bgp").sessions[0].bgp_state, "Established");
     }
 }
