@@ -911,16 +911,23 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_status_tick_reports_a_session_change_and_not_an_uptime() {
+    /// A loop with a speaker whose one session connects, its first view applied.
+    async fn speaking(marks: Option<&str>) -> (Speaker, Harness) {
         let speaker = Speaker::default();
         *speaker.status.lock() = session("Connect", 0);
+        *speaker.marks.lock() = marks.map(str::to_string);
         let mut h = Harness::start(
             Box::new(RecordingDriver::new()),
             Some(Box::new(speaker.clone())),
         );
         let generation = h.change(&["10.1.0.0/16"]);
         h.applied(generation).await;
+        (speaker, h)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_tick_reports_a_session_change_and_not_an_uptime() {
+        let (speaker, h) = speaking(None).await;
         let mut status = h.status.clone();
         status.borrow_and_update();
         let t0 = TokioInstant::now();
@@ -950,15 +957,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_session_change_is_reported_within_a_session_watch_tick() {
-        let speaker = Speaker::default();
-        *speaker.status.lock() = session("Connect", 0);
-        *speaker.marks.lock() = Some("connect".into());
-        let mut h = Harness::start(
-            Box::new(RecordingDriver::new()),
-            Some(Box::new(speaker.clone())),
-        );
-        let generation = h.change(&["10.1.0.0/16"]);
-        h.applied(generation).await;
+        let (speaker, h) = speaking(Some("connect")).await;
         let mut status = h.status.clone();
         // Let the watch take in the first mark, then start on a status tick's heels.
         tokio::time::sleep(Duration::from_millis(5_100)).await;
