@@ -60,15 +60,23 @@ impl InTable {
     }
 }
 
+/// What a set and a chain both carry: where, their name and their type (a set's type is
+/// a word such as `ipv4_addr`, or a list for a concatenation, never one of ours; a
+/// chain's is `nat`, `filter`, ...).
 #[derive(Debug, Deserialize)]
-struct SetJson {
+struct Named {
     #[serde(flatten)]
     at: InTable,
     #[serde(default)]
     name: String,
-    /// A word (`ipv4_addr`), or a list for a concatenation (never one of ours).
     #[serde(rename = "type", default, deserialize_with = "lenient")]
     type_: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SetJson {
+    #[serde(flatten)]
+    id: Named,
     /// nft prints a list; a single word is read too.
     #[serde(default, deserialize_with = "lenient")]
     flags: Option<OneOrMany>,
@@ -80,11 +88,7 @@ struct SetJson {
 #[derive(Debug, Deserialize)]
 struct ChainJson {
     #[serde(flatten)]
-    at: InTable,
-    #[serde(default)]
-    name: String,
-    #[serde(rename = "type", default, deserialize_with = "lenient")]
-    type_: Option<String>,
+    id: Named,
     #[serde(default, deserialize_with = "lenient")]
     hook: Option<String>,
     #[serde(default, deserialize_with = "lenient")]
@@ -264,7 +268,7 @@ impl Observed {
             if let Some(t) = item.table {
                 o.present |= ours(&t.family, &t.name);
             }
-            if let Some(s) = item.set.filter(|s| s.at.ours()) {
+            if let Some(s) = item.set.filter(|s| s.id.at.ours()) {
                 let elements = match s.elem {
                     Elements::List(list) => list
                         .iter()
@@ -274,20 +278,20 @@ impl Observed {
                     Elements::Other(_) => None,
                 };
                 o.sets.insert(
-                    s.name,
+                    s.id.name,
                     ObservedSet {
-                        type_: s.type_.unwrap_or_default(),
+                        type_: s.id.type_.unwrap_or_default(),
                         flags: s.flags.map(OneOrMany::into_vec).unwrap_or_default(),
                         elements,
                     },
                 );
             }
-            if let Some(c) = item.chain.filter(|c| c.at.ours()) {
-                o.rules.entry(c.name.clone()).or_default();
+            if let Some(c) = item.chain.filter(|c| c.id.at.ours()) {
+                o.rules.entry(c.id.name.clone()).or_default();
                 o.chains.insert(
-                    c.name,
+                    c.id.name,
                     ObservedChain {
-                        type_: c.type_,
+                        type_: c.id.type_,
                         hook: c.hook,
                         prio: c.prio,
                         policy: c.policy,
