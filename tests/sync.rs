@@ -356,7 +356,7 @@ async fn a_stalled_agent_does_not_delay_others_and_is_cut_off() {
         .expect("filter");
     }
     create(&c, pool("a", "10.244.0.0/16")).await;
-    let (_tx, _stalled) = stalled_stream(&c, "stuck").await;
+    let (_tx, mut stalled) = stalled_stream(&c, "stuck").await;
     let (agent, driver) = recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
     for on in [true, false, true] {
         let started = std::time::Instant::now();
@@ -372,6 +372,24 @@ async fn a_stalled_agent_does_not_delay_others_and_is_cut_off() {
     assert!(
         eventually(10, async || m.sync_disconnects_slow.get() >= 1).await,
         "the stalled agent was disconnected"
+    );
+    // Its channel was full when it was cut off; the place kept for the closing status
+    // still tells it why, after the messages that were waiting.
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stalled.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(s) => return Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the stalled stream ends");
+    assert_eq!(
+        end.as_ref().map(|s| s.code()),
+        Some(Code::DeadlineExceeded),
+        "{end:?}"
     );
 }
 

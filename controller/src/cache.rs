@@ -19,6 +19,7 @@
 //! revision, so every stream can still move its cursor forward.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ impl std::fmt::Debug for Entry {
 
 /// (kind, name).
 pub type Key = (Kind, Arc<str>);
+
+/// A page of objects, and whether it is the last.
+pub type Page = (Vec<(Key, Arc<Entry>)>, bool);
 
 /// One change. `prev` is the value before, `new` the value after (None = absent).
 #[derive(Debug)]
@@ -120,6 +124,76 @@ impl State {
         self.objects
             .range(from..)
             .take_while(move |(k, _)| k.0 == kind)
+    }
+
+    /// Visit the objects as they were at revision `at`, in key order after `cursor`
+    /// (restricted to `kind`): live objects untouched since `at`, and for keys changed
+    /// since, their value before the first change (from the history). `visit` returns
+    /// false to stop. Returns whether every object was visited, or None when the history
+    /// no longer reaches back to `at`. Readers page through a large state this way, a
+    /// lock hold at a time, without ever copying it whole.
+    pub fn visit_at(
+        &self,
+        at: i64,
+        kind: Option<Kind>,
+        cursor: Option<&Key>,
+        mut visit: impl FnMut(&Key, &Arc<Entry>) -> bool,
+    ) -> Option<bool> {
+        let in_range = |k: &Key| kind.is_none_or(|kd| k.0 == kd) && cursor.is_none_or(|c| k > c);
+        let mut changed: BTreeMap<&Key, Option<&Arc<Entry>>> = BTreeMap::new();
+        for ev in self.events_after(at)? {
+            if in_range(&ev.key) {
+                changed.entry(&ev.key).or_insert(ev.prev.as_ref());
+            }
+        }
+        let lower = match (cursor, kind) {
+            (Some(c), _) => Bound::Excluded(c.clone()),
+            (None, Some(k)) => Bound::Included((k, Arc::from(""))),
+            (None, None) => Bound::Unbounded,
+        };
+        let live = self
+            .objects
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| kind.is_none_or(|kd| k.0 == kd))
+            .filter(|(k, _)| !changed.contains_key(k));
+        let before = changed.iter().filter_map(|(k, v)| v.map(|e| (*k, e)));
+        // Merge the two key-ordered sequences.
+        let mut live = live.peekable();
+        let mut before = before.peekable();
+        loop {
+            let take_live = match (live.peek(), before.peek()) {
+                (Some((a, _)), Some((b, _))) => *a < *b,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return Some(true),
+            };
+            let (k, e) = if take_live {
+                live.next()
+            } else {
+                before.next()
+            }
+            .expect("peeked");
+            if !visit(k, e) {
+                return Some(live.peek().is_none() && before.peek().is_none());
+            }
+        }
+    }
+
+    /// Up to `n` objects as they were at revision `at` (see [`State::visit_at`]), and
+    /// whether they are the last.
+    pub fn page_at(
+        &self,
+        at: i64,
+        kind: Option<Kind>,
+        cursor: Option<&Key>,
+        n: usize,
+    ) -> Option<Page> {
+        let mut out = Vec::new();
+        let done = self.visit_at(at, kind, cursor, |k, e| {
+            out.push((k.clone(), e.clone()));
+            out.len() < n
+        })?;
+        Some((out, done))
     }
 
     fn push(&mut self, ev: Event, bounds: Bounds) {

@@ -238,7 +238,7 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    let sync = proto::sync_service_server::SyncServiceServer::new(SyncApi::new(
+    let sync = SyncApi::new(
         cache.clone(),
         store.clone(),
         status.clone(),
@@ -246,10 +246,10 @@ pub async fn start(config: ControllerConfig) -> Result<Controller, StartError> {
         config.controller_id.clone(),
         metrics.clone(),
         cancel.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    );
+    let sync = crate::sync::service::SyncServer::new(sync, MAX_MESSAGE_BYTES);
     health_reporter
-        .set_serving::<proto::sync_service_server::SyncServiceServer<SyncApi>>()
+        .set_serving::<crate::sync::service::SyncServer>()
         .await;
     // ---- IPAM (controller/src/api/ipam.rs): IpamService. ----
     let ipam = proto::ipam_service_server::IpamServiceServer::new(crate::api::ipam::IpamApi::new(

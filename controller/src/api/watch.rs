@@ -16,8 +16,7 @@
 //! out of the history is cut off with OUT_OF_RANGE and watches again. Each identity may
 //! hold at most `max_per_identity` open streams (RESOURCE_EXHAUSTED naming the cap).
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use tonic::Status;
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::authz::{self, Identity};
-use crate::cache::{Cache, Entry, Event, Key, State};
+use crate::cache::{Cache, Event, Key, State};
 use crate::metrics::Metrics;
 
 /// Knobs of the Watch RPC.
@@ -221,66 +220,6 @@ struct Producer {
     shutdown: CancellationToken,
 }
 
-/// The first key of a kind (names sort after the empty one).
-fn first_key(kind: Kind) -> Key {
-    (kind, Arc::from(""))
-}
-
-/// A page of objects, and whether it is the last.
-pub type Page = (Vec<(Key, Arc<Entry>)>, bool);
-
-/// Up to `n` objects as they were at revision `at`, in key order after `cursor`
-/// (restricted to `kind`): live objects untouched since `at`, and for keys changed
-/// since, their value before the first change (from the history). None when the
-/// history no longer reaches back to `at`.
-pub fn snapshot_page(
-    st: &State,
-    at: i64,
-    kind: Option<Kind>,
-    cursor: Option<&Key>,
-    n: usize,
-) -> Option<Page> {
-    let in_range = |k: &Key| kind.is_none_or(|kd| k.0 == kd) && cursor.is_none_or(|c| k > c);
-    let mut changed: BTreeMap<&Key, Option<&Arc<Entry>>> = BTreeMap::new();
-    for ev in st.events_after(at)? {
-        if in_range(&ev.key) {
-            changed.entry(&ev.key).or_insert(ev.prev.as_ref());
-        }
-    }
-    let lower = match (cursor, kind) {
-        (Some(c), _) => Bound::Excluded(c.clone()),
-        (None, Some(k)) => Bound::Included(first_key(k)),
-        (None, None) => Bound::Unbounded,
-    };
-    let live = st
-        .objects
-        .range((lower, Bound::Unbounded))
-        .take_while(|(k, _)| kind.is_none_or(|kd| k.0 == kd))
-        .filter(|(k, _)| !changed.contains_key(k));
-    let before = changed.iter().filter_map(|(k, v)| v.map(|e| (*k, e)));
-    // Merge the two key-ordered sequences.
-    let mut live = live.peekable();
-    let mut before = before.peekable();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let take_live = match (live.peek(), before.peek()) {
-            (Some((a, _)), Some((b, _))) => *a < *b,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return Some((out, true)),
-        };
-        let (k, e) = if take_live {
-            live.next()
-        } else {
-            before.next()
-        }
-        .expect("peeked");
-        out.push((k.clone(), e.clone()));
-    }
-    let done = live.peek().is_none() && before.peek().is_none();
-    Some((out, done))
-}
-
 /// Up to about `n` events after `after`, whole revisions only (the last revision is
 /// taken complete). None when the history no longer reaches back.
 fn events_page(st: &State, after: i64, n: usize) -> Option<Vec<Arc<Event>>> {
@@ -343,7 +282,7 @@ impl Producer {
                 loop {
                     let (items, done) = self
                         .cache
-                        .read(|st| snapshot_page(st, at, self.kind, cursor.as_ref(), page))
+                        .read(|st| st.page_at(at, self.kind, cursor.as_ref(), page))
                         .ok_or(End::FellBehind)?;
                     cursor = items.last().map(|(k, _)| k.clone()).or(cursor);
                     for (k, e) in items {
@@ -396,6 +335,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::cache::Entry;
     use crate::cache::tests::{entry, key};
 
     fn names(items: &[(Key, Arc<Entry>)]) -> Vec<(String, i64)> {
@@ -423,15 +363,16 @@ mod tests {
             0,
         );
         c.read(|st| {
-            let (p1, done) = snapshot_page(st, 5, Some(Kind::Secret), None, 2).expect("kept");
+            let (p1, done) = st.page_at(5, Some(Kind::Secret), None, 2).expect("kept");
             assert_eq!(names(&p1), [("a".into(), 5), ("b".into(), 5)]);
             assert!(!done);
-            let (p2, done) =
-                snapshot_page(st, 5, Some(Kind::Secret), p1.last().map(|x| &x.0), 2).expect("kept");
+            let (p2, done) = st
+                .page_at(5, Some(Kind::Secret), p1.last().map(|x| &x.0), 2)
+                .expect("kept");
             assert_eq!(names(&p2), [("c".into(), 5), ("d".into(), 5)]);
             assert!(done, "e did not exist at 5");
             // Another kind: nothing.
-            let (none, done) = snapshot_page(st, 5, Some(Kind::IPPool), None, 10).expect("kept");
+            let (none, done) = st.page_at(5, Some(Kind::IPPool), None, 10).expect("kept");
             assert!(none.is_empty() && done);
             // Events after 5, whole revisions.
             let evs = events_page(st, 5, 1).expect("kept");
@@ -448,9 +389,9 @@ mod tests {
             c.apply(vec![(11 + i, key("a"), Some(entry("a", 11 + i)))], 0);
         }
         c.read(|st| {
-            assert!(snapshot_page(st, 10, None, None, 5).is_none());
+            assert!(st.page_at(10, None, None, 5).is_none());
             assert!(events_page(st, 10, 5).is_none());
-            assert!(snapshot_page(st, 20, None, None, 5).is_some());
+            assert!(st.page_at(20, None, None, 5).is_some());
         });
     }
 

@@ -164,6 +164,20 @@ impl Inputs {
         }
     }
 
+    /// True when every node's view holds this object the same way (in or out, and
+    /// unchanged): a change of it is the same for every agent, so it can be encoded
+    /// once and its bytes shared.
+    pub fn same_for_every_node(kind: Kind, name: &str) -> bool {
+        // The "default" configurations are in every view too, but decide inputs (the
+        // mesh, NAT exclusions that need every Node); Nodes, peers, blocks and Secrets
+        // depend on the node.
+        let _ = name;
+        matches!(
+            kind,
+            Kind::IPPool | Kind::BGPFilter | Kind::BFDProfile | Kind::IPReservation
+        )
+    }
+
     /// The keys of a Secret this node may receive.
     pub fn secret_keys(&self, name: &str) -> Option<&BTreeSet<String>> {
         self.secrets.get(name)
@@ -306,6 +320,40 @@ spec: {node: b, cidr: 10.244.0.0/26}
             .filter(|r| inp.contains(r))
             .map(|r| (r.kind(), r.name().to_string()))
             .collect()
+    }
+
+    #[test]
+    fn what_is_the_same_for_every_node_is() {
+        let v = View::from_yaml(DOCS).expect("valid");
+        let mut all: Vec<Resource> = tern::manifest::parse_documents(DOCS).expect("valid docs");
+        all.extend(
+            tern::manifest::parse_documents(
+                "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+                 apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: default}\nspec: {}\n---\n\
+                 apiVersion: tern.dev/v1\nkind: AgentConfiguration\nmetadata: {name: node.a}\nspec: {}\n",
+            )
+            .expect("valid docs"),
+        );
+        let views: Vec<Inputs> = ["a", "b", "c", "zz"]
+            .iter()
+            .flat_map(|n| {
+                [(true, false), (false, false), (false, true)].map(|(on, host_ips)| {
+                    inputs(n, v.nodes.get(*n), &mesh(on), v.peers.values()).with_host_ips(host_ips)
+                })
+            })
+            .collect();
+        for r in &all {
+            if Inputs::same_for_every_node(r.kind(), r.name()) {
+                let first = views[0].contains(r);
+                assert!(
+                    views.iter().all(|i| i.contains(r) == first),
+                    "{:?} {}",
+                    r.kind(),
+                    r.name()
+                );
+                assert!(!Inputs::depends_on("a", r.kind(), r.name()));
+            }
+        }
     }
 
     #[test]

@@ -1,38 +1,36 @@
 //! `SyncService`: one bidirectional stream per agent.
 //!
 //! ```text
-//!             Hello ──► check name, identity; register the Node; wait for the cache
-//!                          │
-//!   ┌──────────── producer task (one per agent) ───────────────┐
-//!   │ snapshot (chunks) + InSync, or InSync + changes since R  │
-//!   │ loop: cache head moved ─► changes_since(cursor) ─► Delta │──► bounded channel ──► gRPC
-//!   │       ping tick ─► Ping (+ empty Delta as a bookmark)     │        (4 messages)
-//!   └───────────────────────────────────────────────────────────┘
+//!   Hello ──► check name, identity, Hello rate; register the Node; wait for the cache
+//!         ──► record the connection ──► AgentStream (stream.rs), pulled by HTTP/2:
+//!               snapshot (chunks) + InSync, or Delta since R + InSync,
+//!               then a Delta at each move of the cache head, Ping (+ bookmark) when idle
 //!   inbound task: StatusReport ─► StatusHub;  Pong ─► last_pong
+//!   watchdog (one per replica): closes streams too slow to take their messages, and
+//!   every stream at shutdown
 //! ```
 //!
-//! The producer holds no per-key state: its cursor and the filter inputs are all it
-//! remembers, so a slow agent costs a few hundred bytes plus its socket buffers.
-//! Changes that pile up while a send waits are merged into the next Delta. An agent
-//! whose cursor falls out of the history, or whose stream does not drain within
+//! A stream holds no per-key state: its cursor and the filter inputs are all it
+//! remembers, so a slow agent costs a few hundred bytes plus its connection's buffers.
+//! Changes that pile up while an agent does not read merge into the next Delta. An
+//! agent whose cursor falls out of the history, or that takes nothing for
 //! `send_timeout`, or that stops answering pings, is disconnected; it reconnects and
-//! resyncs.
+//! resyncs. The service itself is written out in `service.rs` (shared encoded bytes,
+//! small codec buffers).
 
 pub mod diff;
 pub mod filter;
 pub mod registration;
+pub mod service;
+pub mod stream;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::Stream;
 use tern::model::{IfAddr, Kind, NodeBGPSpec, NodeSpec, Object, Resource, check_name};
-use tern::proto::{self, agent_message, controller_message, sync_service_server::SyncService};
+use tern::proto::{self, agent_message};
 use tern::validate::validate;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, info_span, warn};
@@ -50,17 +48,8 @@ use registration::RegistrationGuard;
 /// The sync service of one replica.
 #[derive(Debug, Clone)]
 pub struct SyncApi {
-    cache: Arc<Cache>,
+    replica: stream::Replica,
     store: Store,
-    status: Arc<StatusHub>,
-    tuning: SyncTuning,
-    controller_id: String,
-    metrics: Arc<Metrics>,
-    /// Cancelled when the replica shuts down: every stream ends (agents reconnect).
-    shutdown: CancellationToken,
-    /// The live stream of each node on this replica: a new stream of a node ends the
-    /// previous one (one stream per node).
-    streams: Arc<parking_lot::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>>,
     /// Hello and registration limits, and the address checks.
     registrations: Arc<RegistrationGuard>,
 }
@@ -68,6 +57,9 @@ pub struct SyncApi {
 static STREAM_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl SyncApi {
+    /// The service. Its watchdog task runs until `shutdown` is cancelled, and then ends
+    /// every stream (agents reconnect); it is not aborted with the replica's other
+    /// tasks, so that streams always learn of the shutdown.
     pub fn new(
         cache: Arc<Cache>,
         store: Store,
@@ -81,28 +73,22 @@ impl SyncApi {
             tuning.registration.clone(),
             cache.clone(),
         ));
-        SyncApi {
-            registrations,
+        let replica = stream::Replica {
             cache,
-            store,
-            status,
-            tuning,
-            controller_id,
+            tuning: Arc::new(tuning),
+            controller_id: Arc::from(controller_id),
             metrics,
-            shutdown,
+            steps: Arc::default(),
             streams: Arc::default(),
+            status,
+        };
+        stream::spawn_watchdog(replica.clone(), shutdown);
+        SyncApi {
+            replica,
+            store,
+            registrations,
         }
     }
-}
-
-type Out = Result<proto::ControllerMessage, Status>;
-
-/// Upper bound on the encoded size of one snapshot chunk.
-const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
-type SyncStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
-
-fn msg(m: controller_message::Msg) -> Out {
-    Ok(proto::ControllerMessage { msg: Some(m) })
 }
 
 /// Most labels an agent may register, and their total size.
@@ -326,214 +312,12 @@ async fn register(
     Ok(out.metadata().resource_version.parse().unwrap_or(0))
 }
 
-/// Everything the producer task needs.
-struct Producer {
-    cache: Arc<Cache>,
-    node: String,
-    tuning: SyncTuning,
-    controller_id: String,
-    tx: mpsc::Sender<Out>,
-    last_pong: Arc<AtomicU64>,
-    started: Instant,
-    metrics: Arc<Metrics>,
-    /// Cancelled by a replica shutdown or by a newer stream of the node.
-    shutdown: CancellationToken,
-    replica_shutdown: CancellationToken,
-}
-
-/// Why a stream ends.
-#[derive(Debug)]
-enum End {
-    ClientGone,
-    Shutdown,
-    Replaced,
-    TooSlow,
-    FellBehind,
-    NoPong,
-}
-
-impl Producer {
-    async fn send(&self, m: Out) -> Result<(), End> {
-        tokio::select! {
-            r = tokio::time::timeout(self.tuning.send_timeout, self.tx.send(m)) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::ClientGone),
-                Err(_) => Err(End::TooSlow),
-            },
-            () = self.shutdown.cancelled() => Err(if self.replaced() { End::Replaced } else { End::Shutdown }),
-        }
-    }
-
-    /// True when this stream was ended by a newer stream of the same node.
-    fn replaced(&self) -> bool {
-        self.shutdown.is_cancelled() && !self.replica_shutdown.is_cancelled()
-    }
-
-    async fn run(self, last_revision: i64) -> End {
-        match self.stream(last_revision).await {
-            Ok(()) => End::ClientGone,
-            Err(e) => e,
-        }
-    }
-
-    async fn stream(&self, last_revision: i64) -> Result<(), End> {
-        let mut head = self.cache.subscribe();
-        if last_revision > 0 {
-            // A replica that just started may still be reading its history back, or be
-            // behind the replica the agent came from: catch up with etcd first.
-            self.cache.wait_history(Duration::from_secs(5)).await;
-            if last_revision > self.cache.revision() {
-                self.cache.barrier(Duration::from_secs(3)).await;
-            }
-        }
-        // Resume within history, else a snapshot.
-        let resumed = (last_revision > 0)
-            .then(|| {
-                self.cache.read(|st| {
-                    diff::changes_since(st, &self.node, last_revision, None)
-                        .map(|(items, inputs)| (items, inputs, st.revision))
-                })
-            })
-            .flatten();
-        let (mut cursor, mut inputs) = match resumed {
-            Some((items, inputs, rev)) => {
-                info!(
-                    from = last_revision,
-                    to = rev,
-                    changes = items.len(),
-                    "resuming from history"
-                );
-                self.metrics.sync_resumes.inc();
-                self.send(msg(controller_message::Msg::Delta(proto::Delta {
-                    revision: rev,
-                    items,
-                })))
-                .await?;
-                self.send(msg(controller_message::Msg::InSync(proto::InSync {
-                    revision: rev,
-                    controller: self.controller_id.clone(),
-                })))
-                .await?;
-                (rev, inputs)
-            }
-            None => {
-                let (items, inputs, rev) = self.cache.read(|st| {
-                    let (items, inputs) = diff::snapshot(st, &self.node);
-                    (items, inputs, st.revision)
-                });
-                info!(revision = rev, items = items.len(), "sending snapshot");
-                self.metrics.sync_snapshots.inc();
-                let chunk = self.tuning.snapshot_chunk_items.max(1);
-                let mut first = true;
-                let mut it = items.into_iter().peekable();
-                while first || it.peek().is_some() {
-                    // Chunks are bounded in items and in bytes.
-                    let mut part: Vec<proto::Item> = Vec::new();
-                    let mut bytes = 0;
-                    while part.len() < chunk && bytes < SNAPSHOT_CHUNK_BYTES {
-                        let Some(item) = it.next() else { break };
-                        bytes += item.value.len() + item.name.len() + 16;
-                        part.push(item);
-                    }
-                    self.send(msg(controller_message::Msg::Snapshot(
-                        proto::SnapshotChunk {
-                            revision: rev,
-                            first,
-                            items: part,
-                        },
-                    )))
-                    .await?;
-                    first = false;
-                }
-                self.send(msg(controller_message::Msg::InSync(proto::InSync {
-                    revision: rev,
-                    controller: self.controller_id.clone(),
-                })))
-                .await?;
-                (rev, inputs)
-            }
-        };
-        let mut sent_rev = cursor;
-        let mut ping = tokio::time::interval(self.tuning.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let mut nonce = 0u64;
-        // When the oldest unanswered ping was sent (ms since the stream started).
-        let mut unanswered: Option<u64> = None;
-        loop {
-            tokio::select! {
-                changed = head.changed() => {
-                    if changed.is_err() {
-                        return Err(End::ClientGone);
-                    }
-                    let next = self.cache.read(|st| {
-                        let oldest = st.events_after(cursor).and_then(|mut e| e.next().map(|e| e.at));
-                        diff::changes_since(st, &self.node, cursor, Some(&inputs))
-                            .map(|(items, inputs)| (items, inputs, st.revision, oldest))
-                    });
-                    let Some((items, new_inputs, rev, oldest)) = next else {
-                        return Err(End::FellBehind);
-                    };
-                    if let (Some(at), false) = (oldest, items.is_empty()) {
-                        self.metrics.sync_delta_lag_seconds.observe(at.elapsed().as_secs_f64());
-                    }
-                    inputs = new_inputs;
-                    cursor = rev;
-                    if !items.is_empty() {
-                        self.metrics.sync_items_sent.inc_by(items.len() as u64);
-                        self.send(msg(controller_message::Msg::Delta(proto::Delta {
-                            revision: rev,
-                            items,
-                        }))).await?;
-                        sent_rev = rev;
-                    }
-                }
-                _ = ping.tick() => {
-                    // The agent is dead when a ping stays unanswered for pong_timeout;
-                    // the clock starts with the first ping, not with the stream (a long
-                    // snapshot to a slow agent is not silence).
-                    let now = self.started.elapsed().as_millis() as u64;
-                    let pong = self.last_pong.load(Ordering::Relaxed);
-                    if unanswered.is_some_and(|t| pong >= t) {
-                        unanswered = None;
-                    }
-                    if let Some(t) = unanswered
-                        && Duration::from_millis(now.saturating_sub(t)) > self.tuning.pong_timeout
-                    {
-                        return Err(End::NoPong);
-                    }
-                    if unanswered.is_none() {
-                        unanswered = Some(now);
-                    }
-                    // A bookmark: the view is consistent at the cursor even if nothing
-                    // in it changed, so a reconnect can resume from here.
-                    if cursor > sent_rev {
-                        self.send(msg(controller_message::Msg::Delta(proto::Delta {
-                            revision: cursor,
-                            items: vec![],
-                        }))).await?;
-                        sent_rev = cursor;
-                    }
-                    nonce += 1;
-                    self.send(msg(controller_message::Msg::Ping(proto::Ping { nonce }))).await?;
-                }
-                () = self.tx.closed() => return Err(End::ClientGone),
-                () = self.shutdown.cancelled() => {
-                    return Err(if self.replaced() { End::Replaced } else { End::Shutdown });
-                }
-            }
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl SyncService for SyncApi {
-    type SyncStream = SyncStream;
-
-    async fn sync(
+impl SyncApi {
+    pub async fn sync(
         &self,
         req: Request<Streaming<proto::AgentMessage>>,
-    ) -> Result<Response<Self::SyncStream>, Status> {
+    ) -> Result<Response<stream::AgentStream>, Status> {
+        let r = &self.replica;
         let id = caller(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
@@ -547,7 +331,7 @@ impl SyncService for SyncApi {
         check_name(&node).map_err(|e| invalid_field("hello.nodeName", e))?;
         authz::check_node(&id, &node)?;
         self.registrations.hello(&node)?;
-        if !self.cache.is_ready() && !self.cache.wait_for(1, Duration::from_secs(5)).await {
+        if !r.cache.is_ready() && !r.cache.wait_for(1, Duration::from_secs(5)).await {
             return Err(Status::unavailable(
                 "this controller has not loaded the intent from etcd yet; retry",
             ));
@@ -557,126 +341,57 @@ impl SyncService for SyncApi {
             &self.store,
             &node,
             hello.registration.as_ref(),
-            &self.tuning.agent_label_keys,
+            &r.tuning.agent_label_keys,
             &self.registrations,
         )
         .instrument(span.clone())
         .await?;
-        if !self
-            .cache
-            .wait_for(registered, Duration::from_secs(5))
-            .await
-        {
+        if !r.cache.wait_for(registered, Duration::from_secs(5)).await {
             return Err(Status::unavailable(
                 "the controller cache is behind etcd; retry",
             ));
         }
+        if hello.last_revision > 0 {
+            // A replica that just started may still be reading its history back, or be
+            // behind the replica the agent came from: catch up with etcd first.
+            r.cache.wait_history(Duration::from_secs(5)).await;
+            if hello.last_revision > r.cache.revision() {
+                r.cache.barrier(Duration::from_secs(3)).await;
+            }
+        }
         let stream_id = STREAM_IDS.fetch_add(1, Ordering::Relaxed);
-        let stream_cancel = self.shutdown.child_token();
-        if let Some((_, older)) = self
+        if let Err(e) = r
+            .status
+            .connected(&node, &hello.agent_version, stream_id)
+            .await
+        {
+            span.in_scope(|| warn!(error = %e, "could not record the connection"));
+        }
+        // From here to the end nothing awaits: once the stream is registered, the stream
+        // that unregisters it when dropped is sure to exist.
+        let shared = Arc::new(stream::StreamShared::new());
+        if let Some((_, older)) = r
             .streams
             .lock()
-            .insert(node.clone(), (stream_id, stream_cancel.clone()))
+            .insert(node.clone(), (stream_id, shared.clone()))
         {
-            older.cancel();
+            older.close(
+                stream::End::Replaced,
+                Status::aborted("a newer stream of this node replaced this one"),
+            );
         }
-        // From here to the spawn below nothing awaits: once the stream is registered,
-        // the task that unregisters it is sure to run, even if this request is dropped.
         span.in_scope(|| {
             info!(agent_version = %hello.agent_version, last_revision = hello.last_revision, identity = %id, "agent connected")
         });
-
-        let (tx, rx) = mpsc::channel::<Out>(4);
-        let started = Instant::now();
-        let last_pong = Arc::new(AtomicU64::new(0));
-        let producer = Producer {
-            cache: self.cache.clone(),
-            node: node.clone(),
-            tuning: self.tuning.clone(),
-            controller_id: self.controller_id.clone(),
-            tx: tx.clone(),
-            last_pong: last_pong.clone(),
-            started,
-            metrics: self.metrics.clone(),
-            shutdown: stream_cancel,
-            replica_shutdown: self.shutdown.clone(),
-        };
-        let streams = self.streams.clone();
-        let status = self.status.clone();
-        let metrics = self.metrics.clone();
-        metrics.agents_connected.inc();
-        let inbound_node = node.clone();
-        let inbound_status = self.status.clone();
-        let inbound_task = tokio::spawn(
-            async move {
-                while let Ok(Some(m)) = inbound.message().await {
-                    match m.msg {
-                        Some(agent_message::Msg::Status(s)) => {
-                            if let Some(st) = s.status {
-                                inbound_status.report(&inbound_node, st);
-                            }
-                        }
-                        Some(agent_message::Msg::Pong(_)) => {
-                            last_pong
-                                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        }
-                        Some(agent_message::Msg::Hello(_)) | None => {
-                            debug!("ignoring an unexpected message");
-                        }
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        );
-        let agent_version = hello.agent_version.clone();
-        tokio::spawn(
-            async move {
-                if let Err(e) = status.connected(&node, &agent_version, stream_id).await {
-                    warn!(error = %e, "could not record the connection");
-                }
-                let end = producer.run(hello.last_revision).await;
-                inbound_task.abort();
-                match end {
-                    End::ClientGone => info!("agent disconnected"),
-                    End::Replaced => {
-                        let _ = tx.try_send(Err(Status::aborted(
-                            "a newer stream of this node replaced this one",
-                        )));
-                        info!("stream replaced by a newer one of the same node");
-                    }
-                    End::Shutdown => {
-                        let _ = tx.try_send(Err(Status::unavailable(
-                            "controller shutting down; reconnect",
-                        )));
-                        info!("stream closed: controller shutting down");
-                    }
-                    End::TooSlow => {
-                        metrics.sync_disconnects_slow.inc();
-                        warn!("agent too slow to drain its stream; disconnected (it will resync)");
-                    }
-                    End::FellBehind => {
-                        metrics.sync_disconnects_slow.inc();
-                        let _ = tx.try_send(Err(Status::aborted(
-                            "fell behind the controller's history; resync",
-                        )));
-                        warn!("agent fell out of the history; disconnected (it will resync)");
-                    }
-                    End::NoPong => {
-                        warn!("agent stopped answering pings; disconnected");
-                    }
-                }
-                metrics.agents_connected.dec();
-                {
-                    let mut live = streams.lock();
-                    if live.get(&node).is_some_and(|(id, _)| *id == stream_id) {
-                        live.remove(&node);
-                    }
-                }
-                status.disconnected(&node, stream_id).await;
-            }
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream::AgentStream::new(
+            r.clone(),
+            &node,
+            stream_id,
+            shared,
+            span,
+            inbound,
+            hello.last_revision,
+        )))
     }
 }
 
