@@ -115,30 +115,39 @@ async fn calicoctl_wording_and_tables() {
     assert_eq!(doc["kind"], "IPPoolList");
     assert_eq!(doc["items"].as_array().map(Vec::len), Some(2));
 
-    // create on an existing object fails with calicoctl's wording.
+    // create on existing objects fails with calicoctl's wording, for each of them.
     let o = tokio::task::block_in_place(|| ternctl(&c, &admin, &["create", "-f", f], None));
     assert_eq!(o.code, 1);
     assert_eq!(
         o.stderr,
-        "Failed to create 'IPPool' resource: [resource already exists: IPPool(default-ipv4-ippool)]\n"
+        "Failed to create any 'IPPool' resources:\n\
+         Hit error: resource already exists: IPPool(default-ipv4-ippool)\n\
+         Hit error: resource already exists: IPPool(no-nat)\n"
+    );
+    let one = POOLS.split("---\n").nth(1).expect("two documents");
+    let o = tokio::task::block_in_place(|| ternctl(&c, &admin, &["create", "-f", "-"], Some(one)));
+    assert_eq!(
+        o.stderr,
+        "Failed to create 'IPPool' resource: [resource already exists: IPPool(no-nat)]\n"
     );
 
-    // A failure part-way: the first is applied, the second is invalid.
-    let partial = "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: ok-one}\nspec: {cidr: 10.20.0.0/16}\n---\napiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: bad-one}\nspec: {cidr: 10.30.0.1/16}\n---\napiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: never}\nspec: {cidr: 10.40.0.0/16}\n";
+    // A failure part-way: every object gets its own outcome, as calicoctl reports it.
+    let partial = "apiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: ok-one}\nspec: {cidr: 10.20.0.0/16}\n---\napiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: bad-one}\nspec: {cidr: 10.30.0.1/16}\n---\napiVersion: tern.dev/v1\nkind: IPPool\nmetadata: {name: ok-two}\nspec: {cidr: 10.40.0.0/16}\n";
     let o =
         tokio::task::block_in_place(|| ternctl(&c, &admin, &["apply", "-f", "-"], Some(partial)));
     assert_eq!(o.code, 1);
     assert_eq!(
         o.stderr,
-        "Partial success: applied the first 1 out of 3 'IPPool' resources:\n\
-         Hit error: spec.cidr: 10.30.0.1/16 is not a network address; did you mean 10.30.0.0/16?\n"
+        "Partial success: applied 2 out of 3 'IPPool' resources:\n\
+         Hit error: IPPool(bad-one): spec.cidr: 10.30.0.1/16 is not a network address; did you mean 10.30.0.0/16?\n"
     );
 
     // Deletes by name and by file.
-    let o =
-        tokio::task::block_in_place(|| ternctl(&c, &admin, &["delete", "ippool", "ok-one"], None));
+    let o = tokio::task::block_in_place(|| {
+        ternctl(&c, &admin, &["delete", "ippool", "ok-one", "ok-two"], None)
+    });
     assert_eq!(
-        o.stdout, "Successfully deleted 1 'IPPool' resource(s)\n",
+        o.stdout, "Successfully deleted 2 'IPPool' resource(s)\n",
         "{}",
         o.stderr
     );
@@ -225,6 +234,93 @@ async fn secrets_and_roles_through_ternctl() {
     assert!(
         o.stderr
             .contains("viewer may not call /tern.v1.ResourceService/Delete"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// A Node as ternctl reads it; `bad` gives it an address that is not one.
+fn node_doc(i: usize, bad: bool) -> String {
+    let addr = if bad {
+        format!("10.1.{i}.300/16")
+    } else {
+        format!("10.1.{}.{}/16", i / 250, 1 + i % 250)
+    };
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-{i:04}\nspec:\n  bgp:\n    ipv4Address: {addr}\n"
+    )
+}
+
+/// Many objects in one file, a few of them invalid: every valid one is stored, and
+/// the report names each failure, with its reason, in input order (the requests are
+/// pipelined, the report is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_many_objects_reports_each_failure_in_order() {
+    let c = Cluster::start().await;
+    let n = 400;
+    let bad = [3, 150, 151, 399];
+    let docs: Vec<String> = (0..n).map(|i| node_doc(i, bad.contains(&i))).collect();
+    let file = docs.join("---\n");
+    let o = tokio::task::block_in_place(|| {
+        ternctl(&c, &Role::Admin, &["apply", "-f", "-"], Some(&file))
+    });
+    assert_eq!(o.code, 1);
+    assert_eq!(o.stdout, "");
+    let mut want = format!(
+        "Partial success: applied {} out of {n} 'Node' resources:\n",
+        n - bad.len()
+    );
+    for i in bad {
+        want += &format!(
+            "Hit error: Node(node-{i:04}): spec.bgp.ipv4Address: \"10.1.{i}.300/16\" is not an \
+             address in CIDR form (for example 10.0.0.2/24)\n"
+        );
+    }
+    assert_eq!(o.stderr, want);
+    // Exactly the valid ones are stored.
+    let listed = c
+        .admin()
+        .await
+        .list(tern::proto::ListRequest {
+            kind: "node".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let names: std::collections::BTreeSet<String> = listed
+        .items
+        .iter()
+        .filter_map(|r| r.metadata.as_ref().map(|m| m.name.clone()))
+        .collect();
+    let want: std::collections::BTreeSet<String> = (0..n)
+        .filter(|i| !bad.contains(i))
+        .map(|i| format!("node-{i:04}"))
+        .collect();
+    assert_eq!(names, want);
+
+    // Deleted by file: the ones that were never stored fail as not found, in order.
+    let o = tokio::task::block_in_place(|| {
+        ternctl(&c, &Role::Admin, &["delete", "-f", "-"], Some(&file))
+    });
+    let mut want = format!(
+        "Partial success: deleted {} out of {n} 'Node' resources:\n",
+        n - bad.len()
+    );
+    for i in bad {
+        want += &format!("Hit error: resource does not exist: Node(node-{i:04})\n");
+    }
+    assert_eq!(o.stderr, want);
+    let o = tokio::task::block_in_place(|| {
+        ternctl(
+            &c,
+            &Role::Admin,
+            &["apply", "-f", "-"],
+            Some(&docs[..3].join("---\n")),
+        )
+    });
+    assert_eq!(
+        o.stdout, "Successfully applied 3 'Node' resource(s)\n",
         "{}",
         o.stderr
     );

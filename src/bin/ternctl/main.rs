@@ -1,6 +1,7 @@
 //! `ternctl`: a calicoctl-style client of the tern controller over gRPC.
 
 mod ipam;
+mod pipeline;
 mod table;
 
 use std::collections::BTreeMap;
@@ -762,34 +763,66 @@ fn kind_phrase(kinds: &[String], plural: &str) -> String {
     }
 }
 
-fn report(verb: Verb, kinds: &[String], done: usize, error: Option<String>) -> ExitCode {
-    match error {
-        None => {
-            println!(
-                "Successfully {} {} {}",
-                verb.past(),
-                done,
-                kind_phrase(kinds, "resource(s)")
-            );
-            ExitCode::SUCCESS
-        }
-        Some(e) if done == 0 => {
-            let one = kind_phrase(&kinds[..1.min(kinds.len())], "resource");
-            eprintln!("Failed to {} {one}: [{e}]", verb.present());
-            ExitCode::FAILURE
-        }
-        Some(e) => {
-            eprintln!(
-                "Partial success: {} the first {} out of {} {}:",
-                verb.past(),
-                done,
-                kinds.len(),
-                kind_phrase(kinds, "resources")
-            );
-            eprintln!("Hit error: {e}");
-            ExitCode::FAILURE
-        }
+/// The outcome of writing every object: one line when all succeeded, else one line
+/// per failure, in input order, naming the object and the reason.
+fn report(
+    verb: Verb,
+    kinds: &[String],
+    names: &[String],
+    results: &[Result<(), tonic::Status>],
+) -> ExitCode {
+    let done = results.iter().filter(|r| r.is_ok()).count();
+    let failures: Vec<String> = results
+        .iter()
+        .zip(kinds.iter().zip(names))
+        .filter_map(|(r, (kind, name))| {
+            let reason = status_msg(r.as_ref().err()?);
+            let object = format!("{kind}({name})");
+            Some(if reason.contains(&object) {
+                reason
+            } else {
+                format!("{object}: {reason}")
+            })
+        })
+        .collect();
+    if failures.is_empty() {
+        println!(
+            "Successfully {} {} {}",
+            verb.past(),
+            done,
+            kind_phrase(kinds, "resource(s)")
+        );
+        return ExitCode::SUCCESS;
     }
+    if results.len() == 1 {
+        let one = kind_phrase(kinds, "resource");
+        let reason = results[0]
+            .as_ref()
+            .err()
+            .map(status_msg)
+            .unwrap_or_default();
+        eprintln!("Failed to {} {one}: [{reason}]", verb.present());
+        return ExitCode::FAILURE;
+    }
+    if done == 0 {
+        eprintln!(
+            "Failed to {} any {}:",
+            verb.present(),
+            kind_phrase(kinds, "resources")
+        );
+    } else {
+        eprintln!(
+            "Partial success: {} {} out of {} {}:",
+            verb.past(),
+            done,
+            kinds.len(),
+            kind_phrase(kinds, "resources")
+        );
+    }
+    for f in failures {
+        eprintln!("Hit error: {f}");
+    }
+    ExitCode::FAILURE
 }
 
 /// One line on stderr per field the controller stored without acting on it.
@@ -822,43 +855,55 @@ async fn write_file(ctx: &Ctx, path: &PathBuf, verb: Verb) -> anyhow::Result<Exi
                 .unwrap_or(r.kind.clone())
         })
         .collect();
-    let mut api = ctx.resources().await?;
-    let mut done = 0;
-    for r in resources {
-        let result = match verb {
-            Verb::Create => api
-                .create(proto::CreateRequest { resource: Some(r) })
-                .await
-                .map(|o| print_warnings(&o.into_inner())),
-            Verb::Apply => api
-                .apply(proto::ApplyRequest { resource: Some(r) })
-                .await
-                .map(|o| {
-                    if let Some(r) = &o.into_inner().resource {
-                        print_warnings(r);
-                    }
-                }),
-            Verb::Replace => api
-                .update(proto::UpdateRequest { resource: Some(r) })
-                .await
-                .map(|o| print_warnings(&o.into_inner())),
-            Verb::Delete => {
-                let name = r.metadata.map(|m| m.name).unwrap_or_default();
-                api.delete(proto::DeleteRequest {
-                    kind: r.kind,
-                    name,
-                    resource_version: String::new(),
-                })
-                .await
-                .map(|_| ())
+    let names: Vec<String> = resources
+        .iter()
+        .map(|r| {
+            r.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let api = ctx.resources().await?;
+    let docs: Vec<(String, String)> = kinds.iter().cloned().zip(names.iter().cloned()).collect();
+    let mut pending: Vec<Option<proto::Resource>> = resources.into_iter().map(Some).collect();
+    let results = pipeline::run(&pipeline::steps(&docs), |i| {
+        let mut api = api.clone();
+        let r = pending[i].take().unwrap_or_default();
+        async move {
+            match verb {
+                Verb::Create => api
+                    .create(proto::CreateRequest { resource: Some(r) })
+                    .await
+                    .map(|o| Some(o.into_inner())),
+                Verb::Apply => api
+                    .apply(proto::ApplyRequest { resource: Some(r) })
+                    .await
+                    .map(|o| o.into_inner().resource),
+                Verb::Replace => api
+                    .update(proto::UpdateRequest { resource: Some(r) })
+                    .await
+                    .map(|o| Some(o.into_inner())),
+                Verb::Delete => {
+                    let name = r.metadata.map(|m| m.name).unwrap_or_default();
+                    api.delete(proto::DeleteRequest {
+                        kind: r.kind,
+                        name,
+                        resource_version: String::new(),
+                    })
+                    .await
+                    .map(|_| None)
+                }
             }
-        };
-        match result {
-            Ok(()) => done += 1,
-            Err(e) => return Ok(report(verb, &kinds, done, Some(status_msg(&e)))),
         }
-    }
-    Ok(report(verb, &kinds, done, None))
+    })
+    .await;
+    // Warnings too in input order, then the outcome.
+    let results: Vec<Result<(), tonic::Status>> = results
+        .into_iter()
+        .map(|r| r.map(|o| o.iter().for_each(print_warnings)))
+        .collect();
+    Ok(report(verb, &kinds, &names, &results))
 }
 
 async fn delete(
@@ -882,23 +927,27 @@ async fn delete(
     }
     let kind = parse_kind(&kind)?;
     let kinds: Vec<String> = names.iter().map(|_| kind.as_str().to_string()).collect();
-    let mut api = ctx.resources().await?;
-    let mut done = 0;
-    for n in &names {
-        match api
-            .delete(proto::DeleteRequest {
-                kind: kind.as_str().into(),
-                name: n.clone(),
-                resource_version: String::new(),
-            })
-            .await
-        {
-            Ok(_) => done += 1,
-            Err(e) if skip_not_exists && e.code() == tonic::Code::NotFound => done += 1,
-            Err(e) => return Ok(report(Verb::Delete, &kinds, done, Some(status_msg(&e)))),
+    let api = ctx.resources().await?;
+    let docs: Vec<(String, String)> = kinds.iter().cloned().zip(names.iter().cloned()).collect();
+    let results = pipeline::run(&pipeline::steps(&docs), |i| {
+        let mut api = api.clone();
+        let name = names[i].clone();
+        async move {
+            match api
+                .delete(proto::DeleteRequest {
+                    kind: kind.as_str().into(),
+                    name,
+                    resource_version: String::new(),
+                })
+                .await
+            {
+                Err(e) if skip_not_exists && e.code() == tonic::Code::NotFound => Ok(()),
+                r => r.map(|_| ()),
+            }
         }
-    }
-    Ok(report(Verb::Delete, &kinds, done, None))
+    })
+    .await;
+    Ok(report(Verb::Delete, &kinds, &names, &results))
 }
 
 async fn patch_cmd(
