@@ -8,12 +8,12 @@ use anyhow::{Context as _, anyhow, bail};
 use parking_lot::Mutex;
 use tern::client::ClientTls;
 use tern::proto::{self, resource_service_client::ResourceServiceClient};
-use tern_agent::agent::{AgentConfig, NatChoice};
+use tern_agent::agent::{Agent, AgentConfig, NatChoice};
 use tern_agent::dataplane::RecordingDriver;
 use tern_agent::sync::SyncConfig;
 use tern_testkit::etcd::Etcd;
 
-use crate::{controller_bin, machine, pct, proc_usage};
+use crate::{controller_bin, machine, metric, pct, proc_peak_rss, proc_usage};
 
 /// (revision, when) of everything one agent applied.
 type ApplyLog = Arc<Mutex<Vec<(i64, Instant)>>>;
@@ -62,6 +62,11 @@ pub struct Args {
     /// reports were compared) [default: the controller's]
     #[arg(long)]
     status_heartbeat: Option<String>,
+    /// After the updates, kill -9 the controller and start it again on the same
+    /// address: every agent reconnects at once. Reports the time until all are in sync
+    /// with the new process and its peak memory.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    restart: bool,
 }
 
 pub(crate) fn raise_nofile() -> anyhow::Result<()> {
@@ -102,11 +107,14 @@ struct Outcome {
     connected: usize,
     /// CPU seconds of the serving process (controller or etcd) during the updates.
     server_cpu_s: f64,
+    /// CPU seconds of this process (the agents) during the updates.
+    agents_cpu_s: f64,
     /// Resident memory of the serving process with the agents connected, and before.
     server_rss: u64,
     server_rss_base: u64,
     ramp: Duration,
     idle: Option<Idle>,
+    restart: Option<Restart>,
 }
 
 /// What etcd wrote while the cluster was idle.
@@ -213,6 +221,24 @@ async fn measure_idle(etcd: &Etcd, pid: u32, settle: u64, secs: u64) -> anyhow::
     Ok(idle)
 }
 
+/// The reconnection of every agent to a restarted controller.
+#[derive(Debug)]
+struct Restart {
+    /// From the kill to this many agents in sync with the new process: half, 99%, all.
+    half: Duration,
+    p99: Duration,
+    all: Duration,
+    in_sync: usize,
+    /// Peak and final resident memory of the new process.
+    peak_rss: u64,
+    rss: u64,
+    cpu_s: f64,
+    snapshots: i64,
+    resumes: i64,
+    /// Then one more update: from the write returning to the last agent applying it.
+    next_update: Duration,
+}
+
 fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
     let mut l = r.latencies_ms.clone();
     l.sort_by(|x, y| x.total_cmp(y));
@@ -258,6 +284,13 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
         r.server_rss_base as f64 / 1048576.0,
         per_agent_kib
     );
+    if r.agents_cpu_s > 0.0 {
+        println!(
+            "agents (this process, sharing the cores): {:.2} s CPU during the updates ({:.1} µs per agent-update)",
+            r.agents_cpu_s,
+            r.agents_cpu_s * 1e6 / (a.updates.max(1) * r.connected.max(1)) as f64,
+        );
+    }
     println!(
         "floor (bare etcd put issued -> one watcher): p50 {:.2} ms, p99 {:.2} ms",
         pct(floor, 50.0),
@@ -279,6 +312,22 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
             per_s(i.resources),
             per_s(i.other),
             100.0 * i.controller_cpu_s / i.seconds.max(1e-9)
+        );
+    }
+    if let Some(rs) = &r.restart {
+        println!(
+            "restart (kill -9, same address): {} of {} agents in sync with the new process: half in {:.2} s, 99% in {:.2} s, all in {:.2} s ({} snapshots, {} resumed from history); new process: {:.2} s CPU, peak RSS {:.1} MiB, RSS {:.1} MiB; the next update reached every agent {:.1} ms after the write returned",
+            rs.in_sync,
+            r.connected,
+            rs.half.as_secs_f64(),
+            rs.p99.as_secs_f64(),
+            rs.all.as_secs_f64(),
+            rs.snapshots,
+            rs.resumes,
+            rs.cpu_s,
+            rs.peak_rss as f64 / 1048576.0,
+            rs.rss as f64 / 1048576.0,
+            rs.next_update.as_secs_f64() * 1e3,
         );
     }
     println!(
@@ -398,8 +447,25 @@ fn patch(kind: &str, name: &str, json: String) -> proto::PatchRequest {
     }
 }
 
-async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
-    let mut extra = vec![
+/// Merge-patch the benchmark's pool; the revision of the write.
+async fn patch_pool(
+    api: &mut ResourceServiceClient<tonic::transport::Channel>,
+    json: String,
+) -> anyhow::Result<i64> {
+    let r = api
+        .patch(patch("ippool", "bench", json))
+        .await?
+        .into_inner();
+    Ok(r.metadata
+        .map(|m| m.resource_version)
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0))
+}
+
+/// The controller's flags in this benchmark.
+fn controller_flags(a: &Args) -> Vec<String> {
+    let mut flags: Vec<String> = [
         "--log-level",
         "warn",
         "--status-writes-per-sec",
@@ -407,12 +473,21 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         // Block claims for thousands of nodes are IPAM's cost, not the fan-out's.
         "--ipam-auto-blocks",
         if a.ipam { "true" } else { "false" },
-    ];
+    ]
+    .map(String::from)
+    .into();
     if let Some(h) = &a.status_heartbeat {
-        extra.extend(["--status-heartbeat", h.as_str()]);
+        flags.extend(["--status-heartbeat".to_string(), h.clone()]);
     }
-    let ctl =
-        crate::LocalController::start(etcd, &controller_bin(a.controller_bin.as_ref())?, &extra)?;
+    flags
+}
+
+async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
+    let bin = controller_bin(a.controller_bin.as_ref())?;
+    let flags = controller_flags(a);
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(["--controller-id", "bench-1"]);
+    let mut ctl = crate::LocalController::start(etcd, &bin, &extra)?;
     let pid = ctl.pid();
     let (tls, addr) = (ctl.admin.clone(), ctl.addr.clone());
     let mut api = admin_client(&tls, &addr).await?;
@@ -496,8 +571,13 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         .iter()
         .filter(|ag| ag.applied.borrow().revision > 0)
         .count();
+    eprintln!(
+        "fanout: {connected} agents in sync after {:.1} s; updates follow",
+        ramp.as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu0, rss) = proc_usage(pid)?;
+    let (agents0, _) = proc_usage(std::process::id())?;
 
     // Steady updates.
     let mut sent = Vec::with_capacity(a.updates);
@@ -507,22 +587,8 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         tick.tick().await;
         let on = k % 2 == 0;
         let issued = Instant::now();
-        let r = api
-            .patch(patch(
-                "ippool",
-                "bench",
-                format!(r#"{{"spec":{{"natOutgoing":{on}}}}}"#),
-            ))
-            .await?
-            .into_inner();
-        let t0 = Instant::now();
-        let rev: i64 = r
-            .metadata
-            .map(|m| m.resource_version)
-            .unwrap_or_default()
-            .parse()
-            .unwrap_or(0);
-        sent.push((rev, t0, issued));
+        let rev = patch_pool(&mut api, format!(r#"{{"spec":{{"natOutgoing":{on}}}}}"#)).await?;
+        sent.push((rev, Instant::now(), issued));
     }
     let last = sent.last().map_or(0, |s| s.0);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -531,6 +597,8 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
             .await;
     }
     let (cpu1, _) = proc_usage(pid)?;
+    let (agents1, _) = proc_usage(std::process::id())?;
+    eprintln!("fanout: updates done");
     // The observer tasks record an apply a moment after the agent publishes it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (lat, lat_issued, missing) = latencies(&applied, &sent);
@@ -551,6 +619,11 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     for o in observers {
         o.abort();
     }
+    let restart = if a.restart {
+        Some(restart(&bin, &flags, etcd, &mut ctl, &agents).await?)
+    } else {
+        None
+    };
     drop(agents);
     Ok(Outcome {
         latencies_ms: lat,
@@ -558,10 +631,85 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         missing,
         connected,
         server_cpu_s: cpu1 - cpu0,
+        agents_cpu_s: agents1 - agents0,
         server_rss: rss,
         server_rss_base: rss_base,
         ramp,
         idle,
+        restart,
+    })
+}
+
+/// kill -9 the controller and start it again on the same address, as a supervisor
+/// would: every agent reconnects at once (with its own backoff). Waits until every
+/// agent is in sync with the new process, then sends one more update through it.
+async fn restart(
+    bin: &std::path::Path,
+    flags: &[String],
+    etcd: &Etcd,
+    ctl: &mut crate::LocalController,
+    agents: &[Agent],
+) -> anyhow::Result<Restart> {
+    let metrics = format!("127.0.0.1:{}", tern_testkit::etcd::free_port());
+    eprintln!("fanout: kill -9 of the controller; restarting it");
+    let t0 = Instant::now();
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(["--controller-id", "bench-2", "--metrics-listen", &metrics]);
+    ctl.kill_and_restart(etcd, bin, &extra)?;
+    let n = agents.len();
+    let (mut half, mut p99) = (None, None);
+    let deadline = t0 + Duration::from_secs(600);
+    let in_sync = |ag: &Agent| {
+        let st = ag.sync.state.borrow();
+        st.connected && st.controller == "bench-2"
+    };
+    let all = loop {
+        let k = agents.iter().filter(|ag| in_sync(ag)).count();
+        if half.is_none() && k * 2 >= n {
+            half = Some(t0.elapsed());
+        }
+        if p99.is_none() && k * 100 >= n * 99 {
+            p99 = Some(t0.elapsed());
+        }
+        if k == n || Instant::now() > deadline {
+            break t0.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let in_sync_now = agents.iter().filter(|ag| in_sync(ag)).count();
+    let (cpu_s, rss) = proc_usage(ctl.pid())?;
+    let peak_rss = proc_peak_rss(ctl.pid())?;
+    let snapshots = metric(&metrics, "tern_sync_snapshots_total")
+        .await
+        .unwrap_or(-1);
+    let resumes = metric(&metrics, "tern_sync_resumes_total")
+        .await
+        .unwrap_or(-1);
+    eprintln!("fanout: {in_sync_now} agents in sync after the restart");
+    // One more update: every agent applies it through the new process.
+    let mut api = admin_client(&ctl.admin, &ctl.addr).await?;
+    let rev = patch_pool(
+        &mut api,
+        r#"{"metadata":{"labels":{"bench":"after-restart"}}}"#.into(),
+    )
+    .await?;
+    let t1 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for ag in agents {
+        ag.wait_applied(rev, deadline.saturating_duration_since(Instant::now()))
+            .await;
+    }
+    Ok(Restart {
+        half: half.unwrap_or(all),
+        p99: p99.unwrap_or(all),
+        all,
+        in_sync: in_sync_now,
+        peak_rss,
+        rss,
+        cpu_s,
+        snapshots,
+        resumes,
+        next_update: t1.elapsed(),
     })
 }
 
@@ -650,9 +798,11 @@ async fn etcd_direct(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         missing,
         connected,
         server_cpu_s: cpu1 - cpu0,
+        agents_cpu_s: 0.0,
         server_rss: rss,
         server_rss_base: rss_base,
         ramp,
         idle: None,
+        restart: None,
     })
 }

@@ -22,6 +22,9 @@
 //!   BFD and with the hold time alone.
 //! - `session`: how soon a BGP session's change reaches the node's status at the
 //!   controller (the real agent binary and BIRD, a peer BIRD).
+//! - `apply`: `ternctl apply -f` of 10,000 Nodes (a few invalid) against a controller
+//!   process on a real etcd: wall time, controller and etcd CPU, and a check that the
+//!   report is exact and exactly the valid Nodes are stored.
 //! - `chaos`: 3 etcd members, controller replicas and N agents while writers churn the
 //!   intent and controllers, etcd members and agents are killed with SIGKILL and
 //!   started again; then the time to converge, and every agent's programmed state
@@ -30,6 +33,7 @@
 //!   reports), as `etcdctl endpoint status` reports it, before and after compaction
 //!   and defragmentation.
 
+mod apply;
 mod bfd;
 mod bird;
 mod cni;
@@ -71,6 +75,8 @@ enum Command {
     Chaos(tern_bench::chaos::Options),
     /// etcd's database size for N nodes, before and after compaction and defrag.
     EtcdSize(etcd_size::Args),
+    /// `ternctl apply -f` of many Nodes: time, controller and etcd CPU, exact report.
+    Apply(apply::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::Session(a) => session::run(a),
         Command::Chaos(o) => chaos(o),
         Command::EtcdSize(a) => etcd_size::run(a),
+        Command::Apply(a) => apply::run(a),
     }
 }
 
@@ -225,6 +232,41 @@ pub fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
     Ok(((utime + stime) / ticks, rss_kb * 1024))
 }
 
+/// Peak resident memory (VmHWM, bytes) of a process since it started, or since its
+/// peak was last reset (`reset_peak_rss`).
+pub fn proc_peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(kb * 1024)
+}
+
+/// Start a process's peak resident memory over from its current one.
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("resetting the peak RSS")
+}
+
+/// A metric's value from a controller's `/metrics` endpoint, if it answers.
+pub async fn metric(metrics: &str, name: &str) -> Option<i64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(metrics).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
 /// The tern-controller binary: the one given, else the one next to this binary.
 pub fn controller_bin(given: Option<&std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
     tern_bench::chaos::sibling_bin(given, "tern-controller")
@@ -249,11 +291,10 @@ impl LocalController {
         bin: &std::path::Path,
         extra: &[&str],
     ) -> anyhow::Result<LocalController> {
-        use anyhow::Context as _;
         use tern::pki::{Pki, Role};
         let dir = tempfile::tempdir()?;
         let pki = Pki::init(dir.path().join("pki"), 2)?;
-        let ctl = pki.issue(
+        pki.issue(
             &Role::Controller {
                 sans: vec!["127.0.0.1".into()],
             },
@@ -261,20 +302,7 @@ impl LocalController {
         )?;
         let admin = pki.issue(&Role::Admin, 2)?;
         let addr = format!("127.0.0.1:{}", tern_testkit::etcd::free_port());
-        let child = std::process::Command::new(bin)
-            .args(["--etcd-endpoints", &etcd.endpoint(), "--listen", &addr])
-            .arg("--ca")
-            .arg(pki.ca_cert())
-            .arg("--cert")
-            .arg(&ctl.cert)
-            .arg("--key")
-            .arg(&ctl.key)
-            .args(extra)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .context("starting tern-controller")?;
+        let child = Self::spawn(&pki, &addr, etcd, bin, extra)?;
         Ok(LocalController {
             addr,
             admin: tern::client::ClientTls {
@@ -288,6 +316,45 @@ impl LocalController {
             child,
             _dir: dir,
         })
+    }
+
+    fn spawn(
+        pki: &tern::pki::Pki,
+        addr: &str,
+        etcd: &tern_testkit::etcd::Etcd,
+        bin: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<std::process::Child> {
+        use anyhow::Context as _;
+        let ctl = pki.files(&tern::pki::Role::Controller { sans: vec![] });
+        std::process::Command::new(bin)
+            .args(["--etcd-endpoints", &etcd.endpoint(), "--listen", addr])
+            .arg("--ca")
+            .arg(pki.ca_cert())
+            .arg("--cert")
+            .arg(&ctl.cert)
+            .arg("--key")
+            .arg(&ctl.key)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting tern-controller")
+    }
+
+    /// kill -9 the controller and start `bin` again at once on the same address and
+    /// certificates, with `extra` flags (as a supervisor restarts a crashed process).
+    pub fn kill_and_restart(
+        &mut self,
+        etcd: &tern_testkit::etcd::Etcd,
+        bin: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.pki, &self.addr, etcd, bin, extra)?;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

@@ -33,6 +33,11 @@ pub struct Args {
     /// The tern-controller binary [default: next to this binary]
     #[arg(long)]
     controller_bin: Option<PathBuf>,
+    /// After the restart, this many agents (raw Sync streams as node-00000, ...) ask
+    /// for a snapshot at once: time until all are in sync, and the controller's peak
+    /// memory meanwhile (0: skip).
+    #[arg(long, default_value_t = 200)]
+    syncs: usize,
 }
 
 const PREFIX: &str = "/tern/v1";
@@ -222,25 +227,16 @@ async fn fill(etcd: &Etcd, a: &Args) -> anyhow::Result<(usize, usize)> {
     Ok((keys, bytes))
 }
 
-/// `tern_cache_objects` from the metrics endpoint, if it answers.
-async fn cache_objects(metrics: &str) -> Option<i64> {
-    let mut s = tokio::net::TcpStream::connect(metrics).await.ok()?;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    body.lines()
-        .find(|l| l.starts_with("tern_cache_objects "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 /// Open a Sync stream as `node` and wait for InSync; true once it arrives.
 async fn sync_once(tls: &ClientTls, addr: &str, node: &str) -> anyhow::Result<bool> {
+    Ok(snapshot_items(tls, addr, node).await?.is_some())
+}
+
+/// Open a Sync stream as `node` (no revision: a snapshot) and count the items until
+/// InSync; None when the stream could not be opened or ended before InSync.
+async fn snapshot_items(tls: &ClientTls, addr: &str, node: &str) -> anyhow::Result<Option<usize>> {
     let Ok(ch) = tls.connect(addr).await else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut client = SyncServiceClient::new(ch).max_decoding_message_size(64 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -257,18 +253,54 @@ async fn sync_once(tls: &ClientTls, addr: &str, node: &str) -> anyhow::Result<bo
         .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut stream = resp.into_inner();
+    let mut items = 0;
     while let Ok(Some(m)) = stream.message().await {
-        if let Some(controller_message::Msg::InSync(_)) = m.msg {
-            return Ok(true);
+        match m.msg {
+            Some(controller_message::Msg::Snapshot(c)) => items += c.items.len(),
+            Some(controller_message::Msg::InSync(_)) => return Ok(Some(items)),
+            _ => {}
         }
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// `n` agents ask the controller at `addr` (process `pid`) for their snapshot at once:
+/// (time until all are in sync, items per snapshot (min, max), the controller's peak
+/// resident memory meanwhile, and before).
+async fn syncs_at_once(
+    tls: &ClientTls,
+    addr: &str,
+    pid: u32,
+    n: usize,
+) -> anyhow::Result<(Duration, (usize, usize), u64, u64)> {
+    let (_, before) = proc_usage(pid)?;
+    // Start the peak (VmHWM) over from here.
+    crate::reset_peak_rss(pid)?;
+    let t0 = Instant::now();
+    let all = futures::future::join_all((0..n).map(|i| {
+        let node = format!("node-{i:05}");
+        async move { snapshot_items(tls, addr, &node).await }
+    }))
+    .await;
+    let took = t0.elapsed();
+    let peak = crate::proc_peak_rss(pid)?;
+    let mut counts = Vec::new();
+    for r in all {
+        match r? {
+            Some(c) => counts.push(c),
+            None => bail!("a Sync stream ended before its InSync"),
+        }
+    }
+    let min = counts.iter().copied().min().unwrap_or(0);
+    let max = counts.iter().copied().max().unwrap_or(0);
+    Ok((took, (min, max), peak, before))
 }
 
 struct Start {
+    addr: String,
     loaded: Duration,
     served: Duration,
     rss: u64,
@@ -310,7 +342,10 @@ async fn start_once(
     let deadline = t0 + Duration::from_secs(300);
     let mut loaded = None;
     while loaded.is_none() {
-        if cache_objects(&metrics).await.is_some_and(|n| n >= objects) {
+        if crate::metric(&metrics, "tern_cache_objects")
+            .await
+            .is_some_and(|n| n >= objects)
+        {
             loaded = Some(t0.elapsed());
         } else if Instant::now() > deadline {
             let _ = child.kill();
@@ -332,6 +367,7 @@ async fn start_once(
     let (_, rss) = proc_usage(child.id())?;
     Ok((
         Start {
+            addr: addr.clone(),
             loaded: loaded.unwrap_or_default(),
             served,
             rss,
@@ -382,6 +418,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = child.kill();
         let _ = child.wait();
         let (second, mut child) = start_once(&a, &etcd, &pki, &tls, objects).await?;
+        let at_once = if a.syncs > 0 {
+            Some(syncs_at_once(&tls, &second.addr, child.id(), a.syncs).await?)
+        } else {
+            None
+        };
         let _ = child.kill();
         let _ = child.wait();
         for (what, s) in [("first start", first), ("restart after kill -9", second)] {
@@ -390,6 +431,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 s.loaded.as_secs_f64(),
                 s.served.as_secs_f64(),
                 s.rss as f64 / 1048576.0
+            );
+        }
+        if let Some((took, (min, max), peak, before)) = at_once {
+            println!(
+                "then {} agents asked for their snapshot at once ({min}-{max} items each): all in sync in {:.2} s; controller RSS {:.1} MiB before, peak {:.1} MiB",
+                a.syncs,
+                took.as_secs_f64(),
+                before as f64 / 1048576.0,
+                peak as f64 / 1048576.0
             );
         }
         Ok(())
