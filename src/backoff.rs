@@ -54,15 +54,20 @@ impl Backoff {
     }
 }
 
-/// `d` plus or minus up to a quarter of it.
+/// `d` plus or minus up to a quarter of it: somewhere in [`jitter_range`]`(d)`.
 pub fn jittered(d: Duration) -> Duration {
-    let quarter = d / 4;
-    let nanos = u64::try_from(quarter.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
+    let range = jitter_range(d);
+    let width = u64::try_from((*range.end() - *range.start()).as_nanos()).unwrap_or(u64::MAX);
+    if width == 0 {
         return d;
     }
-    let spread = Duration::from_nanos(rand::random_range(0..=nanos.saturating_mul(2)));
-    d - quarter + spread
+    *range.start() + Duration::from_nanos(rand::random_range(0..=width))
+}
+
+/// Every delay [`jittered`] may give for `d` (and so a backoff for a base delay `d`).
+pub fn jitter_range(d: Duration) -> std::ops::RangeInclusive<Duration> {
+    let quarter = d / 4;
+    (d - quarter)..=(d + quarter)
 }
 
 #[cfg(test)]
@@ -70,8 +75,7 @@ mod tests {
     use super::*;
 
     fn within(d: Duration, base_ms: u64) -> bool {
-        let base = Duration::from_millis(base_ms);
-        d >= base - base / 4 && d <= base + base / 4
+        jitter_range(Duration::from_millis(base_ms)).contains(&d)
     }
 
     #[test]

@@ -655,6 +655,7 @@ mod tests {
     //! NAT driver and a BGP speaker stand-in; timers under tokio's paused time.
 
     use parking_lot::Mutex;
+    use tern::backoff::jitter_range;
     use tern::view::View;
     use tokio::sync::mpsc;
     use tokio::time::Instant as TokioInstant;
@@ -762,11 +763,6 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// `d` within a quarter of `base` (the backoff's jitter).
-    fn around(d: Duration, base: Duration) -> bool {
-        d >= base - base / 4 && d <= base + base / 4
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_failed_apply_is_retried_with_backoff() {
         let nat = RecordingDriver::new();
@@ -793,7 +789,10 @@ mod tests {
             .chain([ok - failures[3]])
             .collect();
         for (wait, base) in waits.iter().zip([200, 400, 800, 1600]) {
-            assert!(around(*wait, ms(base)), "{wait:?} is not around {base} ms");
+            assert!(
+                jitter_range(ms(base)).contains(wait),
+                "{wait:?} is not around {base} ms"
+            );
         }
         assert_eq!(nat.applied_states(), [h.desired()]);
         let s = h.status.borrow().clone().expect("a status");

@@ -466,6 +466,8 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use tern::backoff::jitter_range;
+
     use super::*;
 
     fn item(kind: &str, name: &str, json: &str) -> proto::Item {
@@ -597,11 +599,6 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// `d` within a quarter of `base` (the backoff's jitter).
-    fn around(d: Duration, base: Duration) -> bool {
-        d >= base - base / 4 && d <= base + base / 4
-    }
-
     fn msg(m: controller_message::Msg) -> Result<proto::ControllerMessage, tonic::Status> {
         Ok(proto::ControllerMessage { msg: Some(m) })
     }
@@ -636,7 +633,7 @@ mod tests {
         {
             let gap = seen[i + 1].at - seen[i].at;
             assert!(
-                around(gap, ms(base)),
+                jitter_range(ms(base)).contains(&gap),
                 "wait {i}: {gap:?}, not around {base} ms"
             );
         }
@@ -673,7 +670,7 @@ mod tests {
         assert_eq!(Instant::now() - last, Duration::from_secs(45));
         // The stream lived long: the backoff starts over.
         let again = dials.recv().await.expect("dialed again");
-        assert!(around(again.at - last - Duration::from_secs(45), ms(200)));
+        assert!(jitter_range(ms(200)).contains(&(again.at - last - Duration::from_secs(45))));
         task.abort();
     }
 

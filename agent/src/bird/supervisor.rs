@@ -475,10 +475,9 @@ pub(crate) fn pid_from_file(pid_file: &std::path::Path, socket: &std::path::Path
 mod tests {
     use super::*;
 
-    /// `d` within a quarter of `base_ms` (the backoff's jitter).
+    /// `d` is a wait the backoff gives for `base_ms`.
     fn around(d: Duration, base_ms: u64) -> bool {
-        let base = Duration::from_millis(base_ms);
-        d >= base - base / 4 && d <= base + base / 4
+        tern::backoff::jitter_range(Duration::from_millis(base_ms)).contains(&d)
     }
 
     #[test]
