@@ -35,8 +35,8 @@
 //! The configuration holds BGP passwords: files are 0600, and neither errors nor logs
 //! ever carry its contents (secrets quoted back by BIRD are redacted).
 //!
-//! The methods are synchronous (they run `bird` / `birdc`); the agent calls them from
-//! `spawn_blocking`. Every tool call has a deadline.
+//! The methods are synchronous (they run `bird` / `birdc`); the agent calls them on the
+//! BGP speaker's own thread (`dataplane::owner`). Every tool call has a deadline.
 
 mod cmd;
 mod control;
