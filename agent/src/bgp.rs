@@ -6,6 +6,7 @@ use std::path::Path;
 use tern::proto;
 
 use crate::agent::BgpSettings;
+use crate::bird::stale_routes::StaleRoutes;
 use crate::bird::{self, ApplyOutcome, BirdManager, BirdMode};
 use crate::calc::bird::RenderOptions;
 use crate::dataplane::{BgpApplied, BgpDataplane, BgpError};
@@ -15,12 +16,14 @@ use crate::exec::Exec;
 #[derive(Debug)]
 pub struct Bird {
     mgr: BirdManager,
+    stale_routes: StaleRoutes,
 }
 
 impl Bird {
     pub fn new(opts: bird::BirdOptions) -> Result<Bird, bird::BirdError> {
         Ok(Bird {
             mgr: BirdManager::new(opts)?,
+            stale_routes: StaleRoutes::default(),
         })
     }
 }
@@ -37,6 +40,11 @@ impl BgpDataplane for Bird {
     }
 
     fn status(&mut self) -> proto::BgpStatus {
+        // The periodic look at BIRD (and the one after every apply) also removes the
+        // kernel routes BIRD left at a metric it no longer uses (a changed priority).
+        let o = self.mgr.options();
+        self.stale_routes
+            .poll(&o.exec, &o.socket_path, o.command_timeout);
         self.mgr.status().unwrap_or_else(|e| proto::BgpStatus {
             state: "error".into(),
             error: e.to_string(),

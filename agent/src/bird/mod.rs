@@ -41,6 +41,7 @@
 mod cmd;
 mod control;
 pub mod parse;
+pub mod stale_routes;
 mod supervisor;
 
 use std::fs::{self, File, OpenOptions};
