@@ -240,6 +240,29 @@ async fn pods_are_reachable_from_outside_through_bgp() -> anyhow::Result<()> {
         "outbound from the pod is NATed to its node, saw {seen}"
     );
 
+    // 3b. ipv4NormalRoutePriority is the kernel metric of the routes BIRD programs: n2's
+    // route to n1's block moves from the default 1024 to the configured one.
+    let block0 = blocks[0].to_string();
+    let metric_is = async |want: &str| -> anyhow::Result<()> {
+        let want = format!(" metric {want}");
+        let ok = eventually(20, async || {
+            t.nodes[1]
+                .run("ip", &["-4", "route", "show", &block0])
+                .is_ok_and(|r| r.lines().count() == 1 && r.contains(&want))
+        })
+        .await;
+        let now = t.nodes[1].run("ip", &["-4", "route", "show", &block0])?;
+        ensure!(ok, "n2's route to {block0} with{want}: {now:?}");
+        Ok(())
+    };
+    metric_is("1024").await?;
+    apply(
+        &c,
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {ipv4NormalRoutePriority: 1500}\n",
+    )
+    .await;
+    metric_is("1500").await?;
+
     // 4. A wrong password shows as not established in `ternctl node status`.
     apply(&c, "apiVersion: tern.dev/v1\nkind: Secret\nmetadata: {name: tor}\nstringData: {password: wrong}\n").await;
     let router_row = |out: &str| {
