@@ -202,6 +202,27 @@ async fn dual_stack_mesh_router_nat_and_pods() -> anyhow::Result<()> {
         scrape()
     );
 
+    // 2b. ipv6NormalRoutePriority is the kernel metric of the IPv6 routes BIRD
+    // programs: a change moves n1's route to n2's block, raised and then lowered
+    // again, and leaves no route behind at the previous metric.
+    for (spec, want) in [
+        ("{asNumber: 64512, ipv6NormalRoutePriority: 1500}", 1500),
+        ("{asNumber: 64512}", 1024),
+    ] {
+        apply(
+            &c,
+            &format!("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {spec}\n"),
+        )
+        .await;
+        let show = || n1.ip(&["-6", "route", "show", &n2s, "proto", "bird"]);
+        let metric = format!(" metric {want} ");
+        let ok = common::eventually(20, async || {
+            show().is_ok_and(|r| r.lines().count() == 1 && r.contains(&metric))
+        })
+        .await;
+        ensure!(ok, "n1's route to {n2s} with{metric}only: {:?}", show()?);
+    }
+
     // 3. Pods: pod-a dual stack (IPv4 and IPv6, both NATed outgoing), pod-b with an
     // IPv6 address of the pool without NAT, pod-c on n2 dual stack.
     let b4 = block_of(&c, "n1", false).await?;
