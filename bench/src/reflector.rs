@@ -2,7 +2,8 @@
 //! one session per client (Calico's way, `routeReflectorClients: Explicit`) and with
 //! dynamic BGP (`Dynamic`). For each: the reflector's rendered configuration (bytes,
 //! `protocol bgp` blocks, render time), the time BIRD takes to reload it, and what
-//! client N+1 joining does to it (changed or not, reloads caused, that reload's time).
+//! client N+1 joining does to it (changed or not, reloads caused, that reload's time),
+//! and how often the supervisor had to start BIRD again meanwhile.
 //! A real BIRD runs the reflector's configuration in a throwaway namespace; the
 //! clients are not started (the reload cost is BIRD reading the file, whether or not
 //! the sessions come up).
@@ -75,9 +76,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("machine: {}", machine());
     println!("median of {} runs per cell", a.runs);
     println!(
-        "| clients | routeReflectorClients | config | protocol bgp blocks | render | reload | client N+1 joins: config | reloads | that reload |"
+        "| clients | routeReflectorClients | config | protocol bgp blocks | render | reload | client N+1 joins: config | reloads | that reload | BIRD restarts |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &a.clients {
         for mode in ["Explicit", "Dynamic"] {
             let opts = RenderOptions::default();
@@ -92,11 +93,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let joined = render(&View::from_yaml(&intent(n + 1, mode))?, "rr", &opts)?;
             let (_dir, mut mgr) = crate::bird::tmpfs_manager()?;
             let measured = measure(&mut mgr, &cfg, &joined, a.runs.max(1));
+            // BIRD restarted by its supervisor during the measurement (it should not be).
+            let restarts = mgr.restarts();
             let stopped = mgr.stop();
             let (reloads, join_reloads, join_time) = measured?;
             stopped?;
             println!(
-                "| {n} | {mode} | {:.1} KiB | {} | {} | {} | {} | {join_reloads} | {} |",
+                "| {n} | {mode} | {:.1} KiB | {} | {} | {} | {} | {join_reloads} | {} | {restarts} |",
                 cfg.len() as f64 / 1024.0,
                 cfg.matches("protocol bgp ").count(),
                 ms(median(renders)),
