@@ -24,6 +24,8 @@ const ANNOTATION_BYTES: usize = 250_000;
 /// Block records of ~450 KB each (4,096 allocations with long handles).
 const RECORDS: usize = 10;
 const LIMIT: usize = 64 * 1024 * 1024;
+/// Status reports of ~60 KB whose Nodes do not exist.
+const STALE_REPORTS: usize = 60;
 
 fn big_node(i: usize) -> proto::Resource {
     let pad = "x".repeat(ANNOTATION_BYTES);
@@ -60,12 +62,18 @@ async fn past_4mib(tune: impl Fn(&mut ControllerConfig)) -> Cluster {
     let mut api = ResourceServiceClient::new(ch.clone())
         .max_decoding_message_size(LIMIT)
         .max_encoding_message_size(LIMIT);
+    let mut first_rev = 0;
     for i in 0..NODES {
-        api.create(proto::CreateRequest {
-            resource: Some(big_node(i)),
-        })
-        .await
-        .expect("create a big node");
+        let r = api
+            .create(proto::CreateRequest {
+                resource: Some(big_node(i)),
+            })
+            .await
+            .expect("create a big node")
+            .into_inner();
+        if i == 0 {
+            first_rev = resource_version(&r);
+        }
     }
     api.create(proto::CreateRequest {
         resource: Some(res(
@@ -84,6 +92,23 @@ async fn past_4mib(tune: impl Fn(&mut ControllerConfig)) -> Cluster {
         };
         etcd.put(
             format!("{}/_status/big-{i:02}", c.prefix),
+            s.encode_to_vec(),
+            None,
+        )
+        .await
+        .expect("status");
+    }
+    // Reports whose Nodes do not exist (ListNodes reads and leaves them out): with
+    // them the status range alone is ~4.7 MB, as the reports of 78 nodes near their
+    // bound would be.
+    for i in 0..STALE_REPORTS {
+        let s = proto::NodeStatus {
+            node: format!("gone-{i:02}"),
+            last_error: "e".repeat(60_000),
+            ..Default::default()
+        };
+        etcd.put(
+            format!("{}/_status/gone-{i:02}", c.prefix),
             s.encode_to_vec(),
             None,
         )
@@ -202,7 +227,48 @@ async fn past_4mib(tune: impl Fn(&mut ControllerConfig)) -> Cluster {
             n += 1;
         }
     }
+    // Its history reaches back past the ~4.5 MB of Nodes (read back from etcd's own
+    // history when it started): a Watch from the first Node's creation replays them.
+    let mut replayed = BTreeSet::new();
+    let backfilled = common::eventually(30, async || {
+        let Ok(w) = api2
+            .watch(proto::WatchRequest {
+                kind: "node".into(),
+                start_revision: first_rev,
+            })
+            .await
+        else {
+            return false;
+        };
+        let mut w = w.into_inner();
+        replayed.clear();
+        while replayed.len() < NODES {
+            match tokio::time::timeout(Duration::from_secs(10), w.message()).await {
+                Ok(Ok(Some(ev))) => {
+                    assert_eq!(ev.r#type, proto::EventType::Added as i32);
+                    if let Some(m) = ev.resource.and_then(|r| r.metadata) {
+                        replayed.insert(m.name);
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        backfilled,
+        "the new replica replays from revision {first_rev}: {} of {NODES} nodes",
+        replayed.len()
+    );
     c
+}
+
+fn resource_version(r: &proto::Resource) -> i64 {
+    r.metadata
+        .as_ref()
+        .and_then(|m| m.resource_version.parse().ok())
+        .expect("a resourceVersion")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,4 +477,74 @@ async fn watch_replays_the_history_or_says_it_is_gone() {
             .starts_with("revision 2 has been compacted; the oldest available is "),
         "{e}"
     );
+}
+
+/// The history is bounded by the bytes of the versions it holds, not only by its
+/// number of events: a few large versions push the oldest revisions out (a Watch from
+/// them is OUT_OF_RANGE naming the oldest revision kept), and a Watch from a recent
+/// revision is still served from the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_is_bounded_by_bytes() {
+    const HISTORY_BYTES: usize = 256 * 1024;
+    let mut c = Cluster::without_controller();
+    let mut cfg = c.controller_config();
+    cfg.ipam.auto_blocks = false;
+    cfg.sync.history_events = 10_000;
+    cfg.sync.history_bytes = HISTORY_BYTES;
+    c.add_controller_with(cfg).await;
+    let mut api = c.admin().await;
+    // 12 versions of ~100 KB: 1.2 MB, far more bytes than the history may hold, far
+    // fewer events.
+    let mut revs = Vec::new();
+    for i in 0..12 {
+        let r = api
+            .create(proto::CreateRequest {
+                resource: Some(res(&format!(
+                    "apiVersion: tern.dev/v1\nkind: Node\nmetadata:\n  name: n{i}\n  \
+                     annotations: {{example.com/pad: {}}}\nspec: {{}}\n",
+                    "x".repeat(100_000)
+                ))),
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        revs.push(resource_version(&r));
+    }
+    let last = *revs.last().expect("writes");
+    let m = c.controllers[0].metrics().clone();
+    assert!(common::eventually(10, async || m.cache_revision.get() >= last).await);
+    let e = api
+        .watch(proto::WatchRequest {
+            kind: "node".into(),
+            start_revision: revs[0],
+        })
+        .await
+        .expect_err("the first versions are out of the history");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+    let oldest: i64 = e
+        .message()
+        .rsplit(' ')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("the oldest revision in {:?}", e.message()));
+    // What is kept is within the bound: at most HISTORY_BYTES / 100 KB versions.
+    let kept = revs.iter().filter(|r| **r >= oldest).count();
+    assert!(
+        (1..=HISTORY_BYTES / 100_000).contains(&kept),
+        "{kept} of the versions kept (oldest available {oldest}, writes at {revs:?})"
+    );
+    let mut w = api
+        .watch(proto::WatchRequest {
+            kind: "node".into(),
+            start_revision: last,
+        })
+        .await
+        .expect("a recent revision is in the history")
+        .into_inner();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("an event");
+    assert_eq!(ev.revision, last);
 }
