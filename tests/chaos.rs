@@ -3,8 +3,8 @@
 //! while writers churn the intent and a monkey kills controllers, etcd members and
 //! agents. The seed fixes the choices, not their timing; the outcome asserted is the
 //! one every run must have: the agents converge on the final intent, every
-//! acknowledged write is in it, nothing ends by itself. Timings are printed, never
-//! asserted.
+//! acknowledged write is in it, nothing ends by itself, and every agent's node then
+//! shows one applied revision. Timings are printed, never asserted.
 //!
 //! Two runs: agents in this process with the recording driver, and tern-agent
 //! processes in network namespaces with nftables and BIRD. The second runs inside a

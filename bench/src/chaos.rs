@@ -15,7 +15,8 @@
 //!    == each agent's table (nft -j list table inet tern) and bird.conf (or recordings)
 //!    converged = every agent matches, and a second List finds the same intent
 //!  and: every acknowledged write is in the final intent as written (nothing lost or
-//!       resurrected); no process ended by itself
+//!       resurrected); no process ended by itself; and, polling ListNodes, every
+//!       agent's node connected and showing one applied revision within 30 s
 //! ```
 //!
 //! Operations and kills are chosen by a seeded random source, so a seed names a
@@ -161,6 +162,9 @@ pub struct Report {
     pub writes_checked: usize,
     /// How the API shows the nodes at the end.
     pub nodes: String,
+    /// From convergence to every agent's node showing one applied revision (None: not
+    /// within [`REVISIONS_AGREE_WITHIN`]).
+    pub revisions_agree_after: Option<Duration>,
     /// The run directory, when kept.
     pub dir: Option<PathBuf>,
 }
@@ -169,6 +173,7 @@ impl Report {
     /// True when the run found nothing wrong.
     pub fn passed(&self) -> bool {
         self.converged_after.is_some()
+            && self.revisions_agree_after.is_some()
             && self.mismatches.is_empty()
             && self.write_findings.is_empty()
             && self.crashes.is_empty()
@@ -258,6 +263,16 @@ impl Report {
             println!("  WRITE: {f}");
         }
         println!("nodes in the API: {}", self.nodes);
+        match self.revisions_agree_after {
+            Some(d) => println!(
+                "every agent's node showed one applied revision {:.2} s after convergence",
+                d.as_secs_f64()
+            ),
+            None => println!(
+                "NODES' REVISIONS STILL DIFFER {} s after convergence",
+                REVISIONS_AGREE_WITHIN.as_secs()
+            ),
+        }
         if let Some(d) = &self.dir {
             println!("run directory (logs, state): {}", d.display());
         }
@@ -588,6 +603,54 @@ async fn converge(
     }
 }
 
+/// How long after convergence the nodes' applied revisions may still differ: three of
+/// the controllers' ping intervals (10 s), each of which carries a bookmark of the
+/// revision an agent's view is current at; the agent reports it, the replica writes it.
+pub const REVISIONS_AGREE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Once converged, and nothing changes any more: poll ListNodes until every agent's
+/// node is connected and all report one applied revision (what an operator sees in
+/// `ternctl get nodes`). Returns how long that took (None: not within
+/// [`REVISIONS_AGREE_WITHIN`]) and the last summary.
+async fn wait_one_revision(
+    api: &mut Api,
+    admin: &tern::client::ClientTls,
+    addrs: &[String],
+    names: &[String],
+    revision: i64,
+) -> (Option<Duration>, String) {
+    let t0 = Instant::now();
+    let mut last;
+    loop {
+        match api.list_nodes(admin, addrs).await {
+            Ok(l) => {
+                last = nodes_summary(&l, names, revision);
+                let ours: Vec<&proto::NodeInfo> = l
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        n.node
+                            .as_ref()
+                            .and_then(|r| r.metadata.as_ref())
+                            .is_some_and(|m| names.contains(&m.name))
+                    })
+                    .collect();
+                let revs: std::collections::BTreeSet<i64> =
+                    ours.iter().map(|n| n.applied_revision).collect();
+                if ours.len() == names.len() && ours.iter().all(|n| n.connected) && revs.len() == 1
+                {
+                    return (Some(t0.elapsed()), last);
+                }
+            }
+            Err(e) => last = format!("ListNodes failed: {e:#}"),
+        }
+        if t0.elapsed() > REVISIONS_AGREE_WITHIN {
+            return (None, last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// How the API shows the agents' nodes: connected, and the revisions they report.
 fn nodes_summary(nodes: &proto::ListNodesResponse, agents: &[String], revision: i64) -> String {
     let ours: Vec<&proto::NodeInfo> = nodes
@@ -729,9 +792,14 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
     .await?;
     let (lost, writes_checked) = churn::check_final(&expect, &intent.items, &names);
     write_findings.extend(lost);
-    let nodes = match api.list_nodes(&admin, &addrs).await {
-        Ok(l) => nodes_summary(&l, &names, intent.revision),
-        Err(e) => format!("ListNodes failed: {e:#}"),
+    let (revisions_agree_after, nodes) = if converged_after.is_some() {
+        wait_one_revision(&mut api, &admin, &addrs, &names, intent.revision).await
+    } else {
+        let nodes = match api.list_nodes(&admin, &addrs).await {
+            Ok(l) => nodes_summary(&l, &names, intent.revision),
+            Err(e) => format!("ListNodes failed: {e:#}"),
+        };
+        (None, nodes)
     };
     // Anything that ended by itself during the convergence wait.
     world.reap(&[], &mut crashes, t0).await;
@@ -781,6 +849,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Report> {
         write_findings,
         writes_checked,
         nodes,
+        revisions_agree_after,
         dir: None,
     };
     drop(world);
