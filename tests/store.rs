@@ -84,36 +84,22 @@ async fn past_4mib(tune: impl Fn(&mut ControllerConfig)) -> Cluster {
     .expect("pool");
     // Status reports and block records go straight into etcd.
     let mut etcd = c.etcd.client().await.expect("etcd client");
-    for i in 0..NODES {
+    // Reports of the big Nodes, and reports whose Nodes do not exist (ListNodes reads
+    // and leaves them out): with those the status range alone is ~4.7 MB, as the
+    // reports of 78 nodes near their bound would be.
+    let names = (0..NODES)
+        .map(|i| format!("big-{i:02}"))
+        .chain((0..STALE_REPORTS).map(|i| format!("gone-{i:02}")));
+    for node in names {
+        let key = format!("{}/_status/{node}", c.prefix);
         let s = proto::NodeStatus {
-            node: format!("big-{i:02}"),
+            node,
             last_error: "e".repeat(60_000),
             ..Default::default()
         };
-        etcd.put(
-            format!("{}/_status/big-{i:02}", c.prefix),
-            s.encode_to_vec(),
-            None,
-        )
-        .await
-        .expect("status");
-    }
-    // Reports whose Nodes do not exist (ListNodes reads and leaves them out): with
-    // them the status range alone is ~4.7 MB, as the reports of 78 nodes near their
-    // bound would be.
-    for i in 0..STALE_REPORTS {
-        let s = proto::NodeStatus {
-            node: format!("gone-{i:02}"),
-            last_error: "e".repeat(60_000),
-            ..Default::default()
-        };
-        etcd.put(
-            format!("{}/_status/gone-{i:02}", c.prefix),
-            s.encode_to_vec(),
-            None,
-        )
-        .await
-        .expect("status");
+        etcd.put(key, s.encode_to_vec(), None)
+            .await
+            .expect("status");
     }
     for i in 0..RECORDS {
         let (seg, value) = big_record(i, &format!("big-{i:02}"));

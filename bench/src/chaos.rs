@@ -625,16 +625,7 @@ async fn wait_one_revision(
         match api.list_nodes(admin, addrs).await {
             Ok(l) => {
                 last = nodes_summary(&l, names, revision);
-                let ours: Vec<&proto::NodeInfo> = l
-                    .nodes
-                    .iter()
-                    .filter(|n| {
-                        n.node
-                            .as_ref()
-                            .and_then(|r| r.metadata.as_ref())
-                            .is_some_and(|m| names.contains(&m.name))
-                    })
-                    .collect();
+                let ours = agents_nodes(&l, names);
                 let revs: std::collections::BTreeSet<i64> =
                     ours.iter().map(|n| n.applied_revision).collect();
                 if ours.len() == names.len() && ours.iter().all(|n| n.connected) && revs.len() == 1
@@ -651,9 +642,12 @@ async fn wait_one_revision(
     }
 }
 
-/// How the API shows the agents' nodes: connected, and the revisions they report.
-fn nodes_summary(nodes: &proto::ListNodesResponse, agents: &[String], revision: i64) -> String {
-    let ours: Vec<&proto::NodeInfo> = nodes
+/// The agents' nodes among those ListNodes shows.
+fn agents_nodes<'a>(
+    nodes: &'a proto::ListNodesResponse,
+    agents: &[String],
+) -> Vec<&'a proto::NodeInfo> {
+    nodes
         .nodes
         .iter()
         .filter(|n| {
@@ -662,7 +656,12 @@ fn nodes_summary(nodes: &proto::ListNodesResponse, agents: &[String], revision: 
                 .and_then(|r| r.metadata.as_ref())
                 .is_some_and(|m| agents.contains(&m.name))
         })
-        .collect();
+        .collect()
+}
+
+/// How the API shows the agents' nodes: connected, and the revisions they report.
+fn nodes_summary(nodes: &proto::ListNodesResponse, agents: &[String], revision: i64) -> String {
+    let ours = agents_nodes(nodes, agents);
     let connected = ours.iter().filter(|n| n.connected).count();
     let mut revs: Vec<i64> = ours.iter().map(|n| n.applied_revision).collect();
     revs.sort_unstable();
