@@ -115,3 +115,16 @@ mod tests {
         assert_eq!(a.sessions[0].uptime_seconds, 10);
     }
 }
+
+/// An error and its sources, joined with ": " (for a message that says why, e.g. why a
+/// connection failed: "transport error: tcp connect error: Connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -673,6 +673,189 @@ async fn parallel_adds_never_share_an_address() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's `tern-agent` (the workspace binary) in the host namespace, serving its
+/// CNI socket with the node's certificate; killed on drop.
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Host {
+    fn start_agent(&self) -> anyhow::Result<Agent> {
+        let bin = self.plugin.with_file_name("tern-agent");
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("cni.sock");
+        let files = self.c.pki.files(&Role::Node(NODE.into()));
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.ns.name()])
+            .arg(&bin)
+            .args(["run", "--node-name", NODE, "--controllers", CONTROLLER])
+            .arg("--ca")
+            .arg(self.c.pki.ca_cert())
+            .arg("--cert")
+            .arg(&files.cert)
+            .arg("--key")
+            .arg(&files.key)
+            .args(["--ipv4-address", "192.0.2.1/32", "--bird", "disabled"])
+            .args(["--dataplane", "nftables", "--log-level", "warn"])
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--cni-socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let agent = Agent {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !agent.socket.exists() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the agent's CNI socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(agent)
+    }
+
+    /// A configuration for the agent at `socket` (no controllers, no TLS files).
+    fn agent_conf(&self, socket: &Path, version: &str, extra: Value) -> Value {
+        let mut v = json!({
+            "cniVersion": version,
+            "name": "tern-test",
+            "type": "tern",
+            "agentSocket": socket,
+            "ipam": {"ipv4_pools": ["v4"]},
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+
+    /// `verb` for every container `c{i}` of `nss` at once.
+    fn burst(&self, verb: &str, nss: &[Netns], conf: &Value) -> Vec<anyhow::Result<Run>> {
+        std::thread::scope(|s| {
+            let joins: Vec<_> = nss
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    s.spawn(move || {
+                        let path = format!("/run/netns/{}", n.name());
+                        self.cni(verb, Some((&format!("c{i}"), "eth0", &path)), conf)
+                    })
+                })
+                .collect();
+            joins
+                .into_iter()
+                .map(|j| j.join().unwrap_or_else(|_| bail!("thread panicked")))
+                .collect()
+        })
+    }
+}
+
+/// The plugin hands its requests to the node's agent over the agent's unix socket:
+/// parallel ADDs get distinct addresses, each recorded in etcd under its container's
+/// handle before the ADD answers, with working veths and routes (CHECK); DEL releases
+/// them and is idempotent; the agent refuses a configuration for another node; an
+/// agent that is gone is a retryable error naming its socket and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_the_plugin_over_its_socket() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Host::start().await?;
+    let agent = h.start_agent()?;
+    let mode = std::fs::metadata(&agent.socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "the socket is root's only: {mode:o}");
+    let conf = h.agent_conf(&agent.socket, "1.0.0", json!({}));
+    h.cni(
+        "STATUS",
+        None,
+        &h.agent_conf(&agent.socket, "1.1.0", json!({})),
+    )?
+    .expect_ok("STATUS through the agent")?;
+
+    let nss: Vec<Netns> = (0..8)
+        .map(|i| Netns::new(&format!("a{i}")))
+        .collect::<Result<_, _>>()?;
+    let mut given = BTreeSet::new();
+    let mut results = Vec::new();
+    for r in h.burst("ADD", &nss, &conf) {
+        let v = r?.expect_ok("parallel ADD through the agent")?;
+        let a = addresses(&v);
+        ensure!(a.len() == 1, "one IPv4 address: {v}");
+        ensure!(given.insert(a[0]), "{} given twice", a[0]);
+        results.push(v);
+    }
+    // Recorded in etcd under each container's handle.
+    let handles = h.handles().await?;
+    let recorded: BTreeSet<(String, IpAddr)> = handles
+        .iter()
+        .flat_map(|(h, addrs)| {
+            addrs
+                .iter()
+                .map(move |a| (h.clone(), a.parse().expect("an address")))
+        })
+        .collect();
+    let want: BTreeSet<(String, IpAddr)> = results
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("cni/tern-test/c{i}/eth0"), addresses(v)[0]))
+        .collect();
+    ensure!(
+        recorded == want,
+        "etcd holds {recorded:?}, the results {want:?}"
+    );
+    ensure!(h.host_veths()?.len() == 8, "a veth per container");
+    // The kernel state matches each result.
+    for (i, (n, v)) in nss.iter().zip(&results).enumerate() {
+        let mut c = conf.clone();
+        c["prevResult"] = v.clone();
+        let path = format!("/run/netns/{}", n.name());
+        h.cni("CHECK", Some((&format!("c{i}"), "eth0", &path)), &c)?
+            .expect_ok("CHECK through the agent")?;
+    }
+    // The agent acts for its own node only.
+    let other = h.agent_conf(&agent.socket, "1.0.0", json!({"nodeName": "other-node"}));
+    let x = Netns::new("ax")?;
+    let xpath = format!("/run/netns/{}", x.name());
+    h.cni("ADD", Some(("cx", "eth0", &xpath)), &other)?
+        .expect_err("another node's name", 7, "serves node")?;
+
+    for r in h.burst("DEL", &nss, &conf) {
+        r?.expect_ok("parallel DEL through the agent")?;
+    }
+    ensure!(h.handles().await?.is_empty(), "every address released");
+    ensure!(h.host_veths()?.is_empty(), "every veth removed");
+    h.cni("DEL", Some(("c0", "eth0", "")), &conf)?
+        .expect_ok("DEL again")?;
+
+    // No agent: a retryable error naming the socket; nothing made.
+    let socket = agent.socket.clone();
+    drop(agent);
+    let r = h.cni("ADD", Some(("cx", "eth0", &xpath)), &conf)?;
+    r.expect_err("no agent", 11, &socket.display().to_string())?;
+    ensure!(
+        h.handles().await?.is_empty(),
+        "nothing assigned without the agent"
+    );
+    ensure!(h.host_veths()?.is_empty(), "no veth without the agent");
+    Ok(())
+}
+
 /// tern first in a chain with Debian's reference plugins, as libcni runs a conflist:
 /// each plugin gets the previous result as `prevResult`; CHECK and DEL (in reverse)
 /// go through all of them.

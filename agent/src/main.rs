@@ -124,6 +124,12 @@ struct RunArgs {
     /// machine can play several hosts (tests, labs).
     #[arg(long, env = "TERN_NETNS")]
     netns: Option<String>,
+    /// Serve tern's CNI plugin on this unix socket (`none`: not at all): the plugin
+    /// hands its requests to the agent, which assigns addresses over its own channel
+    /// to the controller and makes the veths. The socket is root's only (0600). Deploy
+    /// files set /run/tern/cni.sock, where the plugin looks by default.
+    #[arg(long, env = "TERN_CNI_SOCKET", default_value = "none")]
+    cni_socket: String,
     /// Log filter [default: info]
     #[arg(long, env = "TERN_LOG", default_value = "info")]
     log_level: String,
@@ -317,6 +323,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             },
         )?),
     };
+    let cni = match a.cni_socket.as_str() {
+        "none" | "" => None,
+        path if !path.starts_with('/') => bail!("--cni-socket {path:?}: not an absolute path"),
+        path => Some(tern_agent::cni::server::CniServerConfig {
+            socket: PathBuf::from(path),
+            node: node.clone(),
+            controllers: a.controllers.clone(),
+            tls: sync.tls.clone(),
+            host: exec.clone(),
+            timeout: Duration::from_secs(10),
+        }),
+    };
     let cfg = AgentConfig {
         sync,
         exec,
@@ -328,6 +346,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
+        let cni = match cni {
+            Some(c) => Some(tern_agent::cni::server::serve(c).await.context("--cni-socket")?),
+            None => None,
+        };
         let mut agent = tern_agent::agent::start(cfg).await?;
         tracing::info!(node = %node, controllers = ?a.controllers, "agent started");
         tokio::select! {
@@ -341,6 +363,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             "stopping; the host keeps its NAT and BGP state (run `tern-agent cleanup` to remove it)"
         );
         agent.stop();
+        if let Some(c) = cni {
+            c.abort();
+        }
         Ok(())
     })
 }

@@ -1,9 +1,12 @@
 //! `tern-bench cni`: N containers attached at once on one node by the CNI plugin, as a
-//! runtime starting a burst of pods does. A real etcd and a controller (separate
-//! release processes) and every `tern-cni` process run inside a throwaway network
-//! namespace (the node); each container has its own namespace. Measures the latency
-//! of each ADD and DEL process (spawn to exit, all N started together), checks that no
-//! address was given twice and that every address is released at the end.
+//! runtime starting a burst of pods does. A real etcd, a controller and the node's
+//! `tern-agent` serving its CNI socket (separate release processes), and every
+//! `tern-cni` process run inside a throwaway network namespace (the node); each
+//! container has its own namespace. Measures the latency of each ADD and DEL process
+//! (spawn to exit, all N started together), checks that no address was given twice
+//! (and that each is recorded in etcd under its handle) and that every address is
+//! released at the end. `--direct`: the plugin calls the controller itself, with the
+//! node's certificate (no agent).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -21,6 +24,10 @@ pub struct Args {
     /// Containers attached at once.
     #[arg(long, default_value_t = 100)]
     containers: usize,
+    /// The plugin calls the controller itself (its configuration names the
+    /// controllers) instead of handing the request to the agent's socket.
+    #[arg(long)]
+    direct: bool,
     /// The directory of tern-controller and tern-cni [default: this binary's]
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -51,6 +58,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "--containers".into(),
             a.containers.to_string(),
         ];
+        if a.direct {
+            args.push("--direct".into());
+        }
         if let Some(d) = &a.bin_dir {
             args.push("--bin-dir".into());
             args.push(d.display().to_string());
@@ -60,7 +70,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let bin_dir = crate::bin_dir(a.bin_dir.as_deref())?;
     let plugin = bin_dir.join("tern-cni");
     let controller = bin_dir.join("tern-controller");
-    for b in [&plugin, &controller] {
+    let agent = bin_dir.join("tern-agent");
+    for b in [&plugin, &controller, &agent] {
         ensure!(
             b.exists(),
             "{} not found: cargo build --release -p tern-controller -p tern-agent",
@@ -68,13 +79,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(bench(&a, &plugin, &controller))
+    rt.block_on(bench(&a, &plugin, &controller, &agent))
+}
+
+/// The node's agent, killed on drop.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn bench(
     a: &Args,
     plugin: &std::path::Path,
     controller: &std::path::Path,
+    agent_bin: &std::path::Path,
 ) -> anyhow::Result<()> {
     let n = a.containers;
     let etcd = Etcd::start()?;
@@ -116,16 +138,56 @@ async fn bench(
         ensure!(Instant::now() < deadline, "the node got no block");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "bench",
-        "type": "tern",
-        "nodeName": NODE,
-        "controllers": [addr],
-        "tls": {"ca": pki.ca_cert(), "cert": node.cert, "key": node.key},
-        "ipam": {"ipv4_pools": ["bench"]},
-    })
-    .to_string();
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("cni.sock");
+    let (conf, _agent) = if a.direct {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bench",
+            "type": "tern",
+            "nodeName": NODE,
+            "controllers": [addr],
+            "tls": {"ca": pki.ca_cert(), "cert": node.cert, "key": node.key},
+            "ipam": {"ipv4_pools": ["bench"]},
+        });
+        (conf, None)
+    } else {
+        let child = Command::new(agent_bin)
+            .args(["run", "--node-name", NODE, "--controllers", addr])
+            .arg("--ca")
+            .arg(pki.ca_cert())
+            .arg("--cert")
+            .arg(&node.cert)
+            .arg("--key")
+            .arg(&node.key)
+            .args(["--ipv4-address", "192.0.2.10/24", "--bird", "disabled"])
+            .args(["--dataplane", "nftables", "--log-level", "warn"])
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--cni-socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let agent = Agent(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "the agent's CNI socket never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bench",
+            "type": "tern",
+            "agentSocket": socket,
+            "ipam": {"ipv4_pools": ["bench"]},
+        });
+        (conf, Some(agent))
+    };
+    let conf = conf.to_string();
     let pid = std::process::id();
     let nss = Namespaces((0..n).map(|i| format!("tern-bench-{pid}-c{i}")).collect());
     for ns in &nss.0 {
@@ -161,6 +223,25 @@ async fn bench(
             }
         }
     }
+    // Every address given is recorded in etcd under its container's handle.
+    let recorded: BTreeSet<String> = ipam
+        .list_handles(proto::ListHandlesRequest {
+            node: NODE.into(),
+            prefix: String::new(),
+        })
+        .await?
+        .into_inner()
+        .handles
+        .into_iter()
+        .flat_map(|h| h.addresses)
+        .map(|a| format!("{a}/32"))
+        .collect();
+    ensure!(
+        recorded == addresses,
+        "the handles in etcd hold {} addresses, the results {}",
+        recorded.len(),
+        addresses.len()
+    );
     let t = Instant::now();
     let dels = burst(plugin, "DEL", &nss.0, &conf)?;
     let del_wall = t.elapsed();
@@ -177,7 +258,7 @@ async fn bench(
     report("ADD", &adds, add_wall);
     report("DEL", &dels, del_wall);
     println!(
-        "addresses: {} distinct of {n} ADDs ({failed} failed); none given twice; {} handles left after DEL ({del_failed} DELs failed)",
+        "addresses: {} distinct of {n} ADDs ({failed} failed), each recorded under its handle; none given twice; {} handles left after DEL ({del_failed} DELs failed)",
         addresses.len(),
         left
     );

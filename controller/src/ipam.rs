@@ -57,7 +57,7 @@ pub use check::{CheckInput, CheckReport, Problem, StoredHandle, check};
 pub use keys::*;
 pub use planner::*;
 pub use reconciler::{IpamTuning, PassReport, Reconciler, spawn_reconciler};
-pub use transactions::{Assigned, Ipam};
+pub use transactions::{AssignRequest, Assigned, Ipam, MAX_ASSIGN_BATCH};
 pub use usage::*;
 
 use crate::store::StoreError;

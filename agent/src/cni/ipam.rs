@@ -38,7 +38,8 @@ fn unreachable(controllers: &[String], e: impl std::fmt::Display) -> CniError {
 }
 
 impl Ipam {
-    /// Connect to the first controller that answers.
+    /// Connect to the first controller of the configuration that answers, with its
+    /// TLS files (the plugin calling the controller itself).
     pub async fn connect(conf: &NetConf, node: &str) -> Result<Ipam, CniError> {
         let tls = ClientTls {
             ca: Some(conf.tls.ca.clone()),
@@ -47,9 +48,25 @@ impl Ipam {
             server_name: conf.tls.server_name.clone(),
             insecure: false,
         };
-        let timeout = Duration::from_secs(conf.timeout_secs);
+        Ipam::connect_with(
+            &tls,
+            &conf.controllers,
+            node,
+            Duration::from_secs(conf.timeout_secs),
+        )
+        .await
+    }
+
+    /// Connect to the first of `controllers` that answers (the agent's channel, with
+    /// the agent's own TLS settings).
+    pub async fn connect_with(
+        tls: &ClientTls,
+        controllers: &[String],
+        node: &str,
+        timeout: Duration,
+    ) -> Result<Ipam, CniError> {
         let mut errors = Vec::new();
-        for addr in &conf.controllers {
+        for addr in controllers {
             let ep = match tls.endpoint(addr) {
                 Ok(ep) => ep,
                 // A certificate file that cannot be read is the configuration's fault.
@@ -80,10 +97,10 @@ impl Ipam {
                         timeout,
                     });
                 }
-                Err(e) => errors.push(format!("{addr}: {}", error_chain(&e))),
+                Err(e) => errors.push(format!("{addr}: {}", tern::util::error_chain(&e))),
             }
         }
-        Err(unreachable(&conf.controllers, errors.join("; ")))
+        Err(unreachable(controllers, errors.join("; ")))
     }
 
     fn status(&self, what: &str, s: tonic::Status) -> CniError {
@@ -217,16 +234,4 @@ impl Ipam {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
-}
-
-/// An error with its sources, for a message that says why a connection failed.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

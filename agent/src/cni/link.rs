@@ -1,31 +1,35 @@
-//! The kernel side of an attachment, with iproute2: the veth pair, addresses, routes
-//! and the gateway scheme (Calico's): the container routes everything to 169.254.1.1,
-//! which the host answers by proxy ARP on its veth; for IPv6 to the host veth's
-//! link-local address `fe80::ecee:eeff:feee:eeee`. The host routes each address (/32,
-//! /128) to the veth.
+//! The kernel side of an attachment: the veth pair, addresses, routes and the gateway
+//! scheme (Calico's): the container routes everything to 169.254.1.1, which the host
+//! answers by proxy ARP on its veth; for IPv6 to the host veth's link-local address
+//! `fe80::ecee:eeff:feee:eeee`. The host routes each address (/32, /128) to the veth.
 //!
-//! Why `ip` and not netlink from this process: the container's side must be configured
-//! inside its network namespace, which from Rust means `setns` on a thread (unsafe, or
-//! a crate for it) and a netlink library; `ip -batch` does all of one side in one
-//! process, reports errors in words an operator knows, and takes the namespace as a
-//! path (`ip link add ... netns /run/netns/x`, `ip -n NAME`, `nsenter --net=PATH`). An
-//! ADD costs two `ip` runs (host, then container), a DEL one; `tern-bench cni` measures
-//! the total.
+//! ADD and DEL speak rtnetlink from this process ([`super::netlink`]): a burst of
+//! containers on a node would otherwise start three `ip` processes each, which costs
+//! more than everything else an ADD does. The veth is created with its peer already
+//! in the container's namespace, under its final name; the container's side is then
+//! configured through a netlink socket opened inside that namespace. CHECK, which is
+//! rare, reads the state back with `ip -j` (JSON).
 //!
-//! Host-side sysctls are written directly under /proc/sys (they belong to the network
-//! namespace of the writing process, the host's).
+//! Host-side sysctls are written under /proc/sys, which shows the network namespace
+//! of the thread that opens the file: the host's, or, for an agent given `--netns`,
+//! that namespace's (entered by a short-lived thread, as for the netlink socket).
 
+use std::fs::File;
+use std::io;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::netlink::{Netlink, Route, Veth};
 use super::spec::{self, CniError, Expected, GATEWAY_V4, HOST_MAC, code};
-use crate::exec::{Exec, ExecError};
+use crate::exec::Exec;
 
 /// What an ADD asks of the kernel.
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
+    /// Where the host side is (the host, or the agent's --netns).
+    pub host: &'a Exec,
     pub host_veth: &'a str,
     pub ifname: &'a str,
     pub netns: &'a Path,
@@ -37,17 +41,32 @@ fn kernel(what: &str, e: impl std::fmt::Display) -> CniError {
     CniError::new(code::KERNEL, format!("cannot {what}"), e.to_string())
 }
 
-/// `ip -batch -` on the host.
-fn ip_batch(lines: &[String]) -> Result<(), ExecError> {
-    Exec::host()
-        .run("ip", &["-batch", "-"], Some(&(lines.join("\n") + "\n")))
-        .map(|_| ())
+/// The path of a named network namespace.
+fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
 }
 
-/// `ip ARGS` inside the namespace at `netns`: `ip -n NAME` for a named namespace
-/// (/run/netns/NAME, where podman, containerd and CRI-O put theirs: one process),
-/// `nsenter --net=PATH ip` for any other path.
-fn ip_in(netns: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, ExecError> {
+/// Run `f` in the host's network namespace: here, or on a thread that enters the
+/// agent's `--netns` first.
+fn on_host<T: Send>(host: &Exec, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let Some(name) = host.netns() else {
+        return f();
+    };
+    let ns = File::open(netns_path(name))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the netns thread panicked")))
+    })
+}
+
+/// `ip ARGS` inside the namespace at `netns` (CHECK): `ip -n NAME` for a named
+/// namespace (/run/netns/NAME, where podman, containerd and CRI-O put theirs: one
+/// process), `nsenter --net=PATH ip` for any other path.
+fn ip_in(netns: &Path, args: &[&str]) -> Result<String, crate::exec::ExecError> {
     let named = netns
         .parent()
         .is_some_and(|d| d == Path::new("/run/netns") || d == Path::new("/var/run/netns"));
@@ -55,55 +74,50 @@ fn ip_in(netns: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Exe
         Some(name) if named => {
             let mut full = vec!["-n", name];
             full.extend_from_slice(args);
-            Exec::host().run("ip", &full, stdin).map(|o| o.stdout)
+            Exec::host().run("ip", &full, None).map(|o| o.stdout)
         }
         _ => {
             let ns = format!("--net={}", netns.display());
             let mut full = vec![ns.as_str(), "ip"];
             full.extend_from_slice(args);
-            Exec::host().run("nsenter", &full, stdin).map(|o| o.stdout)
+            Exec::host().run("nsenter", &full, None).map(|o| o.stdout)
         }
     }
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<(), CniError> {
-    std::fs::write(path, value).map_err(|e| kernel(&format!("write {path}"), e))
-}
-
-/// Step 1 of ADD: the veth pair, the container end already in its namespace under its
-/// final name. Fails with code 100 when either name exists (another attachment, or an
-/// ADD without DEL): then nothing was made.
+/// Step 1 of ADD: the veth pair (down), the container end already in its
+/// namespace under its final name. Fails with code 100 when either name exists
+/// (another attachment, or an ADD without DEL): then nothing was made.
 pub fn create_pair(p: &Plan<'_>) -> Result<(), CniError> {
-    let mut cmd = format!(
-        "link add {} address {} ",
-        p.host_veth,
-        spec::mac_string(&HOST_MAC)
-    );
-    if let Some(m) = p.mtu {
-        cmd.push_str(&format!("mtu {m} "));
-    }
-    cmd.push_str(&format!(
-        "type veth peer name {} address {} ",
-        p.ifname,
-        spec::mac_string(&p.container_mac)
-    ));
-    if let Some(m) = p.mtu {
-        cmd.push_str(&format!("mtu {m} "));
-    }
-    cmd.push_str(&format!("netns {}", p.netns.display()));
-    match ip_batch(&[cmd]) {
+    let peer_netns = File::open(p.netns).map_err(|e| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "the container's network namespace cannot be opened",
+            format!("{}: {e}", p.netns.display()),
+        )
+    })?;
+    let veth = Veth {
+        name: p.host_veth,
+        mac: HOST_MAC,
+        peer_name: p.ifname,
+        peer_mac: p.container_mac,
+        peer_netns: &peer_netns,
+        mtu: p.mtu,
+        // Up once its sysctls are set (IPv6: no duplicate address detection on the
+        // gateway address).
+        up: false,
+    };
+    match on_host(p.host, || Netlink::open()?.add_veth(&veth)) {
         Ok(()) => Ok(()),
-        Err(ExecError::Failed { stderr, .. }) if stderr.contains("File exists") => {
-            Err(CniError::new(
-                code::ALREADY_EXISTS,
-                format!("interface {} already exists", p.ifname),
-                format!(
-                    "the container already has an interface {:?}, or the host a {:?} \
-                     (ADD twice without DEL?): {stderr}",
-                    p.ifname, p.host_veth
-                ),
-            ))
-        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST) => Err(CniError::new(
+            code::ALREADY_EXISTS,
+            format!("interface {} already exists", p.ifname),
+            format!(
+                "the container already has an interface {:?}, or the host a {:?} \
+                 (ADD twice without DEL?): {e}",
+                p.ifname, p.host_veth
+            ),
+        )),
         Err(e) => Err(kernel("create the veth pair", e)),
     }
 }
@@ -114,57 +128,83 @@ pub fn configure_host(p: &Plan<'_>, addresses: &[IpAddr]) -> Result<(), CniError
     let has_v6 = addresses.iter().any(IpAddr::is_ipv6);
     // Proxy ARP answers the container's ARP for 169.254.1.1 with the veth's MAC; no
     // delay, so the first packet goes at once.
-    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{v}/proxy_arp"), "1")?;
-    write_sysctl(&format!("/proc/sys/net/ipv4/neigh/{v}/proxy_delay"), "0")?;
+    let mut settings = vec![
+        (format!("net/ipv4/conf/{v}/proxy_arp"), "1"),
+        (format!("net/ipv4/neigh/{v}/proxy_delay"), "0"),
+    ];
     if has_v6 {
         // The gateway is the veth's link-local address: usable at once, without
         // duplicate address detection.
-        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{v}/disable_ipv6"), "0")?;
-        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{v}/accept_dad"), "0")?;
+        settings.push((format!("net/ipv6/conf/{v}/disable_ipv6"), "0"));
+        settings.push((format!("net/ipv6/conf/{v}/accept_dad"), "0"));
     }
-    let mut lines = vec![format!("link set {v} up")];
-    for a in addresses {
-        let len = if a.is_ipv4() { 32 } else { 128 };
-        lines.push(format!("route replace {a}/{len} dev {v} scope link"));
-    }
-    ip_batch(&lines).map_err(|e| kernel(&format!("configure {v}"), e))
+    on_host(p.host, || {
+        for (key, value) in &settings {
+            let path = format!("/proc/sys/{key}");
+            std::fs::write(&path, value)
+                .map_err(|e| io::Error::new(e.kind(), format!("write {path}: {e}")))?;
+        }
+        let mut nl = Netlink::open()?;
+        let index = nl.index(v)?;
+        nl.set_up(index)?;
+        for a in addresses {
+            let len = if a.is_ipv4() { 32 } else { 128 };
+            nl.add_route(&Route {
+                dst: Some((*a, len)),
+                gateway: None,
+                oif: index,
+                replace: true,
+            })?;
+        }
+        Ok(())
+    })
+    .map_err(|e| kernel(&format!("configure {v}"), e))
 }
 
 /// Step 3 of ADD: the container end (addresses, up, gateway and default routes).
 pub fn configure_container(p: &Plan<'_>, addresses: &[IpAddr]) -> Result<(), CniError> {
     let i = p.ifname;
-    let mut lines = Vec::new();
-    for a in addresses {
-        match a {
-            IpAddr::V4(_) => lines.push(format!("addr add {a}/32 dev {i}")),
-            IpAddr::V6(_) => lines.push(format!("addr add {a}/128 dev {i} nodad")),
+    let configure = || -> io::Result<()> {
+        let mut nl = Netlink::open_in(p.netns)?;
+        let index = nl.index(i)?;
+        for a in addresses {
+            let len = if a.is_ipv4() { 32 } else { 128 };
+            nl.add_address(index, *a, len)?;
         }
-    }
-    lines.push(format!("link set {i} up"));
-    if addresses.iter().any(IpAddr::is_ipv4) {
-        lines.push(format!("route add {GATEWAY_V4} dev {i} scope link"));
-        lines.push(format!("route add default via {GATEWAY_V4} dev {i}"));
-    }
-    if addresses.iter().any(IpAddr::is_ipv6) {
-        lines.push(format!("route add ::/0 via {} dev {i}", spec::gateway_v6()));
-    }
-    ip_in(p.netns, &["-batch", "-"], Some(&(lines.join("\n") + "\n")))
-        .map(|_| ())
-        .map_err(|e| kernel(&format!("configure {i} in {}", p.netns.display()), e))
+        nl.set_up(index)?;
+        if addresses.iter().any(IpAddr::is_ipv4) {
+            let gw = IpAddr::V4(GATEWAY_V4);
+            nl.add_route(&Route {
+                dst: Some((gw, 32)),
+                gateway: None,
+                oif: index,
+                replace: false,
+            })?;
+            nl.add_route(&Route {
+                dst: None,
+                gateway: Some(gw),
+                oif: index,
+                replace: false,
+            })?;
+        }
+        if addresses.iter().any(IpAddr::is_ipv6) {
+            nl.add_route(&Route {
+                dst: Some((IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)),
+                gateway: Some(IpAddr::V6(spec::gateway_v6())),
+                oif: index,
+                replace: false,
+            })?;
+        }
+        Ok(())
+    };
+    configure().map_err(|e| kernel(&format!("configure {i} in {}", p.netns.display()), e))
 }
 
 /// Remove the host end (and with it the container end and the host routes). A veth that
 /// is not there is not an error: DEL is idempotent.
-pub fn delete_host_veth(name: &str) -> Result<bool, CniError> {
-    match Exec::host().run("ip", &["link", "del", name], None) {
-        Ok(_) => Ok(true),
-        Err(ExecError::Failed { stderr, .. })
-            if stderr.contains("Cannot find device") || stderr.contains("does not exist") =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(kernel(&format!("delete {name}"), e)),
-    }
+pub fn delete_host_veth(host: &Exec, name: &str) -> Result<bool, CniError> {
+    on_host(host, || Netlink::open()?.delete_link(name))
+        .map_err(|e| kernel(&format!("delete {name}"), e))
 }
 
 // ---------------------------------------------------------------- reading back (CHECK)
@@ -207,7 +247,7 @@ fn drift(what: String) -> CniError {
 
 /// CHECK: the kernel state of an attachment against its expected state. Returns the
 /// first difference found (code 101), or code 3 when the namespace is gone.
-pub fn check(netns: &Path, want: &Expected) -> Result<(), CniError> {
+pub fn check(host: &Exec, netns: &Path, want: &Expected) -> Result<(), CniError> {
     if !netns.exists() {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
@@ -216,16 +256,16 @@ pub fn check(netns: &Path, want: &Expected) -> Result<(), CniError> {
         ));
     }
     // Host side: the veth is up and routes each address.
-    let host = Exec::host()
+    let links = host
         .run("ip", &["-j", "link", "show", "dev", &want.host_veth], None)
         .map_err(|_| drift(format!("host interface {} is missing", want.host_veth)))?;
-    let links: Vec<IpLink> = parse("the host veth", &host.stdout)?;
+    let links: Vec<IpLink> = parse("the host veth", &links.stdout)?;
     if !links.iter().any(|l| l.flags.iter().any(|f| f == "UP")) {
         return Err(drift(format!("host interface {} is down", want.host_veth)));
     }
     for a in &want.addresses {
         let fam = if a.is_ipv4() { "-4" } else { "-6" };
-        let out = Exec::host()
+        let out = host
             .run(
                 "ip",
                 &["-j", fam, "route", "show", "exact", &a.to_string()],
@@ -244,7 +284,7 @@ pub fn check(netns: &Path, want: &Expected) -> Result<(), CniError> {
         }
     }
     // Container side: the interface, its MAC, addresses and default routes.
-    let out = ip_in(netns, &["-j", "addr", "show", "dev", &want.ifname], None).map_err(|_| {
+    let out = ip_in(netns, &["-j", "addr", "show", "dev", &want.ifname]).map_err(|_| {
         drift(format!(
             "interface {} is missing in {}",
             want.ifname,
@@ -286,7 +326,7 @@ pub fn check(netns: &Path, want: &Expected) -> Result<(), CniError> {
         if !want.addresses.iter().any(|a| a.is_ipv4() == v4) {
             continue;
         }
-        let out = ip_in(netns, &["-j", fam, "route", "show", "default"], None)
+        let out = ip_in(netns, &["-j", fam, "route", "show", "default"])
             .map_err(|e| kernel("read the container's routes", e))?;
         let routes: Vec<IpRoute> = parse("container routes", &out)?;
         if !routes

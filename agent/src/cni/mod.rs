@@ -20,19 +20,25 @@
 //! `cni/<network>/<container id>/<ifname>` and the host veth `cali` + 11 hex digits of
 //! a digest of both. Errors are CNI error documents (codes in [`spec`]).
 
+pub mod client;
 pub mod ipam;
 pub mod link;
+pub mod netlink;
+pub mod server;
 pub mod spec;
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{info, info_span, warn};
 
 use self::ipam::Ipam;
 use self::spec::{Attachment, CniError, CniResult, Invocation, NetConf, Verb, code};
+use crate::exec::Exec;
 
 /// What the process prints on stdout and its exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +47,61 @@ pub struct Outcome {
     pub exit: u8,
 }
 
-/// Run one invocation: `env` looks up a variable, `stdin` is the configuration.
+/// Where a request's work is done: in the plugin process (its own controller
+/// connection, with the configuration's TLS files) or in the node's agent (its
+/// channel, its host).
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    agent: Option<Arc<server::Shared>>,
+    host: Exec,
+}
+
+impl Ctx {
+    fn plugin() -> Ctx {
+        Ctx {
+            agent: None,
+            host: Exec::host(),
+        }
+    }
+
+    fn agent(shared: Arc<server::Shared>) -> Ctx {
+        Ctx {
+            host: shared.host().clone(),
+            agent: Some(shared),
+        }
+    }
+
+    async fn ipam(&self, conf: &NetConf, node: &str) -> Result<Ipam, CniError> {
+        match &self.agent {
+            Some(a) => a.ipam().await,
+            None => Ipam::connect(conf, node).await,
+        }
+    }
+
+    /// The node a request acts for: the agent's own (a configuration naming another
+    /// is refused), or the configuration's (else the host name) in the plugin.
+    fn node(&self, conf: &NetConf) -> Result<String, CniError> {
+        let Some(a) = &self.agent else {
+            return node_name(conf);
+        };
+        match &conf.node_name {
+            Some(n) if n != a.node() => Err(CniError::new(
+                code::INVALID_CONFIG,
+                "invalid network configuration: nodeName",
+                format!(
+                    "nodeName is {n:?}, but the tern agent at {} serves node {:?}",
+                    a.socket().display(),
+                    a.node()
+                ),
+            )),
+            _ => Ok(a.node().to_string()),
+        }
+    }
+}
+
+/// Run one invocation in the plugin process: `env` looks up a variable, `stdin` is
+/// the configuration. A configuration for the agent's socket (the default) is checked
+/// here and handed to the agent; one naming `controllers` is done here.
 pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &mut dyn Read) -> Outcome {
     let mut input = Vec::new();
     if let Err(e) = stdin.read_to_end(&mut input) {
@@ -52,13 +112,53 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &mut dyn Read) -> Outcom
         );
         return failed(&err, spec::LATEST_VERSION);
     }
-    let version = spec::version_of(&input)
-        .filter(|v| spec::supported(v))
-        .unwrap_or_else(|| spec::LATEST_VERSION.to_string());
-    match dispatch(&env, &input) {
+    let version = answer_version(&input);
+    let r = match prepare(&env, &input) {
+        Ok(Prepared::Answer(stdout)) => Ok(stdout),
+        Ok(Prepared::Verb(inv, conf)) => match &conf.agent_socket {
+            Some(socket) => {
+                // The agent's own calls are bounded by the timeout; leave it room for
+                // an address claim and the kernel work around them.
+                let wait = Duration::from_secs(conf.timeout_secs * 3 + 5);
+                match client::forward(socket, &env, &input, wait) {
+                    Ok(outcome) => return outcome,
+                    Err(e) => Err(e),
+                }
+            }
+            None => execute_here(&Ctx::plugin(), &inv, &conf),
+        },
+        Err(e) => Err(e),
+    };
+    match r {
         Ok(stdout) => Outcome { stdout, exit: 0 },
         Err(e) => failed(&e, &version),
     }
+}
+
+/// One request the agent received on its socket; the code of a failure, if any.
+pub async fn serve_request(
+    ctx: &Ctx,
+    env: &impl Fn(&str) -> Option<String>,
+    input: &[u8],
+) -> (Outcome, Option<u32>) {
+    let version = answer_version(input);
+    let r = match prepare(env, input) {
+        Ok(Prepared::Answer(stdout)) => Ok(stdout),
+        Ok(Prepared::Verb(inv, conf)) => execute(ctx, &inv, &conf).await,
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(stdout) => (Outcome { stdout, exit: 0 }, None),
+        Err(e) => (failed(&e, &version), Some(e.code)),
+    }
+}
+
+/// The version an error document is written in: the configuration's, when tern
+/// speaks it.
+fn answer_version(input: &[u8]) -> String {
+    spec::version_of(input)
+        .filter(|v| spec::supported(v))
+        .unwrap_or_else(|| spec::LATEST_VERSION.to_string())
 }
 
 fn failed(e: &CniError, version: &str) -> Outcome {
@@ -69,11 +169,18 @@ fn failed(e: &CniError, version: &str) -> Outcome {
     }
 }
 
-fn dispatch(env: &impl Fn(&str) -> Option<String>, input: &[u8]) -> Result<String, CniError> {
+enum Prepared {
+    /// Answered without any work (VERSION).
+    Answer(String),
+    Verb(Invocation, NetConf),
+}
+
+/// Read the variables and the configuration (pure: nothing is reached).
+fn prepare(env: &impl Fn(&str) -> Option<String>, input: &[u8]) -> Result<Prepared, CniError> {
     let inv = spec::parse_env(env)?;
     if inv.verb == Verb::Version {
         let asked = spec::version_of(input);
-        return Ok(spec::version_answer(asked.as_deref()));
+        return Ok(Prepared::Answer(spec::version_answer(asked.as_deref())));
     }
     let conf = spec::parse_conf(input)?;
     if matches!(inv.verb, Verb::Gc | Verb::Status) && !spec::at_least_1_1(&conf.cni_version) {
@@ -87,23 +194,31 @@ fn dispatch(env: &impl Fn(&str) -> Option<String>, input: &[u8]) -> Result<Strin
             ),
         ));
     }
-    let node = node_name(&conf)?;
+    Ok(Prepared::Verb(inv, conf))
+}
+
+/// [`execute`] on a runtime of this process's own.
+fn execute_here(ctx: &Ctx, inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CniError::new(code::IO, "cannot start the plugin's runtime", e.to_string()))?;
+    runtime.block_on(execute(ctx, inv, conf))
+}
+
+/// Do the verb; its stdout.
+async fn execute(ctx: &Ctx, inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
+    let node = ctx.node(conf)?;
     let span = info_span!("cni", verb = inv.verb.as_str(), network = %conf.name, node = %node);
     let _entered = span.enter();
-    runtime.block_on(async {
-        match inv.verb {
-            Verb::Add => add(&inv, &conf, &node).await,
-            Verb::Del => del(&inv, &conf, &node).await.map(|()| String::new()),
-            Verb::Check => check(&inv, &conf, &node).await.map(|()| String::new()),
-            Verb::Gc => gc(&conf, &node).await.map(|()| String::new()),
-            Verb::Status => status(&conf, &node).await.map(|()| String::new()),
-            Verb::Version => Ok(String::new()),
-        }
-    })
+    match inv.verb {
+        Verb::Add => add(ctx, inv, conf, &node).await,
+        Verb::Del => del(ctx, inv, conf, &node).await.map(|()| String::new()),
+        Verb::Check => check(ctx, inv, conf, &node).await.map(|()| String::new()),
+        Verb::Gc => gc(ctx, conf, &node).await.map(|()| String::new()),
+        Verb::Status => status(ctx, conf, &node).await.map(|()| String::new()),
+        Verb::Version => Ok(String::new()),
+    }
 }
 
 fn node_name(conf: &NetConf) -> Result<String, CniError> {
@@ -151,7 +266,7 @@ fn netns(inv: &Invocation) -> Result<&Path, CniError> {
     Ok(p)
 }
 
-async fn add(inv: &Invocation, conf: &NetConf, node: &str) -> Result<String, CniError> {
+async fn add(ctx: &Ctx, inv: &Invocation, conf: &NetConf, node: &str) -> Result<String, CniError> {
     let a = attachment(inv)?;
     let ns = netns(inv)?;
     let prev = conf
@@ -162,6 +277,7 @@ async fn add(inv: &Invocation, conf: &NetConf, node: &str) -> Result<String, Cni
     let handle = spec::handle(&conf.name, a);
     let host_veth = spec::host_veth(a);
     let plan = link::Plan {
+        host: &ctx.host,
         host_veth: &host_veth,
         ifname: &a.ifname,
         netns: ns,
@@ -169,7 +285,7 @@ async fn add(inv: &Invocation, conf: &NetConf, node: &str) -> Result<String, Cni
         mtu: conf.mtu,
     };
     // Connect first: an unreachable controller leaves nothing behind.
-    let ipam = Ipam::connect(conf, node).await?;
+    let ipam = ctx.ipam(conf, node).await?;
     link::create_pair(&plan)?;
     let made = async {
         let addresses = ipam.assign(&handle, &conf.ipam).await?;
@@ -182,7 +298,7 @@ async fn add(inv: &Invocation, conf: &NetConf, node: &str) -> Result<String, Cni
         Ok(a) => a,
         Err(e) => {
             // Undo what this ADD made: the veth (with its routes), then the handle.
-            if let Err(d) = link::delete_host_veth(&host_veth) {
+            if let Err(d) = link::delete_host_veth(&ctx.host, &host_veth) {
                 warn!(error = %d, veth = %host_veth, "cleaning up a failed ADD");
             }
             if let Err(r) = ipam.release(&handle).await {
@@ -229,19 +345,19 @@ fn chain(mut prev: CniResult, ours: CniResult) -> CniResult {
     prev
 }
 
-async fn del(inv: &Invocation, conf: &NetConf, node: &str) -> Result<(), CniError> {
+async fn del(ctx: &Ctx, inv: &Invocation, conf: &NetConf, node: &str) -> Result<(), CniError> {
     let a = attachment(inv)?;
     let host_veth = spec::host_veth(a);
     // The veth first, so the address is never given out while an interface holds it.
-    let removed = link::delete_host_veth(&host_veth)?;
-    let ipam = Ipam::connect(conf, node).await?;
+    let removed = link::delete_host_veth(&ctx.host, &host_veth)?;
+    let ipam = ctx.ipam(conf, node).await?;
     let released = ipam.release(&spec::handle(&conf.name, a)).await?;
     info!(container = %a.container_id, ifname = %a.ifname, veth_removed = removed,
         released = ?released, "detached");
     Ok(())
 }
 
-async fn check(inv: &Invocation, conf: &NetConf, node: &str) -> Result<(), CniError> {
+async fn check(ctx: &Ctx, inv: &Invocation, conf: &NetConf, node: &str) -> Result<(), CniError> {
     let a = attachment(inv)?;
     let ns = inv.netns.as_deref().ok_or_else(|| {
         CniError::new(
@@ -258,8 +374,8 @@ async fn check(inv: &Invocation, conf: &NetConf, node: &str) -> Result<(), CniEr
         )
     })?;
     let want = spec::expected_from(&spec::parse_prev_result(prev)?, a)?;
-    link::check(ns, &want)?;
-    let ipam = Ipam::connect(conf, node).await?;
+    link::check(&ctx.host, ns, &want)?;
+    let ipam = ctx.ipam(conf, node).await?;
     let handle = spec::handle(&conf.name, a);
     let held = ipam.handles(&handle).await?;
     let held: BTreeSet<&str> = held
@@ -278,7 +394,7 @@ async fn check(inv: &Invocation, conf: &NetConf, node: &str) -> Result<(), CniEr
     Ok(())
 }
 
-async fn gc(conf: &NetConf, node: &str) -> Result<(), CniError> {
+async fn gc(ctx: &Ctx, conf: &NetConf, node: &str) -> Result<(), CniError> {
     let valid: BTreeSet<&Attachment> = conf
         .valid_attachments
         .as_ref()
@@ -291,7 +407,7 @@ async fn gc(conf: &NetConf, node: &str) -> Result<(), CniError> {
         })?
         .iter()
         .collect();
-    let ipam = Ipam::connect(conf, node).await?;
+    let ipam = ctx.ipam(conf, node).await?;
     let handles = ipam.handles(&spec::handle_prefix(&conf.name)).await?;
     let mut failures = Vec::new();
     let mut released = 0;
@@ -307,7 +423,7 @@ async fn gc(conf: &NetConf, node: &str) -> Result<(), CniError> {
             continue;
         }
         let veth = spec::host_veth(&a);
-        if let Err(e) = link::delete_host_veth(&veth) {
+        if let Err(e) = link::delete_host_veth(&ctx.host, &veth) {
             failures.push(e);
             continue;
         }
@@ -330,7 +446,7 @@ async fn gc(conf: &NetConf, node: &str) -> Result<(), CniError> {
     }
 }
 
-async fn status(conf: &NetConf, node: &str) -> Result<(), CniError> {
+async fn status(ctx: &Ctx, conf: &NetConf, node: &str) -> Result<(), CniError> {
     let not_available = |e: CniError| {
         CniError::new(
             code::NOT_AVAILABLE,
@@ -338,7 +454,7 @@ async fn status(conf: &NetConf, node: &str) -> Result<(), CniError> {
             format!("{}: {}", e.msg, e.details),
         )
     };
-    let ipam = Ipam::connect(conf, node).await.map_err(not_available)?;
+    let ipam = ctx.ipam(conf, node).await.map_err(not_available)?;
     ipam.handles(&spec::handle_prefix(&conf.name))
         .await
         .map_err(not_available)?;

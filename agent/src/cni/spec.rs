@@ -352,8 +352,11 @@ pub struct NetConf {
     pub name: String,
     /// This node's name (its certificate names it) [default: the host name].
     pub node_name: Option<String>,
-    /// Controller addresses (`host:port`), tried in order.
+    /// Controller addresses (`host:port`), tried in order: the plugin calls the
+    /// controller itself (no agent socket).
     pub controllers: Vec<String>,
+    /// The node agent's CNI socket, which does the work (None: `controllers`).
+    pub agent_socket: Option<std::path::PathBuf>,
     pub tls: TlsConf,
     /// MTU of the veth pair [default: the kernel's, 1500].
     pub mtu: Option<u32>,
@@ -365,6 +368,10 @@ pub struct NetConf {
     /// GC: the attachments the runtime still knows.
     pub valid_attachments: Option<Vec<Attachment>>,
 }
+
+/// Where the node agent serves CNI requests unless the configuration says otherwise
+/// (`tern-agent run --cni-socket`).
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/tern/cni.sock";
 
 /// The keys the spec lets a runtime put in a plugin's configuration, and tern's own.
 const KNOWN_KEYS: &[&str] = &[
@@ -384,6 +391,7 @@ const KNOWN_KEYS: &[&str] = &[
     "cni.dev/attachments",
     // tern's.
     "nodeName",
+    "agentSocket",
     "controllers",
     "tls",
     "mtu",
@@ -401,6 +409,8 @@ struct RawConf {
     kind: Option<String>,
     #[serde(default)]
     node_name: Option<String>,
+    #[serde(default)]
+    agent_socket: Option<String>,
     #[serde(default)]
     controllers: Vec<String>,
     #[serde(default)]
@@ -544,10 +554,28 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
     if let Some(n) = &raw.node_name {
         tern::model::check_name(n).map_err(|e| invalid("nodeName", e))?;
     }
-    if raw.controllers.is_empty() {
+    let agent_socket = match (&raw.agent_socket, raw.controllers.is_empty()) {
+        (Some(_), false) => {
+            return Err(invalid(
+                "agentSocket",
+                "given with controllers: name the agent's socket (the agent calls the \
+                 controller) or the controllers (the plugin calls them), not both",
+            ));
+        }
+        (Some(p), true) if !p.starts_with('/') => {
+            return Err(invalid(
+                "agentSocket",
+                format!("{p:?} is not an absolute path"),
+            ));
+        }
+        (Some(p), true) => Some(std::path::PathBuf::from(p)),
+        (None, true) => Some(std::path::PathBuf::from(DEFAULT_AGENT_SOCKET)),
+        (None, false) => None,
+    };
+    if agent_socket.is_some() && raw.tls.is_some() {
         return Err(invalid(
-            "controllers",
-            "required: at least one controller address (host:port)",
+            "tls",
+            "given without controllers: the agent uses its own certificate",
         ));
     }
     for (i, c) in raw.controllers.iter().enumerate() {
@@ -628,6 +656,7 @@ pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
         name,
         node_name: raw.node_name,
         controllers: raw.controllers,
+        agent_socket,
         tls: raw.tls.unwrap_or_default(),
         mtu: raw.mtu,
         timeout_secs,

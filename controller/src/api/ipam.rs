@@ -20,8 +20,8 @@ use tracing::{Instrument as _, info, info_span};
 use super::invalid_field;
 use crate::authz::{caller, check_ipam_node};
 use crate::ipam::{
-    BlockRecord, Ipam, IpamError, IpamTuning, MAX_HANDLE_BYTES, Problem, check_handle, check_node,
-    check_pool, parse_family,
+    AssignRequest, Assigned, BlockRecord, Ipam, IpamError, IpamTuning, MAX_ASSIGN_BATCH,
+    MAX_HANDLE_BYTES, Problem, check_handle, check_node, check_pool, parse_family,
 };
 
 impl From<IpamError> for Status {
@@ -98,12 +98,86 @@ fn parse_address(s: &str) -> Result<std::net::IpAddr, Status> {
 /// calls for one node (a CNI plugin starting 100 containers) would otherwise mostly
 /// lose races and back off; queued, each runs once. Other replicas still race through
 /// etcd's compare-and-swap, which keeps every result correct.
+///
+/// Assignments waiting for a node's turn are served together: whoever gets the turn
+/// takes every waiting assignment of the node (up to [`MAX_ASSIGN_BATCH`]) and writes
+/// them in one transaction ([`Ipam::assign_many`]), so a burst costs a few etcd round
+/// trips instead of a few per address.
 #[derive(Debug, Clone, Default)]
 struct NodeQueues {
     locks: Arc<parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    waiting: Arc<parking_lot::Mutex<HashMap<String, Vec<WaitingAssign>>>>,
+}
+
+#[derive(Debug)]
+struct WaitingAssign {
+    req: AssignRequest,
+    reply: tokio::sync::oneshot::Sender<Result<Assigned, IpamError>>,
 }
 
 impl NodeQueues {
+    /// Assign through the node's queue, with whatever other assignments wait for it.
+    async fn assign(
+        &self,
+        ipam: &Ipam,
+        node: &str,
+        req: AssignRequest,
+    ) -> Result<Assigned, IpamError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .entry(node.to_string())
+            .or_default()
+            .push(WaitingAssign { req, reply });
+        loop {
+            let turn = self.enter(node).await;
+            let batch = self.take_waiting(node);
+            if !batch.is_empty() {
+                // In a task of its own, with the turn: a caller that goes away (its
+                // client hung up) does not leave the others of its batch unanswered.
+                let (ipam, owner) = (ipam.clone(), node.to_string());
+                let served = tokio::spawn(async move {
+                    let _turn = turn;
+                    let reqs: Vec<AssignRequest> = batch.iter().map(|w| w.req.clone()).collect();
+                    let span = info_span!("ipam.assign", node = %owner, requests = reqs.len());
+                    let results = ipam.assign_many(&owner, &reqs).instrument(span).await;
+                    for (w, r) in batch.into_iter().zip(results) {
+                        let _ = w.reply.send(r);
+                    }
+                });
+                if served.await.is_err() {
+                    return Err(IpamError::Contention(format!(
+                        "the blocks of node {node} (an assignment task failed)"
+                    )));
+                }
+            }
+            match answer.try_recv() {
+                Ok(r) => return r,
+                // Further back in the queue than one batch: take the next turn.
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(IpamError::Contention(format!(
+                        "the blocks of node {node} (an assignment task failed)"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The assignments waiting for `node`, oldest first, at most one batch.
+    fn take_waiting(&self, node: &str) -> Vec<WaitingAssign> {
+        let mut waiting = self.waiting.lock();
+        let Some(q) = waiting.get_mut(node) else {
+            return Vec::new();
+        };
+        let n = q.len().min(MAX_ASSIGN_BATCH);
+        let batch: Vec<WaitingAssign> = q.drain(..n).collect();
+        if q.is_empty() {
+            waiting.remove(node);
+        }
+        batch
+    }
+
     async fn enter(&self, node: &str) -> NodeTurn {
         let lock = self
             .locks
@@ -190,13 +264,17 @@ impl IpamService for IpamApi {
         check_handle(&req.handle)?;
         let pool = check_pool(&req.pool)?;
         let family = parse_family(req.family)?;
-        let span =
-            info_span!("ipam.assign", node = %req.node, pool = %req.pool, family = req.family);
-        let _turn = self.nodes.enter(&req.node).await;
         let a = self
-            .ipam
-            .assign(&req.node, &req.handle, family, pool)
-            .instrument(span)
+            .nodes
+            .assign(
+                &self.ipam,
+                &req.node,
+                AssignRequest {
+                    handle: req.handle.clone(),
+                    family,
+                    pool: pool.map(str::to_string),
+                },
+            )
             .await?;
         Ok(Response::new(proto::AssignAddressResponse {
             address: a.address.to_string(),

@@ -23,6 +23,9 @@ use super::{
 };
 use crate::store::{Cmp, Kv, Op, Store, Txn};
 
+mod batch;
+pub use batch::{AssignRequest, MAX_ASSIGN_BATCH};
+
 /// How many times a request re-reads and retries when other writers win the race.
 pub(super) const MAX_ATTEMPTS: usize = 32;
 
@@ -387,19 +390,7 @@ impl Ipam {
             }
             let candidates = candidate_pools(&pools, &n, pool, Some(fam))?;
             let affinities = self.decode_all(&affs, affinity_view);
-            let mut cidrs = Vec::new();
-            for p in &candidates {
-                let mut of_pool: Vec<IpNet> = affinities
-                    .iter()
-                    .filter(|a| a.node == node)
-                    .filter(|a| {
-                        effective_pool(&pools, &a.pool, &a.cidr).is_some_and(|e| e.name == p.name)
-                    })
-                    .map(|a| a.cidr)
-                    .collect();
-                of_pool.sort_unstable();
-                cidrs.extend(of_pool);
-            }
+            let cidrs = node_blocks_of(node, &pools, &affinities, &candidates);
             let records = self.read_records(&cidrs).await?;
             let ordered = cidrs
                 .iter()
@@ -786,6 +777,28 @@ impl Ipam {
         info!(block = %cidr, node = %rec.node, "dropped a block record whose node or pool is gone");
         Ok(Done::Changed)
     }
+}
+
+/// The node's blocks (by its BlockAffinities) in the candidate pools, in the order
+/// addresses are taken from them: pool by pool, lowest block first.
+fn node_blocks_of(
+    node: &str,
+    pools: &BTreeMap<String, PoolView>,
+    affinities: &[AffinityView],
+    candidates: &[&PoolView],
+) -> Vec<IpNet> {
+    let mut cidrs = Vec::new();
+    for p in candidates {
+        let mut of_pool: Vec<IpNet> = affinities
+            .iter()
+            .filter(|a| a.node == node)
+            .filter(|a| effective_pool(pools, &a.pool, &a.cidr).is_some_and(|e| e.name == p.name))
+            .map(|a| a.cidr)
+            .collect();
+        of_pool.sort_unstable();
+        cidrs.extend(of_pool);
+    }
+    cidrs
 }
 
 /// A short random pause before re-reading after losing a race, growing with the

@@ -125,20 +125,13 @@ fn failure(e: etcd_client::Error) -> Failure {
 /// True when the error says no connection to the member could be made.
 fn never_sent(e: &etcd_client::Error) -> bool {
     use std::error::Error as _;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
+    let mut text = tern::util::error_chain(e);
+    // A status keeps its cause as its source, outside the error's own chain.
+    if let etcd_client::Error::GRpcStatus(s) = e
+        && let Some(src) = s.source()
+    {
         text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    if let etcd_client::Error::GRpcStatus(s) = e {
-        let mut src = s.source();
-        while let Some(x) = src {
-            text.push_str(": ");
-            text.push_str(&x.to_string());
-            src = x.source();
-        }
+        text.push_str(&tern::util::error_chain(src));
     }
     let t = text.to_ascii_lowercase();
     t.contains("connection refused")

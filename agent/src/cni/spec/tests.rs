@@ -122,6 +122,8 @@ fn a_configuration_is_parsed_with_defaults() {
         }
     );
     assert_eq!(c.timeout_secs, 10);
+    // Controllers named: the plugin calls them itself.
+    assert_eq!(c.agent_socket, None);
 
     let full = conf(
         r#", "nodeName": "host1", "mtu": 1400, "timeoutSeconds": 3,
@@ -214,9 +216,19 @@ fn a_bad_configuration_gets_the_right_code_and_names_the_field() {
             "name",
         ),
         (
-            &conf("").replace(r#"["10.0.0.1:5443"]"#, "[]"),
+            &conf(r#", "agentSocket": "/run/tern/cni.sock""#),
             code::INVALID_CONFIG,
-            "controllers",
+            "agentSocket",
+        ),
+        (
+            r#"{"cniVersion": "1.0.0", "name": "tern", "type": "tern", "agentSocket": "cni.sock"}"#,
+            code::INVALID_CONFIG,
+            "agentSocket",
+        ),
+        (
+            r#"{"cniVersion": "1.0.0", "name": "tern", "type": "tern", "tls": {"ca": "/x"}}"#,
+            code::INVALID_CONFIG,
+            "tls",
         ),
         (
             &conf("").replace(r#"["10.0.0.1:5443"]"#, r#"["a b"]"#),
@@ -416,4 +428,16 @@ fn version_and_error_documents() {
     );
     assert_eq!(version_of(conf("").as_bytes()).as_deref(), Some("1.0.0"));
     assert_eq!(version_of(b"nonsense"), None);
+}
+
+#[test]
+fn without_controllers_the_agent_socket_serves() {
+    let plain = r#"{"cniVersion": "1.0.0", "name": "tern", "type": "tern"}"#;
+    let c = parse_conf(plain.as_bytes()).expect("agent mode");
+    assert_eq!(c.agent_socket, Some(PathBuf::from(DEFAULT_AGENT_SOCKET)));
+    assert!(c.controllers.is_empty());
+    let named =
+        r#"{"cniVersion": "1.0.0", "name": "tern", "type": "tern", "agentSocket": "/run/x.sock"}"#;
+    let c = parse_conf(named.as_bytes()).expect("agent mode, own socket");
+    assert_eq!(c.agent_socket, Some(PathBuf::from("/run/x.sock")));
 }
