@@ -7,17 +7,18 @@
 //! exist or refuses the node, blocks that are full, the same handle twice, a lost race)
 //! goes through [`Ipam::assign`] one by one afterwards, which answers idempotently,
 //! claims blocks and reports the precise error. The transaction compares every block
-//! it changes by revision and every handle key as absent, so a batch never gives an
-//! address twice, whoever else writes meanwhile.
+//! it changes by revision, every handle key as absent and the IPReservations as
+//! unchanged since the read, so a batch never gives an address twice, nor a reserved
+//! one, whoever else writes meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use tern::model::Family;
+use tern::model::{Family, Kind};
 use tracing::{debug, info};
 
 use super::{Assigned, HandleRecord, Ipam, IpamError, node_blocks_of};
-use crate::ipam::{affinity_view, candidate_pools, choose_address, node_view};
+use crate::ipam::{affinity_view, candidate_pools, choose_address, node_view, reserved_networks};
 use crate::store::{Cmp, Op, Txn};
 
 /// Requests in one batch at most: each puts a handle key and may change a block, and
@@ -80,13 +81,18 @@ impl Ipam {
         let Some(first) = reqs.first() else {
             return Ok(Vec::new());
         };
-        let (n, pools, affs, _) = self.store.ipam_assign_read(node, &first.handle).await?;
+        let read = self.store.ipam_assign_read(node, &first.handle).await?;
         // An unknown node: the single path says so.
-        let Some(n) = self.decode_one(n.as_ref(), node_view) else {
+        let Some(n) = self.decode_one(read.node.as_ref(), node_view) else {
             return Ok(Vec::new());
         };
-        let pools = self.pools_of(&pools);
-        let affinities = self.decode_all(&affs, affinity_view);
+        let pools = self.pools_of(&read.pools);
+        let affinities = self.decode_all(&read.affinities, affinity_view);
+        let reserved: Vec<IpNet> = self
+            .decode_all(&read.reservations, reserved_networks)
+            .into_iter()
+            .flatten()
+            .collect();
         let mut seen = BTreeSet::new();
         let mut plans = Vec::new();
         for (index, r) in reqs.iter().enumerate() {
@@ -137,7 +143,7 @@ impl Ipam {
                 .filter_map(|c| records.get(c))
                 .filter(|(r, _)| r.node == node)
                 .map(|(r, _)| r);
-            let Some((block, address, next)) = choose_address(ordered) else {
+            let Some((block, address, next)) = choose_address(ordered, &reserved) else {
                 continue;
             };
             let cidr = block.cidr;
@@ -165,6 +171,12 @@ impl Ipam {
         if served.is_empty() {
             return Ok(served);
         }
+        // No reservation was made or changed since the read: no address handed out
+        // is reserved.
+        compares.push(Cmp::PrefixUnchangedSince(
+            self.store.kind_prefix(Kind::IPReservation),
+            read.revision,
+        ));
         for cidr in &changed {
             let (rec, rev) = records_entry(&records, cidr);
             compares.push(Cmp::ModRevision(self.block_key(cidr), rev));
