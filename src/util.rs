@@ -82,6 +82,19 @@ pub async fn serve_metrics(
     }))
 }
 
+/// An error and its sources, joined with ": " (for a message that says why, e.g. why a
+/// connection failed: "transport error: tcp connect error: Connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -114,17 +127,4 @@ mod tests {
         // The original keeps its uptimes.
         assert_eq!(a.sessions[0].uptime_seconds, 10);
     }
-}
-
-/// An error and its sources, joined with ": " (for a message that says why, e.g. why a
-/// connection failed: "transport error: tcp connect error: Connection refused").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
