@@ -639,34 +639,15 @@ async fn parallel_adds_never_share_an_address() -> anyhow::Result<()> {
     let nss: Vec<Netns> = (0..8)
         .map(|i| Netns::new(&format!("p{i}")))
         .collect::<Result<_, _>>()?;
-    let results: Vec<anyhow::Result<Value>> = std::thread::scope(|s| {
-        let hs = &h;
-        let conf = &conf;
-        let joins: Vec<_> = nss
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                s.spawn(move || {
-                    let path = format!("/run/netns/{}", n.name());
-                    hs.cni("ADD", Some((&format!("par{i}"), "eth0", &path)), conf)?
-                        .expect_ok("parallel ADD")
-                })
-            })
-            .collect();
-        joins
-            .into_iter()
-            .map(|j| j.join().unwrap_or_else(|_| bail!("thread panicked")))
-            .collect()
-    });
     let mut all = BTreeSet::new();
-    for r in results {
-        for a in addresses(&r?) {
+    for r in h.burst("ADD", &nss, &conf) {
+        for a in addresses(&r?.expect_ok("parallel ADD")?) {
             ensure!(all.insert(a), "{a} given twice");
         }
     }
     assert_eq!(all.len(), 8);
     for i in 0..8 {
-        h.cni("DEL", Some((&format!("par{i}"), "eth0", "")), &conf)?
+        h.cni("DEL", Some((&format!("c{i}"), "eth0", "")), &conf)?
             .expect_ok("DEL")?;
     }
     ensure!(h.handles().await?.is_empty(), "every address released");

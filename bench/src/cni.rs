@@ -224,14 +224,8 @@ async fn bench(
         }
     }
     // Every address given is recorded in etcd under its container's handle.
-    let recorded: BTreeSet<String> = ipam
-        .list_handles(proto::ListHandlesRequest {
-            node: NODE.into(),
-            prefix: String::new(),
-        })
+    let recorded: BTreeSet<String> = node_handles(&mut ipam)
         .await?
-        .into_inner()
-        .handles
         .into_iter()
         .flat_map(|h| h.addresses)
         .map(|a| format!("{a}/32"))
@@ -246,15 +240,7 @@ async fn bench(
     let dels = burst(plugin, "DEL", &nss.0, &conf)?;
     let del_wall = t.elapsed();
     let del_failed = dels.iter().filter(|(o, _)| o.is_err()).count();
-    let left = ipam
-        .list_handles(proto::ListHandlesRequest {
-            node: NODE.into(),
-            prefix: String::new(),
-        })
-        .await?
-        .into_inner()
-        .handles
-        .len();
+    let left = node_handles(&mut ipam).await?.len();
     report("ADD", &adds, add_wall);
     report("DEL", &dels, del_wall);
     println!(
@@ -267,6 +253,19 @@ async fn bench(
         "the run was not clean"
     );
     Ok(())
+}
+
+/// The node's IPAM handles with their addresses, as etcd has them.
+async fn node_handles(
+    ipam: &mut IpamServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<Vec<proto::HandleAddresses>> {
+    let r = ipam
+        .list_handles(proto::ListHandlesRequest {
+            node: NODE.into(),
+            prefix: String::new(),
+        })
+        .await?;
+    Ok(r.into_inner().handles)
 }
 
 type Outcome = (Result<String, String>, Duration);
