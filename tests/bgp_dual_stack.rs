@@ -73,7 +73,12 @@ spec: {cidr: '2001:db8:70::/48'}
 apiVersion: tern.dev/v1
 kind: BGPConfiguration
 metadata: {name: default}
-spec: {asNumber: 64512}
+spec: {asNumber: 64512, nodeMeshBFDProfile: mesh, nodeMeshHoldTime: 30s, nodeMeshKeepaliveTime: 10s}
+---
+apiVersion: tern.dev/v1
+kind: BFDProfile
+metadata: {name: mesh}
+spec: {receiveInterval: 300ms, transmitInterval: 300ms, multiplier: 3}
 ---
 apiVersion: tern.dev/v1
 kind: BGPPeer
@@ -128,7 +133,9 @@ async fn dual_stack_mesh_router_nat_and_pods() -> anyhow::Result<()> {
     )
     .await;
 
-    // 1. The mesh and the router sessions, in both families.
+    // 1. The mesh and the router sessions, in both families; the mesh with the
+    // BGPConfiguration's BFD profile and timers (BFD Up between the two BIRDs, hold and
+    // keepalive in force 30 s and 10 s), the router sessions with BIRD's defaults.
     for (node, other4, other6) in [
         ("n1", "192.168.80.12", "fd80::12"),
         ("n2", "192.168.80.11", "fd80::11"),
@@ -142,6 +149,15 @@ async fn dual_stack_mesh_router_nat_and_pods() -> anyhow::Result<()> {
                 [other4, other6, "192.168.80.1", "fd80::1"]
                     .iter()
                     .all(|p| established(s, p).is_some())
+                    && [other4, other6].iter().all(|p| {
+                        established(s, p).is_some_and(|x| {
+                            x.bfd_state == "Up" && (x.hold_time, x.keepalive_time) == (30, 10)
+                        })
+                    })
+                    && ["192.168.80.1", "fd80::1"].iter().all(|p| {
+                        established(s, p)
+                            .is_some_and(|x| x.bfd_state.is_empty() && x.hold_time == 240)
+                    })
                     && s.iter()
                         .any(|x| x.peer_type == "node-to-node mesh" && x.family == 6)
             },
@@ -205,13 +221,15 @@ async fn dual_stack_mesh_router_nat_and_pods() -> anyhow::Result<()> {
     // 2b. ipv6NormalRoutePriority is the kernel metric of the IPv6 routes BIRD
     // programs: a change moves n1's route to n2's block, raised and then lowered
     // again, and leaves no route behind at the previous metric.
+    // The mesh settings stay as they are.
+    let mesh = "nodeMeshBFDProfile: mesh, nodeMeshHoldTime: 30s, nodeMeshKeepaliveTime: 10s";
     for (spec, want) in [
-        ("{asNumber: 64512, ipv6NormalRoutePriority: 1500}", 1500),
-        ("{asNumber: 64512}", 1024),
+        ("asNumber: 64512, ipv6NormalRoutePriority: 1500", 1500),
+        ("asNumber: 64512", 1024),
     ] {
         apply(
             &c,
-            &format!("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {spec}\n"),
+            &format!("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {{{spec}, {mesh}}}\n"),
         )
         .await;
         let show = || n1.ip(&["-6", "route", "show", &n2s, "proto", "bird"]);
