@@ -960,3 +960,48 @@ async fn a_converged_cluster_shows_one_revision_on_every_node() {
         cache_revision(&c, 1)
     );
 }
+
+/// A host without BGP: the administrator made its Node with no BGP section and its agent
+/// gives no address. The agent is admitted, the Node keeps no BGP section (an empty one
+/// would be invalid), and the agent gets its view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_addresses_joins_a_node_without_bgp() {
+    let c = Cluster::start().await;
+    let node = common::res("apiVersion: tern.dev/v1\nkind: Node\nmetadata: {name: n1}\nspec: {}\n");
+    create(&c, node).await;
+    let r = create(&c, common::pool("p1", "10.30.0.0/16")).await;
+    let (_agent, _) = common::recording_agent(&c, "n1", "", vec![c.server()]).await;
+    let mut nodes = c.nodes(&Role::Viewer).await;
+    assert!(
+        common::eventually(30, async || {
+            nodes
+                .list_nodes(proto::ListNodesRequest::default())
+                .await
+                .is_ok_and(|infos| {
+                    infos.into_inner().nodes.iter().any(|i| {
+                        i.connected
+                            && i.applied_revision >= r
+                            && i.node
+                                .as_ref()
+                                .and_then(|n| n.metadata.as_ref())
+                                .is_some_and(|m| m.name == "n1")
+                    })
+                })
+        })
+        .await,
+        "n1 connected and in sync"
+    );
+    let stored = c
+        .admin()
+        .await
+        .get(proto::GetRequest {
+            kind: "Node".into(),
+            name: "n1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get n1")
+        .into_inner();
+    let spec = stored.spec.expect("a spec");
+    assert!(!spec.fields.contains_key("bgp"), "{spec:?}");
+}

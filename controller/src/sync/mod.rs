@@ -277,12 +277,16 @@ async fn register(
             let Resource::Node(mut n) = cur.resource.clone() else {
                 return Err(Status::internal("stored Node is not a Node"));
             };
-            let bgp = n.spec.bgp.get_or_insert_with(Default::default);
-            if v4.is_some() {
-                bgp.ipv4_address = v4;
-            }
-            if v6.is_some() {
-                bgp.ipv6_address = v6;
+            // An agent that gives no address (no BGP on this host) leaves the Node's BGP
+            // section as it is: absent stays absent, an empty one is invalid.
+            if v4.is_some() || v6.is_some() {
+                let bgp = n.spec.bgp.get_or_insert_with(Default::default);
+                if v4.is_some() {
+                    bgp.ipv4_address = v4;
+                }
+                if v6.is_some() {
+                    bgp.ipv6_address = v6;
+                }
             }
             merge_agent_labels(node, &mut n.metadata, &labels);
             let new = Resource::Node(n);
