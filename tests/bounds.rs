@@ -613,6 +613,12 @@ async fn an_unchanged_status_report_is_not_written_again() {
     cfg.status_heartbeat = Duration::from_secs(3600);
     c.add_controller_with(cfg).await;
     let (_agent, rev) = chatty_agent(&c).await;
+    // The stored report can be read before the writer has counted its write: wait for
+    // the count, so the write seen above is not taken for a second one below.
+    assert!(
+        common::eventually(30, async || metric(&c, "tern_status_writes_total") >= 1.0).await,
+        "the stored report is counted"
+    );
     let writes = metric(&c, "tern_status_writes_total");
     let unchanged = metric(&c, "tern_status_reports_unchanged_total");
     assert!(
