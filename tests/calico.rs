@@ -175,6 +175,13 @@ async fn the_corpus_applies_with_exactly_its_warnings_and_refusals_change_nothin
     );
     assert!(v.get("status").is_none(), "Calico's status is dropped");
 
+    // IPAM claims blocks for the Nodes applied above in the background; let it finish
+    // so the dumps below see only what a refused apply might have written.
+    assert!(
+        c.etcd_settled(std::time::Duration::from_millis(1500), 60)
+            .await,
+        "etcd never went quiet after the valid corpus"
+    );
     for file in manifests("invalid") {
         let f = file.to_str().expect("utf8 path");
         let field = header(&file, "error");
@@ -638,12 +645,22 @@ spec: {node: n1, peerIP: 10.0.0.2, asNumber: 64512, password: {secretKeyRef: {na
     let (a2, _) = recording_agent(&c, "n2", "10.0.0.2/24", vec![c.server()]).await;
     let o = apply(&c, docs);
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // Both views, each with what its renderer needs: n1 its own Node and the peering,
+    // n2 the peering, n1's Node and the Secret (the objects arrive in any order).
     let both = common::eventually(15, async || {
+        let v1 = a1.sync.view.snapshot();
         let v2 = a2.sync.view.snapshot();
-        v2.peers.contains_key("n1-to-n2") && v2.nodes.contains_key("n1")
+        v1.peers.contains_key("n1-to-n2")
+            && v1.nodes.contains_key("n1")
+            && v2.peers.contains_key("n1-to-n2")
+            && v2.nodes.contains_key("n1")
+            && v2.secret_value("pair", "pw").is_some()
     })
     .await;
-    assert!(both, "the peering and n1 reach n2");
+    assert!(
+        both,
+        "the peering reaches n1 and n2, n1's Node and the Secret reach n2"
+    );
     let v1 = a1.sync.view.snapshot();
     let v2 = a2.sync.view.snapshot();
     assert_eq!(v2.secret_value("pair", "pw"), Some("pair-Pa55"));

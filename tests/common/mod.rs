@@ -172,6 +172,24 @@ impl Cluster {
         (kvs, rev)
     }
 
+    /// Wait until nothing writes to etcd for `quiet` (the IPAM reconciler and the
+    /// controller's own records settle after a burst of writes), at most `secs`; whether
+    /// it settled. A check that a refused write changed nothing compares dumps taken
+    /// after this, so a write of the controller's own cannot pass for the refused one.
+    pub async fn etcd_settled(&self, quiet: std::time::Duration, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let (_, mut rev) = self.etcd_dump().await;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(quiet).await;
+            let (_, now) = self.etcd_dump().await;
+            if now == rev {
+                return true;
+            }
+            rev = now;
+        }
+        false
+    }
+
     pub fn ternctl_env(&self, role: &Role) -> Vec<(String, String)> {
         let t = self.client_tls(role);
         let p = |o: Option<PathBuf>| o.expect("set").display().to_string();
