@@ -675,22 +675,21 @@ impl Host {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("cni.sock");
         let files = self.c.pki.files(&Role::Node(NODE.into()));
+        let agent_args = tern_testkit::agent::CniAgent {
+            node: NODE,
+            controllers: CONTROLLER,
+            ca: &self.c.pki.ca_cert(),
+            cert: &files.cert,
+            key: &files.key,
+            ipv4_address: "192.0.2.1/32",
+            state_dir: dir.path(),
+            socket: &socket,
+        }
+        .args();
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns.name()])
             .arg(&bin)
-            .args(["run", "--node-name", NODE, "--controllers", CONTROLLER])
-            .arg("--ca")
-            .arg(self.c.pki.ca_cert())
-            .arg("--cert")
-            .arg(&files.cert)
-            .arg("--key")
-            .arg(&files.key)
-            .args(["--ipv4-address", "192.0.2.1/32", "--bird", "disabled"])
-            .args(["--dataplane", "nftables", "--log-level", "warn"])
-            .arg("--state-dir")
-            .arg(dir.path())
-            .arg("--cni-socket")
-            .arg(&socket)
+            .args(agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

@@ -41,10 +41,11 @@ use tern_testkit::etcd::{EtcdCluster, free_port};
 
 pub use procs::sibling_bin;
 
+use crate::certs::Certs;
 use check::Intent;
 use churn::{Api, Obj, Stats, Writer};
 use fleet::{Fleet, Member};
-use procs::{Certs, Proc};
+use procs::Proc;
 
 /// Where the agents run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

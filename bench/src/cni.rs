@@ -101,8 +101,8 @@ async fn bench(
     let n = a.containers;
     let etcd = Etcd::start()?;
     let ctl = crate::LocalController::start(&etcd, controller, &["--log-level", "warn"])?;
-    let node = ctl.pki.issue(&Role::Node(NODE.into()), 2)?;
-    let (pki, tls, addr) = (&ctl.pki, &ctl.admin, &ctl.addr);
+    let node = ctl.certs.pki().issue(&Role::Node(NODE.into()), 2)?;
+    let (pki, tls, addr) = (ctl.certs.pki(), &ctl.admin, &ctl.addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     let ch = loop {
         match tls.connect(addr).await {
@@ -152,20 +152,19 @@ async fn bench(
         });
         (conf, None)
     } else {
+        let agent_args = tern_testkit::agent::CniAgent {
+            node: NODE,
+            controllers: addr,
+            ca: &pki.ca_cert(),
+            cert: &node.cert,
+            key: &node.key,
+            ipv4_address: "192.0.2.10/24",
+            state_dir: dir.path(),
+            socket: &socket,
+        }
+        .args();
         let child = Command::new(agent_bin)
-            .args(["run", "--node-name", NODE, "--controllers", addr])
-            .arg("--ca")
-            .arg(pki.ca_cert())
-            .arg("--cert")
-            .arg(&node.cert)
-            .arg("--key")
-            .arg(&node.key)
-            .args(["--ipv4-address", "192.0.2.10/24", "--bird", "disabled"])
-            .args(["--dataplane", "nftables", "--log-level", "warn"])
-            .arg("--state-dir")
-            .arg(dir.path())
-            .arg("--cni-socket")
-            .arg(&socket)
+            .args(agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()?;

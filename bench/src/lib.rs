@@ -2,4 +2,5 @@
 //! system (etcd members, controller replicas, agents) under kill -9 while an operator
 //! changes the intent, checked for convergence on the final intent.
 
+pub mod certs;
 pub mod chaos;

@@ -277,7 +277,7 @@ pub fn controller_bin(given: Option<&std::path::PathBuf>) -> anyhow::Result<std:
 #[derive(Debug)]
 pub struct LocalController {
     pub addr: String,
-    pub pki: tern::pki::Pki,
+    pub certs: tern_bench::certs::Certs,
     /// Client settings of the administrator.
     pub admin: tern::client::ClientTls,
     child: std::process::Child,
@@ -291,50 +291,31 @@ impl LocalController {
         bin: &std::path::Path,
         extra: &[&str],
     ) -> anyhow::Result<LocalController> {
-        use tern::pki::{Pki, Role};
         let dir = tempfile::tempdir()?;
-        let pki = Pki::init(dir.path().join("pki"), 2)?;
-        pki.issue(
-            &Role::Controller {
-                sans: vec!["127.0.0.1".into()],
-            },
-            2,
-        )?;
-        let admin = pki.issue(&Role::Admin, 2)?;
+        let certs = tern_bench::certs::Certs::new(dir.path(), &["127.0.0.1"])?;
+        let admin = certs.tls(&tern::pki::Role::Admin)?;
         let addr = format!("127.0.0.1:{}", tern_testkit::etcd::free_port());
-        let child = Self::spawn(&pki, &addr, etcd, bin, extra)?;
+        let child = Self::spawn(&certs, &addr, etcd, bin, extra)?;
         Ok(LocalController {
             addr,
-            admin: tern::client::ClientTls {
-                ca: Some(pki.ca_cert()),
-                cert: Some(admin.cert),
-                key: Some(admin.key),
-                server_name: None,
-                insecure: false,
-            },
-            pki,
+            admin,
+            certs,
             child,
             _dir: dir,
         })
     }
 
     fn spawn(
-        pki: &tern::pki::Pki,
+        certs: &tern_bench::certs::Certs,
         addr: &str,
         etcd: &tern_testkit::etcd::Etcd,
         bin: &std::path::Path,
         extra: &[&str],
     ) -> anyhow::Result<std::process::Child> {
         use anyhow::Context as _;
-        let ctl = pki.files(&tern::pki::Role::Controller { sans: vec![] });
         std::process::Command::new(bin)
             .args(["--etcd-endpoints", &etcd.endpoint(), "--listen", addr])
-            .arg("--ca")
-            .arg(pki.ca_cert())
-            .arg("--cert")
-            .arg(&ctl.cert)
-            .arg("--key")
-            .arg(&ctl.key)
+            .args(certs.controller_args())
             .args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -353,7 +334,7 @@ impl LocalController {
     ) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(&self.pki, &self.addr, etcd, bin, extra)?;
+        self.child = Self::spawn(&self.certs, &self.addr, etcd, bin, extra)?;
         Ok(())
     }
 

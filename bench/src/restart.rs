@@ -16,8 +16,9 @@ use tern::model::{
     AffinityState, BGPPeerSpec, BlockAffinitySpec, Cidr, IPPoolSpec, NodeBGPSpec, NodeSpec, Object,
     Resource,
 };
-use tern::pki::{Pki, Role};
+use tern::pki::Role;
 use tern::proto::{self, controller_message, sync_service_client::SyncServiceClient};
+use tern_bench::certs::Certs;
 use tern_testkit::etcd::{Etcd, free_port};
 
 use crate::{controller_bin, machine, proc_usage};
@@ -309,11 +310,10 @@ struct Start {
 async fn start_once(
     a: &Args,
     etcd: &Etcd,
-    pki: &Pki,
+    certs: &Certs,
     tls: &ClientTls,
     objects: i64,
 ) -> anyhow::Result<(Start, std::process::Child)> {
-    let ctl = pki.files(&Role::Controller { sans: vec![] });
     let addr = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     let t0 = Instant::now();
@@ -325,15 +325,10 @@ async fn start_once(
             &addr,
             "--metrics-listen",
             &metrics,
-            "--ca",
-            &pki.ca_cert().display().to_string(),
-            "--cert",
-            &ctl.cert.display().to_string(),
-            "--key",
-            &ctl.key.display().to_string(),
             "--log-level",
             "warn",
         ])
+        .args(certs.controller_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -383,21 +378,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let etcd = Etcd::start()?;
         let dir = tempfile::tempdir()?;
-        let pki = Pki::init(dir.path().join("pki"), 2)?;
-        pki.issue(
-            &Role::Controller {
-                sans: vec!["127.0.0.1".into()],
-            },
-            2,
-        )?;
-        let admin = pki.issue(&Role::Admin, 2)?;
-        let tls = ClientTls {
-            ca: Some(pki.ca_cert()),
-            cert: Some(admin.cert.clone()),
-            key: Some(admin.key.clone()),
-            server_name: None,
-            insecure: false,
-        };
+        let certs = Certs::new(dir.path(), &["127.0.0.1"])?;
+        let tls = certs.tls(&Role::Admin)?;
         let t = Instant::now();
         let (keys, bytes) = fill(&etcd, &a).await?;
         println!("machine: {}", machine());
@@ -413,11 +395,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // Resources in the cache: pool + nodes + affinities + peers (+ the default
         // BGPConfiguration the controller creates).
         let objects = (1 + 2 * a.nodes + a.peers) as i64;
-        let (first, mut child) = start_once(&a, &etcd, &pki, &tls, objects).await?;
+        let (first, mut child) = start_once(&a, &etcd, &certs, &tls, objects).await?;
         // kill -9, then the restart.
         let _ = child.kill();
         let _ = child.wait();
-        let (second, mut child) = start_once(&a, &etcd, &pki, &tls, objects).await?;
+        let (second, mut child) = start_once(&a, &etcd, &certs, &tls, objects).await?;
         let at_once = if a.syncs > 0 {
             Some(syncs_at_once(&tls, &second.addr, child.id(), a.syncs).await?)
         } else {

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::Context as _;
-use tern::client::ClientTls;
-use tern::pki::{Pki, Role};
 
 /// A process of the run: started, killed (SIGKILL) and started again at will.
 #[derive(Debug)]
@@ -76,51 +74,6 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// The run's CA and the certificates issued from it.
-#[derive(Debug)]
-pub struct Certs {
-    pki: Pki,
-}
-
-impl Certs {
-    /// A CA, and a controller certificate valid for `sans`.
-    pub fn new(dir: &Path, sans: &[&str]) -> anyhow::Result<Certs> {
-        let pki = Pki::init(dir.join("pki"), 2)?;
-        pki.issue(
-            &Role::Controller {
-                sans: sans.iter().map(|s| s.to_string()).collect(),
-            },
-            2,
-        )?;
-        Ok(Certs { pki })
-    }
-
-    /// Client settings of a role, its certificate issued on first use.
-    pub fn tls(&self, role: &Role) -> anyhow::Result<ClientTls> {
-        let files = self.pki.issue_once(role, 2)?;
-        Ok(ClientTls {
-            ca: Some(self.pki.ca_cert()),
-            cert: Some(files.cert),
-            key: Some(files.key),
-            server_name: None,
-            insecure: false,
-        })
-    }
-
-    /// `--ca`, `--cert` and `--key` of a controller.
-    pub fn controller_args(&self) -> Vec<String> {
-        let f = self.pki.files(&Role::Controller { sans: vec![] });
-        vec![
-            "--ca".into(),
-            self.pki.ca_cert().display().to_string(),
-            "--cert".into(),
-            f.cert.display().to_string(),
-            "--key".into(),
-            f.key.display().to_string(),
-        ]
     }
 }
 
