@@ -14,17 +14,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use common::Cluster;
 use common::bgp::{
-    add_pod, apply, block_of, cleanup_node, established, external_host, node_status, sock,
-    wait_routes, wait_sessions,
+    AgentProcess, add_pod, agent_binary, apply, bird_pid, block_of, cleanup_node, established,
+    external_host, node_status, sock, wait_routes, wait_sessions,
 };
-use tern::pki::Role;
 use tern_testkit::netns::{self, Lan, Netns, forwarding};
 use tern_testkit::routers::{Frr, birdc};
 
@@ -35,87 +32,11 @@ fn netns_helper() {
 
 const TOR: &str = "192.168.60.1";
 const N1: &str = "192.168.60.11";
+const N1_CIDR: &str = "192.168.60.11/24";
 
 const FRR: &str = "frr defaults datacenter\nhostname tor\n!\nrouter bgp 65001\n \
 bgp router-id 192.168.60.1\n no bgp ebgp-requires-policy\n \
 neighbor 192.168.60.11 remote-as 64512\n neighbor 192.168.60.11 ebgp-multihop 2\n!\n";
-
-/// A tern-agent process for n1.
-struct AgentProcess {
-    child: Child,
-}
-
-impl AgentProcess {
-    fn start(c: &Cluster, bin: &Path, ns: &Netns, dir: &Path) -> anyhow::Result<AgentProcess> {
-        let tls = c.client_tls(&Role::Node("n1".into()));
-        let p = |o: Option<PathBuf>| o.context("TLS file").map(|p| p.display().to_string());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agent.log"))?;
-        let child = Command::new(bin)
-            .arg("run")
-            .args(["--node-name", "n1", "--controllers", &c.server()])
-            .args([
-                "--ca",
-                &p(tls.ca)?,
-                "--cert",
-                &p(tls.cert)?,
-                "--key",
-                &p(tls.key)?,
-            ])
-            .args([
-                "--ipv4-address",
-                "192.168.60.11/24",
-                "--ipv6-address",
-                "none",
-            ])
-            .args([
-                "--dataplane",
-                "nftables",
-                "--bird",
-                "managed",
-                "--netns",
-                ns.name(),
-            ])
-            .arg("--state-dir")
-            .arg(dir)
-            .arg("--bird-socket")
-            .arg(dir.join("bird.ctl"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(AgentProcess { child })
-    }
-
-    /// SIGTERM, as a service manager stops it; wait for it to exit.
-    fn stop(mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        ensure!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("the agent did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The agent (re)connected and reported after `since`: its report is newer.
 async fn reported_after(c: &Cluster, since: &str) -> anyhow::Result<()> {
@@ -133,26 +54,6 @@ async fn reported_after(c: &Cluster, since: &str) -> anyhow::Result<()> {
         node_status(c, "n1").await
     );
     Ok(())
-}
-
-/// The workspace's `tern-agent`, next to this package's `ternctl`.
-fn agent_binary() -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_ternctl")).with_file_name("tern-agent");
-    ensure!(
-        p.exists(),
-        "{} is missing: build the workspace (`cargo build -p tern-agent`, or run the \
-         whole suite: `cargo nextest run --workspace`)",
-        p.display()
-    );
-    Ok(p)
-}
-
-fn bird_pid(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join("bird.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +82,7 @@ async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Resul
     let node_dir = dir.path().join("n1");
     std::fs::create_dir_all(&node_dir)?;
     let bin = agent_binary()?;
-    let agent = AgentProcess::start(&c, &bin, &n1, &node_dir)?;
+    let agent = AgentProcess::start(&c, &bin, "n1", N1_CIDR, &n1, &node_dir)?;
     wait_sessions(&c, "n1", 40, "the session to FRR Established", |s| {
         established(s, TOR).is_some()
     })
@@ -194,9 +95,7 @@ async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Resul
     .await?;
     // FRR is the helper of BIRD's graceful restart: BIRD restarts and keeps forwarding
     // (F bit) for IPv4 unicast, FRR only helps.
-    let nb: serde_json::Value =
-        serde_json::from_str(&frr.vtysh(&["show bgp neighbors 192.168.60.11 json"])?)?;
-    let gr = &nb[N1]["gracefulRestartInfo"];
+    let gr = &frr.neighbor(N1)?["gracefulRestartInfo"];
     ensure!(
         gr["localGrMode"]
             .as_str()
@@ -218,7 +117,7 @@ async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Resul
     let bird_before = bird_pid(&node_dir).context("BIRD's pid")?;
     agent.stop()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let agent = AgentProcess::start(&c, &bin, &n1, &node_dir)?;
+    let agent = AgentProcess::start(&c, &bin, "n1", N1_CIDR, &n1, &node_dir)?;
     reported_after(&c, &before).await?;
     ensure!(
         bird_pid(&node_dir) == Some(bird_before),
@@ -235,8 +134,8 @@ async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Resul
     .await;
     ensure!(ok, "BIRD was not started again");
     let ok = common::eventually(40, async || {
-        frr.vtysh(&["show bgp neighbors 192.168.60.11 json"])
-            .is_ok_and(|o| o.contains("\"bgpState\":\"Established\""))
+        frr.neighbor(N1)
+            .is_ok_and(|n| n["bgpState"] == "Established")
     })
     .await;
     ensure!(ok, "the session to FRR came back");
@@ -247,7 +146,7 @@ async fn a_flow_through_restarts_and_an_upgrade_loses_nothing() -> anyhow::Resul
     let before = node_status(&c, "n1").await.reported_at;
     agent.stop()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let agent = AgentProcess::start(&c, &next, &n1, &node_dir)?;
+    let agent = AgentProcess::start(&c, &next, "n1", N1_CIDR, &n1, &node_dir)?;
     reported_after(&c, &before).await?;
 
     // Let the last datagrams arrive, then count.

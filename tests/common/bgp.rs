@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail, ensure};
 use ipnet::IpNet;
 use tern::pki::Role;
 use tern::proto;
@@ -224,6 +225,111 @@ pub async fn start_agent(c: &Cluster, ns: &Netns, dir: &Path, spec: &AgentSpec<'
         metrics_listen: spec.metrics_listen,
     };
     tern_agent::agent::start(cfg).await.expect("agent starts")
+}
+
+/// A `tern-agent run` process (the real binary, `--netns` for its tools, a managed
+/// BIRD), so that stopping it is what stopping it is on a host: the agent leaves BIRD
+/// running when it exits. Its log is `agent.log` in `dir`, its state and BIRD's files
+/// are in `dir`.
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    /// Start the agent of `node`, registering `ipv4` (an address with its prefix
+    /// length) and no IPv6 address.
+    pub fn start(
+        c: &Cluster,
+        bin: &Path,
+        node: &str,
+        ipv4: &str,
+        ns: &Netns,
+        dir: &Path,
+    ) -> anyhow::Result<AgentProcess> {
+        let tls = c.client_tls(&Role::Node(node.into()));
+        let p = |o: Option<PathBuf>| o.context("TLS file").map(|p| p.display().to_string());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .args(["--node-name", node, "--controllers", &c.server()])
+            .args([
+                "--ca",
+                &p(tls.ca)?,
+                "--cert",
+                &p(tls.cert)?,
+                "--key",
+                &p(tls.key)?,
+            ])
+            .args(["--ipv4-address", ipv4, "--ipv6-address", "none"])
+            .args([
+                "--dataplane",
+                "nftables",
+                "--bird",
+                "managed",
+                "--netns",
+                ns.name(),
+            ])
+            .arg("--state-dir")
+            .arg(dir)
+            .arg("--bird-socket")
+            .arg(dir.join("bird.ctl"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(AgentProcess { child })
+    }
+
+    /// SIGTERM, as a service manager stops it; wait for it to exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the agent did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The workspace's `tern-agent`, next to this package's `ternctl`.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_ternctl")).with_file_name("tern-agent");
+    ensure!(
+        p.exists(),
+        "{} is missing: build the workspace (`cargo build -p tern-agent`, or run the \
+         whole suite: `cargo nextest run --workspace`)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// The pid in the `bird.pid` an agent's managed BIRD writes in its state directory.
+pub fn bird_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("bird.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A loopback address with a free port, for an agent's metrics.

@@ -133,6 +133,28 @@ impl Frr {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// bgpd's view of the neighbor `addr` (`show bgp neighbors ADDR json`): its
+    /// object, with `bgpState`, `neighborCapabilities`, `gracefulRestartInfo`, ...
+    pub fn neighbor(&self, addr: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self.vtysh(&[&format!("show bgp neighbors {addr} json")])?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("neighbor {addr}: {out}"))?;
+        match v.get_mut(addr) {
+            Some(n) => Ok(n.take()),
+            None => bail!("bgpd has no neighbor {addr}: {out}"),
+        }
+    }
+
+    /// The paths bgpd holds for `prefix` (`show bgp ipv4|ipv6 unicast PREFIX json`);
+    /// empty when it has none. Each has `stale`, `bestpath`, `community`, `peer`, ...
+    pub fn bgp_paths(&self, prefix: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let afi = if prefix.contains(':') { "ipv6" } else { "ipv4" };
+        let out = self.vtysh(&[&format!("show bgp {afi} unicast {prefix} json")])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("paths of {prefix}: {out}"))?;
+        Ok(v["paths"].as_array().cloned().unwrap_or_default())
+    }
+
     /// BFD peers by address: status (`up`, `down`, `init`).
     pub fn bfd_peers(&self) -> anyhow::Result<Vec<(String, String)>> {
         let v: serde_json::Value = serde_json::from_str(&self.vtysh(&["show bfd peers json"])?)?;
