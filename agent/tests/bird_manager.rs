@@ -11,12 +11,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use tern::proto::{BgpSession, BgpStatus};
 use tern_agent::bird::{
-    ApplyOutcome, BirdError, BirdManager, BirdMode, BirdOptions, cleanup, parse,
+    ApplyOutcome, BirdError, BirdManager, BirdMode, BirdOptions, ReloadReason, cleanup,
+    live_file_text, parse,
 };
 use tern_agent::exec::Exec;
 
@@ -250,7 +251,7 @@ fn reloads_changes_only_and_never_installs_a_rejected_config() -> Result<()> {
         "live file mode {:o}",
         mode_of(&live)?
     );
-    ensure!(std::fs::read_to_string(&live)? == cfg1);
+    ensure!(std::fs::read_to_string(&live)? == live_file_text(&cfg1));
     ensure!(!opts.staging_path().exists(), "staging file left");
 
     let st = m.status()?;
@@ -292,6 +293,7 @@ fn reloads_changes_only_and_never_installs_a_rejected_config() -> Result<()> {
     ensure!(reply == "Reconfigured" || reply == "Reconfiguration in progress");
     eprintln!("reload took {took:?}; unchanged apply took {unchanged_took:?}");
     ensure!(m.reloads() == 1 && m.pid() == Some(pid));
+    ensure!(m.stats().reload_reasons == [(ReloadReason::ConfigChanged, 1)].into());
     let st = m.status()?;
     let n = session(&st, "Node_192_0_2_2").context("new session after reload")?;
     ensure!(n.peer_type == "node specific" && n.peer_address == "192.0.2.2");
@@ -318,7 +320,10 @@ fn reloads_changes_only_and_never_installs_a_rejected_config() -> Result<()> {
         !text.contains("topsecret-pw") && !text.contains("Node_192_0_2_2"),
         "{text}"
     );
-    ensure!(std::fs::read_to_string(&live)? == cfg2, "live file changed");
+    ensure!(
+        std::fs::read_to_string(&live)? == live_file_text(&cfg2),
+        "live file changed"
+    );
     ensure!(!opts.staging_path().exists(), "staging file left");
     ensure!(m.pid() == Some(pid) && alive(pid));
     ensure!(bird_status(&ns, &socket)?.last_reconfiguration == after_reload.last_reconfiguration);
@@ -339,6 +344,113 @@ fn reloads_changes_only_and_never_installs_a_rejected_config() -> Result<()> {
     ensure!(m.reloads() == 1);
 
     teardown(m, ns, dir)
+}
+
+/// The spurious reload of issue 13. BIRD prints its boot time anew for every `show
+/// status`, from its real-time clock read at that moment minus its monotonic uptime, so
+/// two answers of one BIRD may differ; with microseconds (`timeformat base iso long
+/// us`) they nearly always do, which makes the case that the default milliseconds hit
+/// now and then (a boot time close below a millisecond boundary) happen on every apply.
+/// An identical configuration is still never reloaded: after each reload, and after an
+/// agent restart that adopts BIRD right after a reload.
+#[test]
+fn an_identical_config_is_never_reloaded_while_bird_runs_it() -> Result<()> {
+    let ns = Ns::new()?;
+    let dir = tempfile::tempdir()?;
+    let opts = options(&ns, dir.path(), BirdMode::Supervised);
+    let socket = opts.socket_path.clone();
+    let cfg = |revision: u32| {
+        format!(
+            "timeformat base iso long us;\n{}# revision {revision}\n",
+            config("10.0.0.6", &bgp("Global_192_0_2_1", "192.0.2.1", ""))
+        )
+    };
+    let mut m = BirdManager::new(opts.clone())?;
+    ensure!(matches!(m.apply(&cfg(0))?, ApplyOutcome::Started { .. }));
+    let mut boots = std::collections::BTreeSet::new();
+    for revision in 1..=10 {
+        let out = m.apply(&cfg(revision))?;
+        ensure!(matches!(out, ApplyOutcome::Reloaded { .. }), "{out:?}");
+        for again in 0..3 {
+            boots.insert(bird_status(&ns, &socket)?.last_reboot);
+            let out = m.apply(&cfg(revision))?;
+            ensure!(
+                out == ApplyOutcome::Unchanged,
+                "revision {revision}, apply {again} of the same file: {out:?}"
+            );
+        }
+    }
+    eprintln!(
+        "BIRD printed {} different boot times: {boots:?}",
+        boots.len()
+    );
+    ensure!(m.reloads() == 10, "reloads {}", m.reloads());
+
+    // The agent restarts right after a reload and adopts BIRD: nothing to reload.
+    ensure!(matches!(m.apply(&cfg(11))?, ApplyOutcome::Reloaded { .. }));
+    m.detach();
+    let mut m2 = BirdManager::new(opts)?;
+    ensure!(m2.stats().adopted);
+    let out = m2.apply(&cfg(11))?;
+    ensure!(out == ApplyOutcome::Unchanged, "after adoption: {out:?}");
+    ensure!(m2.reloads() == 0);
+    teardown(m2, ns, dir)
+}
+
+/// The reloads an equal live file must not hide: a BIRD that the supervisor restarted
+/// while an older file was live, and a reload that never happened (the agent stopped
+/// between installing the file and `configure`, and the next agent adopts BIRD).
+#[test]
+fn bird_running_an_older_file_is_reloaded() -> Result<()> {
+    let ns = Ns::new()?;
+    let dir = tempfile::tempdir()?;
+    let opts = options(&ns, dir.path(), BirdMode::Supervised);
+    let live = opts.config_path.clone();
+    let socket = opts.socket_path.clone();
+    let cfg1 = config("10.0.0.7", &bgp("Global_192_0_2_1", "192.0.2.1", ""));
+    let cfg2 = format!("{cfg1}{}", bgp("Node_192_0_2_2", "192.0.2.2", ""));
+    let cfg3 = format!("{cfg2}{}", bgp("Node_192_0_2_3", "192.0.2.3", ""));
+    let mut m = BirdManager::new(opts.clone())?;
+    m.apply(&cfg1)?;
+    ensure!(matches!(m.apply(&cfg2)?, ApplyOutcome::Reloaded { .. }));
+    let reasons = m.stats().reload_reasons;
+    ensure!(
+        reasons == [(ReloadReason::ConfigChanged, 1)].into(),
+        "{reasons:?}"
+    );
+
+    // BIRD dies while the older file is live and the supervisor restarts it from that
+    // file; then the file is cfg2's again, as the manager left it.
+    let pid = m.pid().context("pid")?;
+    std::fs::write(&live, live_file_text(&cfg1))?;
+    sh("kill", &["-9", &pid.to_string()])?;
+    wait_for("BIRD restarted", Duration::from_secs(5), || {
+        m.pid()
+            .filter(|p| *p != pid && alive(*p))
+            .filter(|_| bird_status(&ns, &socket).is_ok())
+    })?;
+    std::fs::write(&live, live_file_text(&cfg2))?;
+    ensure!(session(&m.status()?, "Node_192_0_2_2").is_none());
+    let out = m.apply(&cfg2)?;
+    ensure!(matches!(out, ApplyOutcome::Reloaded { .. }), "{out:?}");
+    ensure!(session(&m.status()?, "Node_192_0_2_2").is_some());
+    ensure!(m.apply(&cfg2)? == ApplyOutcome::Unchanged);
+
+    // cfg3 is installed, but the agent stops before it reloads BIRD.
+    std::fs::write(&live, live_file_text(&cfg3))?;
+    m.detach();
+    let mut m2 = BirdManager::new(opts)?;
+    ensure!(m2.stats().adopted);
+    let out = m2.apply(&cfg3)?;
+    ensure!(matches!(out, ApplyOutcome::Reloaded { .. }), "{out:?}");
+    ensure!(session(&m2.status()?, "Node_192_0_2_3").is_some());
+    ensure!(m2.apply(&cfg3)? == ApplyOutcome::Unchanged);
+    let reasons = m2.stats().reload_reasons;
+    ensure!(
+        reasons == [(ReloadReason::BirdRunsOtherConfig, 1)].into(),
+        "{reasons:?}"
+    );
+    teardown(m2, ns, dir)
 }
 
 #[test]
@@ -377,7 +489,7 @@ fn a_config_bird_refuses_to_load_is_rolled_back() -> Result<()> {
     );
     ensure!(err.to_string().contains("test refusal"), "{err}");
     ensure!(
-        std::fs::read_to_string(&opts.config_path)? == cfg1,
+        std::fs::read_to_string(&opts.config_path)? == live_file_text(&cfg1),
         "the refused file stayed live"
     );
     ensure!(mode_of(&opts.config_path)? == 0o600);
@@ -488,14 +600,11 @@ fn external_bird_is_only_written_and_reloaded() -> Result<()> {
     // Nobody runs BIRD: the checked file is installed, the error says so, nothing starts.
     let err = m.apply(&cfg).err().context("external mode started BIRD")?;
     ensure!(matches!(err, BirdError::NotRunning { .. }), "{err:?}");
-    ensure!(std::fs::read_to_string(&live)? == cfg && mode_of(&live)? == 0o600);
+    ensure!(std::fs::read_to_string(&live)? == live_file_text(&cfg) && mode_of(&live)? == 0o600);
     ensure!(ns.pids().is_empty(), "external mode started a process");
     ensure!(m.status()?.state == "not running");
 
-    // "Someone else" starts BIRD on our file, written a while before. (Started within
-    // the time `show status` takes to answer, BIRD could as well have read an older
-    // file as far as the manager can tell, and gets a reload: right, but not this case.)
-    std::fs::File::open(&live)?.set_modified(SystemTime::now() - Duration::from_secs(60))?;
+    // "Someone else" starts BIRD on our file.
     let mut bird = external_bird(&ns, &live, &socket)?;
     // It read the installed file at start: nothing to reload.
     ensure!(m.apply(&cfg)? == ApplyOutcome::Unchanged);
@@ -509,7 +618,7 @@ fn external_bird_is_only_written_and_reloaded() -> Result<()> {
     ensure!(bird.try_wait()?.is_none(), "external BIRD was stopped");
     let report = cleanup(&opts)?;
     ensure!(report.removed.is_empty() && !report.stopped, "{report:?}");
-    ensure!(std::fs::read_to_string(&live)? == cfg2);
+    ensure!(std::fs::read_to_string(&live)? == live_file_text(&cfg2));
 
     sh("kill", &["-TERM", &bird.id().to_string()])?;
     bird.wait()?;
@@ -547,35 +656,6 @@ fn external_bird_on_another_file_stays_an_error() -> Result<()> {
     }
     sh("kill", &["-TERM", &bird.id().to_string()])?;
     bird.wait()?;
-    Ok(())
-}
-
-/// The live file is dated from the rename that gave it its content, not from the staged
-/// copy written before `bird -p` checked it: a BIRD that read the live file during the
-/// check read the previous content and must not look as if it had read this one. A
-/// `bird -p` that takes 300 ms makes the difference plain.
-#[test]
-fn the_live_file_is_dated_from_its_rename() -> Result<()> {
-    let ns = Ns::new()?;
-    let dir = tempfile::tempdir()?;
-    let mut opts = options(&ns, dir.path(), BirdMode::External);
-    let slow = dir.path().join("slow-bird");
-    std::fs::write(&slow, "#!/bin/sh\nsleep 0.3\nexec bird \"$@\"\n")?;
-    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o700))?;
-    opts.bird_bin = slow.display().to_string();
-    let live = opts.config_path.clone();
-    let before = SystemTime::now();
-    let err = BirdManager::new(opts)?
-        .apply(&config("10.0.0.5", ""))
-        .err()
-        .context("nobody runs BIRD here")?;
-    ensure!(matches!(err, BirdError::NotRunning { .. }), "{err:?}");
-    let mtime = std::fs::metadata(&live)?.modified()?;
-    let age = mtime.duration_since(before)?;
-    ensure!(
-        age >= Duration::from_millis(300),
-        "the live file is dated {age:?} after the apply began, before the check ended"
-    );
     Ok(())
 }
 

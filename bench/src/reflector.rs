@@ -2,8 +2,9 @@
 //! one session per client (Calico's way, `routeReflectorClients: Explicit`) and with
 //! dynamic BGP (`Dynamic`). For each: the reflector's rendered configuration (bytes,
 //! `protocol bgp` blocks, render time), the time BIRD takes to reload it, and what
-//! client N+1 joining does to it (changed or not, reloads caused, that reload's time),
-//! and how often the supervisor had to start BIRD again meanwhile.
+//! client N+1 joining does to it (changed or not, reloads caused and the manager's
+//! reasons for them, that reload's time), and how often the supervisor had to start
+//! BIRD again meanwhile.
 //! A real BIRD runs the reflector's configuration in a throwaway namespace; the
 //! clients are not started (the reload cost is BIRD reading the file, whether or not
 //! the sessions come up).
@@ -24,6 +25,9 @@ pub struct Args {
     /// Client nodes of the reflector.
     #[arg(long, value_delimiter = ',', default_value = "2000")]
     clients: Vec<usize>,
+    /// `routeReflectorClients` modes to measure (`Explicit`, `Dynamic`).
+    #[arg(long, value_delimiter = ',', default_value = "Explicit,Dynamic", value_parser = ["Explicit", "Dynamic"])]
+    modes: Vec<String>,
     /// Reloads per measurement (the median is printed).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -69,6 +73,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "--inside".into(),
             "--clients".into(),
             crate::join(&a.clients),
+            "--modes".into(),
+            crate::join(&a.modes),
             "--runs".into(),
             a.runs.to_string(),
         ]);
@@ -80,7 +86,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &a.clients {
-        for mode in ["Explicit", "Dynamic"] {
+        for mode in a.modes.iter().map(String::as_str) {
             let opts = RenderOptions::default();
             let view = View::from_yaml(&intent(n, mode))?;
             let mut renders = Vec::new();
@@ -117,14 +123,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 /// Start BIRD with `cfg`; time reloads of it (a comment changed each time); then apply
-/// the configuration with one more client: (reload times, reloads that caused, its
-/// time when there was one).
+/// the configuration with one more client: (reload times, reloads that caused with
+/// their reasons, its time when there was one).
 fn measure(
     mgr: &mut BirdManager,
     cfg: &str,
     joined: &str,
     runs: usize,
-) -> anyhow::Result<(Vec<Duration>, u64, Option<Duration>)> {
+) -> anyhow::Result<(Vec<Duration>, String, Option<Duration>)> {
     mgr.apply(cfg)?;
     let mut reloads = Vec::new();
     for i in 0..runs {
@@ -137,11 +143,23 @@ fn measure(
     }
     // Back to the plain configuration, as the agent had it before the client came.
     mgr.apply(cfg)?;
-    let before = mgr.reloads();
+    let before = mgr.stats().reload_reasons;
     let t = Instant::now();
     let outcome = mgr.apply(joined)?;
     let took = t.elapsed();
-    let caused = mgr.reloads() - before;
+    // The join's reloads with their reasons ("1 (config changed)").
+    let mut caused = Vec::new();
+    for (reason, n) in mgr.stats().reload_reasons {
+        let n = n - before.get(&reason).copied().unwrap_or(0);
+        if n > 0 {
+            caused.push(format!("{n} ({reason})"));
+        }
+    }
+    let caused = if caused.is_empty() {
+        "0".to_string()
+    } else {
+        caused.join(", ")
+    };
     Ok((
         reloads,
         caused,

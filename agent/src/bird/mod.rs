@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! apply(config)
-//!   show status ──► live file == config and BIRD loaded it? ──yes──► Unchanged (no reload)
-//!        │ no
+//!   file = config + marker line `define tern_config_<hash of config> = 1;`
+//!   show symbols tern_config_<hash> ──► live file == file and BIRD's running
+//!        │                              configuration defines the name? ──yes──► Unchanged
+//!        │ no (reason: config changed / BIRD runs another configuration / BIRD reads another file)
 //!        ▼
 //!   write <live>.staging (0600, fsync) ──► bird -p -c <staging> ──rejected──► error, live file untouched
 //!        │ ok
@@ -21,16 +23,17 @@
 //! session_marks() ──► show protocols + show bfd sessions: cheap, to notice changes
 //! ```
 //!
-//! "BIRD loaded it" is known for a reload this manager did (same BIRD boot time). After an
-//! agent restart it is read from BIRD's times: BIRD read its file after the file's last
-//! change when `now - mtime > (BIRD's current time - max(last reboot, last
-//! reconfiguration))`, with `now` taken before asking BIRD. The live file's mtime is set
-//! just after the rename that gave it its content (not left at the staged write, which
-//! precedes the `bird -p` check): a BIRD that read the file during the check read the
-//! previous content. Any doubt means one more reload, which BIRD 2 performs without
-//! touching protocols whose configuration is equal. The doubt is as long as the answer
-//! to `show status` takes: a BIRD that read the file within that time of its rename
-//! gets the reload too.
+//! "BIRD runs this configuration" is proven, not inferred: the file the manager installs
+//! is the rendered configuration followed by a marker, a constant whose name carries a
+//! hash of the configuration ([`live_file_text`]), and BIRD's running configuration
+//! defines that name exactly when BIRD parsed and committed that file. So an identical
+//! configuration costs no reload however BIRD came to run it (our reload, a restart by
+//! the supervisor, an agent restart that adopts BIRD), and a BIRD that runs anything else
+//! (an older file, another file, a reload that never happened) is reloaded. No clocks
+//! are compared: BIRD's printed times cannot identify a BIRD run (it prints its boot
+//! time anew for every `show status`, from its real-time clock read at that moment minus
+//! its monotonic uptime, so the last digit moves between two answers of one BIRD).
+//! Every reload is logged with its reason and counted per reason in [`BirdStats`].
 //!
 //! The configuration holds BGP passwords: files are 0600, and neither errors nor logs
 //! ever carry its contents (secrets quoted back by BIRD are redacted).
@@ -44,8 +47,9 @@ pub mod parse;
 pub mod stale_routes;
 mod supervisor;
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -243,11 +247,47 @@ pub enum ApplyOutcome {
     Started { pid: Option<u32>, took: Duration },
 }
 
+/// Why the manager reloaded BIRD (or had to load a configuration into a BIRD it found
+/// starting): the `reason` field of the "BIRD reconfigured" log line, and a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReloadReason {
+    /// The live file did not hold the configuration: a new configuration (or a file
+    /// someone else changed).
+    ConfigChanged,
+    /// The live file held the configuration but BIRD's running configuration lacks its
+    /// marker: BIRD started from an older file, a reload never happened or was refused,
+    /// or the file was written by an agent that did not mark its files.
+    BirdRunsOtherConfig,
+    /// BIRD's last `configure` read another file than ours.
+    BirdReadsOtherFile,
+    /// BIRD was found starting (not by this apply) without this configuration.
+    StartedWithOtherConfig,
+}
+
+impl ReloadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadReason::ConfigChanged => "config changed",
+            ReloadReason::BirdRunsOtherConfig => "BIRD runs another configuration",
+            ReloadReason::BirdReadsOtherFile => "BIRD reads another file",
+            ReloadReason::StartedWithOtherConfig => "BIRD was starting with another configuration",
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Counters for metrics and status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BirdStats {
     /// Successful `configure` calls by this manager.
     pub reloads: u64,
+    /// The same reloads by reason.
+    pub reload_reasons: BTreeMap<ReloadReason, u64>,
     /// BIRD starts after the first one (supervised mode).
     pub restarts: u64,
     /// Configurations BIRD rejected.
@@ -259,17 +299,18 @@ pub struct BirdStats {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Loaded {
-    hash: u64,
-    /// BIRD's "Last reboot on": tells one BIRD run from the next.
-    boot: String,
-}
-
 /// What the socket said.
 #[derive(Debug)]
 enum Probe {
     Running(BirdStatus),
+    NotRunning(String),
+}
+
+/// Does the running BIRD run the configuration of a marker?
+#[derive(Debug)]
+enum Runs {
+    Yes,
+    No,
     NotRunning(String),
 }
 
@@ -279,7 +320,6 @@ pub struct BirdManager {
     opts: BirdOptions,
     sup: Option<Supervisor>,
     adopted: bool,
-    loaded: Option<Loaded>,
     /// BIRD's last `configure` named another file than ours: until one names ours, an
     /// equal live file proves nothing, so every apply asks BIRD again.
     wrong_file: bool,
@@ -313,7 +353,6 @@ impl BirdManager {
             opts,
             sup,
             adopted: false,
-            loaded: None,
             wrong_file: false,
             stats: BirdStats::default(),
         };
@@ -391,23 +430,23 @@ impl BirdManager {
 
     fn apply_inner(&mut self, config: &str) -> Result<ApplyOutcome, BirdError> {
         let t0 = Instant::now();
-        let hash = hash_of(config);
-        // Taken before asking BIRD, so that BIRD's answer can only look older.
-        let now = SystemTime::now();
-        let probe = self.probe()?;
-        if let Probe::Running(st) = &probe
-            && !self.wrong_file
-            && let Some(mtime) = self.live_mtime_if_equal(config)?
-            && self.bird_has_live(hash, st, mtime, now)
-        {
-            self.ensure_live_mode()?;
-            tracing::debug!("BIRD configuration unchanged");
-            return Ok(ApplyOutcome::Unchanged);
-        }
-        let previous = self.install(config)?;
-        match probe {
-            Probe::Running(st) => {
-                let r = self.reload(config, hash, &st.last_reboot, t0);
+        let file = live_file_text(config);
+        let runs = self.runs(config)?;
+        let live_holds_it = self.live_holds(&file)?;
+        let reason = match &runs {
+            Runs::Yes if live_holds_it && !self.wrong_file => {
+                self.ensure_live_mode()?;
+                tracing::debug!("BIRD configuration unchanged");
+                return Ok(ApplyOutcome::Unchanged);
+            }
+            _ if self.wrong_file => ReloadReason::BirdReadsOtherFile,
+            _ if !live_holds_it => ReloadReason::ConfigChanged,
+            _ => ReloadReason::BirdRunsOtherConfig,
+        };
+        let previous = self.install(config, &file)?;
+        match runs {
+            Runs::Yes | Runs::No => {
+                let r = self.reload(config, reason, t0);
                 if let Err(BirdError::ReloadFailed { answered: true, .. }) = &r
                     && let Some(prev) = &previous
                 {
@@ -415,7 +454,7 @@ impl BirdManager {
                 }
                 r
             }
-            Probe::NotRunning(mut message) => {
+            Runs::NotRunning(mut message) => {
                 if self.sup.is_none() {
                     if self.opts.mode == BirdMode::Supervised {
                         message.push_str(" (this manager was stopped)");
@@ -425,59 +464,28 @@ impl BirdManager {
                         message,
                     });
                 }
-                self.start(config, hash, t0)
+                self.start(config, t0)
             }
         }
     }
 
-    /// The live file's mtime when it holds exactly `config`.
-    fn live_mtime_if_equal(&self, config: &str) -> Result<Option<SystemTime>, BirdError> {
+    /// True when the live file holds exactly `file`.
+    fn live_holds(&self, file: &str) -> Result<bool, BirdError> {
         let path = &self.opts.config_path;
-        let io = |op, source| BirdError::Io {
-            op,
+        let io = |source| BirdError::Io {
+            op: "reading",
             path: path.clone(),
             source,
         };
         let meta = match fs::metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("reading", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
         };
-        if meta.len() != config.len() as u64 {
-            return Ok(None);
+        if meta.len() != file.len() as u64 {
+            return Ok(false);
         }
-        let live = fs::read(path).map_err(|e| io("reading", e))?;
-        if live != config.as_bytes() {
-            return Ok(None);
-        }
-        meta.modified().map(Some).map_err(|e| io("reading", e))
-    }
-
-    /// Does the running BIRD run the live file (which holds the config of `hash`)?
-    fn bird_has_live(
-        &mut self,
-        hash: u64,
-        st: &BirdStatus,
-        mtime: SystemTime,
-        now: SystemTime,
-    ) -> bool {
-        let boot = &st.last_reboot;
-        if !boot.is_empty()
-            && self
-                .loaded
-                .as_ref()
-                .is_some_and(|l| l.hash == hash && &l.boot == boot)
-        {
-            return true;
-        }
-        if loaded_after(st, mtime, now) {
-            self.loaded = Some(Loaded {
-                hash,
-                boot: boot.clone(),
-            });
-            return true;
-        }
-        false
+        Ok(fs::read(path).map_err(io)? == file.as_bytes())
     }
 
     fn ensure_live_mode(&self) -> Result<(), BirdError> {
@@ -503,7 +511,7 @@ impl BirdManager {
     /// Write the staging file, have BIRD check it, rename it over the live file.
     /// Returns what the live file held before (to put back if BIRD refuses to load the
     /// new one).
-    fn install(&self, config: &str) -> Result<Option<Vec<u8>>, BirdError> {
+    fn install(&self, config: &str, file: &str) -> Result<Option<Vec<u8>>, BirdError> {
         let live = &self.opts.config_path;
         let previous = match fs::read(live) {
             Ok(b) => Some(b),
@@ -516,7 +524,7 @@ impl BirdManager {
                 });
             }
         };
-        let staging = self.stage(config.as_bytes())?;
+        let staging = self.stage(file.as_bytes())?;
         let checked = cmd::run(
             &self.opts.exec,
             &self.opts.bird_bin,
@@ -583,10 +591,6 @@ impl BirdManager {
             let _ = fs::remove_file(staging);
             return Err(io("renaming the staging file to", live)(e));
         }
-        // The file's date is when it took this content (see the module's notes).
-        File::open(live)
-            .and_then(|f| f.set_modified(SystemTime::now()))
-            .map_err(io("dating", live))?;
         if let Some(dir) = live.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -607,8 +611,7 @@ impl BirdManager {
     fn reload(
         &mut self,
         config: &str,
-        hash: u64,
-        boot: &str,
+        reason: ReloadReason,
         t0: Instant,
     ) -> Result<ApplyOutcome, BirdError> {
         let out = self.birdc(&["configure"])?;
@@ -629,7 +632,6 @@ impl BirdManager {
             && !same_file(file, &self.opts.config_path)
         {
             self.wrong_file = true;
-            self.loaded = None;
             return Err(BirdError::WrongConfigFile {
                 socket: self.opts.socket_path.clone(),
                 bird_reads: file.clone(),
@@ -638,13 +640,11 @@ impl BirdManager {
         }
         self.wrong_file = false;
         self.stats.reloads += 1;
+        *self.stats.reload_reasons.entry(reason).or_default() += 1;
         self.stats.last_reload = Some(SystemTime::now());
-        self.loaded = Some(Loaded {
-            hash,
-            boot: boot.to_string(),
-        });
         let took = t0.elapsed();
         tracing::info!(
+            reason = reason.as_str(),
             reloads = self.stats.reloads,
             took_ms = millis(took),
             reply = %success,
@@ -656,18 +656,18 @@ impl BirdManager {
         })
     }
 
-    fn start(&mut self, config: &str, hash: u64, t0: Instant) -> Result<ApplyOutcome, BirdError> {
+    fn start(&mut self, config: &str, t0: Instant) -> Result<ApplyOutcome, BirdError> {
         let sup = self.sup.as_ref().ok_or_else(|| BirdError::NotRunning {
             socket: self.opts.socket_path.clone(),
             message: "not supervised".into(),
         })?;
         let (pid, spawned) = sup.ensure_started()?;
         let deadline = Instant::now() + self.opts.start_timeout;
-        let st = loop {
-            let now = SystemTime::now();
-            match self.probe()? {
-                Probe::Running(st) => break (st, now),
-                Probe::NotRunning(msg) => {
+        let runs_it = loop {
+            match self.runs(config)? {
+                Runs::Yes => break true,
+                Runs::No => break false,
+                Runs::NotRunning(msg) => {
                     let sup = self.sup.as_ref().ok_or_else(|| BirdError::StartFailed {
                         message: "not supervised".into(),
                     })?;
@@ -691,19 +691,11 @@ impl BirdManager {
                 }
             }
         };
-        let (st, now) = st;
-        if spawned {
-            // Started after the rename: it read the new file.
-            self.loaded = Some(Loaded {
-                hash,
-                boot: st.last_reboot.clone(),
-            });
-        } else {
-            // A BIRD that was already starting may have read the old file.
-            let mtime = self.live_mtime()?;
-            if !self.bird_has_live(hash, &st, mtime, now) {
-                return self.reload(config, hash, &st.last_reboot, t0);
-            }
+        if !runs_it {
+            // A BIRD that was already starting (or restarted by the watcher) read the
+            // file before this one was installed.
+            tracing::info!(pid, spawned, "BIRD answered without this configuration");
+            return self.reload(config, ReloadReason::StartedWithOtherConfig, t0);
         }
         let took = t0.elapsed();
         tracing::info!(
@@ -712,17 +704,6 @@ impl BirdManager {
             "BIRD started with the new configuration"
         );
         Ok(ApplyOutcome::Started { pid, took })
-    }
-
-    fn live_mtime(&self) -> Result<SystemTime, BirdError> {
-        let path = &self.opts.config_path;
-        fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map_err(|source| BirdError::Io {
-                op: "reading",
-                path: path.clone(),
-                source,
-            })
     }
 
     /// The last lines of BIRD's log file, for start failures.
@@ -780,23 +761,42 @@ impl BirdManager {
         control::query(&self.opts.socket_path, command, self.opts.command_timeout)
     }
 
-    /// `show status` on the control socket, or why nobody answers.
-    fn probe_socket(&self) -> Result<Probe, BirdError> {
-        match self.show("show status") {
-            Ok(text) => Ok(Probe::Running(parse::parse_status(&text))),
+    /// A `show` command on the control socket: `Ok(Err(why))` when nobody answers.
+    fn ask(&self, command: &str) -> Result<Result<String, String>, BirdError> {
+        match self.show(command) {
+            Ok(text) => Ok(Ok(text)),
             Err(BirdError::Io { source, .. })
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                Ok(Probe::NotRunning(format!(
+                Ok(Err(format!(
                     "nobody answers on {}: {source}",
                     self.opts.socket_path.display()
                 )))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// `show status` on the control socket, or why nobody answers.
+    fn probe_socket(&self) -> Result<Probe, BirdError> {
+        Ok(match self.ask("show status")? {
+            Ok(text) => Probe::Running(parse::parse_status(&text)),
+            Err(why) => Probe::NotRunning(why),
+        })
+    }
+
+    /// Does the BIRD on the socket run `config` (its running configuration defines
+    /// the configuration's marker)?
+    fn runs(&self, config: &str) -> Result<Runs, BirdError> {
+        let name = marker_name(config);
+        Ok(match self.ask(&format!("show symbols {name}"))? {
+            Ok(text) if parse::defines_constant(&text, &name) => Runs::Yes,
+            Ok(_) => Runs::No,
+            Err(why) => Runs::NotRunning(why),
+        })
     }
 
     /// BGP state as the status API reports it: BIRD's version and every BGP protocol
@@ -935,18 +935,6 @@ impl BirdManager {
     }
 }
 
-/// Did BIRD (re)read its configuration after the file's last change? Conservative: any
-/// doubt says no.
-fn loaded_after(st: &BirdStatus, mtime: SystemTime, now: SystemTime) -> bool {
-    let Some(bird_age) = st.config_age() else {
-        return false;
-    };
-    let Ok(file_age) = now.duration_since(mtime) else {
-        return false;
-    };
-    file_age > bird_age + 2 * st.time_resolution()
-}
-
 fn same_file(bird_reads: &str, ours: &Path) -> bool {
     let theirs = Path::new(bird_reads);
     if theirs == ours {
@@ -962,10 +950,43 @@ fn same_file(bird_reads: &str, ours: &Path) -> bool {
     }
 }
 
-fn hash_of(config: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    config.hash(&mut h);
-    h.finish()
+/// The first line of the marker the manager appends to every file it installs.
+const MARKER_COMMENT: &str =
+    "# Added by tern's agent: BIRD runs this file while it defines the name below.\n";
+const MARKER_PREFIX: &str = "tern_config_";
+/// Hex digits of the configuration's SHA-256 in the marker's name (128 bits).
+const MARKER_HEX: usize = 32;
+
+/// The name of the constant that marks `config`: `tern_config_` and the first 128 bits
+/// of its SHA-256 in hex (44 characters; BIRD allows 64).
+fn marker_name(config: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, config.as_bytes());
+    let mut name = String::with_capacity(MARKER_PREFIX.len() + MARKER_HEX);
+    name.push_str(MARKER_PREFIX);
+    for b in &digest.as_ref()[..MARKER_HEX / 2] {
+        let _ = write!(name, "{b:02x}");
+    }
+    name
+}
+
+/// The exact text the manager installs as the live file for `config`: the
+/// configuration, a newline, and the marker (a comment and `define <marker> = 1;`).
+/// Rendered configurations stay the renderer's; this is what BIRD reads.
+pub fn live_file_text(config: &str) -> String {
+    format!(
+        "{config}\n{MARKER_COMMENT}define {} = 1;\n",
+        marker_name(config)
+    )
+}
+
+/// The configuration a live file was installed for, when it is exactly
+/// [`live_file_text`] of it; `None` for any other file.
+pub fn installed_config(file: &str) -> Option<&str> {
+    // The marker has the same length for every configuration.
+    let marker_len = live_file_text("").len();
+    let cut = file.len().checked_sub(marker_len)?;
+    let config = file.get(..cut)?;
+    (live_file_text(config) == file).then_some(config)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -1077,7 +1098,6 @@ pub fn cleanup(opts: &BirdOptions) -> Result<CleanupReport, CleanupError> {
                 opts: opts.clone(),
                 sup: None,
                 adopted: false,
-                loaded: None,
                 wrong_file: false,
                 stats: BirdStats::default(),
             };
@@ -1163,37 +1183,40 @@ mod tests {
         assert!(matches!(o.validate(), Err(BirdError::Options(_))));
     }
 
-    fn status(now: &str, reboot: &str, reconf: &str) -> BirdStatus {
-        BirdStatus {
-            server_time: now.into(),
-            last_reboot: reboot.into(),
-            last_reconfiguration: reconf.into(),
-            ..BirdStatus::default()
-        }
-    }
-
     #[test]
-    fn loaded_after_compares_ages() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let st = status(
-            "2026-11-24 19:44:29.688",
-            "2026-11-24 19:43:47.757",
-            "2026-11-24 19:44:19.688",
+    fn the_live_file_is_the_config_and_its_marker() {
+        let cfg = "router id 10.0.0.1;\nprotocol device {}\n";
+        let file = live_file_text(cfg);
+        let name = marker_name(cfg);
+        assert!(file.starts_with(cfg));
+        assert!(file.ends_with(&format!("define {name} = 1;\n")));
+        assert_eq!(name.len(), MARKER_PREFIX.len() + MARKER_HEX);
+        assert!(name.len() <= 64, "BIRD's symbols are at most 64 characters");
+        assert!(
+            name[MARKER_PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
         );
-        // BIRD read its file 10 s ago.
-        assert!(loaded_after(&st, now - Duration::from_secs(11), now));
-        assert!(!loaded_after(&st, now - Duration::from_secs(9), now));
-        assert!(!loaded_after(&st, now - Duration::from_millis(10_001), now));
-        // A file from the future, or times BIRD did not give: no.
-        assert!(!loaded_after(&st, now + Duration::from_secs(1), now));
-        assert!(!loaded_after(
-            &status("", "", ""),
-            now - Duration::from_secs(99),
-            now
-        ));
-        // Whole seconds: two seconds of doubt.
-        let coarse = status("2026-11-24 19:44:29", "2026-11-24 19:44:19", "");
-        assert!(!loaded_after(&coarse, now - Duration::from_secs(11), now));
-        assert!(loaded_after(&coarse, now - Duration::from_secs(13), now));
+        // One byte more or less is another marker.
+        assert_ne!(
+            marker_name("router id 10.0.0.1;"),
+            marker_name("router id 10.0.0.1; ")
+        );
+        assert_eq!(
+            name,
+            marker_name(cfg),
+            "the same configuration, the same marker"
+        );
+        // A configuration whose last line is a comment without a newline does not
+        // swallow the marker.
+        assert!(live_file_text("# no newline").contains("\ndefine tern_config_"));
+        // The way back.
+        for c in [cfg, "", "# no newline", "ü"] {
+            assert_eq!(installed_config(&live_file_text(c)), Some(c));
+        }
+        assert_eq!(installed_config(cfg), None);
+        assert_eq!(installed_config(""), None);
+        let tampered = live_file_text(cfg).replace("10.0.0.1", "10.0.0.2");
+        assert_eq!(installed_config(&tampered), None);
     }
 }

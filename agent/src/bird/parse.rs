@@ -328,36 +328,21 @@ pub struct BirdStatus {
 }
 
 impl BirdStatus {
-    /// How long before `server_time` BIRD last read its configuration file (at start or
-    /// on `configure`), or `None` when the times cannot be read.
-    pub fn config_age(&self) -> Option<std::time::Duration> {
-        let now = parse_bird_time(&self.server_time)?;
-        let reboot = parse_bird_time(&self.last_reboot);
-        let reconf = parse_bird_time(&self.last_reconfiguration);
-        let last = match (reboot, reconf) {
-            (Some(a), Some(b)) => a.max(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return None,
-        };
-        std::time::Duration::try_from(now - last).ok()
-    }
-
     /// How long before `server_time` BIRD was last reconfigured.
     pub fn since_reconfiguration(&self) -> Option<std::time::Duration> {
         let now = parse_bird_time(&self.server_time)?;
         let t = parse_bird_time(&self.last_reconfiguration)?;
         std::time::Duration::try_from(now - t).ok()
     }
+}
 
-    /// The resolution of BIRD's times: milliseconds, or whole seconds when its time
-    /// format has no fraction.
-    pub fn time_resolution(&self) -> std::time::Duration {
-        if self.server_time.contains('.') {
-            std::time::Duration::from_millis(1)
-        } else {
-            std::time::Duration::from_secs(1)
-        }
-    }
+/// True when the reply of `show symbols <name>` says BIRD's running configuration
+/// defines `name` as a constant (`<name>\tconstant`; an unknown name is "undefined").
+pub fn defines_constant(text: &str, name: &str) -> bool {
+    text.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some(name) && w.next() == Some("constant") && w.next().is_none()
+    })
 }
 
 /// Parse the reply of `show status`.
@@ -683,7 +668,8 @@ mod tests {
             let p = parse_protocols(text);
             let _ = sessions(&p);
             let st = parse_status(text);
-            let _ = st.config_age();
+            let _ = st.since_reconfiguration();
+            let _ = defines_constant(text, "Mesh_1");
             let _ = parse_configure(text);
         }
         assert_eq!(parse_bird_time("2026-13-45 99:99:99"), None);
@@ -717,14 +703,19 @@ mod tests {
         assert_eq!(s.last_reconfiguration, "2026-11-24 19:43:47.757");
         assert_eq!(s.daemon, "Daemon is up and running");
         assert_eq!(
-            s.config_age(),
-            Some(std::time::Duration::from_millis(50_369))
-        );
-        assert_eq!(
             s.since_reconfiguration(),
             Some(std::time::Duration::from_millis(50_369))
         );
-        assert_eq!(s.time_resolution(), std::time::Duration::from_millis(1));
+    }
+
+    #[test]
+    fn show_symbols() {
+        let name = "tern_config_0123456789abcdef0123456789abcdef";
+        assert!(defines_constant(&format!("{name}\tconstant\n"), name));
+        assert!(!defines_constant(&format!("{name}\tundefined\n"), name));
+        assert!(!defines_constant(&format!("{name}x\tconstant\n"), name));
+        assert!(!defines_constant("syntax error, unexpected END\n", name));
+        assert!(!defines_constant("", name));
     }
 
     #[test]

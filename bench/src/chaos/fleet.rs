@@ -361,7 +361,12 @@ impl Fleet {
                         .map_err(|e| format!("{e:#}"));
                 let bird = self.bgp.then(|| {
                     let p = a.state_dir.join("bird.conf");
-                    std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
+                    let file =
+                        std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    // The live file is the configuration and the agent's marker.
+                    tern_agent::bird::installed_config(&file)
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("{} was not installed by the agent", p.display()))
                 });
                 Programmed {
                     nat: Nat::Kernel(nat),
