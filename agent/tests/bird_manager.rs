@@ -1,6 +1,8 @@
 //! The BIRD manager against real BIRD 2 in throwaway network namespaces: no reload for
-//! an unchanged configuration, reload of a changed one, a rejected one never installed,
-//! 0600 files, restart of a BIRD killed by hand, take-over of a running BIRD without a
+//! an unchanged configuration (also while BIRD's printed boot time moves, and after an
+//! agent restart right after a reload), reload of a changed one and of one BIRD does
+//! not run although the live file holds it, a rejected one never installed, 0600
+//! files, restart of a BIRD killed by hand, take-over of a running BIRD without a
 //! restart, external mode, and session state between two real BIRDs (Established, and
 //! not established with mismatched passwords). Every test removes its namespaces,
 //! processes and files and checks that nothing is left.
