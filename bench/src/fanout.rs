@@ -67,6 +67,11 @@ pub struct Args {
     /// with the new process and its peak memory.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     restart: bool,
+    /// Sample the controller with `perf` during the updates and report its CPU without
+    /// the loopback receive path (the agents' side of each segment, which the kernel
+    /// does in the sender's context on loopback; see bench/src/loopback.rs).
+    #[arg(long)]
+    split_loopback: bool,
 }
 
 pub(crate) fn raise_nofile() -> anyhow::Result<()> {
@@ -112,6 +117,9 @@ struct Outcome {
     /// Resident memory of the serving process with the agents connected, and before.
     server_rss: u64,
     server_rss_base: u64,
+    /// `--split-loopback`: the share of the server's samples in the loopback receive
+    /// path, and the number of samples.
+    loopback: Option<(f64, u64)>,
     ramp: Duration,
     idle: Option<Idle>,
     restart: Option<Restart>,
@@ -284,6 +292,15 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
         r.server_rss_base as f64 / 1048576.0,
         per_agent_kib
     );
+    if let Some((share, samples)) = r.loopback {
+        let net = r.server_cpu_s * (1.0 - share);
+        println!(
+            "server process without the loopback receive path ({:.1}% of {samples} perf samples): {:.2} s CPU ({:.1} µs per agent-update)",
+            share * 100.0,
+            net,
+            net * 1e6 / (a.updates.max(1) * r.connected.max(1)) as f64,
+        );
+    }
     if r.agents_cpu_s > 0.0 {
         println!(
             "agents (this process, sharing the cores): {:.2} s CPU during the updates ({:.1} µs per agent-update)",
@@ -578,6 +595,10 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu0, rss) = proc_usage(pid)?;
     let (agents0, _) = proc_usage(std::process::id())?;
+    let perf = a
+        .split_loopback
+        .then(|| crate::loopback::record(pid))
+        .transpose()?;
 
     // Steady updates.
     let mut sent = Vec::with_capacity(a.updates);
@@ -598,6 +619,7 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
     }
     let (cpu1, _) = proc_usage(pid)?;
     let (agents1, _) = proc_usage(std::process::id())?;
+    let loopback = perf.map(crate::loopback::Recording::finish).transpose()?;
     eprintln!("fanout: updates done");
     // The observer tasks record an apply a moment after the agent publishes it.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -634,6 +656,7 @@ async fn via_controller(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         agents_cpu_s: agents1 - agents0,
         server_rss: rss,
         server_rss_base: rss_base,
+        loopback,
         ramp,
         idle,
         restart,
@@ -801,6 +824,7 @@ async fn etcd_direct(a: &Args, etcd: &Etcd) -> anyhow::Result<Outcome> {
         agents_cpu_s: 0.0,
         server_rss: rss,
         server_rss_base: rss_base,
+        loopback: None,
         ramp,
         idle: None,
         restart: None,

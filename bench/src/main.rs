@@ -39,6 +39,7 @@ mod bird;
 mod cni;
 mod etcd_size;
 mod fanout;
+mod loopback;
 mod nat;
 mod reflector;
 mod restart;
