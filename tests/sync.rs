@@ -1005,3 +1005,44 @@ async fn an_agent_without_addresses_joins_a_node_without_bgp() {
     let spec = stored.spec.expect("a spec");
     assert!(!spec.fields.contains_key("bgp"), "{spec:?}");
 }
+
+/// An agent whose Node already says what it registers is admitted from the cache: it
+/// reconnects, and gets its view, while etcd is down (before, its registration read
+/// the Node from etcd and failed until etcd was back). An agent that registers
+/// something new still needs etcd, and gets UNAVAILABLE until it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_agent_reconnects_while_etcd_is_down() {
+    let mut c = Cluster::start().await;
+    let r = create(&c, common::pool("p1", "10.31.0.0/16")).await;
+    let (first, _) = common::recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    assert!(first.wait_applied(r, Duration::from_secs(30)).await, "n1 in sync");
+    drop(first);
+
+    c.etcd.stop();
+    // The same registration: admitted from the cache, and served the cache's view.
+    let (again, driver) =
+        common::recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    assert!(
+        again.wait_applied(r, Duration::from_secs(30)).await,
+        "n1 did not get its view back while etcd was down"
+    );
+    assert!(
+        nat_pools(&driver).0 == ["10.31.0.0/16"],
+        "n1's NAT state was not programmed from the cache's view"
+    );
+    // A new address must be written to etcd: refused while it is away.
+    let ch = c
+        .client_tls(&Role::Node("n1".into()))
+        .endpoint(&c.server())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let err = SyncServiceClient::new(ch)
+        .sync(tokio_stream::iter([hello("n1", "10.0.0.9/24")]))
+        .await
+        .err()
+        .expect("a changed registration needs etcd");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    c.etcd.restart().expect("etcd restarts");
+}
