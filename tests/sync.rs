@@ -1015,13 +1015,15 @@ async fn an_unchanged_agent_reconnects_while_etcd_is_down() {
     let mut c = Cluster::start().await;
     let r = create(&c, common::pool("p1", "10.31.0.0/16")).await;
     let (first, _) = common::recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
-    assert!(first.wait_applied(r, Duration::from_secs(30)).await, "n1 in sync");
+    assert!(
+        first.wait_applied(r, Duration::from_secs(30)).await,
+        "n1 in sync"
+    );
     drop(first);
 
     c.etcd.stop();
     // The same registration: admitted from the cache, and served the cache's view.
-    let (again, driver) =
-        common::recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
+    let (again, driver) = common::recording_agent(&c, "n1", "10.0.0.1/24", vec![c.server()]).await;
     assert!(
         again.wait_applied(r, Duration::from_secs(30)).await,
         "n1 did not get its view back while etcd was down"
