@@ -963,3 +963,22 @@ fn etcd_runs_with_compaction_and_a_space_quota() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The controller's malloc setting (docs/operations.md, "Memory") is the same wherever
+/// tern deploys it; `tern-bench` takes it from the systemd unit.
+#[test]
+fn the_controllers_malloc_setting_is_deployed_everywhere() -> anyhow::Result<()> {
+    const SETTING: &str = "glibc.malloc.mmap_threshold=8192";
+    for f in [
+        "systemd/tern-controller.service",
+        "kubernetes/tern-controller.yaml",
+        "lab",
+    ] {
+        let text = read(&deploy(f))?;
+        ensure!(
+            text.contains(SETTING),
+            "deploy/{f} does not give the controller GLIBC_TUNABLES={SETTING}"
+        );
+    }
+    Ok(())
+}

@@ -262,6 +262,16 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
         Mode::EtcdDirect => "etcd-direct",
     };
     println!("machine: {}", machine());
+    if a.mode == Mode::Controller {
+        let env: Vec<String> = crate::deployed_controller_env()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "controller environment (deploy/systemd/tern-controller.service): {}",
+            env.join(" ")
+        );
+    }
     println!(
         "mode {mode}: {} agents ({} connected, ramp {:.1}s), {} updates at {}/s",
         a.agents,
