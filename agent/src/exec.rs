@@ -2,6 +2,7 @@
 //! namespace, so tests and the lab can drive several simulated hosts from one process.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Why a command failed: it could not start, or it exited non-zero.
@@ -110,6 +111,14 @@ impl Exec {
 
     pub fn netns(&self) -> Option<&str> {
         self.netns.as_deref()
+    }
+
+    /// The file of the named namespace (`ip netns exec` enters /var/run/netns/NAME,
+    /// which is /run/netns/NAME), for code that enters it without a process.
+    pub fn netns_path(&self) -> Option<PathBuf> {
+        self.netns
+            .as_deref()
+            .map(|n| Path::new("/run/netns").join(n))
     }
 
     /// A `Command` for `program args...`, wrapped in `ip netns exec` when needed.

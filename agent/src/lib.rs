@@ -18,5 +18,6 @@ pub mod dataplane;
 pub mod detect;
 pub mod exec;
 pub mod metrics;
+pub mod netlink;
 pub mod render;
 pub mod sync;

@@ -3,7 +3,7 @@
 //! answers by proxy ARP on its veth; for IPv6 to the host veth's link-local address
 //! `fe80::ecee:eeff:feee:eeee`. The host routes each address (/32, /128) to the veth.
 //!
-//! ADD and DEL speak rtnetlink from this process ([`super::netlink`]): a burst of
+//! ADD and DEL speak rtnetlink from this process ([`crate::netlink`]): a burst of
 //! containers on a node would otherwise start three `ip` processes each, which costs
 //! more than everything else an ADD does. The veth is created with its peer already
 //! in the container's namespace, under its final name; the container's side is then
@@ -17,13 +17,13 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-use super::netlink::{Netlink, Route, Veth};
 use super::spec::{self, CniError, Expected, GATEWAY_V4, HOST_MAC, code};
 use crate::exec::Exec;
+use crate::netlink::{Netlink, Route, Veth};
 
 /// What an ADD asks of the kernel.
 #[derive(Debug, Clone)]
@@ -41,18 +41,13 @@ fn kernel(what: &str, e: impl std::fmt::Display) -> CniError {
     CniError::new(code::KERNEL, format!("cannot {what}"), e.to_string())
 }
 
-/// The path of a named network namespace.
-fn netns_path(name: &str) -> PathBuf {
-    Path::new("/run/netns").join(name)
-}
-
 /// Run `f` in the host's network namespace: here, or on a thread that enters the
 /// agent's `--netns` first.
 fn on_host<T: Send>(host: &Exec, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let Some(name) = host.netns() else {
+    let Some(path) = host.netns_path() else {
         return f();
     };
-    let ns = File::open(netns_path(name))?;
+    let ns = File::open(path)?;
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;

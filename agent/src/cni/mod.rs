@@ -23,7 +23,6 @@
 pub mod client;
 pub mod ipam;
 pub mod link;
-pub mod netlink;
 pub mod server;
 pub mod spec;
 

@@ -115,6 +115,15 @@ impl Netlink {
         })
     }
 
+    /// A socket where `exec` runs its commands: this thread's namespace, or the named
+    /// one `exec` enters with `ip netns exec`.
+    pub fn open_for(exec: &crate::exec::Exec) -> io::Result<Netlink> {
+        match exec.netns_path() {
+            None => Netlink::open(),
+            Some(path) => Netlink::open_in(&path),
+        }
+    }
+
     /// The index of link `name` in the socket's namespace.
     pub fn index(&mut self, name: &str) -> io::Result<u32> {
         // RTM_GETLINK by name; the answer is the link's message.
