@@ -20,14 +20,20 @@
 //! export kernel_vN <prefix> all` runs the current filters) and deletes the others,
 //! only once the wanted one is in the kernel: traffic always has a route.
 //!
+//! The kernel is read and changed over netlink ([`crate::netlink`]), not by `ip`
+//! processes: a route dump per family, kept to what `ip route show proto bird` lists
+//! (protocol bird, main table), and a delete that names prefix, table, protocol and
+//! metric. The socket is opened for each sweep in the namespace the agent's [`Exec`]
+//! runs BIRD in (`--netns NAME`: /run/netns/NAME, as `ip netns exec` enters it).
+//!
 //! ```text
-//! ip -j route show proto bird ──► prefixes with two metrics? ──no──► done
+//! route dump, proto bird, main table ──► prefixes with two metrics? ──no──► done
 //!        │ yes
 //!        ▼
 //! show route export kernel_vN <prefix> all ──► wanted metric in the kernel? ──no──► next time
 //!        │ yes
 //!        ▼
-//! ip route del <prefix> proto bird metric <other>
+//! delete <prefix> table main proto bird metric <other>
 //! ```
 //!
 //! A route removed by mistake (BIRD changed its mind between the question and the
@@ -39,14 +45,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use serde::Deserialize;
 
 use crate::exec::Exec;
+use crate::netlink::{IpFamily, Netlink, RT_TABLE_MAIN, RTPROT_BIRD, RouteEntry, RouteKey};
 
 /// How often at most [`StaleRoutes::poll`] looks: BIRD's own kernel scan period.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// An address family as `ip` and tern's BIRD configuration name it.
+/// An address family as tern's BIRD configuration names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     V4,
@@ -56,10 +62,10 @@ pub enum Family {
 impl Family {
     pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
 
-    fn ip_flag(self) -> &'static str {
+    fn ip(self) -> IpFamily {
         match self {
-            Family::V4 => "-4",
-            Family::V6 => "-6",
+            Family::V4 => IpFamily::V4,
+            Family::V6 => IpFamily::V6,
         }
     }
 
@@ -79,86 +85,78 @@ impl Family {
         }
     }
 
-    fn host_len(self) -> u8 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
+    fn holds(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
+        )
     }
 }
 
-/// A kernel route as `ip route` names it: its destination as `ip` printed it (to be
-/// handed back to `ip route del`) and its metric.
+/// A kernel route BIRD wrote: its destination and its metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
-    pub dst: String,
+    pub dst: IpNet,
     pub metric: u32,
 }
 
 /// Why a sweep could not look or clean.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
+    #[error("opening a netlink socket in {place}: {source}")]
+    Open {
+        place: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listing BIRD's kernel routes: {0}")]
-    List(#[source] crate::exec::ExecError),
-    #[error("reading `ip -j route` output: {0}")]
-    Parse(#[source] serde_json::Error),
+    List(#[source] std::io::Error),
     #[error("removing the stale route {dst} metric {metric}: {source}")]
     Delete {
-        dst: String,
+        dst: IpNet,
         metric: u32,
         #[source]
-        source: crate::exec::ExecError,
+        source: std::io::Error,
     },
 }
 
-#[derive(Deserialize)]
-struct IpRoute {
-    dst: String,
-    #[serde(default)]
-    metric: u32,
-}
-
-/// The routes of `ip -j route show ...` (one entry per route; a multipath route is one).
-pub fn parse_ip_routes(json: &str) -> Result<Vec<KernelRoute>, serde_json::Error> {
-    let text = json.trim();
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
-    let routes: Vec<IpRoute> = serde_json::from_str(text)?;
-    Ok(routes
-        .into_iter()
+/// The routes `ip route show proto bird` lists among a dump of `family`: BIRD's, in
+/// the main table, not cached clones; one per route (a multipath route is one).
+pub fn bird_routes(dump: &[RouteEntry], family: Family) -> Vec<KernelRoute> {
+    dump.iter()
+        .filter(|r| {
+            r.protocol == RTPROT_BIRD
+                && r.table == u32::from(RT_TABLE_MAIN)
+                && !r.cloned
+                && family.holds(&r.dst)
+        })
         .map(|r| KernelRoute {
             dst: r.dst,
             metric: r.metric,
         })
-        .collect())
+        .collect()
 }
 
-/// The prefix `ip` printed as `dst` (`default`, a bare address for a host route),
-/// as a network; `None` for anything else.
-pub fn prefix_of(dst: &str, family: Family) -> Option<IpNet> {
-    let net: IpNet = if dst == "default" {
-        match family {
-            Family::V4 => "0.0.0.0/0".parse().ok()?,
-            Family::V6 => "::/0".parse().ok()?,
-        }
-    } else if dst.contains('/') {
-        dst.parse().ok()?
-    } else {
-        IpNet::new(dst.parse().ok()?, family.host_len()).ok()?
-    };
-    let ok = matches!(
-        (family, net),
-        (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
-    );
-    ok.then_some(net)
+/// BIRD's routes of `family` in the main table of `nl`'s namespace.
+pub fn list(nl: &mut Netlink, family: Family) -> std::io::Result<Vec<KernelRoute>> {
+    Ok(bird_routes(&nl.routes(family.ip())?, family))
+}
+
+/// Delete BIRD's route to `dst` at `metric` from the main table, and no other.
+pub fn delete(nl: &mut Netlink, dst: IpNet, metric: u32) -> std::io::Result<()> {
+    nl.delete_route(&RouteKey {
+        dst,
+        table: u32::from(RT_TABLE_MAIN),
+        protocol: RTPROT_BIRD,
+        metric,
+    })
 }
 
 /// The destinations that have routes at more than one metric, with those metrics.
-pub fn duplicated(routes: &[KernelRoute]) -> BTreeMap<&str, Vec<u32>> {
-    let mut by_dst: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+pub fn duplicated(routes: &[KernelRoute]) -> BTreeMap<IpNet, Vec<u32>> {
+    let mut by_dst: BTreeMap<IpNet, Vec<u32>> = BTreeMap::new();
     for r in routes {
-        let metrics = by_dst.entry(r.dst.as_str()).or_default();
+        let metrics = by_dst.entry(r.dst).or_default();
         if !metrics.contains(&r.metric) {
             metrics.push(r.metric);
         }
@@ -192,63 +190,36 @@ pub fn exported_metric(reply: &str, family: Family) -> Option<u32> {
 
 /// The routes of a duplicated destination to delete, given the metric BIRD wants for
 /// it: every other one, provided a route at the wanted metric is already there.
-pub fn stale(dst: &str, metrics: &[u32], wanted: Option<u32>) -> Vec<KernelRoute> {
+pub fn stale(dst: IpNet, metrics: &[u32], wanted: Option<u32>) -> Vec<KernelRoute> {
     match wanted {
         Some(w) if metrics.contains(&w) => metrics
             .iter()
             .filter(|m| **m != w)
-            .map(|m| KernelRoute {
-                dst: dst.to_string(),
-                metric: *m,
-            })
+            .map(|m| KernelRoute { dst, metric: *m })
             .collect(),
         _ => Vec::new(),
     }
 }
 
-/// Find and delete the stale BIRD routes of one family (main table). `ask` puts one
-/// command to BIRD's control socket. Returns the routes deleted.
+/// Find and delete the stale BIRD routes of one family (main table) in `nl`'s
+/// namespace. `ask` puts one command to BIRD's control socket. Returns the routes
+/// deleted.
 pub fn sweep_family(
-    exec: &Exec,
+    nl: &mut Netlink,
     family: Family,
     mut ask: impl FnMut(&str) -> Option<String>,
 ) -> Result<Vec<KernelRoute>, SweepError> {
-    let out = exec
-        .run(
-            "ip",
-            &["-j", family.ip_flag(), "route", "show", "proto", "bird"],
-            None,
-        )
-        .map_err(SweepError::List)?;
-    let routes = parse_ip_routes(&out.stdout).map_err(SweepError::Parse)?;
+    let routes = list(nl, family).map_err(SweepError::List)?;
     let mut removed = Vec::new();
     for (dst, metrics) in duplicated(&routes) {
-        let Some(net) = prefix_of(dst, family) else {
-            continue;
-        };
         let wanted = ask(&format!(
-            "show route export {} {net} all",
+            "show route export {} {dst} all",
             family.kernel_protocol()
         ))
         .and_then(|reply| exported_metric(&reply, family));
         for r in stale(dst, &metrics, wanted) {
-            let metric = r.metric.to_string();
-            exec.run(
-                "ip",
-                &[
-                    family.ip_flag(),
-                    "route",
-                    "del",
-                    &r.dst,
-                    "proto",
-                    "bird",
-                    "metric",
-                    &metric,
-                ],
-                None,
-            )
-            .map_err(|source| SweepError::Delete {
-                dst: r.dst.clone(),
+            delete(nl, r.dst, r.metric).map_err(|source| SweepError::Delete {
+                dst: r.dst,
                 metric: r.metric,
                 source,
             })?;
@@ -264,11 +235,19 @@ pub fn sweep_family(
     Ok(removed)
 }
 
-/// [`sweep_family`] for both families, asking the BIRD on `socket`.
+/// [`sweep_family`] for both families in the namespace `exec` runs BIRD in, asking
+/// the BIRD on `socket`.
 pub fn sweep(exec: &Exec, socket: &Path, timeout: Duration) -> Result<usize, SweepError> {
+    let mut nl = Netlink::open_for(exec).map_err(|source| SweepError::Open {
+        place: match exec.netns() {
+            Some(ns) => format!("netns {ns}"),
+            None => "the agent's network namespace".into(),
+        },
+        source,
+    })?;
     let mut removed = 0;
     for family in Family::BOTH {
-        removed += sweep_family(exec, family, |cmd| {
+        removed += sweep_family(&mut nl, family, |cmd| {
             super::control::query(socket, cmd, timeout).ok()
         })?
         .len();
@@ -307,49 +286,69 @@ impl StaleRoutes {
 mod tests {
     use super::*;
 
+    fn net(dst: &str) -> IpNet {
+        dst.parse().expect("a test prefix")
+    }
+
     fn r(dst: &str, metric: u32) -> KernelRoute {
         KernelRoute {
-            dst: dst.into(),
+            dst: net(dst),
             metric,
         }
     }
 
+    fn entry(dst: &str, table: u32, protocol: u8, metric: u32) -> RouteEntry {
+        RouteEntry {
+            dst: net(dst),
+            table,
+            protocol,
+            kind: 1,
+            metric,
+            cloned: false,
+            nexthops: 0,
+        }
+    }
+
     #[test]
-    fn ip_json_reads_into_routes() {
-        // As `ip -j -4 route show proto bird` prints it (no metric: 0), multipath as one.
-        let json = r#"[{"dst":"10.9.0.0/24","gateway":"10.1.0.2","dev":"d0","metric":1500,"flags":[]},
-            {"dst":"10.9.0.0/24","gateway":"10.1.0.2","dev":"d0","metric":1024,"flags":[]},
-            {"type":"blackhole","dst":"10.9.5.0/26","flags":[]},
-            {"dst":"10.9.7.0/24","metric":1024,"flags":[],"nexthops":[{"gateway":"10.1.0.2","dev":"d0","weight":1,"flags":[]},{"gateway":"10.1.0.3","dev":"d0","weight":1,"flags":[]}]}]
-"#;
+    fn only_birds_routes_of_the_main_table_count() {
+        let main = u32::from(RT_TABLE_MAIN);
+        let multipath = RouteEntry {
+            nexthops: 2,
+            ..entry("10.9.7.0/24", main, RTPROT_BIRD, 1024)
+        };
+        let blackhole = RouteEntry {
+            kind: 6,
+            ..entry("10.9.5.0/26", main, RTPROT_BIRD, 0)
+        };
+        let cloned = RouteEntry {
+            cloned: true,
+            ..entry("fd00:9::7/128", main, RTPROT_BIRD, 1024)
+        };
+        let dump = [
+            entry("10.9.0.0/24", main, RTPROT_BIRD, 1500),
+            entry("10.9.0.0/24", main, RTPROT_BIRD, 1024),
+            // Another protocol, another table, a cached clone: not BIRD's kernel routes.
+            entry("10.9.0.0/24", main, 4, 700),
+            entry("10.9.0.0/24", 100, RTPROT_BIRD, 900),
+            entry("10.9.1.0/24", 255, RTPROT_BIRD, 0),
+            cloned,
+            blackhole,
+            multipath,
+            entry("0.0.0.0/0", main, RTPROT_BIRD, 300),
+            entry("fd00:9::/64", main, RTPROT_BIRD, 1024),
+        ];
         assert_eq!(
-            parse_ip_routes(json).expect("valid"),
+            bird_routes(&dump, Family::V4),
             vec![
                 r("10.9.0.0/24", 1500),
                 r("10.9.0.0/24", 1024),
                 r("10.9.5.0/26", 0),
-                r("10.9.7.0/24", 1024)
+                r("10.9.7.0/24", 1024),
+                r("0.0.0.0/0", 300),
             ]
         );
-        assert_eq!(parse_ip_routes("").expect("no routes"), vec![]);
-        assert_eq!(parse_ip_routes("[]\n").expect("no routes"), vec![]);
-        assert!(parse_ip_routes("[{\"metric\":1}]").is_err());
-    }
-
-    #[test]
-    fn ip_destinations_become_prefixes() {
-        let p = |d, f| prefix_of(d, f).map(|n| n.to_string());
-        assert_eq!(p("10.9.0.0/24", Family::V4).as_deref(), Some("10.9.0.0/24"));
-        assert_eq!(p("10.9.0.7", Family::V4).as_deref(), Some("10.9.0.7/32"));
-        assert_eq!(p("default", Family::V4).as_deref(), Some("0.0.0.0/0"));
-        assert_eq!(p("default", Family::V6).as_deref(), Some("::/0"));
-        assert_eq!(p("fd00:9::/64", Family::V6).as_deref(), Some("fd00:9::/64"));
-        assert_eq!(p("fd00:9::1", Family::V6).as_deref(), Some("fd00:9::1/128"));
-        // The wrong family, or anything that is not a prefix, is left alone.
-        assert_eq!(p("fd00:9::/64", Family::V4), None);
-        assert_eq!(p("10.9.0.0/24", Family::V6), None);
-        assert_eq!(p("10.9.0.0/24 all", Family::V4), None);
-        assert_eq!(p("", Family::V4), None);
+        assert_eq!(bird_routes(&dump, Family::V6), vec![r("fd00:9::/64", 1024)]);
+        assert_eq!(bird_routes(&[], Family::V4), vec![]);
     }
 
     #[test]
@@ -369,8 +368,8 @@ mod tests {
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![
-                ("10.9.0.0/24", vec![1024, 1500]),
-                ("10.9.2.0/24", vec![5, 1024, 1500])
+                (net("10.9.0.0/24"), vec![1024, 1500]),
+                (net("10.9.2.0/24"), vec![5, 1024, 1500])
             ]
         );
     }
@@ -403,14 +402,15 @@ mod tests {
 
     #[test]
     fn stale_routes_go_only_once_the_wanted_one_is_in_place() {
-        let dst = "10.9.0.0/24";
+        let dst = net("10.9.0.0/24");
+        let r = |m| KernelRoute { dst, metric: m };
         // A raised priority (1024 -> 1500) and a lowered one (1500 -> 800).
-        assert_eq!(stale(dst, &[1024, 1500], Some(1500)), vec![r(dst, 1024)]);
-        assert_eq!(stale(dst, &[1500, 800], Some(800)), vec![r(dst, 1500)]);
+        assert_eq!(stale(dst, &[1024, 1500], Some(1500)), vec![r(1024)]);
+        assert_eq!(stale(dst, &[1500, 800], Some(800)), vec![r(1500)]);
         // Three metrics after two changes: both old ones go.
         assert_eq!(
             stale(dst, &[5, 1024, 1500], Some(5)),
-            vec![r(dst, 1024), r(dst, 1500)]
+            vec![r(1024), r(1500)]
         );
         // BIRD has not written the wanted route yet: keep both for now.
         assert_eq!(stale(dst, &[1024, 1500], Some(1800)), vec![]);
