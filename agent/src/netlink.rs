@@ -682,43 +682,34 @@ mod tests {
 
     #[test]
     fn a_delete_names_destination_table_protocol_and_metric() {
+        // (prefix, table, metric, the message with sequence number 9)
         #[rustfmt::skip]
-        let v4 = [
-            44, 0, 0, 0, 25, 0, 0x05, 0, 9, 0, 0, 0, 0, 0, 0, 0, // RTM_DELROUTE, REQUEST|ACK
-            2, 24, 0, 0, 254, 12, 255, 0, 0, 0, 0, 0, // main, bird, scope nowhere, any type
-            8, 0, 1, 0, 10, 9, 0, 0, // RTA_DST
-            8, 0, 6, 0, 0x00, 0x04, 0, 0, // RTA_PRIORITY 1024
+        let cases: [(&str, u32, u32, &[u8]); 3] = [
+            ("10.9.0.0/24", 254, 1024, &[
+                44, 0, 0, 0, 25, 0, 0x05, 0, 9, 0, 0, 0, 0, 0, 0, 0, // RTM_DELROUTE, REQUEST|ACK
+                2, 24, 0, 0, 254, 12, 255, 0, 0, 0, 0, 0, // main, bird, scope nowhere, any type
+                8, 0, 1, 0, 10, 9, 0, 0, // RTA_DST
+                8, 0, 6, 0, 0x00, 0x04, 0, 0, // RTA_PRIORITY 1024
+            ]),
+            ("fd00:9::/64", 254, 1500, &[
+                56, 0, 0, 0, 25, 0, 0x05, 0, 9, 0, 0, 0, 0, 0, 0, 0,
+                10, 64, 0, 0, 254, 12, 255, 0, 0, 0, 0, 0,
+                20, 0, 1, 0, 0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                8, 0, 6, 0, 0xdc, 0x05, 0, 0, // RTA_PRIORITY 1500
+            ]),
+            // A default route has no RTA_DST (as `ip route del default` sends it); a
+            // table past 255 goes in RTA_TABLE, the header's says "unspecified".
+            ("0.0.0.0/0", 1000, 0, &[
+                44, 0, 0, 0, 25, 0, 0x05, 0, 9, 0, 0, 0, 0, 0, 0, 0,
+                2, 0, 0, 0, 0, 12, 255, 0, 0, 0, 0, 0,
+                8, 0, 6, 0, 0, 0, 0, 0, // RTA_PRIORITY 0
+                8, 0, 15, 0, 0xe8, 0x03, 0, 0, // RTA_TABLE 1000
+            ]),
         ];
-        assert_eq!(
-            finished(route_delete(&key("10.9.0.0/24", 254, 1024)), 9),
-            v4
-        );
-
-        #[rustfmt::skip]
-        let v6 = [
-            56, 0, 0, 0, 25, 0, 0x05, 0, 1, 0, 0, 0, 0, 0, 0, 0,
-            10, 64, 0, 0, 254, 12, 255, 0, 0, 0, 0, 0,
-            20, 0, 1, 0, 0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            8, 0, 6, 0, 0xdc, 0x05, 0, 0, // RTA_PRIORITY 1500
-        ];
-        assert_eq!(
-            finished(route_delete(&key("fd00:9::/64", 254, 1500)), 1),
-            v6
-        );
-
-        // A default route has no RTA_DST (as `ip route del default` sends it); a table
-        // past 255 goes in RTA_TABLE, the header's says "unspecified".
-        #[rustfmt::skip]
-        let default = [
-            44, 0, 0, 0, 25, 0, 0x05, 0, 2, 0, 0, 0, 0, 0, 0, 0,
-            2, 0, 0, 0, 0, 12, 255, 0, 0, 0, 0, 0,
-            8, 0, 6, 0, 0, 0, 0, 0, // RTA_PRIORITY 0
-            8, 0, 15, 0, 0xe8, 0x03, 0, 0, // RTA_TABLE 1000
-        ];
-        assert_eq!(
-            finished(route_delete(&key("0.0.0.0/0", 1000, 0)), 2),
-            default
-        );
+        for (dst, table, metric, want) in cases {
+            let got = finished(route_delete(&key(dst, table, metric)), 9);
+            assert_eq!(got, want, "{dst} table {table} metric {metric}");
+        }
     }
 
     fn entry(dst: &str, table: u32, kind: u8, metric: u32) -> RouteEntry {
