@@ -204,7 +204,8 @@ pub enum BirdError {
     /// `bird -p` refused the new configuration; the last good one stays in place.
     #[error("BIRD rejected the configuration (the last good one stays in place): {message}")]
     Rejected { message: String },
-    /// `birdc configure` did not answer "Reconfigured" / "Reconfiguration in progress".
+    /// `birdc configure` answered neither "Reconfigured", "Reconfiguration in progress" nor
+    /// that it queued the configuration behind a reconfiguration under way.
     /// When BIRD itself answered (`answered`), the previous live file is put back.
     #[error("BIRD did not reload its configuration: {reply}")]
     ReloadFailed { reply: String, answered: bool },

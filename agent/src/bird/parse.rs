@@ -426,7 +426,13 @@ pub fn parse_configure(text: &str) -> ConfigureReply {
             file = Some(f.to_string());
             continue;
         }
-        if line == "Reconfigured" || line == "Reconfiguration in progress" {
+        // Accepted: done, under way, or (BIRD busy with the previous one) parsed and
+        // queued, to be committed when the previous reconfiguration ends. The live file
+        // then holds what BIRD will run, so it stays.
+        if line == "Reconfigured"
+            || line == "Reconfiguration in progress"
+            || line == "Reconfiguration already in progress, queueing new config"
+        {
             success = Some(line.to_string());
         }
         message.push(line);
@@ -735,6 +741,14 @@ mod tests {
             "BIRD 2.0.12 ready.\nReading configuration from x\n\
              Reconfiguration already in progress, queueing new config\n",
         );
-        assert_eq!(queued.success, None);
+        assert_eq!(
+            queued.success.as_deref(),
+            Some("Reconfiguration already in progress, queueing new config")
+        );
+        let shutting_down = parse_configure(
+            "BIRD 2.0.12 ready.\nReading configuration from x\n\
+             Reconfiguration ignored, shutting down\n",
+        );
+        assert_eq!(shutting_down.success, None);
     }
 }
