@@ -505,7 +505,8 @@ fn controller_proc(
         &bin,
         args,
         dir.join(format!("controller-c{i}.log")),
-    ))
+    )
+    .with_env(&crate::deployed_controller_env()))
 }
 
 /// Wait until every replica serves the API.

@@ -263,7 +263,7 @@ fn print_result(a: &Args, r: &Outcome, floor: &[f64]) {
     };
     println!("machine: {}", machine());
     if a.mode == Mode::Controller {
-        let env: Vec<String> = crate::deployed_controller_env()
+        let env: Vec<String> = tern_bench::deployed_controller_env()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();

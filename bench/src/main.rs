@@ -273,16 +273,6 @@ pub fn controller_bin(given: Option<&std::path::PathBuf>) -> anyhow::Result<std:
     tern_bench::chaos::sibling_bin(given, "tern-controller")
 }
 
-/// The environment deploy/systemd/tern-controller.service gives the controller (its
-/// `Environment=` lines): the benchmarks measure the process as it is deployed.
-pub fn deployed_controller_env() -> Vec<(&'static str, &'static str)> {
-    include_str!("../../deploy/systemd/tern-controller.service")
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Environment="))
-        .filter_map(|kv| kv.split_once('='))
-        .collect()
-}
-
 /// A `tern-controller` release process on a loopback port, over `etcd`, with a
 /// throwaway PKI (controller and administrator certificates); killed on drop.
 #[derive(Debug)]
@@ -325,7 +315,7 @@ impl LocalController {
     ) -> anyhow::Result<std::process::Child> {
         use anyhow::Context as _;
         std::process::Command::new(bin)
-            .envs(deployed_controller_env())
+            .envs(tern_bench::deployed_controller_env())
             .args(["--etcd-endpoints", &etcd.endpoint(), "--listen", addr])
             .args(certs.controller_args())
             .args(extra)

@@ -14,6 +14,7 @@ pub struct Proc {
     pub name: String,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -24,9 +25,19 @@ impl Proc {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
+            env: Vec::new(),
             log,
             child: None,
         }
+    }
+
+    /// Start it with these environment variables too.
+    pub fn with_env(mut self, env: &[(&str, &str)]) -> Self {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        self
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
@@ -38,6 +49,7 @@ impl Proc {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
