@@ -186,14 +186,8 @@ struct Registration<'a> {
 }
 
 impl Registration<'_> {
-    /// The write that makes `current` (the stored Node, if any) carry this
-    /// registration: create, replace, or keep it as it is. A write is admitted by
-    /// `guard` (its limits count it) when one is given.
-    fn change(
-        &self,
-        current: Option<&Resource>,
-        guard: Option<&RegistrationGuard>,
-    ) -> Result<Change, Status> {
+    /// The Node as this registration leaves `current` (the stored Node, if any).
+    fn merged(&self, current: Option<&Resource>) -> Result<Resource, Status> {
         let node = self.node;
         let Some(cur) = current else {
             if self.v4.is_none() && self.v6.is_none() {
@@ -216,11 +210,7 @@ impl Registration<'_> {
             ));
             merge_agent_labels(node, r.metadata_mut(), self.labels);
             r.normalize();
-            if let Some(guard) = guard {
-                guard.admit_write(node, None, &r)?;
-            }
-            validate(&r).map_err(|e| invalid(&e.0))?;
-            return Ok(Change::Create(r));
+            return Ok(r);
         };
         let Resource::Node(mut n) = cur.clone() else {
             return Err(Status::internal("stored Node is not a Node"));
@@ -237,15 +227,31 @@ impl Registration<'_> {
             }
         }
         merge_agent_labels(node, &mut n.metadata, self.labels);
-        let new = Resource::Node(n);
-        if &new == cur {
+        Ok(Resource::Node(n))
+    }
+
+    /// Whether `current` already holds this registration.
+    fn holds(&self, current: &Resource) -> bool {
+        self.merged(Some(current)).is_ok_and(|n| &n == current)
+    }
+
+    /// The write that makes `current` carry this registration: create, replace, or
+    /// keep it as it is. A write is admitted by `guard` (its limits count it).
+    fn change(
+        &self,
+        current: Option<&Resource>,
+        guard: &RegistrationGuard,
+    ) -> Result<Change, Status> {
+        let new = self.merged(current)?;
+        if current == Some(&new) {
             return Ok(Change::Keep);
         }
-        if let Some(guard) = guard {
-            guard.admit_write(node, Some(cur), &new)?;
-        }
+        guard.admit_write(self.node, current, &new)?;
         validate(&new).map_err(|e| invalid(&e.0))?;
-        Ok(Change::Replace(new))
+        Ok(match current {
+            None => Change::Create(new),
+            Some(_) => Change::Replace(new),
+        })
     }
 }
 
@@ -329,10 +335,9 @@ async fn register(
     // registration lose to a newer administrator's change it has not seen, the order
     // the two writes could have had anyway.
     if let Some(rev) = cache.read(|st| {
-        st.get(Kind::Node, node).and_then(|e| {
-            matches!(wanted.change(Some(&e.resource), None), Ok(Change::Keep))
-                .then_some(e.mod_revision)
-        })
+        st.get(Kind::Node, node)
+            .filter(|e| wanted.holds(&e.resource))
+            .map(|e| e.mod_revision)
     }) {
         debug!(
             node,
@@ -346,7 +351,7 @@ async fn register(
     let writes = std::sync::atomic::AtomicBool::new(false);
     let out = api
         .read_modify_write(Kind::Node, node, None, |current| {
-            let change = wanted.change(current.map(|c| &c.resource), Some(guard))?;
+            let change = wanted.change(current.map(|c| &c.resource), guard)?;
             writes.store(!matches!(change, Change::Keep), Ordering::Relaxed);
             Ok(change)
         })
