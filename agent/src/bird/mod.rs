@@ -431,8 +431,9 @@ impl BirdManager {
 
     fn apply_inner(&mut self, config: &str) -> Result<ApplyOutcome, BirdError> {
         let t0 = Instant::now();
-        let file = live_file_text(config);
-        let runs = self.runs(config)?;
+        let marker = marker_name(config);
+        let file = live_file(config, &marker);
+        let runs = self.runs(&marker)?;
         let live_holds_it = self.live_holds(&file)?;
         let reason = match &runs {
             Runs::Yes if live_holds_it && !self.wrong_file => {
@@ -465,7 +466,7 @@ impl BirdManager {
                         message,
                     });
                 }
-                self.start(config, t0)
+                self.start(config, &marker, t0)
             }
         }
     }
@@ -657,7 +658,12 @@ impl BirdManager {
         })
     }
 
-    fn start(&mut self, config: &str, t0: Instant) -> Result<ApplyOutcome, BirdError> {
+    fn start(
+        &mut self,
+        config: &str,
+        marker: &str,
+        t0: Instant,
+    ) -> Result<ApplyOutcome, BirdError> {
         let sup = self.sup.as_ref().ok_or_else(|| BirdError::NotRunning {
             socket: self.opts.socket_path.clone(),
             message: "not supervised".into(),
@@ -665,7 +671,7 @@ impl BirdManager {
         let (pid, spawned) = sup.ensure_started()?;
         let deadline = Instant::now() + self.opts.start_timeout;
         let runs_it = loop {
-            match self.runs(config)? {
+            match self.runs(marker)? {
                 Runs::Yes => break true,
                 Runs::No => break false,
                 Runs::NotRunning(msg) => {
@@ -789,12 +795,11 @@ impl BirdManager {
         })
     }
 
-    /// Does the BIRD on the socket run `config` (its running configuration defines
-    /// the configuration's marker)?
-    fn runs(&self, config: &str) -> Result<Runs, BirdError> {
-        let name = marker_name(config);
-        Ok(match self.ask(&format!("show symbols {name}"))? {
-            Ok(text) if parse::defines_constant(&text, &name) => Runs::Yes,
+    /// Does the BIRD on the socket run the configuration of `marker` (its running
+    /// configuration defines that constant)?
+    fn runs(&self, marker: &str) -> Result<Runs, BirdError> {
+        Ok(match self.ask(&format!("show symbols {marker}"))? {
+            Ok(text) if parse::defines_constant(&text, marker) => Runs::Yes,
             Ok(_) => Runs::No,
             Err(why) => Runs::NotRunning(why),
         })
@@ -974,10 +979,12 @@ fn marker_name(config: &str) -> String {
 /// configuration, a newline, and the marker (a comment and `define <marker> = 1;`).
 /// Rendered configurations stay the renderer's; this is what BIRD reads.
 pub fn live_file_text(config: &str) -> String {
-    format!(
-        "{config}\n{MARKER_COMMENT}define {} = 1;\n",
-        marker_name(config)
-    )
+    live_file(config, &marker_name(config))
+}
+
+/// [`live_file_text`] with the marker already worked out.
+fn live_file(config: &str, marker: &str) -> String {
+    format!("{config}\n{MARKER_COMMENT}define {marker} = 1;\n")
 }
 
 /// The configuration a live file was installed for, when it is exactly
